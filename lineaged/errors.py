@@ -1,0 +1,166 @@
+"""The one exception tree of lineaged, shared by the daemon, the client and the CLI.
+
+Each class names the gRPC status code the service answers with and the exit code the
+``lineage`` CLI ends with. Servicers raise these; one interceptor maps them to status
+codes; the client maps status codes back to the same classes.
+
+    LineageError                      INTERNAL             exit 1
+    ├── InvalidArgument               INVALID_ARGUMENT     exit 2
+    │   ├── AmbiguousDigest           INVALID_ARGUMENT     exit 2
+    │   ├── PathOutsideRoots          INVALID_ARGUMENT     exit 2
+    │   └── ConfigError               INVALID_ARGUMENT     exit 2
+    ├── NotFound                      NOT_FOUND            exit 3
+    ├── DaemonUnavailable             UNAVAILABLE          exit 4
+    ├── Unauthenticated               UNAUTHENTICATED      exit 5
+    ├── PermissionDenied              PERMISSION_DENIED    exit 5
+    ├── FailedPrecondition            FAILED_PRECONDITION  exit 1
+    │   └── AlreadyRunning            FAILED_PRECONDITION  exit 1
+    ├── ResourceExhausted             RESOURCE_EXHAUSTED   exit 1
+    ├── DeadlineExceeded              DEADLINE_EXCEEDED    exit 1
+    ├── StoreError                    INTERNAL             exit 1
+    │   └── CorruptStore              INTERNAL             exit 1
+    └── HashError                     INTERNAL             exit 1
+        └── UnstableFile              INTERNAL             exit 1
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AlreadyRunning",
+    "AmbiguousDigest",
+    "ConfigError",
+    "CorruptStore",
+    "DaemonUnavailable",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "HashError",
+    "InvalidArgument",
+    "LineageError",
+    "NotFound",
+    "PathOutsideRoots",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "StoreError",
+    "Unauthenticated",
+    "UnstableFile",
+    "error_for_status",
+]
+
+
+class LineageError(Exception):
+    """Base of every error lineaged raises on purpose."""
+
+    grpc_status: ClassVar[str] = "INTERNAL"
+    exit_code: ClassVar[int] = 1
+
+    @property
+    def message(self) -> str:
+        """The human message, without the class name."""
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class InvalidArgument(LineageError):
+    """The request or the command line is malformed or out of range."""
+
+    grpc_status = "INVALID_ARGUMENT"
+    exit_code = 2
+
+
+class AmbiguousDigest(InvalidArgument):
+    """A digest prefix matches more than one digest; the message lists candidates."""
+
+
+class PathOutsideRoots(InvalidArgument):
+    """A path is not under any watched root, so the daemon will not open it."""
+
+
+class ConfigError(InvalidArgument):
+    """The daemon's configuration (flags or TOML) is invalid."""
+
+
+class NotFound(LineageError):
+    """A path, digest, version or run that the store has never seen."""
+
+    grpc_status = "NOT_FOUND"
+    exit_code = 3
+
+
+class DaemonUnavailable(LineageError):
+    """The daemon cannot be reached (not running, wrong socket)."""
+
+    grpc_status = "UNAVAILABLE"
+    exit_code = 4
+
+
+class Unauthenticated(LineageError):
+    """A TCP call without the right bearer token."""
+
+    grpc_status = "UNAUTHENTICATED"
+    exit_code = 5
+
+
+class PermissionDenied(LineageError):
+    """The caller may not do this (socket permissions, refused path)."""
+
+    grpc_status = "PERMISSION_DENIED"
+    exit_code = 5
+
+
+class FailedPrecondition(LineageError):
+    """The system is not in a state that allows the request (run already ended, ...)."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    exit_code = 1
+
+
+class AlreadyRunning(FailedPrecondition):
+    """Another daemon holds the state directory's lock."""
+
+
+class ResourceExhausted(LineageError):
+    """A request too large, or too many concurrent calls."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+    exit_code = 1
+
+
+class DeadlineExceeded(LineageError):
+    """The call's deadline passed before it finished."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
+    exit_code = 1
+
+
+class StoreError(LineageError):
+    """SQLite failed underneath the store."""
+
+
+class CorruptStore(StoreError):
+    """The database file is corrupt or is not a lineaged store; it is left untouched."""
+
+
+class HashError(LineageError):
+    """A file could not be hashed."""
+
+
+class UnstableFile(HashError):
+    """A file kept changing while it was hashed, beyond the retry bound."""
+
+
+_BY_STATUS: dict[str, type[LineageError]] = {
+    "INVALID_ARGUMENT": InvalidArgument,
+    "NOT_FOUND": NotFound,
+    "UNAVAILABLE": DaemonUnavailable,
+    "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": PermissionDenied,
+    "FAILED_PRECONDITION": FailedPrecondition,
+    "RESOURCE_EXHAUSTED": ResourceExhausted,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
+}
+
+
+def error_for_status(status_name: str, message: str) -> LineageError:
+    """Map a gRPC status code name back to the exception class the daemon raised."""
+    return _BY_STATUS.get(status_name, LineageError)(message)

@@ -1,0 +1,300 @@
+"""Domain values: frozen dataclasses shared by the store, the service and the client.
+
+Times are integers of nanoseconds since the Unix epoch (``time.time_ns()``). Digests are
+64 lowercase hex characters of BLAKE3-256, exactly what ``b3sum`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+__all__ = [
+    "Access",
+    "AccessMode",
+    "ChangeKind",
+    "CodeState",
+    "Counts",
+    "Direction",
+    "Edge",
+    "EnvState",
+    "Graph",
+    "Role",
+    "Root",
+    "Run",
+    "RunStart",
+    "RunStatus",
+    "SourceFile",
+    "StartNode",
+    "StatKey",
+    "VerifyItem",
+    "VerifyState",
+    "Version",
+    "run_node_id",
+    "version_node_id",
+]
+
+
+class Role(StrEnum):
+    """What a watched root holds."""
+
+    DATA = "data"
+    MODEL = "model"
+    CODE = "code"
+    OTHER = "other"
+
+
+class ChangeKind(StrEnum):
+    """How a version (or the end of one) was seen."""
+
+    CREATED = "created"
+    MODIFIED = "modified"
+    MOVED = "moved"
+    DELETED = "deleted"
+    SCAN = "scan"
+    RUN = "run"  # hashed at a run's end, before the watcher settled
+    EXTERNAL = "external"  # outside every root, hashed and reported by a client
+
+
+class AccessMode(StrEnum):
+    """Whether a run read or wrote a file."""
+
+    READ = "read"
+    WRITE = "write"
+
+
+class RunStatus(StrEnum):
+    """The state of a run."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class Direction(StrEnum):
+    """Which way a lineage walk goes."""
+
+    UPSTREAM = "upstream"
+    DOWNSTREAM = "downstream"
+    BOTH = "both"
+
+
+class VerifyState(StrEnum):
+    """What a recorded input's path holds now compared with the recorded digest."""
+
+    MATCH = "match"
+    CHANGED = "changed"
+    MISSING = "missing"
+    UNKNOWN = "unknown"  # outside every root: only the client can look
+
+
+@dataclass(frozen=True, slots=True)
+class StatKey:
+    """The stat fields that decide whether a file must be re-hashed."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> StatKey:
+        """Build the key from an ``os.stat_result``."""
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """A watched directory and its role."""
+
+    path: str
+    role: Role
+    ignore: tuple[str, ...] = ()
+    id: int | None = None
+    health: str = "ok"  # "ok", or a short reason it cannot see everything
+    polling: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One content state of a path: ``[valid_from, valid_until)``; ``None`` until = current."""
+
+    id: int
+    path: str
+    digest: str
+    size: int
+    mtime_ns: int
+    valid_from: int
+    valid_until: int | None
+    seen: ChangeKind
+    closed_by: ChangeKind | None = None
+    external: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """How much the store holds."""
+
+    roots: int
+    artifacts: int
+    versions: int
+    runs: int
+    edges: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """A source file a run executed or imported, with its digest."""
+
+    path: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class CodeState:
+    """The code a run ran with: git state plus the digests of the sources it executed."""
+
+    commit: str = ""
+    branch: str = ""
+    remote: str = ""
+    dirty: bool = False
+    diff: bytes = b""
+    diff_digest: str = ""
+    diff_size: int = 0
+    diff_truncated: bool = False
+    untracked: tuple[str, ...] = ()
+    sources: tuple[SourceFile, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EnvState:
+    """The environment fingerprint of a run."""
+
+    python_version: str = ""
+    implementation: str = ""
+    platform: str = ""
+    packages: tuple[str, ...] = ()
+    packages_digest: str = ""
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """What a client says when it begins a run."""
+
+    name: str
+    argv: tuple[str, ...] = ()
+    cwd: str = ""
+    host: str = ""
+    user: str = ""
+    pid: int = 0
+    started_at: int = 0
+    params: Mapping[str, str] = field(default_factory=dict)
+    parent_run_id: str = ""
+    code: CodeState | None = None
+    env: EnvState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One execution: who ran what, when, with which code and environment."""
+
+    run_id: str
+    name: str
+    argv: tuple[str, ...]
+    cwd: str
+    host: str
+    user: str
+    pid: int
+    started_at: int
+    ended_at: int | None
+    status: RunStatus
+    exit_code: int | None
+    params: Mapping[str, str]
+    parent_run_id: str
+    code: CodeState | None
+    env: EnvState | None
+    warnings: tuple[str, ...] = ()
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """A file access a client reports for a run.
+
+    ``digest``/``size``/``mtime_ns`` are set by the client for files outside every root
+    (the daemon never opens those); for files under a root the daemon resolves the
+    version from its own history. ``how`` is "declared" or "traced"; ``role`` is "data"
+    or "code".
+    """
+
+    path: str
+    mode: AccessMode
+    first_at: int
+    last_at: int
+    how: str = "traced"
+    role: str = "data"
+    digest: str = ""
+    size: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """A run read a version, or wrote one. ``source``/``target`` are graph node ids."""
+
+    source: str
+    target: str
+    kind: str  # "read" or "wrote"
+    how: str = "traced"
+    role: str = "data"
+    changed_during_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StartNode:
+    """Where a lineage walk starts: exactly one field is set."""
+
+    path: str = ""
+    at: int | None = None  # with path: the version at this time
+    digest: str = ""  # full digest or a prefix of at least 8 hex characters
+    version_id: int = 0
+    run_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """A lineage subgraph: version nodes, run nodes, typed edges."""
+
+    versions: tuple[Version, ...]
+    runs: tuple[Run, ...]
+    edges: tuple[Edge, ...]
+    truncated: bool
+    start: tuple[str, ...] = ()  # node ids the walk started from
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyItem:
+    """One input on a version's upstream closure and what its path holds now."""
+
+    path: str
+    recorded_digest: str
+    state: VerifyState
+    current_digest: str = ""
+    version_id: int = 0
+    run_id: str = ""
+    changed_during_run: bool = False
+
+
+def version_node_id(version_id: int) -> str:
+    """The graph node id of a version."""
+    return f"version:{version_id}"
+
+
+def run_node_id(run_id: str) -> str:
+    """The graph node id of a run."""
+    return f"run:{run_id}"
