@@ -20,15 +20,18 @@ __all__ = [
     "Direction",
     "Edge",
     "EnvState",
+    "Event",
     "Graph",
     "Role",
     "Root",
     "Run",
     "RunStart",
     "RunStatus",
+    "ScanState",
     "SourceFile",
     "StartNode",
     "StatKey",
+    "Status",
     "VerifyItem",
     "VerifyState",
     "Version",
@@ -298,3 +301,43 @@ def version_node_id(version_id: int) -> str:
 def run_node_id(run_id: str) -> str:
     """The graph node id of a run."""
     return f"run:{run_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScanState:
+    """Progress of the reconcile scan."""
+
+    running: bool = False
+    initial_done: bool = False
+    files_seen: int = 0
+    files_hashed: int = 0
+    bytes_hashed: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    scans_completed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What ``lineage status`` shows."""
+
+    version: str
+    pid: int
+    started_at: int
+    state_dir: str
+    socket: str
+    roots: tuple[Root, ...]
+    counts: Counts
+    scan: ScanState
+    queue_depth: int
+    serving: bool
+    degraded: tuple[str, ...] = ()  # human reasons the daemon cannot see everything
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A new version or a run event, as streamed to subscribers."""
+
+    kind: str  # "version" or "run"
+    version: Version | None = None
+    run: Run | None = None

@@ -1,0 +1,10 @@
+"""``python -m lineaged``: the daemon."""
+
+from __future__ import annotations
+
+import sys
+
+from lineaged.daemon import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The daemon's configuration: TOML file, then command-line flags (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import itertools
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lineaged.errors import ConfigError
+from lineaged.models import Role, Root
+from lineaged.paths import default_socket, default_state_dir
+
+__all__ = ["DEFAULT_IGNORE", "Config", "IgnoreRules", "load_config", "parse_watch"]
+
+# Editor swap and backup files, partial downloads, temporaries, VCS metadata, byte code.
+DEFAULT_IGNORE: tuple[str, ...] = (
+    ".git/",
+    ".hg/",
+    ".svn/",
+    "__pycache__/",
+    ".lineaged/",
+    "*.swp",
+    "*.swo",
+    "*.swx",
+    ".*.sw?",
+    "*~",
+    "#*#",
+    ".#*",
+    "4913",  # vim's probe file when checking a directory is writable
+    "*.tmp",
+    "*.temp",
+    "*.part",
+    "*.crdownload",
+    "~$*",
+    ".~lock.*#",
+    "*.pyc",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreRules:
+    """Patterns matched against a root-relative path: ``dir/`` names a directory anywhere,
+    a pattern with a slash matches the relative path, any other the base name."""
+
+    patterns: tuple[str, ...]
+    _dirs: tuple[str, ...] = field(init=False, repr=False)
+    _names: tuple[str, ...] = field(init=False, repr=False)
+    _paths: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        dirs, names, paths = [], [], []
+        for pattern in self.patterns:
+            if pattern.endswith("/"):
+                dirs.append(pattern.rstrip("/"))
+            elif "/" in pattern:
+                paths.append(pattern.lstrip("/"))
+            else:
+                names.append(pattern)
+        object.__setattr__(self, "_dirs", tuple(dirs))
+        object.__setattr__(self, "_names", tuple(names))
+        object.__setattr__(self, "_paths", tuple(paths))
+
+    def ignores_name(self, name: str, *, is_dir: bool) -> bool:
+        """Whether an entry with this base name is ignored wherever it is."""
+        if is_dir:
+            return any(fnmatch.fnmatchcase(name, d) for d in self._dirs)
+        return any(fnmatch.fnmatchcase(name, n) for n in self._names)
+
+    def ignores(self, relpath: str, *, is_dir: bool = False) -> bool:
+        """Whether a root-relative path (or anything above it) is ignored."""
+        parts = relpath.split("/")
+        for part in parts[:-1]:
+            if self.ignores_name(part, is_dir=True):
+                return True
+        if self.ignores_name(parts[-1], is_dir=is_dir):
+            return True
+        return any(fnmatch.fnmatchcase(relpath, p) for p in self._paths)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon needs to start."""
+
+    roots: tuple[Root, ...]
+    state_dir: Path
+    socket: Path
+    socket_group: str = ""
+    log_level: str = "info"
+    settle_ms: int = 200
+    scan_interval: float = 600.0
+    listen: str = ""
+    token_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 64
+    once: bool = False
+    config_file: str = ""
+
+    def ignore_rules(self, root: Root) -> IgnoreRules:
+        """The default ignore patterns plus the root's own."""
+        return IgnoreRules(DEFAULT_IGNORE + tuple(root.ignore))
+
+
+def parse_watch(spec: str, *, base: Path | None = None) -> Root:
+    """``PATH[:ROLE]`` to a Root with an absolute, normalised path."""
+    path, role = spec, Role.OTHER
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail in {r.value for r in Role}:
+        path, role = head, Role(tail)
+    elif sep and tail and "/" not in tail:
+        raise ConfigError(
+            f"--watch {spec!r}: unknown role {tail!r} (use data, model, code or other)"
+        )
+    if not path or "\x00" in path:
+        raise ConfigError(f"--watch {spec!r}: empty path")
+    absolute = Path(os.path.abspath(os.path.join(base or Path.cwd(), os.path.expanduser(path))))
+    return Root(path=str(absolute), role=role)
+
+
+def _root_from_toml(entry: Any, base: Path) -> Root:
+    if not isinstance(entry, Mapping) or "path" not in entry:
+        raise ConfigError("each [[roots]] entry needs a path")
+    root = parse_watch(str(entry["path"]), base=base)
+    role = entry.get("role", root.role.value)
+    if role not in {r.value for r in Role}:
+        raise ConfigError(f"root {entry['path']!r}: unknown role {role!r}")
+    ignore = entry.get("ignore", [])
+    if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
+        raise ConfigError(f"root {entry['path']!r}: ignore must be a list of patterns")
+    return replace(root, role=Role(role), ignore=tuple(ignore))
+
+
+_TOML_KEYS = {
+    "state_dir",
+    "socket",
+    "socket_group",
+    "log_level",
+    "settle_ms",
+    "scan_interval",
+    "listen",
+    "token_file",
+    "tls_cert",
+    "tls_key",
+    "max_message_bytes",
+    "max_concurrent_rpcs",
+    "roots",
+}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    unknown = set(data) - _TOML_KEYS
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown keys {', '.join(sorted(unknown))}")
+    return data
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """Merge the TOML file named by ``--config`` with the flags; flags win."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if getattr(args, "config", None):
+        config_path = Path(args.config).expanduser().absolute()
+        data = _read_toml(config_path)
+        base = config_path.parent
+
+    roots_by_path: dict[str, Root] = {}
+    for entry in data.get("roots", []):
+        root = _root_from_toml(entry, base)
+        roots_by_path[root.path] = root
+    for spec in getattr(args, "watch", None) or []:
+        root = parse_watch(spec)
+        previous = roots_by_path.get(root.path)
+        roots_by_path[root.path] = replace(root, ignore=previous.ignore) if previous else root
+    roots = tuple(roots_by_path.values())
+    _check_nesting(roots)
+
+    def pick(flag: str, key: str, default: Any) -> Any:
+        value = getattr(args, flag, None)
+        if value is not None:
+            return value
+        return data.get(key, default)
+
+    state_dir = pick("state_dir", "state_dir", None)
+    state = (
+        Path(os.path.expanduser(str(state_dir))).absolute() if state_dir else default_state_dir(env)
+    )
+    socket = pick("socket", "socket", None)
+    config = Config(
+        roots=roots,
+        state_dir=state,
+        socket=Path(os.path.expanduser(str(socket))).absolute() if socket else default_socket(env),
+        socket_group=str(pick("socket_group", "socket_group", "")),
+        log_level=str(pick("log_level", "log_level", "info")).lower(),
+        settle_ms=int(pick("settle_ms", "settle_ms", 200)),
+        scan_interval=float(pick("scan_interval", "scan_interval", 600.0)),
+        listen=str(pick("listen", "listen", "")),
+        token_file=str(pick("token_file", "token_file", "")),
+        tls_cert=str(pick("tls_cert", "tls_cert", "")),
+        tls_key=str(pick("tls_key", "tls_key", "")),
+        max_message_bytes=int(pick("max_message_bytes", "max_message_bytes", 4 * 1024 * 1024)),
+        max_concurrent_rpcs=int(pick("max_concurrent_rpcs", "max_concurrent_rpcs", 64)),
+        once=bool(getattr(args, "once", False)),
+        config_file=str(getattr(args, "config", "") or ""),
+    )
+    _validate(config)
+    return config
+
+
+def _check_nesting(roots: Sequence[Root]) -> None:
+    paths = sorted(r.path for r in roots)
+    for outer, inner in itertools.pairwise(paths):
+        if inner.startswith(outer.rstrip("/") + "/"):
+            raise ConfigError(f"root {inner} is inside root {outer}; watch one or the other")
+
+
+def _validate(config: Config) -> None:
+    if config.log_level not in {"debug", "info", "warning", "error", "critical"}:
+        raise ConfigError(f"unknown log level {config.log_level!r}")
+    if not 0 <= config.settle_ms <= 60_000:
+        raise ConfigError(f"settle_ms must be between 0 and 60000, got {config.settle_ms}")
+    if config.scan_interval < 0:
+        raise ConfigError("scan_interval must be >= 0 (0 turns periodic scans off)")
+    if config.listen and not config.token_file:
+        raise ConfigError(
+            f"refusing to listen on TCP {config.listen} without authentication: give --token-file"
+        )
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    for root in config.roots:
+        state = str(config.state_dir)
+        if root.path == state or root.path.startswith(state.rstrip("/") + "/"):
+            raise ConfigError(f"root {root.path} is inside the state directory {state}")

@@ -1,0 +1,325 @@
+"""The ``lineaged`` command: process lifecycle, flags, the state lock, signals, sd_notify.
+
+lineaged [--watch PATH[:ROLE]]... [--state-dir DIR] [--config FILE] [--once] ...
+lineaged check [--state-dir DIR]
+lineaged backup DEST [--state-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+from lineaged import __version__
+from lineaged.config import Config, load_config
+from lineaged.engine import Engine
+from lineaged.errors import AlreadyRunning, ConfigError, LineageError, StoreError
+from lineaged.models import ScanState
+from lineaged.sdnotify import Notifier
+from lineaged.store import DB_NAME, Store
+
+__all__ = ["StateLock", "build_parser", "main"]
+
+log = logging.getLogger("lineaged")
+
+STOP_GRACE_SECONDS = 5.0
+LOCK_NAME = "lineaged.lock"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The daemon's flags (every one can also come from the TOML config)."""
+    parser = argparse.ArgumentParser(
+        prog="lineaged",
+        description="Watch data and model directories, version every file with BLAKE3, "
+        "and serve lineage over gRPC.",
+        epilog="Other commands: 'lineaged check' (integrity) and 'lineaged backup DEST'.",
+    )
+    parser.add_argument("--version", action="version", version=f"lineaged {__version__}")
+    parser.add_argument(
+        "--watch",
+        action="append",
+        metavar="PATH[:ROLE]",
+        help="a directory to watch; ROLE is data, model, code or other (repeatable)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration (flags win)")
+    parser.add_argument("--state-dir", metavar="DIR", help="where the SQLite store lives")
+    parser.add_argument("--socket", metavar="PATH", help="the Unix socket to serve on")
+    parser.add_argument("--socket-group", metavar="GROUP", help="group allowed to connect")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="also serve TCP (needs --token-file)")
+    parser.add_argument("--token-file", metavar="FILE", help="bearer token required on TCP")
+    parser.add_argument("--tls-cert", metavar="FILE", help="TLS certificate for TCP")
+    parser.add_argument("--tls-key", metavar="FILE", help="TLS private key for TCP")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+    parser.add_argument(
+        "--settle-ms",
+        type=int,
+        metavar="MS",
+        help="quiet time before indexing a change (default 200)",
+    )
+    parser.add_argument(
+        "--scan-interval",
+        type=float,
+        metavar="SECONDS",
+        help="between reconcile scans (default 600; 0 = never)",
+    )
+    parser.add_argument("--max-concurrent-rpcs", type=int, metavar="N", help="default 64")
+    parser.add_argument("--max-message-bytes", type=int, metavar="N", help="default 4 MiB")
+    parser.add_argument(
+        "--once", action="store_true", help="index the roots once, print a summary, exit"
+    )
+    return parser
+
+
+def _tool_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"lineaged {command}")
+    if command == "backup":
+        parser.add_argument("dest", help="the new file to write the copy to")
+    parser.add_argument("--state-dir", metavar="DIR")
+    parser.add_argument("--config", metavar="FILE")
+    return parser
+
+
+class StateLock:
+    """An exclusive ``flock`` on the state directory: one daemon per store."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        self._fd = -1
+
+    def acquire(self) -> None:
+        """Take the lock or raise AlreadyRunning naming the holder's pid."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"lineaged is already running (pid {holder}) on state directory {self.path.parent}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    # grpc and watchdog are chatty at debug; keep their warnings.
+    for name in ("watchdog", "grpc"):
+        logging.getLogger(name).setLevel(max(logging.getLogger().level, logging.INFO))
+
+
+def _prepare_state_dir(state_dir: Path) -> None:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"state directory {state_dir} is not writable")
+
+
+class _Signals:
+    """Signal handlers only set events; the main thread acts on them."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.wake = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload.set()
+        self.wake.set()
+
+
+def _describe(config: Config) -> str:
+    roots = ", ".join(f"{r.path} ({r.role.value})" for r in config.roots) or "nothing"
+    return f"state in {config.state_dir}, socket {config.socket}; watching {roots}"
+
+
+@contextlib.contextmanager
+def _opened_store(config: Config) -> Iterator[Store]:
+    store = Store.open(config.state_dir / DB_NAME)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    from lineaged.server import RpcServer, ServerOptions
+
+    notifier = Notifier()
+    signals = _Signals()
+    signals.install()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(StateLock(config.state_dir))
+        store = stack.enter_context(_opened_store(config))
+        engine = Engine(config, store)
+        log.info("lineaged %s: %s", __version__, _describe(config))
+        engine.start()
+        stack.callback(engine.stop)
+        server = RpcServer(
+            engine,
+            ServerOptions(
+                socket_path=str(config.socket),
+                socket_group=config.socket_group,
+                listen=config.listen,
+                token_file=config.token_file,
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+                max_message_bytes=config.max_message_bytes,
+                max_concurrent_rpcs=config.max_concurrent_rpcs,
+            ),
+        )
+        server.start()
+        stack.callback(server.stop, STOP_GRACE_SECONDS)
+        log.info("serving on %s", server.address)
+
+        def progress(scan: ScanState) -> None:
+            notifier.status(f"scanning: {scan.files_seen} files, {scan.files_hashed} hashed")
+
+        engine.add_progress_listener(progress)
+        notifier.ready(status="serving; initial scan running")
+        interval = notifier.watchdog_interval()
+        was_serving = False
+        while not signals.stop.is_set():
+            signals.wake.wait(timeout=interval if interval else 1.0)
+            signals.wake.clear()
+            if interval:
+                notifier.watchdog()
+            if engine.serving and not was_serving:
+                was_serving = True
+                notifier.status("serving; initial scan done")
+            if signals.reload.is_set():
+                signals.reload.clear()
+                notifier.reloading()
+                try:
+                    engine.reload(load_config(args))
+                except LineageError as exc:
+                    log.error("reload refused, keeping the running configuration: %s", exc)
+                notifier.ready(status="serving; configuration reloaded")
+        log.info("stopping: finishing in-flight calls and draining the queue")
+        notifier.stopping()
+    log.info("stopped cleanly")
+    return 0
+
+
+def _run_once(config: Config) -> int:
+    with StateLock(config.state_dir), _opened_store(config) as store:
+        log.info("lineaged %s --once: %s", __version__, _describe(config))
+        stats = Engine(config, store).run_once()
+    print(f"indexed {stats.summary()}")
+    return 0
+
+
+def _check(config: Config) -> int:
+    path = config.state_dir / DB_NAME
+    if not path.exists():
+        raise ConfigError(f"no store at {path}")
+    store = Store.open_readonly(path)
+    try:
+        problems = store.integrity_problems()
+        counts = store.counts()
+    finally:
+        store.close()
+    if problems:
+        for problem in problems:
+            print(f"problem: {problem}")
+        print(f"{path}: {len(problems)} problems")
+        return 1
+    print(
+        f"{path}: ok (integrity_check ok, no foreign key violations; {counts.versions} versions, "
+        f"{counts.runs} runs, {counts.edges} edges)"
+    )
+    return 0
+
+
+def _backup(config: Config, dest: str) -> int:
+    path = config.state_dir / DB_NAME
+    if not path.exists():
+        raise ConfigError(f"no store at {path}")
+    store = Store.open_readonly(path)
+    try:
+        store.backup(Path(dest))
+    finally:
+        store.close()
+    print(f"backed up {path} to {dest}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lineaged`` console script."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if arguments and arguments[0] in ("check", "backup"):
+            command = arguments[0]
+            args = _tool_parser(command).parse_args(arguments[1:])
+            _setup_logging("warning")
+            config = load_config(args)
+            return _check(config) if command == "check" else _backup(config, args.dest)
+        args = build_parser().parse_args(arguments)
+        config = load_config(args)
+        _setup_logging(config.log_level)
+        if not config.roots:
+            raise ConfigError("nothing to watch: give --watch PATH[:ROLE] or [[roots]] in --config")
+        _prepare_state_dir(config.state_dir)
+        for root in config.roots:
+            if not os.path.isdir(root.path):
+                log.warning(
+                    "root %s does not exist (yet); it will be watched when it appears", root.path
+                )
+        if config.once:
+            return _run_once(config)
+        return _serve(args, config)
+    except LineageError as exc:
+        print(f"lineaged: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except StoreError as exc:  # pragma: no cover - covered by LineageError
+        print(f"lineaged: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

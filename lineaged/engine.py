@@ -1,0 +1,699 @@
+"""The daemon's facade: every question the gRPC service asks goes through ``Engine``.
+
+Reads go to the store's per-thread read connections; writes (runs, accesses) go through the
+single writer thread. The engine never opens a path outside its watched roots: files a run
+used elsewhere arrive with the digest the client computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lineaged import __version__
+from lineaged.config import Config
+from lineaged.errors import InvalidArgument, NotFound
+from lineaged.indexer import Indexer, RootSet, WatchedRoot
+from lineaged.models import (
+    Access,
+    AccessMode,
+    ChangeKind,
+    Direction,
+    Event,
+    Graph,
+    Root,
+    Run,
+    RunStart,
+    RunStatus,
+    ScanState,
+    StartNode,
+    Status,
+    VerifyItem,
+    Version,
+)
+from lineaged.scanner import Scanner, ScanStats
+from lineaged.store import Store, Writer
+from lineaged.watcher import OverflowDetector, Pipeline, RootWatcher
+
+__all__ = ["MAX_ACCESSES", "MAX_DEPTH", "MAX_NODES", "MAX_PAGE", "Engine", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 1000  # the largest page any listing returns; bigger limits are InvalidArgument
+MAX_NODES = 10_000  # the largest lineage graph one answer carries
+MAX_DEPTH = 1000
+MAX_ACCESSES = 10_000  # per RecordAccesses call
+SUBSCRIBER_BUFFER = 10_000
+ROOT_CHECK_SECONDS = 5.0
+
+
+class Subscription:
+    """A subscriber's queue of events; read with ``get`` and ``close`` when done."""
+
+    def __init__(self, bus: _EventBus, path_prefix: str) -> None:
+        self._bus = bus
+        self.path_prefix = path_prefix
+        self._queue: queue.Queue[Event] = queue.Queue(SUBSCRIBER_BUFFER)
+        self._overflowed = False
+
+    def offer(self, event: Event) -> None:
+        """Queue an event without blocking the publisher; drop and remember when full."""
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self._overflowed = True
+
+    def get(self, timeout: float) -> Event | None:
+        """The next event, or None when ``timeout`` seconds pass without one."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        self._bus.unsubscribe(self)
+
+    @property
+    def overflowed(self) -> bool:
+        """True when events were dropped because the subscriber fell too far behind."""
+        return self._overflowed
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _EventBus:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: list[Subscription] = []
+
+    def subscribe(self, path_prefix: str) -> Subscription:
+        sub = Subscription(self, path_prefix)
+        with self._lock:
+            self._subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._subscribers.remove(sub)
+
+    def publish(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for event in events:
+            for sub in subscribers:
+                if _matches(event, sub.path_prefix):
+                    sub.offer(event)
+
+
+def _matches(event: Event, prefix: str) -> bool:
+    if not prefix:
+        return True
+    if event.version is not None:
+        return event.version.path.startswith(prefix)
+    if event.run is not None:
+        return event.run.cwd.startswith(prefix)
+    return False
+
+
+def _check_limit(limit: int, what: str = "page size") -> int:
+    if limit == 0:
+        return 100
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgument(f"{what} must be between 1 and {MAX_PAGE}, got {limit}")
+    return limit
+
+
+def _check_abs(path: str) -> str:
+    if not path or "\x00" in path:
+        raise InvalidArgument("a path must be non-empty and free of NUL bytes")
+    if len(path) > 4096:
+        raise InvalidArgument("a path is at most 4096 bytes")
+    if not os.path.isabs(path):
+        raise InvalidArgument(
+            f"paths are absolute on the wire (the client resolves them): {path!r}"
+        )
+    return os.path.normpath(path)
+
+
+class Engine:
+    """Everything the daemon does, behind one object: index, watch, answer, record runs."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.started_at = time.time_ns()
+        self._bus = _EventBus()
+        self.writer = Writer(store, after_commit=self._after_commit)
+        self._stop = threading.Event()
+        self._scan_wanted = threading.Event()
+        self._scan_reason = "startup"
+        self._health_listeners: list[Callable[[bool], None]] = []
+        self._serving = False
+        self._scan = ScanState()
+        self._scan_lock = threading.Lock()
+        self._degraded: dict[str, str] = {}
+        self._watchers: dict[str, RootWatcher] = {}
+        self.roots = RootSet([], excluded=[str(config.state_dir)])
+        self.indexer = Indexer(store, self.writer, self.roots)
+        self.scanner = Scanner(
+            store, self.writer, self.roots, progress=self._progress, stop=self._stop
+        )
+        self.pipeline = Pipeline(
+            self.indexer, settle=config.settle_ms / 1000.0, scan_directory=self._scan_directory
+        )
+        self._scan_thread = threading.Thread(
+            target=self._scan_loop, name="lineaged-scan", daemon=True
+        )
+        self._overflow = OverflowDetector(self._on_overflow)
+        self._last_root_check = 0.0
+        self._progress_listeners: list[Callable[[ScanState], None]] = []
+        self._progress_base = ScanStats()
+
+    # -- lifecycle
+
+    def start(self, *, watch: bool = True) -> None:
+        """Start the writer, register the roots, start watching and the initial scan."""
+        self.writer.start()
+        self._register_roots(self.config.roots)
+        if watch:
+            self._overflow.__enter__()
+            self.pipeline.start()
+            for root in self.roots.roots:
+                self._start_watcher(root)
+            self._scan_wanted.set()
+            self._scan_thread.start()
+
+    def stop(self) -> None:
+        """Stop watching, drain the queue, commit; the store stays open for the caller."""
+        self._stop.set()
+        self._scan_wanted.set()
+        for watcher in list(self._watchers.values()):
+            watcher.stop()
+        self._watchers.clear()
+        if self._scan_thread.is_alive():
+            self._scan_thread.join()
+        self.pipeline.stop()
+        self._overflow.__exit__()
+        self.writer.stop()
+
+    def run_once(self) -> ScanStats:
+        """Index every root once (``lineaged --once``) and return the totals."""
+        self.writer.start()
+        try:
+            self._register_roots(self.config.roots)
+            return self._scan_all("one-shot")
+        finally:
+            self.writer.stop()
+
+    def reload(self, config: Config) -> None:
+        """Apply a new configuration: roots added start being watched, removed ones stop."""
+        old = {r.path for r in self.roots.roots}
+        new = {r.path for r in config.roots}
+        for path in old - new:
+            watcher = self._watchers.pop(path, None)
+            if watcher is not None:
+                watcher.stop()
+            self._degraded.pop(path, None)
+        self.config = replace(self.config, roots=config.roots, scan_interval=config.scan_interval)
+        added = self._register_roots(config.roots)
+        for root in added:
+            self._start_watcher(root)
+        log.info(
+            "configuration reloaded: %d roots (%d added, %d removed)",
+            len(new),
+            len(added),
+            len(old - new),
+        )
+        if added:
+            self.request_scan("roots added by reload")
+
+    def _register_roots(self, roots: Sequence[Root]) -> list[WatchedRoot]:
+        def job(store: Store) -> list[int]:
+            return [store.ensure_root(r.path, r.role) for r in roots]
+
+        ids = self.writer.call(job)
+        existing = {r.path for r in self.roots.roots}
+        watched = [
+            WatchedRoot(replace(root, id=root_id), root_id, self.config.ignore_rules(root))
+            for root, root_id in zip(roots, ids, strict=True)
+        ]
+        self.roots.roots[:] = [w for w in watched]
+        return [w for w in watched if w.path not in existing]
+
+    def _start_watcher(self, root: WatchedRoot) -> None:
+        watcher = RootWatcher(root, self.pipeline.put)
+        watcher.start()
+        self._watchers[root.path] = watcher
+        self._note_watcher(root.path, watcher)
+
+    def _note_watcher(self, path: str, watcher: RootWatcher) -> None:
+        if watcher.problem:
+            self._degraded[path] = watcher.problem
+        else:
+            self._degraded.pop(path, None)
+
+    # -- scanning
+
+    def request_scan(self, reason: str) -> None:
+        """Ask the scan thread for a reconcile scan of every root soon."""
+        self._scan_reason = reason
+        self._scan_wanted.set()
+
+    def _on_overflow(self, message: str) -> None:
+        log.warning("watcher lost events (%s); scheduling a reconcile scan", message)
+        self.request_scan("watcher overflow")
+
+    def _scan_loop(self) -> None:
+        next_periodic = time.monotonic()
+        while not self._stop.is_set():
+            interval = self.config.scan_interval
+            wait = ROOT_CHECK_SECONDS
+            if interval > 0:
+                wait = min(wait, max(0.0, next_periodic - time.monotonic()))
+            self._scan_wanted.wait(timeout=wait)
+            if self._stop.is_set():
+                break
+            self._check_roots()
+            due = interval > 0 and time.monotonic() >= next_periodic
+            if self._scan_wanted.is_set() or due:
+                self._scan_wanted.clear()
+                reason = self._scan_reason if not due else "periodic"
+                self._scan_reason = "requested"
+                try:
+                    self._scan_all(reason)
+                except Exception:
+                    log.exception("reconcile scan failed")
+                next_periodic = time.monotonic() + (interval if interval > 0 else 1e18)
+                if not self._serving and not self._stop.is_set():
+                    self._set_serving(True)
+
+    def _check_roots(self) -> None:
+        """Restart watchers whose root came back or whose observer died."""
+        for root in self.roots.roots:
+            watcher = self._watchers.get(root.path)
+            exists = os.path.isdir(root.path)
+            if not exists:
+                if (
+                    root.path not in self._degraded
+                    or "does not exist" not in self._degraded[root.path]
+                ):
+                    log.warning("root %s has disappeared; its history is kept", root.path)
+                self._degraded[root.path] = "root does not exist; waiting for it to appear"
+                if watcher is not None:
+                    watcher.stop()
+                    self._watchers.pop(root.path, None)
+                continue
+            if watcher is None or not watcher.alive:
+                if watcher is not None:
+                    watcher.stop()
+                log.info("watching %s again", root.path)
+                self._start_watcher(root)
+                self.request_scan(f"root {root.path} is back")
+
+    def _scan_all(self, reason: str) -> ScanStats:
+        total = ScanStats()
+        with self._scan_lock:
+            self._scan = replace(
+                self._scan,
+                running=True,
+                files_seen=0,
+                files_hashed=0,
+                bytes_hashed=0,
+                started_at=time.time_ns(),
+            )
+            log.info("reconcile scan (%s) of %d roots started", reason, len(self.roots.roots))
+            self._progress_base = ScanStats()
+            for root in list(self.roots.roots):
+                if self._stop.is_set():
+                    break
+                if not os.path.isdir(root.path):
+                    self._degraded[root.path] = "root does not exist; waiting for it to appear"
+                    continue
+                stats = self.scanner.scan(root)
+                if stats.unreadable:
+                    self._degraded[root.path] = (
+                        "cannot read "
+                        + ", ".join(stats.unreadable[:3])
+                        + (
+                            f" and {len(stats.unreadable) - 3} more"
+                            if len(stats.unreadable) > 3
+                            else ""
+                        )
+                    )
+                elif self._degraded.get(root.path, "").startswith("cannot read"):
+                    del self._degraded[root.path]
+                total.add(stats)
+                self._progress_base.add(stats)
+            self._scan = replace(
+                self._scan,
+                running=False,
+                initial_done=True,
+                files_seen=total.files,
+                files_hashed=total.hashed,
+                bytes_hashed=total.bytes_hashed,
+                finished_at=time.time_ns(),
+                scans_completed=self._scan.scans_completed + 1,
+            )
+        log.info("reconcile scan (%s) done: %s", reason, total.summary())
+        return total
+
+    def _progress(self, stats: ScanStats) -> None:
+        base = self._progress_base
+        files = base.files + stats.files
+        hashed = base.hashed + stats.hashed
+        bytes_hashed = base.bytes_hashed + stats.bytes_hashed
+        self._scan = replace(
+            self._scan, files_seen=files, files_hashed=hashed, bytes_hashed=bytes_hashed
+        )
+        elapsed = max(1e-9, (time.time_ns() - self._scan.started_at) / 1e9)
+        log.info(
+            "scanning: %d files seen, %d hashed, %.1f MB (%.1f MB/s)",
+            files,
+            hashed,
+            bytes_hashed / 1e6,
+            bytes_hashed / 1e6 / elapsed,
+        )
+        for listener in self._progress_listeners:
+            listener(self._scan)
+
+    def add_progress_listener(self, listener: Callable[[ScanState], None]) -> None:
+        """Call ``listener(scan_state)`` on scan progress (systemd STATUS=)."""
+        self._progress_listeners = [*self._progress_listeners, listener]
+
+    def _scan_directory(self, directory: str, seen: ChangeKind) -> None:
+        root = self.roots.tracked(directory, is_dir=True)
+        if root is None or not os.path.isdir(directory):
+            return
+        self.scanner.scan(root, directory, seen=seen)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until the pipeline and the writer have nothing queued."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pipeline.depth == 0 and self.writer.depth == 0:
+                self.writer.call(lambda store: None)
+                if self.pipeline.depth == 0:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    # -- health and status
+
+    @property
+    def serving(self) -> bool:
+        """False while the initial scan runs (health NOT_SERVING), True after."""
+        return self._serving
+
+    def _set_serving(self, serving: bool) -> None:
+        self._serving = serving
+        for listener in list(self._health_listeners):
+            try:
+                listener(serving)
+            except Exception:
+                log.exception("health listener failed")
+
+    def add_health_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(serving)`` now and whenever serving changes."""
+        self._health_listeners.append(listener)
+        listener(self._serving)
+
+    def status(self) -> Status:
+        """Version, uptime, roots with health, counts, scan state, queue depth."""
+        roots = tuple(
+            replace(
+                r.root,
+                health=self._degraded.get(r.path, "ok"),
+                polling=bool(self._watchers.get(r.path) and self._watchers[r.path].polling),
+            )
+            for r in self.roots.roots
+        )
+        return Status(
+            version=__version__,
+            pid=os.getpid(),
+            started_at=self.started_at,
+            state_dir=str(self.config.state_dir),
+            socket=str(self.config.socket),
+            roots=roots,
+            counts=self.store.counts(),
+            scan=self._scan,
+            queue_depth=self.pipeline.depth + self.writer.depth,
+            serving=self._serving,
+            degraded=tuple(f"{path}: {reason}" for path, reason in sorted(self._degraded.items())),
+        )
+
+    # -- versions
+
+    def history(self, path: str, *, limit: int, before_id: int | None = None) -> list[Version]:
+        """Every version the path has had, newest first; page with ``before_id``."""
+        return self.store.history(_check_abs(path), limit=_check_limit(limit), before_id=before_id)
+
+    def version_at(self, path: str, at: int) -> Version:
+        """The version the path held at time ``at`` (NotFound if none)."""
+        return self.store.version_at(_check_abs(path), at)
+
+    def get_version(self, version_id: int) -> Version:
+        """One version by id."""
+        if version_id <= 0:
+            raise InvalidArgument(f"a version id is a positive integer, got {version_id}")
+        return self.store.get_version(version_id)
+
+    def versions_by_digest(self, digest: str, *, limit: int) -> list[Version]:
+        """Every version (any path) with this digest; a prefix of >= 8 hex chars is accepted."""
+        return self.store.versions_by_digest(digest, limit=_check_limit(limit))
+
+    # -- runs
+
+    def begin_run(self, start: RunStart) -> Run:
+        """Record a new run (status running) and return it with its run_id."""
+        if not start.name or "\x00" in start.name or len(start.name) > 256:
+            raise InvalidArgument("a run name is 1 to 256 characters without NUL bytes")
+        if any("\x00" in a for a in start.argv) or len(start.argv) > 10_000:
+            raise InvalidArgument("argv has at most 10000 arguments without NUL bytes")
+        if start.cwd:
+            _check_abs(start.cwd)
+        run_id = self.writer.call(lambda store: store.begin_run(start))
+        run = self.store.get_run(run_id)
+        self._bus.publish([Event(kind="run", run=run)])
+        return run
+
+    def record_accesses(self, run_id: str, accesses: Sequence[Access]) -> int:
+        """Record file accesses of a running run; returns how many were recorded.
+
+        Reads under a root are tied at once to the version current when the file was first
+        opened; writes are tied at the run's end to what the file then holds; files outside
+        every root are recorded with the digest the client computed (never opened here).
+        """
+        if len(accesses) > MAX_ACCESSES:
+            raise InvalidArgument(f"at most {MAX_ACCESSES} accesses per call, got {len(accesses)}")
+        clean = [self._check_access(a) for a in accesses]
+        self.store.get_run(run_id)  # NotFound early, before hashing anything
+        # Bring every read path under a root up to date first (hash through the stat cache),
+        # so the version that was current at first open is in the store.
+        reads = {
+            a.path: ChangeKind.MODIFIED
+            for a in clean
+            if a.mode is AccessMode.READ and self.roots.tracked(a.path)
+        }
+        if reads:
+            self.indexer.observe(reads, wait=True)
+        resolved: list[tuple[Access, int | None]] = []
+        for access in clean:
+            if access.mode is AccessMode.READ and self.roots.tracked(access.path):
+                resolved.append((access, self._version_for_read(access)))
+            else:
+                resolved.append((access, None))
+        roots = self.roots
+
+        def job(store: Store) -> int:
+            store.add_accesses(run_id, clean)
+            for access, version_id in resolved:
+                if version_id is not None:
+                    store.link(run_id, version_id, "read", access)
+                elif roots.root_for(access.path) is None and access.digest:
+                    external = store.record_external(
+                        access.path, access.digest, access.size, access.mtime_ns, access.first_at
+                    )
+                    kind = "read" if access.mode is AccessMode.READ else "wrote"
+                    store.link(run_id, external, kind, access)
+            return len(clean)
+
+        return self.writer.call(job)
+
+    def _check_access(self, access: Access) -> Access:
+        path = _check_abs(access.path)
+        if access.how not in ("declared", "traced"):
+            raise InvalidArgument(f"access 'how' is declared or traced, got {access.how!r}")
+        if access.role not in ("data", "code"):
+            raise InvalidArgument(f"access role is data or code, got {access.role!r}")
+        if access.digest:
+            from lineaged.store import digest_to_blob
+
+            digest_to_blob(access.digest)
+        if access.size < 0 or access.first_at < 0 or access.last_at < 0:
+            raise InvalidArgument("sizes and times cannot be negative")
+        last = max(access.last_at, access.first_at)
+        return replace(access, path=path, last_at=last)
+
+    def _version_for_read(self, access: Access) -> int | None:
+        try:
+            return self.store.version_at(access.path, access.first_at).id
+        except NotFound:
+            current = self.store.current_version(access.path)
+            return current.id if current is not None else None
+
+    def end_run(
+        self,
+        run_id: str,
+        *,
+        exit_code: int | None,
+        status: RunStatus,
+        ended_at: int,
+        warnings: Sequence[str] = (),
+    ) -> Run:
+        """Finish a run: resolve its outputs to the versions they hold now, and close it."""
+        if status is RunStatus.RUNNING:
+            raise InvalidArgument("a run cannot end with status running")
+        if len(warnings) > 100 or any(len(w) > 4096 or "\x00" in w for w in warnings):
+            raise InvalidArgument("at most 100 warnings of at most 4096 characters")
+        run = self.store.get_run(run_id)
+        if run.status is not RunStatus.RUNNING:
+            from lineaged.errors import FailedPrecondition
+
+            raise FailedPrecondition(f"run {run.run_id} already ended ({run.status.value})")
+        run_id = run.run_id
+        outputs = self.writer.call(lambda store: store.run_accesses(run_id, AccessMode.WRITE))
+        tracked = {a.path: ChangeKind.RUN for a in outputs if self.roots.tracked(a.path)}
+        if tracked:
+            self.indexer.observe(tracked, wait=True)
+        linked: list[tuple[Access, int]] = []
+        for access in outputs:
+            if access.path in tracked:
+                current = self.store.current_version(access.path)
+                if current is not None:
+                    linked.append((access, current.id))
+        end = ended_at or time.time_ns()
+
+        def job(store: Store) -> None:
+            for access, version_id in linked:
+                store.link(run_id, version_id, "wrote", access)
+            store.flag_changed_reads(run_id, end)
+            store.end_run(
+                run_id, exit_code=exit_code, status=status, ended_at=end, warnings=warnings
+            )
+
+        self.writer.call(job)
+        finished = self.store.get_run(run_id)
+        self._bus.publish([Event(kind="run", run=finished)])
+        return finished
+
+    def get_run(self, run_id: str) -> Run:
+        """One run by id (a unique prefix of at least 8 characters is accepted)."""
+        return self.store.get_run(run_id)
+
+    def list_runs(
+        self,
+        *,
+        limit: int,
+        name: str = "",
+        status: RunStatus | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before_id: int | None = None,
+    ) -> list[Run]:
+        """Runs newest first, filtered; page with ``before_id`` (the last run's ``id``)."""
+        if "\x00" in name:
+            raise InvalidArgument("a run name has no NUL bytes")
+        return self.store.list_runs(
+            limit=_check_limit(limit),
+            name=name,
+            status=status,
+            since=since,
+            until=until,
+            before_id=before_id,
+        )
+
+    # -- lineage
+
+    def lineage(
+        self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
+    ) -> Graph:
+        """The lineage subgraph around ``start``; ``truncated`` when a limit cut it."""
+        max_depth = max_depth or 50
+        max_nodes = max_nodes or 1000
+        if not 1 <= max_depth <= MAX_DEPTH:
+            raise InvalidArgument(f"max_depth must be between 1 and {MAX_DEPTH}, got {max_depth}")
+        if not 1 <= max_nodes <= MAX_NODES:
+            raise InvalidArgument(f"max_nodes must be between 1 and {MAX_NODES}, got {max_nodes}")
+        return self.store.lineage(
+            self._check_start(start), direction, max_depth=max_depth, max_nodes=max_nodes
+        )
+
+    def verify(self, start: StartNode) -> list[VerifyItem]:
+        """Every input on the upstream closure of ``start`` and what its path holds now."""
+        start = self._check_start(start)
+        # Paths under a root are brought up to date first: "now" means now, not the last event.
+        graph = self.store.lineage(
+            start, Direction.UPSTREAM, max_depth=MAX_DEPTH, max_nodes=MAX_NODES
+        )
+        hints = {v.path: ChangeKind.MODIFIED for v in graph.versions if self.roots.tracked(v.path)}
+        if hints:
+            self.indexer.observe(hints, wait=True)
+        return self.store.verify(start, max_nodes=MAX_NODES)
+
+    def _check_start(self, start: StartNode) -> StartNode:
+        given = sum(bool(x) for x in (start.path, start.digest, start.version_id, start.run_id))
+        if given != 1:
+            raise InvalidArgument(
+                "give exactly one start: a path, a digest, a version id or a run id"
+            )
+        if start.path:
+            return replace(start, path=_check_abs(start.path))
+        if start.version_id < 0:
+            raise InvalidArgument("a version id is a positive integer")
+        return start
+
+    # -- events
+
+    def subscribe(self, path_prefix: str = "") -> Subscription:
+        """A queue of new versions and run events whose path starts with ``path_prefix``."""
+        if "\x00" in path_prefix:
+            raise InvalidArgument("a path prefix has no NUL bytes")
+        return self._bus.subscribe(path_prefix)
+
+    def _after_commit(self, outputs: list[Any]) -> None:
+        events: list[Event] = []
+        for output in outputs:
+            if isinstance(output, list):
+                events.extend(
+                    Event(kind="version", version=v) for v in output if isinstance(v, Version)
+                )
+        if events:
+            self._bus.publish(events)
+
+    # -- maintenance
+
+    @staticmethod
+    @contextlib.contextmanager
+    def opened(config: Config) -> Iterator[Engine]:
+        """Open the store in the state directory and yield a started engine (tests, tools)."""
+        store = Store.open(Path(config.state_dir) / "lineaged.db")
+        engine = Engine(config, store)
+        try:
+            engine.start()
+            yield engine
+        finally:
+            engine.stop()
+            store.close()

@@ -1,0 +1,189 @@
+"""Turn paths into recorded versions: stat, decide with the stat cache, hash, record.
+
+Both the watcher's pipeline and the run-end resolution go through ``Indexer.observe``; the
+reconcile scan (``scanner.py``) uses the same rules in bulk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat as stat_module
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from lineaged import hasher
+from lineaged.config import IgnoreRules
+from lineaged.errors import HashError
+from lineaged.models import ChangeKind, Root, StatKey, Version
+from lineaged.store import CacheEntry, Store, VersionWrite, Writer
+
+__all__ = ["RACY_NS", "Indexer", "RootSet", "WatchedRoot", "needs_hash"]
+
+log = logging.getLogger(__name__)
+
+# An entry whose mtime is this close to when it was hashed may hide a later same-size write
+# in the same timestamp tick (git's "racy git" problem): it is hashed again on the next look.
+RACY_NS = 2_000_000_000
+
+
+def needs_hash(entry: CacheEntry | None, key: StatKey) -> bool:
+    """Whether a file with stat ``key`` must be hashed given what the cache remembers."""
+    if entry is None or entry.hash_format != hasher.HASH_FORMAT:
+        return True
+    if entry.stat_key != key:
+        return True
+    return key.mtime_ns >= entry.checked_at - RACY_NS
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedRoot:
+    """A root as the daemon runs it: its id in the store and its ignore rules."""
+
+    root: Root
+    root_id: int
+    rules: IgnoreRules
+
+    @property
+    def path(self) -> str:
+        """The root's absolute path."""
+        return self.root.path
+
+    def relpath(self, path: str) -> str | None:
+        """``path`` relative to the root, or None when it is not under it."""
+        if path == self.root.path:
+            return ""
+        prefix = self.root.path.rstrip("/") + "/"
+        return path[len(prefix) :] if path.startswith(prefix) else None
+
+
+class RootSet:
+    """The watched roots; answers which root a path is under and whether it is ignored."""
+
+    def __init__(self, roots: Iterable[WatchedRoot], *, excluded: Sequence[str] = ()) -> None:
+        self.roots = list(roots)
+        self.excluded = [e.rstrip("/") for e in excluded]
+
+    def root_for(self, path: str) -> WatchedRoot | None:
+        """The root ``path`` is under, or None."""
+        for root in self.roots:
+            if root.relpath(path) is not None:
+                return root
+        return None
+
+    def tracked(self, path: str, *, is_dir: bool = False) -> WatchedRoot | None:
+        """The root of ``path`` when the path is under a root and not ignored."""
+        root = self.root_for(path)
+        if root is None:
+            return None
+        rel = root.relpath(path)
+        if not rel:
+            return root if is_dir else None
+        if any(path == e or path.startswith(e + "/") for e in self.excluded):
+            return None
+        return None if root.rules.ignores(rel, is_dir=is_dir) else root
+
+
+class Indexer:
+    """Observe paths under the roots and record what they hold now."""
+
+    def __init__(self, store: Store, writer: Writer, roots: RootSet) -> None:
+        self.store = store
+        self.writer = writer
+        self.roots = roots
+
+    def observe(
+        self, hints: dict[str, ChangeKind], *, wait: bool = False
+    ) -> Future[list[Any]] | None:
+        """Stat each path and record its present state: a new version, or gone.
+
+        ``hints`` maps paths to how the change was seen. Paths not under a root or ignored
+        are skipped. Returns the writer's future (None when there was nothing to write).
+        """
+        writes: list[VersionWrite] = []
+        gone: dict[ChangeKind, list[str]] = {}
+        touched: list[tuple[str, StatKey, int]] = []
+        for path, seen in hints.items():
+            root = self.roots.tracked(path)
+            if root is None:
+                continue
+            observed_at = time.time_ns()
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                gone.setdefault(
+                    ChangeKind.MOVED if seen is ChangeKind.MOVED else ChangeKind.DELETED, []
+                ).append(path)
+                continue
+            except OSError as exc:
+                log.warning("cannot stat %s: %s", path, exc)
+                continue
+            if not stat_module.S_ISREG(st.st_mode):
+                # A symlink or a special file is not content we version; if a regular
+                # file used to be here, it is gone.
+                gone.setdefault(ChangeKind.DELETED, []).append(path)
+                continue
+            key = StatKey.from_stat(st)
+            entry = self.store.cache_entry(path)
+            if not needs_hash(entry, key):
+                continue
+            try:
+                result = hasher.hash_file(path)
+            except FileNotFoundError:
+                gone.setdefault(ChangeKind.DELETED, []).append(path)
+                continue
+            except (OSError, HashError) as exc:
+                log.warning("cannot hash %s: %s", path, exc)
+                continue
+            if entry is not None and entry.digest == result.digest:
+                touched.append((path, result.stat_key, observed_at))
+                continue
+            if entry is None and seen is ChangeKind.MODIFIED:
+                seen = ChangeKind.CREATED
+            writes.append(
+                VersionWrite(
+                    path=path,
+                    root_id=root.root_id,
+                    digest=result.digest,
+                    stat_key=result.stat_key,
+                    seen=seen,
+                    observed_at=observed_at,
+                )
+            )
+        if not writes and not gone and not touched:
+            return None
+        at = time.time_ns()
+
+        def job(store: Store) -> list[Any]:
+            for path, key, checked_at in touched:
+                store.touch_stat(path, key, checked_at)
+            created: list[Any] = list(store.record_versions(writes, hasher.HASH_FORMAT))
+            for how, paths in gone.items():
+                for path in store.record_gone(paths, at, how):
+                    created.append(("gone", path, how))
+            return created
+
+        future = self.writer.submit(job)
+        if wait:
+            future.result(timeout=120)
+        return future
+
+    def observe_gone_tree(self, directory: str, how: ChangeKind) -> Future[list[Any]] | None:
+        """Every live path at or below ``directory`` is gone (a directory deleted or moved)."""
+        paths = self.store.live_paths_under(directory)
+        if not paths:
+            return None
+        at = time.time_ns()
+
+        def job(store: Store) -> list[Any]:
+            return [("gone", p, how) for p in store.record_gone(paths, at, how)]
+
+        return self.writer.submit(job)
+
+    def current(self, path: str) -> Version | None:
+        """Bring ``path`` up to date (hash through the stat cache) and return its version."""
+        self.observe({path: ChangeKind.RUN}, wait=True)
+        return self.store.current_version(path)

@@ -1,0 +1,1643 @@
+"""The SQLite store: every SQL statement of lineaged lives in this module.
+
+One writer thread owns the write connection (``Writer``); every other thread reads through its
+own connection (WAL lets them run beside the writer). History is append-only: a new content
+state inserts a version and closes the previous one's interval; a deletion closes the interval
+of the current version. Nothing in normal operation deletes a version, a run or an edge.
+
+Digests are stored as 32-byte BLOBs (DESIGN.md: smaller index, faster inserts) and shown as
+64 lowercase hex characters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from lineaged.errors import (
+    AmbiguousDigest,
+    CorruptStore,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StoreError,
+)
+from lineaged.models import (
+    Access,
+    AccessMode,
+    ChangeKind,
+    CodeState,
+    Counts,
+    Direction,
+    Edge,
+    EnvState,
+    Graph,
+    Role,
+    Root,
+    Run,
+    RunStart,
+    RunStatus,
+    SourceFile,
+    StartNode,
+    StatKey,
+    VerifyItem,
+    VerifyState,
+    Version,
+    run_node_id,
+    version_node_id,
+)
+
+__all__ = [
+    "APP_ID",
+    "DB_NAME",
+    "SCHEMA_VERSION",
+    "CacheEntry",
+    "Store",
+    "VersionWrite",
+    "Writer",
+]
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "lineaged.db"
+APP_ID = 0x4C494E45  # "LINE": PRAGMA application_id marks a lineaged database
+SCHEMA_VERSION = 1
+SQLITE_HEADER = b"SQLite format 3\x00"
+DIGEST_BYTES = 32
+MIN_PREFIX = 8
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """What the store remembers of a live path: its stat key and digest when last checked."""
+
+    artifact_id: int
+    stat_key: StatKey
+    digest: str
+    checked_at: int
+    hash_format: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionWrite:
+    """One observed content state of a path under a root, to be recorded."""
+
+    path: str
+    root_id: int
+    digest: str
+    stat_key: StatKey
+    seen: ChangeKind
+    observed_at: int
+
+
+# --- schema -----------------------------------------------------------------------------
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("roots").create(
+        {"id": int, "path": str, "role": str, "added_at": int},
+        pk="id",
+        not_null={"path", "role", "added_at"},
+    )
+    db.table("roots").create_index(["path"], unique=True)
+    db.table("artifacts").create(
+        {"id": int, "path": str, "root_id": int},
+        pk="id",
+        not_null={"path"},
+        foreign_keys=[("root_id", "roots", "id")],
+    )
+    db.table("artifacts").create_index(["path"], unique=True)
+    db.table("versions").create(
+        {
+            "id": int,
+            "artifact_id": int,
+            "digest": bytes,
+            "size": int,
+            "mtime_ns": int,
+            "valid_from": int,
+            "valid_until": int,
+            "seen": str,
+            "closed_by": str,
+        },
+        pk="id",
+        not_null={"artifact_id", "digest", "size", "mtime_ns", "valid_from", "seen"},
+        foreign_keys=[("artifact_id", "artifacts", "id")],
+    )
+    db.table("versions").create_index(
+        ["artifact_id", "valid_from"], index_name="versions_by_artifact"
+    )
+    db.table("versions").create_index(["digest"], index_name="versions_by_digest")
+    db.table("stat_cache").create(
+        {
+            "artifact_id": int,
+            "dev": int,
+            "ino": int,
+            "size": int,
+            "mtime_ns": int,
+            "ctime_ns": int,
+            "digest": bytes,
+            "checked_at": int,
+            "hash_format": int,
+        },
+        pk="artifact_id",
+        foreign_keys=[("artifact_id", "artifacts", "id")],
+    )
+    db.table("blobs").create({"digest": bytes, "data": bytes}, pk="digest")
+    db.table("envs").create({"id": int, "digest": bytes, "body": str}, pk="id", not_null={"digest"})
+    db.table("envs").create_index(["digest"], unique=True)
+    db.table("runs").create(
+        {
+            "id": int,
+            "run_id": str,
+            "name": str,
+            "argv": str,
+            "cwd": str,
+            "host": str,
+            "user": str,
+            "pid": int,
+            "started_at": int,
+            "ended_at": int,
+            "status": str,
+            "exit_code": int,
+            "params": str,
+            "parent_run_id": str,
+            "code": str,
+            "diff_digest": bytes,
+            "env_id": int,
+            "warnings": str,
+        },
+        pk="id",
+        not_null={"run_id", "name", "started_at", "status"},
+        foreign_keys=[("env_id", "envs", "id"), ("diff_digest", "blobs", "digest")],
+    )
+    db.table("runs").create_index(["run_id"], unique=True)
+    db.table("runs").create_index(["name", "id"], index_name="runs_by_name")
+    db.table("accesses").create(
+        {
+            "id": int,
+            "run_id": int,
+            "path": str,
+            "mode": str,
+            "how": str,
+            "role": str,
+            "first_at": int,
+            "last_at": int,
+            "digest": bytes,
+            "size": int,
+            "mtime_ns": int,
+        },
+        pk="id",
+        not_null={"run_id", "path", "mode", "first_at", "last_at"},
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db.table("accesses").create_index(["run_id", "mode"], index_name="accesses_by_run")
+    db.table("edges").create(
+        {
+            "id": int,
+            "run_id": int,
+            "version_id": int,
+            "kind": str,
+            "how": str,
+            "role": str,
+            "first_at": int,
+            "last_at": int,
+            "changed_during_run": int,
+        },
+        pk="id",
+        not_null={"run_id", "version_id", "kind"},
+        foreign_keys=[("run_id", "runs", "id"), ("version_id", "versions", "id")],
+    )
+    db.table("edges").create_index(["run_id", "kind", "version_id"], unique=True)
+    db.table("edges").create_index(["version_id", "kind"], index_name="edges_by_version")
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1,)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def digest_to_blob(digest: str) -> bytes:
+    """64 hex characters to 32 bytes; InvalidArgument otherwise."""
+    if len(digest) != 2 * DIGEST_BYTES:
+        raise InvalidArgument(f"a digest is 64 hex characters, got {len(digest)}: {digest[:80]!r}")
+    try:
+        return bytes.fromhex(digest)
+    except ValueError:
+        raise InvalidArgument(f"a digest is hexadecimal: {digest[:80]!r}") from None
+
+
+def _hex(blob: bytes | None) -> str:
+    return blob.hex() if blob else ""
+
+
+def _prefix_range(prefix: str) -> tuple[bytes, bytes | None]:
+    """The half-open BLOB range ``[low, high)`` of every digest starting with ``prefix``."""
+    low_hex = prefix + "0" * (2 * DIGEST_BYTES - len(prefix))
+    low = bytes.fromhex(low_hex)
+    value = int(prefix, 16) + 1
+    if value >= 16 ** len(prefix):
+        return low, None
+    high_hex = format(value, f"0{len(prefix)}x") + "0" * (2 * DIGEST_BYTES - len(prefix))
+    return low, bytes.fromhex(high_hex)
+
+
+def _check_path(path: str) -> str:
+    if not path or "\x00" in path:
+        raise InvalidArgument("a path must be non-empty and free of NUL bytes")
+    if not os.path.isabs(path):
+        raise InvalidArgument(f"paths are absolute on the wire, got {path!r}")
+    return os.path.normpath(path)
+
+
+def new_run_id() -> str:
+    """A time-ordered, unique run id (48-bit ms timestamp + 80 random bits, as hex)."""
+    millis = time.time_ns() // 1_000_000
+    return f"{millis:012x}{uuid.uuid4().hex[:20]}"
+
+
+_VERSION_COLUMNS = (
+    "v.id, a.path, v.digest, v.size, v.mtime_ns, v.valid_from, v.valid_until, v.seen, "
+    "v.closed_by, a.root_id IS NULL"
+)
+
+_RUN_COLUMNS = (
+    "r.id, r.run_id, r.name, r.argv, r.cwd, r.host, r.user, r.pid, r.started_at, r.ended_at, "
+    "r.status, r.exit_code, r.params, r.parent_run_id, r.code, r.diff_digest, e.body, r.warnings"
+)
+
+
+def _version(row: Sequence[Any]) -> Version:
+    return Version(
+        id=row[0],
+        path=row[1],
+        digest=_hex(row[2]),
+        size=row[3],
+        mtime_ns=row[4],
+        valid_from=row[5],
+        valid_until=row[6],
+        seen=ChangeKind(row[7]),
+        closed_by=ChangeKind(row[8]) if row[8] else None,
+        external=bool(row[9]),
+    )
+
+
+def _code_from_json(body: str | None, diff_digest: bytes | None) -> CodeState | None:
+    if not body:
+        return None
+    raw = json.loads(body)
+    return CodeState(
+        commit=raw.get("commit", ""),
+        branch=raw.get("branch", ""),
+        remote=raw.get("remote", ""),
+        dirty=bool(raw.get("dirty", False)),
+        diff_digest=raw.get("diff_digest", "") or _hex(diff_digest),
+        diff_size=int(raw.get("diff_size", 0)),
+        diff_truncated=bool(raw.get("diff_truncated", False)),
+        untracked=tuple(raw.get("untracked", ())),
+        sources=tuple(SourceFile(s["path"], s["digest"]) for s in raw.get("sources", ())),
+    )
+
+
+def _code_to_json(code: CodeState) -> str:
+    return json.dumps(
+        {
+            "commit": code.commit,
+            "branch": code.branch,
+            "remote": code.remote,
+            "dirty": code.dirty,
+            "diff_digest": code.diff_digest,
+            "diff_size": code.diff_size,
+            "diff_truncated": code.diff_truncated,
+            "untracked": list(code.untracked),
+            "sources": [{"path": s.path, "digest": s.digest} for s in code.sources],
+        },
+        sort_keys=True,
+    )
+
+
+def _env_to_json(env: EnvState) -> str:
+    return json.dumps(
+        {
+            "python_version": env.python_version,
+            "implementation": env.implementation,
+            "platform": env.platform,
+            "packages": list(env.packages),
+            "packages_digest": env.packages_digest,
+            "variables": dict(env.variables),
+        },
+        sort_keys=True,
+    )
+
+
+def _env_from_json(body: str | None) -> EnvState | None:
+    if not body:
+        return None
+    raw = json.loads(body)
+    return EnvState(
+        python_version=raw.get("python_version", ""),
+        implementation=raw.get("implementation", ""),
+        platform=raw.get("platform", ""),
+        packages=tuple(raw.get("packages", ())),
+        packages_digest=raw.get("packages_digest", ""),
+        variables=dict(raw.get("variables", {})),
+    )
+
+
+def _run(row: Sequence[Any], sources: tuple[SourceFile, ...] = ()) -> Run:
+    code = _code_from_json(row[14], row[15])
+    if code is not None and sources and not code.sources:
+        code = CodeState(**{**_code_fields(code), "sources": sources})
+    return Run(
+        id=row[0],
+        run_id=row[1],
+        name=row[2],
+        argv=tuple(json.loads(row[3] or "[]")),
+        cwd=row[4] or "",
+        host=row[5] or "",
+        user=row[6] or "",
+        pid=row[7] or 0,
+        started_at=row[8],
+        ended_at=row[9],
+        status=RunStatus(row[10]),
+        exit_code=row[11],
+        params=json.loads(row[12] or "{}"),
+        parent_run_id=row[13] or "",
+        code=code,
+        env=_env_from_json(row[16]),
+        warnings=tuple(json.loads(row[17] or "[]")),
+    )
+
+
+def _code_fields(code: CodeState) -> dict[str, Any]:
+    return {name: getattr(code, name) for name in CodeState.__slots__}
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+class Store:
+    """A lineaged database: open it once per process, read from any thread, write on one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._write_conn: sqlite3.Connection | None = None
+        self._artifact_ids: dict[str, int] = {}
+
+    # -- opening and closing
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating if needed) and migrate the store at ``path``; refuse foreign files."""
+        _refuse_foreign(path)
+        store = cls(path)
+        try:
+            if path.exists() and path.stat().st_size > 0:
+                # Check identity on a read-only connection first: switching to WAL would
+                # write to a foreign database's header.
+                with contextlib.closing(
+                    sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+                ) as probe:
+                    _check_identity(path, probe)
+            store._write_conn = store._connect(write=True)
+            store._migrate()
+        except sqlite3.DatabaseError as exc:
+            store.close()
+            raise CorruptStore(
+                f"{path} is not a usable lineaged database ({exc}); it was left untouched"
+            ) from exc
+        return store
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        """Open an existing store for reading only (``lineaged check``/``backup``)."""
+        _refuse_foreign(path)
+        store = cls(path)
+        try:
+            _check_identity(path, store._rc)
+        except sqlite3.DatabaseError as exc:
+            store.close()
+            raise CorruptStore(f"{path} is not a usable lineaged database ({exc})") from exc
+        return store
+
+    def _connect(self, *, write: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=30.0,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            check_same_thread=False,
+        )
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        if write:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        else:
+            conn.execute("PRAGMA query_only=ON")
+        conn.execute("PRAGMA cache_size=-32768")
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._wc
+        version = _check_identity(self.path, conn)
+        if version == SCHEMA_VERSION:
+            return
+        db = sqlite_utils.Database(conn)
+        for number, migration in enumerate(MIGRATIONS, start=1):
+            if number <= version:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                migration(db)
+                conn.execute(f"PRAGMA application_id={APP_ID}")
+                conn.execute(f"PRAGMA user_version={number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("store migrated to schema %d", number)
+
+    def close(self) -> None:
+        """Close every connection (the writer must have stopped)."""
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        if self._write_conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._write_conn.execute("PRAGMA optimize")
+            self._write_conn.close()
+            self._write_conn = None
+
+    @property
+    def _wc(self) -> sqlite3.Connection:
+        if self._write_conn is None:
+            raise StoreError("the store is closed")
+        return self._write_conn
+
+    @property
+    def _rc(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(write=False)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several reads (one read transaction)."""
+        conn = self._rc
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"reading the store failed: {exc}") from exc
+        finally:
+            conn.execute("COMMIT")
+
+    # -- transactions on the write connection (writer thread only)
+
+    def begin(self) -> None:
+        """Start a write transaction."""
+        self._wc.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        """Commit the write transaction."""
+        self._wc.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Roll the write transaction back."""
+        if self._wc.in_transaction:
+            self._wc.execute("ROLLBACK")
+        self._artifact_ids.clear()  # ids inserted by the rolled-back transaction are gone
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """One logical change inside the writer's batch: all of it or none of it."""
+        conn = self._wc
+        conn.execute("SAVEPOINT change")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO change")
+            conn.execute("RELEASE change")
+            self._artifact_ids.clear()
+            raise
+        conn.execute("RELEASE change")
+
+    # -- roots and artifacts (writes)
+
+    def ensure_root(self, path: str, role: Role) -> int:
+        """The id of a root, adding it (or updating its role) as needed."""
+        conn = self._wc
+        row = conn.execute("SELECT id, role FROM roots WHERE path=?", (path,)).fetchone()
+        if row is None:
+            cur = conn.execute(
+                "INSERT INTO roots(path, role, added_at) VALUES (?, ?, ?)",
+                (path, role.value, time.time_ns()),
+            )
+            return int(cur.lastrowid or 0)
+        if row[1] != role.value:
+            conn.execute("UPDATE roots SET role=? WHERE id=?", (role.value, row[0]))
+        return int(row[0])
+
+    def _artifact_id(self, path: str, root_id: int | None) -> int:
+        cached = self._artifact_ids.get(path)
+        if cached is not None:
+            return cached
+        conn = self._wc
+        row = conn.execute("SELECT id, root_id FROM artifacts WHERE path=?", (path,)).fetchone()
+        if row is None:
+            cur = conn.execute(
+                "INSERT INTO artifacts(path, root_id) VALUES (?, ?)", (path, root_id)
+            )
+            artifact_id = int(cur.lastrowid or 0)
+        else:
+            artifact_id = int(row[0])
+            if row[1] is None and root_id is not None:
+                # An external path became part of a root: it is watched from now on.
+                conn.execute("UPDATE artifacts SET root_id=? WHERE id=?", (root_id, artifact_id))
+        if len(self._artifact_ids) > 200_000:
+            self._artifact_ids.clear()
+        self._artifact_ids[path] = artifact_id
+        return artifact_id
+
+    # -- versions (writes)
+
+    def record_versions(self, writes: Sequence[VersionWrite], hash_format: int) -> list[Version]:
+        """Record observed content states; returns the versions that are new.
+
+        A state whose digest equals the path's current version only refreshes the stat cache.
+        """
+        conn = self._wc
+        created: list[Version] = []
+        for write in writes:
+            artifact_id = self._artifact_id(write.path, write.root_id)
+            blob = digest_to_blob(write.digest)
+            key = write.stat_key
+            current = conn.execute(
+                "SELECT id, digest, valid_from FROM versions "
+                "WHERE artifact_id=? AND valid_until IS NULL",
+                (artifact_id,),
+            ).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO stat_cache(artifact_id, dev, ino, size, mtime_ns, "
+                "ctime_ns, digest, checked_at, hash_format) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    artifact_id,
+                    key.dev,
+                    key.ino,
+                    key.size,
+                    key.mtime_ns,
+                    key.ctime_ns,
+                    blob,
+                    write.observed_at,
+                    hash_format,
+                ),
+            )
+            if current is not None and current[1] == blob:
+                continue
+            valid_from = _valid_from(write, current[2] if current is not None else None)
+            if current is not None:
+                conn.execute(
+                    "UPDATE versions SET valid_until=?, closed_by=? WHERE id=?",
+                    (valid_from, write.seen.value, current[0]),
+                )
+            cur = conn.execute(
+                "INSERT INTO versions(artifact_id, digest, size, mtime_ns, valid_from, seen) "
+                "VALUES (?,?,?,?,?,?)",
+                (artifact_id, blob, key.size, key.mtime_ns, valid_from, write.seen.value),
+            )
+            created.append(
+                Version(
+                    id=int(cur.lastrowid or 0),
+                    path=write.path,
+                    digest=write.digest,
+                    size=key.size,
+                    mtime_ns=key.mtime_ns,
+                    valid_from=valid_from,
+                    valid_until=None,
+                    seen=write.seen,
+                )
+            )
+        return created
+
+    def touch_stat(self, path: str, stat_key: StatKey, checked_at: int) -> None:
+        """Remember a new stat key for unchanged content (no new version)."""
+        artifact_id = self._artifact_ids.get(path)
+        if artifact_id is None:
+            row = self._wc.execute("SELECT id FROM artifacts WHERE path=?", (path,)).fetchone()
+            if row is None:
+                return
+            artifact_id = int(row[0])
+        self._wc.execute(
+            "UPDATE stat_cache SET dev=?, ino=?, size=?, mtime_ns=?, ctime_ns=?, checked_at=? "
+            "WHERE artifact_id=?",
+            (
+                stat_key.dev,
+                stat_key.ino,
+                stat_key.size,
+                stat_key.mtime_ns,
+                stat_key.ctime_ns,
+                checked_at,
+                artifact_id,
+            ),
+        )
+
+    def record_gone(self, paths: Iterable[str], at: int, how: ChangeKind) -> list[str]:
+        """Close the current version of each path (deleted or moved away); returns the closed paths."""
+        conn = self._wc
+        closed: list[str] = []
+        for path in paths:
+            row = conn.execute("SELECT id FROM artifacts WHERE path=?", (path,)).fetchone()
+            if row is None:
+                continue
+            artifact_id = row[0]
+            conn.execute("DELETE FROM stat_cache WHERE artifact_id=?", (artifact_id,))
+            current = conn.execute(
+                "SELECT id, valid_from FROM versions WHERE artifact_id=? AND valid_until IS NULL",
+                (artifact_id,),
+            ).fetchone()
+            if current is None:
+                continue
+            conn.execute(
+                "UPDATE versions SET valid_until=?, closed_by=? WHERE id=?",
+                (max(at, current[1] + 1), how.value, current[0]),
+            )
+            closed.append(path)
+        return closed
+
+    def record_external(self, path: str, digest: str, size: int, mtime_ns: int, at: int) -> int:
+        """The version id of a file outside every root, as a client hashed it."""
+        conn = self._wc
+        artifact_id = self._artifact_id(path, None)
+        blob = digest_to_blob(digest)
+        current = conn.execute(
+            "SELECT id, digest, valid_from FROM versions WHERE artifact_id=? AND valid_until IS NULL",
+            (artifact_id,),
+        ).fetchone()
+        if current is not None and current[1] == blob:
+            return int(current[0])
+        valid_from = min(mtime_ns, at) if mtime_ns > 0 else at
+        if current is not None:
+            valid_from = max(valid_from, current[2] + 1)
+            conn.execute(
+                "UPDATE versions SET valid_until=?, closed_by=? WHERE id=?",
+                (valid_from, ChangeKind.EXTERNAL.value, current[0]),
+            )
+        cur = conn.execute(
+            "INSERT INTO versions(artifact_id, digest, size, mtime_ns, valid_from, seen) "
+            "VALUES (?,?,?,?,?,?)",
+            (artifact_id, blob, size, mtime_ns, valid_from, ChangeKind.EXTERNAL.value),
+        )
+        return int(cur.lastrowid or 0)
+
+    # -- runs (writes)
+
+    def begin_run(self, start: RunStart) -> str:
+        """Insert a running run; returns its run_id."""
+        conn = self._wc
+        run_id = new_run_id()
+        env_id = None
+        if start.env is not None:
+            body = _env_to_json(start.env)
+            env_digest = _blake3(body.encode())
+            conn.execute(
+                "INSERT OR IGNORE INTO envs(digest, body) VALUES (?, ?)", (env_digest, body)
+            )
+            env_id = conn.execute("SELECT id FROM envs WHERE digest=?", (env_digest,)).fetchone()[0]
+        diff_digest = None
+        code_json = None
+        if start.code is not None:
+            code = start.code
+            if code.diff:
+                diff_digest = _blake3(code.diff)
+                conn.execute(
+                    "INSERT OR IGNORE INTO blobs(digest, data) VALUES (?, ?)",
+                    (diff_digest, code.diff),
+                )
+                if not code.diff_digest:
+                    code = CodeState(**{**_code_fields(code), "diff_digest": diff_digest.hex()})
+            code_json = _code_to_json(code)
+        if (
+            start.parent_run_id
+            and not conn.execute(
+                "SELECT 1 FROM runs WHERE run_id=?", (start.parent_run_id,)
+            ).fetchone()
+        ):
+            raise NotFound(f"parent run {start.parent_run_id!r} does not exist")
+        conn.execute(
+            "INSERT INTO runs(run_id, name, argv, cwd, host, user, pid, started_at, status, "
+            "params, parent_run_id, code, diff_digest, env_id, warnings) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                run_id,
+                start.name,
+                json.dumps(list(start.argv)),
+                start.cwd,
+                start.host,
+                start.user,
+                start.pid,
+                start.started_at or time.time_ns(),
+                RunStatus.RUNNING.value,
+                json.dumps(dict(start.params), sort_keys=True),
+                start.parent_run_id,
+                code_json,
+                diff_digest,
+                env_id,
+                "[]",
+            ),
+        )
+        return run_id
+
+    def _run_row_id(self, conn: sqlite3.Connection, run_id: str) -> tuple[int, str, int]:
+        row = conn.execute(
+            "SELECT id, status, started_at FROM runs WHERE run_id=?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id!r}")
+        return int(row[0]), str(row[1]), int(row[2])
+
+    def add_accesses(self, run_id: str, accesses: Sequence[Access]) -> int:
+        """Store a run's raw accesses (resolved to edges by ``link_reads``/``link_writes``)."""
+        conn = self._wc
+        row_id, status, _ = self._run_row_id(conn, run_id)
+        if status != RunStatus.RUNNING.value:
+            raise FailedPrecondition(f"run {run_id} has ended ({status}); no more accesses")
+        conn.executemany(
+            "INSERT INTO accesses(run_id, path, mode, how, role, first_at, last_at, digest, "
+            "size, mtime_ns) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    row_id,
+                    a.path,
+                    a.mode.value,
+                    a.how,
+                    a.role,
+                    a.first_at,
+                    a.last_at,
+                    digest_to_blob(a.digest) if a.digest else None,
+                    a.size,
+                    a.mtime_ns,
+                )
+                for a in accesses
+            ],
+        )
+        return len(accesses)
+
+    def link(
+        self,
+        run_id: str,
+        version_id: int,
+        kind: str,
+        access: Access,
+        *,
+        changed_during_run: bool = False,
+    ) -> bool:
+        """Add an edge run->version (kind "read" or "wrote"); False when it already existed."""
+        conn = self._wc
+        row_id, _, _ = self._run_row_id(conn, run_id)
+        cur = conn.execute(
+            "INSERT INTO edges(run_id, version_id, kind, how, role, first_at, last_at, "
+            "changed_during_run) VALUES (?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(run_id, kind, version_id) DO UPDATE SET "
+            "first_at=min(first_at, excluded.first_at), last_at=max(last_at, excluded.last_at), "
+            "changed_during_run=max(changed_during_run, excluded.changed_during_run)",
+            (
+                row_id,
+                version_id,
+                kind,
+                access.how,
+                access.role,
+                access.first_at,
+                access.last_at,
+                int(changed_during_run),
+            ),
+        )
+        return cur.rowcount > 0
+
+    def run_accesses(self, run_id: str, mode: AccessMode) -> list[Access]:
+        """The raw accesses a run reported, merged per path (write connection)."""
+        conn = self._wc
+        row_id, _, _ = self._run_row_id(conn, run_id)
+        rows = conn.execute(
+            "SELECT path, min(first_at), max(last_at), max(how), max(role), "
+            "max(digest), max(size), max(mtime_ns) FROM accesses "
+            "WHERE run_id=? AND mode=? GROUP BY path ORDER BY path",
+            (row_id, mode.value),
+        ).fetchall()
+        return [
+            Access(
+                path=r[0],
+                mode=mode,
+                first_at=r[1],
+                last_at=r[2],
+                how=r[3] or "traced",
+                role=r[4] or "data",
+                digest=_hex(r[5]),
+                size=r[6] or 0,
+                mtime_ns=r[7] or 0,
+            )
+            for r in rows
+        ]
+
+    def flag_changed_reads(self, run_id: str, ended_at: int) -> int:
+        """Flag read edges whose path got a newer version before the run ended."""
+        conn = self._wc
+        row_id, _, _ = self._run_row_id(conn, run_id)
+        cur = conn.execute(
+            "UPDATE edges SET changed_during_run=1 WHERE run_id=? AND kind='read' AND id IN ("
+            " SELECT e.id FROM edges e JOIN versions v ON v.id=e.version_id"
+            " JOIN versions later ON later.artifact_id=v.artifact_id AND later.id<>v.id"
+            "  AND later.valid_from>v.valid_from AND later.valid_from<=?"
+            " WHERE e.run_id=? AND e.kind='read')",
+            (row_id, ended_at, row_id),
+        )
+        return cur.rowcount
+
+    def end_run(
+        self,
+        run_id: str,
+        *,
+        exit_code: int | None,
+        status: RunStatus,
+        ended_at: int,
+        warnings: Sequence[str],
+    ) -> None:
+        """Close a running run."""
+        conn = self._wc
+        row_id, current, started_at = self._run_row_id(conn, run_id)
+        if current != RunStatus.RUNNING.value:
+            raise FailedPrecondition(f"run {run_id} already ended ({current})")
+        if status is RunStatus.RUNNING:
+            raise InvalidArgument("a run cannot end with status running")
+        conn.execute(
+            "UPDATE runs SET ended_at=?, status=?, exit_code=?, warnings=? WHERE id=?",
+            (
+                max(ended_at, started_at),
+                status.value,
+                exit_code,
+                json.dumps(list(warnings)),
+                row_id,
+            ),
+        )
+
+    # -- reads (any thread)
+
+    def counts(self) -> Counts:
+        """How many roots, artifacts, versions, runs and edges the store holds."""
+        with self._reading() as conn:
+            values = [
+                conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("roots", "artifacts", "versions", "runs", "edges")
+            ]
+        return Counts(*values)
+
+    def roots(self) -> list[Root]:
+        """Every root the store has known."""
+        rows = self._rc.execute("SELECT id, path, role FROM roots ORDER BY id").fetchall()
+        return [Root(path=r[1], role=Role(r[2]), id=r[0]) for r in rows]
+
+    def cache_for_root(self, root_id: int) -> dict[str, CacheEntry]:
+        """The stat cache of every live path under a root, keyed by absolute path."""
+        rows = self._rc.execute(
+            "SELECT a.path, s.artifact_id, s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns, "
+            "s.digest, s.checked_at, s.hash_format FROM stat_cache s "
+            "JOIN artifacts a ON a.id=s.artifact_id WHERE a.root_id=?",
+            (root_id,),
+        ).fetchall()
+        return {
+            r[0]: CacheEntry(r[1], StatKey(r[2], r[3], r[4], r[5], r[6]), r[7].hex(), r[8], r[9])
+            for r in rows
+        }
+
+    def cache_entry(self, path: str) -> CacheEntry | None:
+        """The stat cache entry of one live path."""
+        r = self._rc.execute(
+            "SELECT s.artifact_id, s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns, s.digest, "
+            "s.checked_at, s.hash_format FROM stat_cache s JOIN artifacts a ON a.id=s.artifact_id "
+            "WHERE a.path=?",
+            (path,),
+        ).fetchone()
+        if r is None:
+            return None
+        return CacheEntry(r[0], StatKey(r[1], r[2], r[3], r[4], r[5]), r[6].hex(), r[7], r[8])
+
+    def live_paths_under(self, directory: str) -> list[str]:
+        """Every path with a current version at or below ``directory``."""
+        prefix = directory.rstrip("/") + "/"
+        rows = self._rc.execute(
+            "SELECT a.path FROM artifacts a JOIN versions v ON v.artifact_id=a.id "
+            "AND v.valid_until IS NULL WHERE a.path >= ? AND a.path < ?",
+            (prefix, prefix[:-1] + "0"),  # "0" sorts right after "/"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def history(self, path: str, *, limit: int, before_id: int | None = None) -> list[Version]:
+        """Every version of a path, newest first."""
+        path = _check_path(path)
+        rows = self._rc.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
+            "WHERE a.path=? AND v.id < ? ORDER BY v.valid_from DESC, v.id DESC LIMIT ?",
+            (path, before_id if before_id is not None else 2**63 - 1, limit),
+        ).fetchall()
+        if not rows and before_id is None:
+            raise NotFound(f"{path} has never been seen by lineaged")
+        return [_version(r) for r in rows]
+
+    def version_at(self, path: str, at: int) -> Version:
+        """The version a path held at time ``at``."""
+        path = _check_path(path)
+        row = self._rc.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
+            "WHERE a.path=? AND v.valid_from<=? AND (v.valid_until IS NULL OR v.valid_until>?) "
+            "ORDER BY v.valid_from DESC LIMIT 1",
+            (path, at, at),
+        ).fetchone()
+        if row is None:
+            if not self._rc.execute("SELECT 1 FROM artifacts WHERE path=?", (path,)).fetchone():
+                raise NotFound(f"{path} has never been seen by lineaged")
+            raise NotFound(f"{path} held no recorded content at {_iso(at)}")
+        return _version(row)
+
+    def current_version(self, path: str) -> Version | None:
+        """The version a path holds now, or None when it does not exist (any more)."""
+        path = _check_path(path)
+        row = self._rc.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
+            "WHERE a.path=? AND v.valid_until IS NULL",
+            (path,),
+        ).fetchone()
+        return _version(row) if row else None
+
+    def get_version(self, version_id: int) -> Version:
+        """One version by id."""
+        row = self._rc.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
+            "WHERE v.id=?",
+            (version_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no version {version_id}")
+        return _version(row)
+
+    def resolve_digest(self, digest: str) -> bytes:
+        """A full digest, or the unique digest a >= 8 hex character prefix names."""
+        digest = digest.strip().lower()
+        if not digest or any(c not in "0123456789abcdef" for c in digest):
+            raise InvalidArgument(f"a digest is hexadecimal: {digest[:80]!r}")
+        if len(digest) == 2 * DIGEST_BYTES:
+            return bytes.fromhex(digest)
+        if len(digest) < MIN_PREFIX or len(digest) > 2 * DIGEST_BYTES:
+            raise InvalidArgument(
+                f"a digest prefix needs {MIN_PREFIX} to 64 hex characters, got {len(digest)}"
+            )
+        low, high = _prefix_range(digest)
+        if high is None:
+            rows = self._rc.execute(
+                "SELECT DISTINCT digest FROM versions WHERE digest>=? LIMIT 6", (low,)
+            ).fetchall()
+        else:
+            rows = self._rc.execute(
+                "SELECT DISTINCT digest FROM versions WHERE digest>=? AND digest<? LIMIT 6",
+                (low, high),
+            ).fetchall()
+        if not rows:
+            raise NotFound(f"no version has a digest starting with {digest}")
+        if len(rows) > 1:
+            shown = ", ".join(r[0].hex() for r in rows[:5])
+            more = " and more" if len(rows) > 5 else ""
+            raise AmbiguousDigest(
+                f"digest prefix {digest} is ambiguous: it matches {shown}{more}; give more characters"
+            )
+        return bytes(rows[0][0])
+
+    def versions_by_digest(self, digest: str, *, limit: int) -> list[Version]:
+        """Every version of any path that held this digest (or unique prefix), newest first."""
+        blob = self.resolve_digest(digest)
+        rows = self._rc.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
+            "WHERE v.digest=? ORDER BY v.valid_from DESC, v.id DESC LIMIT ?",
+            (blob, limit),
+        ).fetchall()
+        if not rows:
+            raise NotFound(f"no path has ever held {blob.hex()}")
+        return [_version(r) for r in rows]
+
+    def _runs_where(
+        self, conn: sqlite3.Connection, where: str, params: Sequence[Any], tail: str = ""
+    ) -> list[Run]:
+        rows = conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs r LEFT JOIN envs e ON e.id=r.env_id "
+            f"WHERE {where} {tail}",
+            params,
+        ).fetchall()
+        if not rows:
+            return []
+        sources = self._sources(conn, [r[0] for r in rows])
+        return [_run(r, sources.get(r[0], ())) for r in rows]
+
+    def _sources(
+        self, conn: sqlite3.Connection, run_row_ids: Sequence[int]
+    ) -> dict[int, tuple[SourceFile, ...]]:
+        found: dict[int, list[SourceFile]] = {}
+        for chunk in _chunks(run_row_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                "SELECT e.run_id, a.path, v.digest FROM edges e JOIN versions v ON v.id=e.version_id "
+                f"JOIN artifacts a ON a.id=v.artifact_id WHERE e.run_id IN ({marks}) "
+                "AND e.kind='read' AND e.role='code' ORDER BY a.path",
+                list(chunk),
+            ):
+                found.setdefault(row[0], []).append(SourceFile(row[1], row[2].hex()))
+        return {k: tuple(v) for k, v in found.items()}
+
+    def get_run(self, run_id: str) -> Run:
+        """One run by id, or by a unique prefix of at least 8 characters."""
+        if not run_id or "\x00" in run_id or len(run_id) > 64:
+            raise InvalidArgument("a run id is 1 to 64 characters without NUL bytes")
+        with self._reading() as conn:
+            runs = self._runs_where(conn, "r.run_id=?", (run_id,))
+            if not runs and len(run_id) >= MIN_PREFIX:
+                runs = self._runs_where(
+                    conn, "r.run_id >= ? AND r.run_id < ?", (run_id, run_id + "\uffff"), "LIMIT 3"
+                )
+                if len(runs) > 1:
+                    raise InvalidArgument(
+                        f"run id prefix {run_id} is ambiguous: " + ", ".join(r.run_id for r in runs)
+                    )
+        if not runs:
+            raise NotFound(f"no run {run_id!r}")
+        return runs[0]
+
+    def list_runs(
+        self,
+        *,
+        limit: int,
+        name: str = "",
+        status: RunStatus | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before_id: int | None = None,
+    ) -> list[Run]:
+        """Runs newest first, filtered by name, status and start time."""
+        clauses = ["r.id < ?"]
+        params: list[Any] = [before_id if before_id is not None else 2**63 - 1]
+        if name:
+            clauses.append("r.name = ?")
+            params.append(name)
+        if status is not None:
+            clauses.append("r.status = ?")
+            params.append(status.value)
+        if since is not None:
+            clauses.append("r.started_at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("r.started_at < ?")
+            params.append(until)
+        params.append(limit)
+        with self._reading() as conn:
+            return self._runs_where(
+                conn, " AND ".join(clauses), params, "ORDER BY r.id DESC LIMIT ?"
+            )
+
+    # -- lineage
+
+    def start_versions(self, start: StartNode) -> tuple[list[Version], list[Run]]:
+        """Resolve a walk's start node to versions (or a run)."""
+        if start.run_id:
+            return [], [self.get_run(start.run_id)]
+        if start.version_id:
+            return [self.get_version(start.version_id)], []
+        if start.digest:
+            blob = self.resolve_digest(start.digest)
+            rows = self._rc.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
+                "WHERE v.digest=? ORDER BY v.id LIMIT 1000",
+                (blob,),
+            ).fetchall()
+            if not rows:
+                raise NotFound(f"no path has ever held {blob.hex()}")
+            return [_version(r) for r in rows], []
+        if start.path:
+            if start.at is not None:
+                return [self.version_at(start.path, start.at)], []
+            current = self.current_version(start.path)
+            if current is None:
+                history = self.history(start.path, limit=1)  # NotFound when never seen
+                return history, []
+            return [current], []
+        raise InvalidArgument("a lineage start needs a path, a digest, a version id or a run id")
+
+    def lineage(
+        self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
+    ) -> Graph:
+        """Walk run/version edges from ``start``; versions with equal digests are bridged."""
+        start_versions, start_runs = self.start_versions(start)
+        with self._reading() as conn:
+            walker = _Walker(conn, max_nodes=max_nodes)
+            for version in start_versions:
+                walker.add_version(version)
+            for run in start_runs:
+                walker.run_ids.add(run.id)
+            directions = (
+                (Direction.UPSTREAM, Direction.DOWNSTREAM)
+                if direction is Direction.BOTH
+                else (direction,)
+            )
+            for way in directions:
+                walker.walk(
+                    way,
+                    {v.id for v in start_versions},
+                    {r.id for r in start_runs},
+                    max_depth,
+                )
+            runs = self._runs_where(
+                conn,
+                "r.id IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(walker.run_ids)),),
+            )
+            versions = walker.versions_list()
+        return Graph(
+            versions=tuple(versions),
+            runs=tuple(sorted(runs, key=lambda r: r.id)),
+            edges=tuple(walker.edges_list()),
+            truncated=walker.truncated,
+            start=tuple(
+                [version_node_id(v.id) for v in start_versions]
+                + [run_node_id(r.run_id) for r in start_runs]
+            ),
+        )
+
+    def verify(self, start: StartNode, *, max_nodes: int = 10_000) -> list[VerifyItem]:
+        """Every input on the upstream closure of ``start`` and what its path holds now."""
+        graph = self.lineage(start, Direction.UPSTREAM, max_depth=1000, max_nodes=max_nodes)
+        by_id = {version_node_id(v.id): v for v in graph.versions}
+        runs = {run_node_id(r.run_id): r for r in graph.runs}
+        items: dict[tuple[str, str], VerifyItem] = {}
+        for edge in graph.edges:
+            if edge.kind != "read":
+                continue
+            version = by_id.get(edge.target)
+            run = runs.get(edge.source)
+            if version is None or run is None:
+                continue
+            key = (version.path, version.digest)
+            if key in items:
+                continue
+            if version.external:
+                state, current_digest = VerifyState.UNKNOWN, ""
+            else:
+                now = self.current_version(version.path)
+                if now is None:
+                    state, current_digest = VerifyState.MISSING, ""
+                elif now.digest == version.digest:
+                    state, current_digest = VerifyState.MATCH, now.digest
+                else:
+                    state, current_digest = VerifyState.CHANGED, now.digest
+            items[key] = VerifyItem(
+                path=version.path,
+                recorded_digest=version.digest,
+                state=state,
+                current_digest=current_digest,
+                version_id=version.id,
+                run_id=run.run_id,
+                changed_during_run=edge.changed_during_run,
+            )
+        return sorted(items.values(), key=lambda i: (i.path, i.version_id))
+
+    # -- integrity and maintenance
+
+    def integrity_problems(self) -> list[str]:
+        """``PRAGMA integrity_check`` and ``foreign_key_check`` findings (empty when healthy)."""
+        conn = self._rc
+        problems = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall() if r[0] != "ok"]
+        problems += [
+            f"foreign key: {r[0]} row {r[1]} -> {r[2]}"
+            for r in conn.execute("PRAGMA foreign_key_check").fetchall()
+        ]
+        return problems
+
+    def backup(self, dest: Path) -> None:
+        """A consistent copy of the live database through SQLite's backup API."""
+        if dest.exists():
+            raise InvalidArgument(f"{dest} already exists; choose a new file")
+        target = sqlite3.connect(dest)
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=30.0)) as source:
+                source.backup(target)
+        finally:
+            target.close()
+
+    def logical_digest(self) -> str:
+        """A digest of every table's rows in rowid order: equal digests, equal content."""
+        import blake3
+
+        hasher = blake3.blake3()
+        with self._reading() as conn:
+            tables = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
+                    "ORDER BY name"
+                )
+            ]
+            for table in tables:
+                hasher.update(table.encode() + b"\x00")
+                for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
+                    hasher.update(repr(row).encode())
+        return str(hasher.hexdigest())
+
+
+class _Walker:
+    """Breadth-first lineage walk over (run)-[read|wrote]->(version), bridging equal digests."""
+
+    def __init__(self, conn: sqlite3.Connection, *, max_nodes: int) -> None:
+        self.conn = conn
+        self.max_nodes = max_nodes
+        self.versions: dict[int, Version] = {}
+        self.run_ids: set[int] = set()
+        self.edges: dict[tuple[str, str, str], Edge] = {}
+        self.truncated = False
+        self._run_uid: dict[int, str] = {}
+
+    def add_version(self, version: Version) -> None:
+        self.versions[version.id] = version
+
+    def _full(self) -> bool:
+        if len(self.versions) + len(self.run_ids) >= self.max_nodes:
+            self.truncated = True
+            return True
+        return False
+
+    def _version_rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(sql, params).fetchall())
+
+    def walk(
+        self, direction: Direction, version_ids: set[int], run_ids: set[int], max_depth: int
+    ) -> None:
+        upstream = direction is Direction.UPSTREAM
+        # Going up, a version leads to the runs that wrote it; going down, to the runs that read it.
+        to_run_kind = "wrote" if upstream else "read"
+        from_run_kind = "read" if upstream else "wrote"
+        seen_versions = set(version_ids)
+        seen_runs = set(run_ids)
+        frontier_versions, frontier_runs = set(version_ids), set(run_ids)
+        depth = 0
+        while (frontier_versions or frontier_runs) and depth < max_depth:
+            depth += 1
+            next_runs: set[int] = set()
+            if frontier_versions:
+                # Every run that touched a version with the same digest (a copy is the same data).
+                rows = self.conn.execute(
+                    "SELECT e.run_id, e.version_id, e.how, e.role, e.changed_during_run, "
+                    "src.id FROM versions src JOIN versions same ON same.digest=src.digest "
+                    "JOIN edges e ON e.version_id=same.id AND e.kind=? "
+                    "WHERE src.id IN (SELECT value FROM json_each(?))",
+                    (to_run_kind, json.dumps(sorted(frontier_versions))),
+                ).fetchall()
+                needed = {r[1] for r in rows} - self.versions.keys()
+                self._load_versions(needed)
+                for run_id, version_id, how, role, changed, src_id in rows:
+                    if run_id not in self.run_ids and self._full():
+                        continue
+                    self.run_ids.add(run_id)
+                    self._edge(run_id, version_id, to_run_kind, how, role, changed)
+                    if version_id != src_id:
+                        self._bridge(version_id, src_id, upstream)
+                    if run_id not in seen_runs:
+                        seen_runs.add(run_id)
+                        next_runs.add(run_id)
+            next_versions: set[int] = set()
+            if frontier_runs:
+                rows = self.conn.execute(
+                    "SELECT e.run_id, e.version_id, e.how, e.role, e.changed_during_run "
+                    "FROM edges e WHERE e.kind=? AND e.run_id IN (SELECT value FROM json_each(?))",
+                    (from_run_kind, json.dumps(sorted(frontier_runs))),
+                ).fetchall()
+                needed = {r[1] for r in rows} - self.versions.keys()
+                if len(needed) + len(self.versions) + len(self.run_ids) > self.max_nodes:
+                    self.truncated = True
+                    room = max(0, self.max_nodes - len(self.versions) - len(self.run_ids))
+                    needed = set(sorted(needed)[:room])
+                self._load_versions(needed)
+                for run_id, version_id, how, role, changed in rows:
+                    if version_id not in self.versions:
+                        continue
+                    self._edge(run_id, version_id, from_run_kind, how, role, changed)
+                    if version_id not in seen_versions:
+                        seen_versions.add(version_id)
+                        next_versions.add(version_id)
+            frontier_versions, frontier_runs = next_versions, next_runs
+        if (frontier_versions or frontier_runs) and self._has_more(
+            direction, frontier_versions, frontier_runs
+        ):
+            self.truncated = True
+
+    def _has_more(self, direction: Direction, versions: set[int], runs: set[int]) -> bool:
+        kind_v = "wrote" if direction is Direction.UPSTREAM else "read"
+        kind_r = "read" if direction is Direction.UPSTREAM else "wrote"
+        if (
+            versions
+            and self.conn.execute(
+                "SELECT 1 FROM versions src JOIN versions same ON same.digest=src.digest "
+                "JOIN edges e ON e.version_id=same.id AND e.kind=? "
+                "WHERE src.id IN (SELECT value FROM json_each(?)) LIMIT 1",
+                (kind_v, json.dumps(sorted(versions))),
+            ).fetchone()
+        ):
+            return True
+        return bool(
+            runs
+            and self.conn.execute(
+                "SELECT 1 FROM edges WHERE kind=? AND run_id IN (SELECT value FROM json_each(?)) "
+                "LIMIT 1",
+                (kind_r, json.dumps(sorted(runs))),
+            ).fetchone()
+        )
+
+    def _load_versions(self, ids: set[int]) -> None:
+        if not ids:
+            return
+        for row in self.conn.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
+            "WHERE v.id IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted(ids)),),
+        ):
+            self.versions[row[0]] = _version(row)
+
+    def _run_node(self, run_row_id: int) -> str:
+        uid = self._run_uid.get(run_row_id)
+        if uid is None:
+            uid = self.conn.execute("SELECT run_id FROM runs WHERE id=?", (run_row_id,)).fetchone()[
+                0
+            ]
+            self._run_uid[run_row_id] = uid
+        return run_node_id(uid)
+
+    def _edge(
+        self, run_row_id: int, version_id: int, kind: str, how: str, role: str, changed: int
+    ) -> None:
+        run_node = self._run_node(run_row_id)
+        version_node = version_node_id(version_id)
+        source, target = run_node, version_node
+        key = (source, target, kind)
+        if key not in self.edges:
+            self.edges[key] = Edge(
+                source=source,
+                target=target,
+                kind=kind,
+                how=how or "traced",
+                role=role or "data",
+                changed_during_run=bool(changed),
+            )
+
+    def _bridge(self, edge_version: int, walked_version: int, upstream: bool) -> None:
+        """Two versions with equal digests: the walk crossed from one to the other."""
+        if walked_version not in self.versions or edge_version not in self.versions:
+            return
+        # Drawn from the version a run wrote to the copy that was read (content flows that way).
+        source, target = (
+            (edge_version, walked_version) if upstream else (walked_version, edge_version)
+        )
+        key = (version_node_id(source), version_node_id(target), "same_digest")
+        if key not in self.edges:
+            self.edges[key] = Edge(source=key[0], target=key[1], kind="same_digest", how="digest")
+
+    def versions_list(self) -> list[Version]:
+        return sorted(self.versions.values(), key=lambda v: v.id)
+
+    def edges_list(self) -> list[Edge]:
+        return sorted(self.edges.values(), key=lambda e: (e.source, e.target, e.kind))
+
+
+# --- the writer thread ----------------------------------------------------------------------
+
+
+class Writer:
+    """The one thread that writes: jobs are grouped into transactions (group commit).
+
+    Each job runs in its own savepoint, so a failing job changes nothing and does not undo the
+    others in its batch; the batch commits once. ``submit`` returns a Future of the job's result.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_seconds: float = 0.05,
+        batch_jobs: int = 256,
+        after_commit: Callable[[list[Any]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.batch_seconds = batch_seconds
+        self.batch_jobs = batch_jobs
+        self.after_commit = after_commit
+        self._queue: queue.Queue[tuple[Callable[[Store], Any], Future[Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="lineaged-writer", daemon=True)
+        self._stopping = False
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish every queued job, commit, and stop."""
+        if self._thread.is_alive():
+            self._stopping = True
+            self._queue.put(None)
+            self._thread.join()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting."""
+        return self._queue.qsize()
+
+    def submit(self, job: Callable[[Store], T]) -> Future[T]:
+        """Queue ``job(store)`` to run in a write transaction."""
+        future: Future[T] = Future()
+        if self._stopping and not self._thread.is_alive():
+            future.set_exception(StoreError("the store writer has stopped"))
+            return future
+        self._queue.put((job, future))
+        return future
+
+    def call(self, job: Callable[[Store], T], timeout: float | None = 60.0) -> T:
+        """Run ``job`` on the writer thread and wait for its committed result."""
+        return self.submit(job).result(timeout)
+
+    def _loop(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            deadline = time.monotonic() + self.batch_seconds
+            while len(batch) < self.batch_jobs:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = (
+                        self._queue.get(timeout=max(0.0, remaining))
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[Callable[[Store], Any], Future[Any]]]) -> None:
+        batch = [(job, fut) for job, fut in batch if fut.set_running_or_notify_cancel()]
+        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        attempt = 0
+        while True:
+            attempt += 1
+            results.clear()
+            try:
+                self.store.begin()
+                for job, future in batch:
+                    try:
+                        with self.store.savepoint():
+                            results.append((future, job(self.store), None))
+                    except sqlite3.OperationalError as exc:
+                        if _is_io_error(exc):
+                            raise
+                        results.append((future, None, exc))
+                    except Exception as exc:  # a job's own failure: report it to its caller
+                        results.append((future, None, exc))
+                self.store.commit()
+                break
+            except sqlite3.Error as exc:
+                self.store.rollback()
+                # Disk full or an I/O error: keep the batch and retry; what is already
+                # committed stays committed.
+                if attempt >= 8:
+                    log.error(
+                        "store write failed %d times (%s); giving up on %d changes",
+                        attempt,
+                        exc,
+                        len(batch),
+                    )
+                    for _, future in batch:
+                        future.set_exception(StoreError(f"store write failed: {exc}"))
+                    return
+                delay = min(5.0, 0.1 * 2**attempt)
+                log.error("store write failed (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+        outputs = []
+        for future, value, error in results:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+                outputs.append(value)
+        if self.after_commit is not None:
+            try:
+                self.after_commit(outputs)
+            except Exception:
+                log.exception("after-commit hook failed")
+
+
+def _is_io_error(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("disk", "i/o", "full", "readonly", "locked"))
+
+
+def _valid_from(write: VersionWrite, previous_from: int | None) -> int:
+    """When the path started holding this content: its mtime, unless it arrived by a move."""
+    if write.seen is ChangeKind.MOVED or write.stat_key.mtime_ns <= 0:
+        start = write.observed_at
+    else:
+        start = min(write.stat_key.mtime_ns, write.observed_at)
+    if previous_from is not None:
+        start = max(start, previous_from + 1)
+    return start
+
+
+def _blake3(data: bytes) -> bytes:
+    import blake3
+
+    return bytes(blake3.blake3(data).digest())
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _check_identity(path: Path, conn: sqlite3.Connection) -> int:
+    """The schema version of a lineaged database; CorruptStore for anything else."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+    if version == 0 and tables:
+        raise CorruptStore(
+            f"{path} is a SQLite database but not a lineaged store ({tables} foreign tables); "
+            "refusing to start and leaving it untouched"
+        )
+    if version and app_id != APP_ID:
+        raise CorruptStore(
+            f"{path} is not a lineaged store (application_id {app_id:#x}); "
+            "refusing to start and leaving it untouched"
+        )
+    if version > SCHEMA_VERSION:
+        raise CorruptStore(
+            f"{path} has schema {version}, newer than this lineaged ({SCHEMA_VERSION}); "
+            "upgrade lineaged"
+        )
+    return version
+
+
+def _refuse_foreign(path: Path) -> None:
+    """A file that is not SQLite where the database should be: refuse, leave it untouched."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise CorruptStore(f"{path} is a directory, not a lineaged database") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+    if header and header != SQLITE_HEADER:
+        raise CorruptStore(
+            f"{path} is not a SQLite database (it may be corrupt or a foreign file); "
+            "refusing to start and leaving it untouched — move it away or restore a backup"
+        )
