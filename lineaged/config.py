@@ -6,6 +6,7 @@ import argparse
 import fnmatch
 import itertools
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,15 +44,22 @@ DEFAULT_IGNORE: tuple[str, ...] = (
 )
 
 
+def _union(patterns: list[str]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
 @dataclass(frozen=True, slots=True)
 class IgnoreRules:
     """Patterns matched against a root-relative path: ``dir/`` names a directory anywhere,
     a pattern with a slash matches the relative path, any other the base name."""
 
     patterns: tuple[str, ...]
-    _dirs: tuple[str, ...] = field(init=False, repr=False)
-    _names: tuple[str, ...] = field(init=False, repr=False)
-    _paths: tuple[str, ...] = field(init=False, repr=False)
+    # One compiled alternation per kind: the scan asks once per directory entry.
+    _dirs: re.Pattern[str] | None = field(init=False, repr=False)
+    _names: re.Pattern[str] | None = field(init=False, repr=False)
+    _paths: re.Pattern[str] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         dirs, names, paths = [], [], []
@@ -62,15 +70,19 @@ class IgnoreRules:
                 paths.append(pattern.lstrip("/"))
             else:
                 names.append(pattern)
-        object.__setattr__(self, "_dirs", tuple(dirs))
-        object.__setattr__(self, "_names", tuple(names))
-        object.__setattr__(self, "_paths", tuple(paths))
+        object.__setattr__(self, "_dirs", _union(dirs))
+        object.__setattr__(self, "_names", _union(names))
+        object.__setattr__(self, "_paths", _union(paths))
+
+    @property
+    def has_path_patterns(self) -> bool:
+        """Whether some pattern must see the whole relative path, not just the name."""
+        return self._paths is not None
 
     def ignores_name(self, name: str, *, is_dir: bool) -> bool:
         """Whether an entry with this base name is ignored wherever it is."""
-        if is_dir:
-            return any(fnmatch.fnmatchcase(name, d) for d in self._dirs)
-        return any(fnmatch.fnmatchcase(name, n) for n in self._names)
+        pattern = self._dirs if is_dir else self._names
+        return pattern is not None and pattern.match(name) is not None
 
     def ignores(self, relpath: str, *, is_dir: bool = False) -> bool:
         """Whether a root-relative path (or anything above it) is ignored."""
@@ -80,7 +92,7 @@ class IgnoreRules:
                 return True
         if self.ignores_name(parts[-1], is_dir=is_dir):
             return True
-        return any(fnmatch.fnmatchcase(relpath, p) for p in self._paths)
+        return self._paths is not None and self._paths.match(relpath) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,7 +277,8 @@ class Engine:
         self.request_scan("watcher overflow")
 
     def _scan_loop(self) -> None:
-        next_periodic = time.monotonic()
+        interval = self.config.scan_interval
+        next_periodic = time.monotonic() + (interval if interval > 0 else 1e18)
         while not self._stop.is_set():
             interval = self.config.scan_interval
             wait = ROOT_CHECK_SECONDS
@@ -336,27 +337,12 @@ class Engine:
             )
             log.info("reconcile scan (%s) of %d roots started", reason, len(self.roots.roots))
             self._progress_base = ScanStats()
-            for root in list(self.roots.roots):
-                if self._stop.is_set():
-                    break
-                if not os.path.isdir(root.path):
-                    self._degraded[root.path] = "root does not exist; waiting for it to appear"
-                    continue
-                stats = self.scanner.scan(root)
-                if stats.unreadable:
-                    self._degraded[root.path] = (
-                        "cannot read "
-                        + ", ".join(stats.unreadable[:3])
-                        + (
-                            f" and {len(stats.unreadable) - 3} more"
-                            if len(stats.unreadable) > 3
-                            else ""
-                        )
-                    )
-                elif self._degraded.get(root.path, "").startswith("cannot read"):
-                    del self._degraded[root.path]
-                total.add(stats)
-                self._progress_base.add(stats)
+            deferred = self.writer.call(lambda store: store.defer_digest_index())
+            try:
+                self._scan_roots(total)
+            finally:
+                if deferred:
+                    self.writer.call(lambda store: store.ensure_indexes())
             self._scan = replace(
                 self._scan,
                 running=False,
@@ -369,6 +355,29 @@ class Engine:
             )
         log.info("reconcile scan (%s) done: %s", reason, total.summary())
         return total
+
+    def _scan_roots(self, total: ScanStats) -> None:
+        for root in list(self.roots.roots):
+            if self._stop.is_set():
+                break
+            if not os.path.isdir(root.path):
+                self._degraded[root.path] = "root does not exist; waiting for it to appear"
+                continue
+            stats = self.scanner.scan(root)
+            if stats.unreadable:
+                self._degraded[root.path] = (
+                    "cannot read "
+                    + ", ".join(stats.unreadable[:3])
+                    + (
+                        f" and {len(stats.unreadable) - 3} more"
+                        if len(stats.unreadable) > 3
+                        else ""
+                    )
+                )
+            elif self._degraded.get(root.path, "").startswith("cannot read"):
+                del self._degraded[root.path]
+            total.add(stats)
+            self._progress_base.add(stats)
 
     def _progress(self, stats: ScanStats) -> None:
         base = self._progress_base

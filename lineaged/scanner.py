@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lineaged import hasher
-from lineaged.indexer import RootSet, WatchedRoot, needs_hash
+from lineaged.indexer import RootSet, WatchedRoot, row_needs_hash
 from lineaged.models import ChangeKind, StatKey
 from lineaged.store import Store, VersionWrite, Writer
 
@@ -93,14 +93,14 @@ class Scanner:
         if directory is not None:
             prefix = top.rstrip("/") + "/"
             cache = {p: e for p, e in cache.items() if p.startswith(prefix)}
-        pending: list[tuple[str, StatKey]] = []
+        pending: list[str] = []
         seen_paths: set[str] = set()
         last_progress = time.monotonic()
         for path, key in self._walk(root, top, stats):
             stats.files += 1
             seen_paths.add(path)
-            if needs_hash(cache.get(path), key):
-                pending.append((path, key))
+            if row_needs_hash(cache.get(path), key):
+                pending.append(path)
             if self.progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
                 last_progress = time.monotonic()
                 self.progress(stats)
@@ -108,19 +108,19 @@ class Scanner:
         writes: list[VersionWrite] = []
         touched: list[tuple[str, StatKey, int]] = []
         observed_at = time.time_ns()
-        for path, result in hasher.hash_many([p for p, _ in pending]):
+        for path, result in hasher.hash_many(pending):
             if self.stop.is_set():
                 break
-            if isinstance(result, OSError):
-                if isinstance(result, FileNotFoundError):
-                    seen_paths.discard(path)  # vanished since the walk: gone below
-                else:
-                    log.warning("cannot hash %s: %s", path, result)
+            if isinstance(result, FileNotFoundError):
+                seen_paths.discard(path)  # vanished since the walk: recorded as gone below
+                continue
+            if not isinstance(result, hasher.HashResult):
+                log.warning("cannot hash %s: %s", path, result)
                 continue
             stats.hashed += 1
             stats.bytes_hashed += result.stat_key.size
             entry = cache.get(path)
-            if entry is not None and entry.digest == result.digest:
+            if entry is not None and entry[1].hex() == result.digest:
                 touched.append((path, result.stat_key, observed_at))
             else:
                 writes.append(
@@ -160,7 +160,9 @@ class Scanner:
         stats.seconds = time.monotonic() - started
         return stats
 
-    def _walk(self, root: WatchedRoot, top: str, stats: ScanStats) -> Iterator[tuple[str, StatKey]]:
+    def _walk(
+        self, root: WatchedRoot, top: str, stats: ScanStats
+    ) -> Iterator[tuple[str, tuple[int, int, int, int, int]]]:
         """Every regular, not ignored file below ``top`` with its stat key (no symlinks)."""
         stack = [top]
         prefix_len = len(root.path.rstrip("/")) + 1
@@ -184,12 +186,12 @@ class Scanner:
                                 if root.rules.ignores_name(entry.name, is_dir=False):
                                     continue
                                 rel = entry.path[prefix_len:]
-                                if root.rules._paths and root.rules.ignores(rel):
+                                if root.rules.has_path_patterns and root.rules.ignores(rel):
                                     continue
                                 st = entry.stat(follow_symlinks=False)
                                 yield (
                                     entry.path,
-                                    StatKey(
+                                    (
                                         st.st_dev,
                                         st.st_ino,
                                         st.st_size,
