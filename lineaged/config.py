@@ -8,7 +8,7 @@ import itertools
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,11 @@ class IgnoreRules:
         object.__setattr__(self, "_dirs", _union(dirs))
         object.__setattr__(self, "_names", _union(names))
         object.__setattr__(self, "_paths", _union(paths))
+
+    @property
+    def name_pattern(self) -> Callable[[str], object] | None:
+        """The compiled file-name matcher (``match`` of the alternation), for hot loops."""
+        return self._names.match if self._names is not None else None
 
     @property
     def has_path_patterns(self) -> bool:

@@ -19,9 +19,9 @@ from lineaged import hasher
 from lineaged.config import IgnoreRules
 from lineaged.errors import HashError
 from lineaged.models import ChangeKind, Root, StatKey, Version
-from lineaged.store import CacheEntry, CacheRow, Store, VersionWrite, Writer
+from lineaged.store import CacheEntry, Store, VersionWrite, Writer
 
-__all__ = ["RACY_NS", "Indexer", "RootSet", "WatchedRoot", "needs_hash", "row_needs_hash"]
+__all__ = ["RACY_NS", "Indexer", "RootSet", "WatchedRoot", "needs_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,6 @@ def needs_hash(entry: CacheEntry | None, key: StatKey) -> bool:
     if entry.stat_key != key:
         return True
     return key.mtime_ns >= entry.checked_at - RACY_NS
-
-
-def row_needs_hash(row: CacheRow | None, key: tuple[int, int, int, int, int]) -> bool:
-    """``needs_hash`` on the scan's plain tuples (same rule, no objects built)."""
-    if row is None or row[3] != hasher.HASH_FORMAT or row[0] != key:
-        return True
-    return key[3] >= row[2] - RACY_NS
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lineaged import hasher
-from lineaged.indexer import RootSet, WatchedRoot, row_needs_hash
-from lineaged.models import ChangeKind, StatKey
+from lineaged.indexer import RACY_NS, RootSet, WatchedRoot
+from lineaged.models import ChangeKind
 from lineaged.store import Store, VersionWrite, Writer
 
 __all__ = ["ScanStats", "Scanner"]
@@ -25,6 +26,7 @@ __all__ = ["ScanStats", "Scanner"]
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 5000
+_PACK = struct.Struct("<5q").pack  # the same layout as store.pack_stat_key
 PROGRESS_SECONDS = 2.0
 
 
@@ -89,60 +91,45 @@ class Scanner:
         started = time.monotonic()
         stats = ScanStats()
         top = directory or root.path
-        cache = self.store.cache_for_root(root.root_id)
+        trusted = self.store.trusted_keys(root.root_id, hasher.HASH_FORMAT, RACY_NS)
         if directory is not None:
             prefix = top.rstrip("/") + "/"
-            cache = {p: e for p, e in cache.items() if p.startswith(prefix)}
+            trusted = {p: k for p, k in trusted.items() if p.startswith(prefix)}
         pending: list[str] = []
-        seen_paths: set[str] = set()
-        last_progress = time.monotonic()
-        for path, key in self._walk(root, top, stats):
-            stats.files += 1
-            seen_paths.add(path)
-            if row_needs_hash(cache.get(path), key):
-                pending.append(path)
-            if self.progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
-                last_progress = time.monotonic()
-                self.progress(stats)
+        unseen = dict(trusted)  # the walk pops what it finds: what remains has gone
+        self._walk(root, top, stats, unseen, pending)
+        if self.progress:
+            self.progress(stats)
         futures = []
         writes: list[VersionWrite] = []
-        touched: list[tuple[str, StatKey, int]] = []
         observed_at = time.time_ns()
+        last_progress = time.monotonic()
         for path, result in hasher.hash_many(pending):
             if self.stop.is_set():
                 break
             if isinstance(result, FileNotFoundError):
-                seen_paths.discard(path)  # vanished since the walk: recorded as gone below
+                if path in trusted:
+                    unseen[path] = None  # vanished since the walk: recorded as gone below
                 continue
             if not isinstance(result, hasher.HashResult):
                 log.warning("cannot hash %s: %s", path, result)
                 continue
             stats.hashed += 1
             stats.bytes_hashed += result.stat_key.size
-            entry = cache.get(path)
-            if entry is not None and entry[1].hex() == result.digest:
-                touched.append((path, result.stat_key, observed_at))
-            else:
-                writes.append(
-                    VersionWrite(
-                        path=path,
-                        root_id=root.root_id,
-                        digest=result.digest,
-                        stat_key=result.stat_key,
-                        seen=seen,
-                        observed_at=observed_at,
-                    )
-                )
-            if len(writes) + len(touched) >= WRITE_BATCH:
-                futures.append(self.writer.submit(_record_job(writes, touched)))
-                writes, touched = [], []
-            if self.progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
-                last_progress = time.monotonic()
-                stats.seconds = time.monotonic() - started
-                self.progress(stats)
-        if writes or touched:
-            futures.append(self.writer.submit(_record_job(writes, touched)))
-        gone = [p for p in cache if p not in seen_paths and not _under_any(p, stats.unreadable)]
+            # Unchanged content only refreshes the stat cache: record_versions decides.
+            writes.append(
+                VersionWrite(path, root.root_id, result.digest, result.stat_key, seen, observed_at)
+            )
+            if len(writes) >= WRITE_BATCH:
+                futures.append(self.writer.submit(_record_job(writes)))
+                writes = []
+                if self.progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
+                    last_progress = time.monotonic()
+                    stats.seconds = time.monotonic() - started
+                    self.progress(stats)
+        if writes:
+            futures.append(self.writer.submit(_record_job(writes)))
+        gone = [p for p in unseen if not _under_any(p, stats.unreadable)]
         if gone and not self.stop.is_set():
             at = time.time_ns()
             how = ChangeKind.DELETED
@@ -161,12 +148,31 @@ class Scanner:
         return stats
 
     def _walk(
-        self, root: WatchedRoot, top: str, stats: ScanStats
-    ) -> Iterator[tuple[str, tuple[int, int, int, int, int]]]:
-        """Every regular, not ignored file below ``top`` with its stat key (no symlinks)."""
+        self,
+        root: WatchedRoot,
+        top: str,
+        stats: ScanStats,
+        unseen: dict[str, bytes | None],
+        pending: list[str],
+    ) -> None:
+        """Walk every regular, not ignored file below ``top`` (symlinks are not followed);
+        files whose packed stat key differs from the trusted one go to ``pending``.
+
+        This loop is the whole cost of a rescan, so it does the least per entry: one
+        compiled pattern per name, one ``stat``, one pack, one dict lookup.
+        """
         stack = [top]
         prefix_len = len(root.path.rstrip("/")) + 1
         excluded = self.roots.excluded
+        rules = root.rules
+        ignores_name = rules.ignores_name
+        name_pattern = rules.name_pattern
+        path_patterns = rules.has_path_patterns
+        pack = _PACK
+        pop = unseen.pop
+        add_pending = pending.append
+        files = 0
+        last_progress = time.monotonic()
         while stack:
             directory = stack.pop()
             try:
@@ -174,7 +180,7 @@ class Scanner:
                     for entry in entries:
                         try:
                             if entry.is_dir(follow_symlinks=False):
-                                if root.rules.ignores_name(entry.name, is_dir=True):
+                                if ignores_name(entry.name, is_dir=True):
                                     continue
                                 if excluded and any(
                                     entry.path == e or entry.path.startswith(e + "/")
@@ -183,22 +189,18 @@ class Scanner:
                                     continue
                                 stack.append(entry.path)
                             elif entry.is_file(follow_symlinks=False):
-                                if root.rules.ignores_name(entry.name, is_dir=False):
+                                if name_pattern is not None and name_pattern(entry.name):
                                     continue
-                                rel = entry.path[prefix_len:]
-                                if root.rules.has_path_patterns and root.rules.ignores(rel):
+                                path = entry.path
+                                if path_patterns and rules.ignores(path[prefix_len:]):
                                     continue
                                 st = entry.stat(follow_symlinks=False)
-                                yield (
-                                    entry.path,
-                                    (
-                                        st.st_dev,
-                                        st.st_ino,
-                                        st.st_size,
-                                        st.st_mtime_ns,
-                                        st.st_ctime_ns,
-                                    ),
+                                files += 1
+                                key = pack(
+                                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
                                 )
+                                if pop(path, None) != key:
+                                    add_pending(path)
                         except FileNotFoundError:
                             continue
             except FileNotFoundError:
@@ -208,14 +210,15 @@ class Scanner:
             except (PermissionError, NotADirectoryError, OSError) as exc:
                 log.warning("cannot read directory %s: %s", directory, exc)
                 stats.unreadable.append(directory)
+            if self.progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
+                last_progress = time.monotonic()
+                stats.files = files
+                self.progress(stats)
+        stats.files = files
 
 
-def _record_job(
-    writes: list[VersionWrite], touched: list[tuple[str, StatKey, int]]
-) -> Callable[[Store], list[Any]]:
+def _record_job(writes: list[VersionWrite]) -> Callable[[Store], list[Any]]:
     def job(store: Store) -> list[Any]:
-        for path, key, checked_at in touched:
-            store.touch_stat(path, key, checked_at)
         return list(store.record_versions(writes, hasher.HASH_FORMAT))
 
     return job

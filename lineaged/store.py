@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -68,10 +69,10 @@ __all__ = [
     "DB_NAME",
     "SCHEMA_VERSION",
     "CacheEntry",
-    "CacheRow",
     "Store",
     "VersionWrite",
     "Writer",
+    "pack_stat_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,12 @@ class CacheEntry:
     hash_format: int
 
 
-# ((dev, ino, size, mtime_ns, ctime_ns), digest blob, checked_at, hash_format)
-CacheRow = tuple[tuple[int, int, int, int, int], bytes, int, int]
+_STAT_KEY = struct.Struct("<5q")
+
+
+def pack_stat_key(key: StatKey) -> bytes:
+    """The stat key as 40 bytes, compared whole by the rescan."""
+    return _STAT_KEY.pack(key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +167,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             "digest": bytes,
             "checked_at": int,
             "hash_format": int,
+            "stat_key": bytes,
         },
         pk="artifact_id",
         foreign_keys=[("artifact_id", "artifacts", "id")],
@@ -654,6 +660,7 @@ class Store:
                     blob,
                     write.observed_at,
                     hash_format,
+                    pack_stat_key(key),
                 )
             )
             now = current.get(artifact_id)
@@ -668,7 +675,7 @@ class Store:
             pending.append((write, valid_from))
         conn.executemany(
             "INSERT OR REPLACE INTO stat_cache(artifact_id, dev, ino, size, mtime_ns, "
-            "ctime_ns, digest, checked_at, hash_format) VALUES (?,?,?,?,?,?,?,?,?)",
+            "ctime_ns, digest, checked_at, hash_format, stat_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
             cache_rows,
         )
         conn.executemany("UPDATE versions SET valid_until=?, closed_by=? WHERE id=?", closes)
@@ -733,8 +740,8 @@ class Store:
                 return
             artifact_id = int(row[0])
         self._wc.execute(
-            "UPDATE stat_cache SET dev=?, ino=?, size=?, mtime_ns=?, ctime_ns=?, checked_at=? "
-            "WHERE artifact_id=?",
+            "UPDATE stat_cache SET dev=?, ino=?, size=?, mtime_ns=?, ctime_ns=?, checked_at=?, "
+            "stat_key=? WHERE artifact_id=?",
             (
                 stat_key.dev,
                 stat_key.ino,
@@ -742,6 +749,7 @@ class Store:
                 stat_key.mtime_ns,
                 stat_key.ctime_ns,
                 checked_at,
+                pack_stat_key(stat_key),
                 artifact_id,
             ),
         )
@@ -1000,19 +1008,20 @@ class Store:
         rows = self._rc.execute("SELECT id, path, role FROM roots ORDER BY id").fetchall()
         return [Root(path=r[1], role=Role(r[2]), id=r[0]) for r in rows]
 
-    def cache_for_root(self, root_id: int) -> dict[str, CacheRow]:
-        """The stat cache of every live path under a root, keyed by absolute path.
+    def trusted_keys(self, root_id: int, hash_format: int, racy_ns: int) -> dict[str, bytes | None]:
+        """Every live path under a root with its packed stat key, or None when the entry
+        cannot be trusted (another hash format, or inside the racy window).
 
-        Rows stay plain tuples ``((dev, ino, size, mtime_ns, ctime_ns), digest, checked_at,
-        hash_format)``: a rescan of 100k files compares them without building objects.
+        A rescan compares ``pack_stat_key`` of each file with this: one dict lookup and one
+        bytes comparison per file, no objects built.
         """
         rows = self._rc.execute(
-            "SELECT a.path, s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns, "
-            "s.digest, s.checked_at, s.hash_format FROM stat_cache s "
-            "JOIN artifacts a ON a.id=s.artifact_id WHERE a.root_id=?",
-            (root_id,),
+            "SELECT a.path, CASE WHEN s.hash_format=? AND s.mtime_ns < s.checked_at - ? "
+            "THEN s.stat_key END FROM stat_cache s JOIN artifacts a ON a.id=s.artifact_id "
+            "WHERE a.root_id=?",
+            (hash_format, racy_ns, root_id),
         ).fetchall()
-        return {r[0]: ((r[1], r[2], r[3], r[4], r[5]), r[6], r[7], r[8]) for r in rows}
+        return dict(rows)
 
     def cache_entry(self, path: str) -> CacheEntry | None:
         """The stat cache entry of one live path."""
