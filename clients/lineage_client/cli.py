@@ -1,0 +1,326 @@
+"""The ``lineage`` command: parse, call one client method, render (``render.py``).
+
+Errors print ``Error: <message>`` on stderr and exit with the exception's ``exit_code``
+(2 usage / invalid argument, 3 not found, 4 daemon not running, 5 not allowed, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from itertools import islice
+from typing import Any
+
+from lineage_client import render
+from lineage_client.client import Client
+from lineaged.errors import LineageError, PermissionDenied
+from lineaged.models import Direction, RunStatus, StartNode, VerifyState
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace, Client], int]
+
+
+def _emit(args: argparse.Namespace, human: Callable[[], str], data: Callable[[], Any]) -> int:
+    print(render.dumps(data()) if args.json else human())
+    return 0
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace, client: Client) -> int:
+    status = client.status()
+    return _emit(args, lambda: render.status_text(status), lambda: render.status_json(status))
+
+
+def _log(args: argparse.Namespace, client: Client) -> int:
+    versions = list(islice(client.iter_history(args.path), None if args.all else args.limit))
+    return _emit(
+        args,
+        lambda: render.versions_table(versions, full=args.full) if versions else "no versions",
+        lambda: {
+            "path": os.path.abspath(args.path),
+            "versions": [render.version_json(v) for v in versions],
+        },
+    )
+
+
+def _where(args: argparse.Namespace, client: Client) -> int:
+    versions = client.find_digest(args.digest)
+    return _emit(
+        args,
+        lambda: render.versions_table(versions, full=args.full, with_path=True),
+        lambda: {"digest": args.digest, "versions": [render.version_json(v) for v in versions]},
+    )
+
+
+def _lineage(direction: Direction) -> Handler:
+    def command(args: argparse.Namespace, client: Client) -> int:
+        graph = client.lineage(
+            args.target, direction, max_depth=args.depth, max_nodes=args.max_nodes
+        )
+        if args.json:
+            print(render.dumps(render.graph_json(graph)))
+        elif args.format == "dot":
+            print(render.graph_dot(graph, full=args.full))
+        elif args.format == "mermaid":
+            print(render.graph_mermaid(graph, full=args.full))
+        else:
+            print(render.graph_tree(graph, direction, full=args.full))
+        return 0
+
+    return command
+
+
+def _runs(args: argparse.Namespace, client: Client) -> int:
+    runs = list(
+        client.iter_runs(
+            limit=args.limit,
+            name=args.name or "",
+            status=args.status,
+            since=args.since,
+            until=args.until,
+        )
+    )
+    return _emit(
+        args,
+        lambda: render.runs_table(runs, full=args.full) if runs else "no runs",
+        lambda: {"runs": [render.run_json(r) for r in runs]},
+    )
+
+
+def _show(args: argparse.Namespace, client: Client) -> int:
+    run = client.get_run(args.run)
+    graph = client.lineage(StartNode(run_id=run.run_id), Direction.BOTH, max_depth=1)
+    return _emit(
+        args,
+        lambda: render.run_detail_text(run, graph, full=args.full, diff=args.diff),
+        lambda: render.run_detail_json(run, graph),
+    )
+
+
+def _verify(args: argparse.Namespace, client: Client) -> int:
+    items = client.verify(args.target)
+    _emit(
+        args,
+        lambda: render.verify_text(items, full=args.full),
+        lambda: render.verify_json(args.target, items),
+    )
+    bad = any(i.state in (VerifyState.CHANGED, VerifyState.MISSING) for i in items)
+    return 1 if bad else 0
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted both before and after the command (SUPPRESS keeps either one)."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print JSON (stable keys, see README)",
+    )
+    group.add_argument(
+        "--full",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="full 64-hex digests and run ids",
+    )
+    group.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="daemon socket (default: as lineaged picks it)",
+    )
+    group.add_argument(
+        "--target",
+        dest="tcp_target",
+        metavar="HOST:PORT",
+        default=argparse.SUPPRESS,
+        help="reach the daemon over TCP instead",
+    )
+    group.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="bearer token for --target (or $LINEAGE_TOKEN)",
+    )
+    group.add_argument(
+        "--tls",
+        nargs="?",
+        const=True,
+        metavar="CA_FILE",
+        default=argparse.SUPPRESS,
+        help="use TLS with --target (optionally a root certificate)",
+    )
+    return common
+
+
+def _lineage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target", help="PATH, PATH@TIME, a digest or prefix (>= 8 hex), a run id, or version:N"
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hops to follow (default: the server's, 100)",
+    )
+    parser.add_argument(
+        "--max-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="node cap (default: the server's, 1000)",
+    )
+    parser.add_argument(
+        "--format", choices=("tree", "dot", "mermaid"), default="tree", help="human output format"
+    )
+
+
+def _add_run_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Seam for ``lineage run``: registered only when ``lineage_client.runcmd`` imports.
+
+    ``runcmd.main_run(args, client) -> int`` receives ``args.name``, ``args.param``
+    (["k=v", ...]) and ``args.command`` (the argv after ``--``, without the ``--``).
+    """
+    try:
+        runcmd = importlib.import_module("lineage_client.runcmd")
+    except ModuleNotFoundError as exc:
+        if exc.name != "lineage_client.runcmd":
+            raise
+        return
+    parser = subparsers.add_parser(
+        "run", parents=[common], help="run a command and record its lineage"
+    )
+    parser.add_argument("--name", help="run name (default: the command's name)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a run parameter (repeatable)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+
+    def run(args: argparse.Namespace, client: Client) -> int:
+        if args.command[:1] == ["--"]:
+            args.command = args.command[1:]
+        result: int = runcmd.main_run(args, client)
+        return result
+
+    parser.set_defaults(handler=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lineage`` argument parser."""
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="lineage",
+        parents=[common],
+        description="Ask lineaged which data, code and environment produced a file.",
+        epilog="exit codes: 0 ok, 1 error (verify: an input changed or is missing), 2 usage or"
+        " invalid argument, 3 not found, 4 daemon not running, 5 not allowed",
+    )
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+
+    sub.add_parser(
+        "status", parents=[common], help="daemon version, roots, counts, scan state"
+    ).set_defaults(handler=_status)
+
+    log = sub.add_parser("log", parents=[common], help="every version a path has had, newest first")
+    log.add_argument("path")
+    log.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="at most N versions (default 20)"
+    )
+    log.add_argument("--all", action="store_true", help="every version")
+    log.set_defaults(handler=_log)
+
+    where = sub.add_parser("where", parents=[common], help="every path that held a digest")
+    where.add_argument("digest", help="a digest or a prefix of at least 8 hex characters")
+    where.set_defaults(handler=_where)
+
+    trace = sub.add_parser("trace", parents=[common], help="upstream: what made TARGET")
+    _lineage_options(trace)
+    trace.set_defaults(handler=_lineage(Direction.UPSTREAM))
+
+    impact = sub.add_parser("impact", parents=[common], help="downstream: what used TARGET")
+    _lineage_options(impact)
+    impact.set_defaults(handler=_lineage(Direction.DOWNSTREAM))
+
+    runs = sub.add_parser("runs", parents=[common], help="recent runs, newest first")
+    runs.add_argument("--name", help="only runs with this name")
+    runs.add_argument(
+        "--status", choices=[s.value for s in RunStatus], help="only runs in this state"
+    )
+    runs.add_argument("--since", metavar="TIME", help="started at or after (2024-05-01, 2h, ...)")
+    runs.add_argument("--until", metavar="TIME", help="started before")
+    runs.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="at most N runs (default 20)"
+    )
+    runs.set_defaults(handler=_runs)
+
+    show = sub.add_parser(
+        "show", parents=[common], help="one run: command, code, env, inputs, outputs"
+    )
+    show.add_argument("run", help="a run id or a unique prefix (>= 8 characters)")
+    show.add_argument("--diff", action="store_true", help="print the recorded git diff")
+    show.set_defaults(handler=_show)
+
+    verify = sub.add_parser(
+        "verify", parents=[common], help="do TARGET's recorded inputs still hold the same bytes?"
+    )
+    verify.add_argument(
+        "target", help="PATH, PATH@TIME, a digest or prefix, a run id, or version:N"
+    )
+    verify.set_defaults(handler=_verify)
+
+    _add_run_command(sub, common)
+    return parser
+
+
+def _client(args: argparse.Namespace) -> Client:
+    target = getattr(args, "tcp_target", None)
+    if target:
+        token_file = getattr(args, "token_file", "")
+        token = os.environ.get("LINEAGE_TOKEN", "")
+        if token_file:
+            with open(token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        return Client(target=target, token=token or None, tls=getattr(args, "tls", False))
+    return Client(socket=getattr(args, "socket", None))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lineage`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("json", "full"):
+        setattr(args, name, getattr(args, name, False))
+    try:
+        with _client(args) as client:
+            handler: Handler = args.handler
+            return handler(args, client)
+    except LineageError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except PermissionError as exc:
+        print(f"Error: {PermissionDenied(str(exc)).message}", file=sys.stderr)
+        return PermissionDenied.exit_code
+    except OSError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

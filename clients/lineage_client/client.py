@@ -1,0 +1,701 @@
+"""The Python client of lineaged: typed results, errors mapped back to ``lineaged.errors``.
+
+Every method returns the frozen dataclasses of ``lineaged.models`` (never protobuf messages) and
+raises the same exception classes the daemon raised. Paths may be relative: they are made
+absolute against the current directory. Files outside every watched root are hashed here,
+as the calling user, because the daemon never opens them (DESIGN.md, invariant 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import getpass
+import os
+import re
+import socket as socket_module
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import blake3
+import grpc
+
+from lineaged import convert, errors
+from lineaged._proto.lineage.v1 import lineage_pb2 as pb
+from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
+from lineaged.errors import (
+    DaemonUnavailable,
+    DeadlineExceeded,
+    InvalidArgument,
+    LineageError,
+    NotFound,
+    PermissionDenied,
+    UnstableFile,
+)
+from lineaged.models import (
+    Access,
+    AccessMode,
+    CodeState,
+    Direction,
+    EnvState,
+    Event,
+    Graph,
+    Root,
+    Run,
+    RunStart,
+    RunStatus,
+    StartNode,
+    Status,
+    VerifyItem,
+    VerifyState,
+    Version,
+)
+from lineaged.paths import candidate_sockets
+
+__all__ = [
+    "Client",
+    "EventStream",
+    "Page",
+    "RunRecorder",
+    "digest_file",
+    "parse_time",
+]
+
+_T = TypeVar("_T")
+_HEX = re.compile(r"[0-9a-fA-F]{8,64}")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ago)?", re.IGNORECASE)
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_START_HINT = "start it with `lineaged` or `make run`"
+_MAX_RECEIVE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[_T]):
+    """One page of a listing; pass ``next_page_token`` back for the next ("" on the last)."""
+
+    items: tuple[_T, ...]
+    next_page_token: str = ""
+
+
+def digest_file(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """BLAKE3 hex digest, size and mtime_ns of a file's complete, stable content."""
+    for _ in range(5):
+        before = os.stat(path)
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        hasher.update_mmap(os.fspath(path))
+        after = os.stat(path)
+        if (before.st_size, before.st_mtime_ns, before.st_ino) == (
+            after.st_size,
+            after.st_mtime_ns,
+            after.st_ino,
+        ):
+            return hasher.hexdigest(), after.st_size, after.st_mtime_ns
+    raise UnstableFile(f"{path} kept changing while it was hashed; try again when it is written")
+
+
+def parse_time(text: str | int | dt.datetime, *, now: int | None = None) -> int:
+    """Nanoseconds since the epoch from ISO 8601, an epoch in seconds, or a duration ago (``2h``).
+
+    Naive ISO times are local time. ``now``, ``today`` and ``yesterday`` are understood too.
+    """
+    if isinstance(text, int):
+        return text
+    if isinstance(text, dt.datetime):
+        moment = text if text.tzinfo else text.astimezone()
+        return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    current = time.time_ns() if now is None else now
+    value = text.strip()
+    lowered = value.lower()
+    if lowered == "now":
+        return current
+    if lowered in ("today", "yesterday"):
+        midnight = dt.datetime.fromtimestamp(current / 1e9).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
+        if lowered == "yesterday":
+            midnight -= dt.timedelta(days=1)
+        return parse_time(midnight)
+    duration = _DURATION.fullmatch(value)
+    if duration:
+        seconds = float(duration.group(1)) * _UNITS[duration.group(2).lower()]
+        return current - int(seconds * 1_000_000_000)
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", value):
+        return int(float(value) * 1_000_000_000)
+    try:
+        return parse_time(dt.datetime.fromisoformat(value))
+    except ValueError:
+        raise InvalidArgument(
+            f"cannot read {text!r} as a time: use 2024-05-01T14:02 (local), 2024-05-01T12:02Z,"
+            " an epoch in seconds, or a duration ago such as 30m, 2h or 7d"
+        ) from None
+
+
+def _error_class(name: str) -> type[LineageError] | None:
+    found = getattr(errors, name, None) if name in errors.__all__ else None
+    if isinstance(found, type) and issubclass(found, LineageError):
+        return found
+    return None
+
+
+class EventStream:
+    """An open Subscribe stream: iterate for ``Event`` values; ``cancel()`` ends it."""
+
+    def __init__(self, call: Any, client: Client) -> None:
+        self._call = call
+        self._client = client
+
+    def __iter__(self) -> Iterator[Event]:
+        try:
+            for message in self._call:
+                yield convert.event_from_pb(message)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise self._client._error(exc) from None
+
+    def cancel(self) -> None:
+        """Stop the stream; iteration ends."""
+        self._call.cancel()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class Client:
+    """A connection to lineaged over its Unix socket (default) or TCP with a token.
+
+    ``Client()`` finds the socket the way the daemon picks it (``--socket`` aside):
+    ``$LINEAGE_SOCKET``, systemd's runtime directory, ``$XDG_RUNTIME_DIR/lineaged``,
+    ``/tmp/lineaged-$UID``, then the system service's ``/run/lineaged``.
+    """
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        *,
+        target: str | None = None,
+        token: str | None = None,
+        tls: bool | str = False,
+        timeout: float | None = 30.0,
+    ) -> None:
+        if socket is not None and target is not None:
+            raise InvalidArgument("give either socket or target, not both")
+        self._timeout = timeout
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self._roots: tuple[Root, ...] | None = None
+        self._lock = threading.Lock()
+        options = [
+            ("grpc.max_receive_message_length", _MAX_RECEIVE),
+            ("grpc.max_send_message_length", _MAX_RECEIVE),
+        ]
+        if target is not None:
+            self.socket = ""
+            self.target = target
+            if tls:
+                roots = Path(tls).read_bytes() if isinstance(tls, str) else None
+                credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+                self._channel = grpc.secure_channel(target, credentials, options=options)
+            else:
+                self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            if socket is not None and os.fspath(socket).startswith("unix:"):
+                socket = os.fspath(socket).removeprefix("unix:")
+            path = Path(socket) if socket is not None else self._find_socket()
+            self.socket = os.path.abspath(path)
+            self.target = f"unix:{self.socket}"
+            self._channel = grpc.insecure_channel(self.target, options=options)
+        self._stub = pb_grpc.LineageServiceStub(self._channel)
+
+    @staticmethod
+    def _find_socket() -> Path:
+        candidates = candidate_sockets()
+        for path in candidates:
+            if path.exists():
+                return path
+        looked = ", ".join(str(path) for path in candidates)
+        raise DaemonUnavailable(f"lineaged is not running (no socket at {looked}); {_START_HINT}")
+
+    def __repr__(self) -> str:
+        return f"Client({self.target!r})"
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _error(self, exc: grpc.RpcError) -> LineageError:
+        """The ``lineaged.errors`` exception for a failed call."""
+        code = exc.code()
+        details = exc.details() or code.name
+        for key, value in exc.trailing_metadata() or ():
+            if key == convert.ERROR_CLASS_KEY:
+                cls = _error_class(str(value))
+                if cls is not None:
+                    return cls(details)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            where = self.socket or self.target
+            if "permission denied" in details.lower():
+                return PermissionDenied(
+                    f"permission denied on {where}: the socket belongs to another user"
+                    " (ask to be added to its group)"
+                )
+            if self.socket:
+                return DaemonUnavailable(f"lineaged is not running at {where}; {_START_HINT}")
+            return DaemonUnavailable(f"lineaged is not reachable at {where}: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"lineaged did not answer within {self._timeout} s")
+        return errors.error_for_status(code.name, details)
+
+    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self._stub, method)(
+                request, timeout=timeout or self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    @staticmethod
+    def _abspath(path: str | os.PathLike[str]) -> str:
+        return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+    def roots(self) -> tuple[Root, ...]:
+        """The daemon's watched roots (asked once per client)."""
+        with self._lock:
+            if self._roots is None:
+                self._roots = self.status().roots
+            return self._roots
+
+    def under_root(self, path: str) -> str | None:
+        """``path`` (or its resolved form) when it lies under a watched root, else None."""
+        for candidate in dict.fromkeys((path, os.path.realpath(path))):
+            for root in self.roots():
+                base = root.path.rstrip("/") or "/"
+                if candidate == base or candidate.startswith(base.rstrip("/") + "/"):
+                    return candidate
+        return None
+
+    # --- queries -------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        """Version, uptime, roots with health, counts, scan state, queue depth."""
+        return convert.status_from_pb(self._call("GetStatus", pb.GetStatusRequest()))
+
+    def history(
+        self, path: str | os.PathLike[str], *, page_size: int = 0, page_token: str = ""
+    ) -> Page[Version]:
+        """One page of every version ``path`` has had, newest first."""
+        request = pb.GetHistoryRequest(
+            path=self._abspath(path), page_size=page_size, page_token=page_token
+        )
+        response = self._call("GetHistory", request)
+        return Page(
+            tuple(convert.version_from_pb(v) for v in response.versions), response.next_page_token
+        )
+
+    def iter_history(
+        self, path: str | os.PathLike[str], *, page_size: int = 0
+    ) -> Iterator[Version]:
+        """Every version ``path`` has had, newest first, fetched page by page."""
+        token = ""
+        while True:
+            page = self.history(path, page_size=page_size, page_token=token)
+            yield from page.items
+            token = page.next_page_token
+            if not token:
+                return
+
+    def find_digest(self, digest: str, *, page_size: int = 1000) -> list[Version]:
+        """Every version (any path) that held a digest or a unique prefix (>= 8 hex) of one."""
+        response = self._call(
+            "FindDigest", pb.FindDigestRequest(digest=digest, page_size=page_size)
+        )
+        return [convert.version_from_pb(v) for v in response.versions]
+
+    def version_at(self, path: str | os.PathLike[str], at: int | str | dt.datetime) -> Version:
+        """The version ``path`` held at a time (ns, ISO 8601, or a duration ago like ``2h``)."""
+        request = pb.GetVersionAtRequest(
+            path=self._abspath(path), at=convert.ns_to_ts(parse_time(at))
+        )
+        return convert.version_from_pb(self._call("GetVersionAt", request).version)
+
+    def get_version(self, version_id: int) -> Version:
+        """One version by id."""
+        response = self._call("GetVersion", pb.GetVersionRequest(version_id=version_id))
+        return convert.version_from_pb(response.version)
+
+    def get_run(self, run_id: str) -> Run:
+        """One run by id or unique prefix (>= 8 characters), with its code diff and environment."""
+        return convert.run_from_pb(self._call("GetRun", pb.GetRunRequest(run_id=run_id)).run)
+
+    def list_runs(
+        self,
+        *,
+        name: str = "",
+        status: RunStatus | str | None = None,
+        since: int | str | dt.datetime | None = None,
+        until: int | str | dt.datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page[Run]:
+        """One page of runs, newest first, filtered by name, status and start time."""
+        request = pb.ListRunsRequest(
+            name=name,
+            status=convert.run_status_to_pb(RunStatus(status) if status else None),
+            page_size=page_size,
+            page_token=page_token,
+        )
+        if since is not None:
+            request.since.CopyFrom(convert.ns_to_ts(parse_time(since)))
+        if until is not None:
+            request.until.CopyFrom(convert.ns_to_ts(parse_time(until)))
+        response = self._call("ListRuns", request)
+        return Page(tuple(convert.run_from_pb(r) for r in response.runs), response.next_page_token)
+
+    def iter_runs(self, *, limit: int | None = None, **filters: Any) -> Iterator[Run]:
+        """Runs newest first across pages (``list_runs`` filters), at most ``limit``."""
+        token = ""
+        count = 0
+        while True:
+            page_size = min(1000, limit - count) if limit is not None else 0
+            page = self.list_runs(page_size=page_size, page_token=token, **filters)
+            for run in page.items:
+                yield run
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+            token = page.next_page_token
+            if not token:
+                return
+
+    # --- lineage -------------------------------------------------------------------------
+
+    def lineage(
+        self,
+        start: StartNode | str,
+        direction: Direction | str = Direction.UPSTREAM,
+        *,
+        max_depth: int = 0,
+        max_nodes: int = 0,
+    ) -> Graph:
+        """The lineage graph around ``start`` (a StartNode or any target ``trace`` accepts)."""
+        direction = Direction(direction)
+        last: NotFound | None = None
+        for node in self.resolve(start) if isinstance(start, str) else [start]:
+            request = pb.GetLineageRequest(
+                start=convert.start_to_pb(node),
+                direction=convert.direction_to_pb(direction),
+                max_depth=max_depth,
+                max_nodes=max_nodes,
+            )
+            try:
+                return convert.graph_from_pb(self._call("GetLineage", request).graph)
+            except NotFound as exc:
+                last = exc
+        assert last is not None  # resolve() yields at least one node
+        raise last
+
+    def trace(self, target: str, *, max_depth: int = 0, max_nodes: int = 0) -> Graph:
+        """Upstream lineage: the data, code and environment that made ``target``.
+
+        ``target`` is a path, ``PATH@TIME``, a digest or a prefix of one (>= 8 hex), a run id,
+        or a node id (``version:12``, ``run:<id>``). A path outside every watched root is
+        hashed here and looked up by digest, so copies anywhere on disk trace back.
+        """
+        return self.lineage(target, Direction.UPSTREAM, max_depth=max_depth, max_nodes=max_nodes)
+
+    def impact(self, target: str, *, max_depth: int = 0, max_nodes: int = 0) -> Graph:
+        """Downstream lineage: every run and output that used ``target`` (see ``trace``)."""
+        return self.lineage(target, Direction.DOWNSTREAM, max_depth=max_depth, max_nodes=max_nodes)
+
+    def verify(self, target: StartNode | str) -> list[VerifyItem]:
+        """Every input upstream of ``target`` and what its path holds now.
+
+        Inputs outside every root come back UNKNOWN from the daemon; they are checked here.
+        """
+        last: NotFound | None = None
+        for node in self.resolve(target) if isinstance(target, str) else [target]:
+            try:
+                response = self._call("Verify", pb.VerifyRequest(start=convert.start_to_pb(node)))
+            except NotFound as exc:
+                last = exc
+                continue
+            return [self._check_locally(convert.verify_item_from_pb(i)) for i in response.items]
+        assert last is not None
+        raise last
+
+    @staticmethod
+    def _check_locally(item: VerifyItem) -> VerifyItem:
+        if item.state is not VerifyState.UNKNOWN:
+            return item
+        try:
+            digest, _, _ = digest_file(item.path)
+        except FileNotFoundError:
+            return dataclasses.replace(item, state=VerifyState.MISSING)
+        except OSError:
+            return item
+        state = VerifyState.MATCH if digest == item.recorded_digest else VerifyState.CHANGED
+        return dataclasses.replace(item, state=state, current_digest=digest)
+
+    def resolve(self, target: str) -> list[StartNode]:
+        """The start nodes a target may mean, most likely first (tried in this order)."""
+        text = target.strip()
+        if not text or "\x00" in text:
+            raise InvalidArgument(f"{target!r} is not a path, digest or run id")
+        kind, _, rest = text.partition(":")
+        if kind == "run" and rest:
+            return [StartNode(run_id=rest)]
+        if kind == "version" and rest.isdigit():
+            return [StartNode(version_id=int(rest))]
+        if kind == "digest" and rest:
+            return [StartNode(digest=rest.lower())]
+        path = self._abspath(text)
+        if os.path.lexists(path):
+            return [self._path_start(path)]
+        if "@" in text:
+            name, _, when = text.rpartition("@")
+            try:
+                at = parse_time(when)
+            except InvalidArgument:
+                pass
+            else:
+                return [StartNode(path=self._abspath(name), at=at)]
+        nodes: list[StartNode] = []
+        if _HEX.fullmatch(text):
+            nodes.append(StartNode(digest=text.lower()))
+        if "/" in text or text.startswith(("~", ".")):
+            nodes.append(StartNode(path=path))
+        else:
+            if re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", text):
+                nodes.append(StartNode(run_id=text))
+            nodes.append(StartNode(path=path))  # a file of the cwd that no longer exists
+        return nodes
+
+    def _path_start(self, path: str) -> StartNode:
+        inside = self.under_root(path)
+        if inside is not None:
+            return StartNode(path=inside)
+        if os.path.isdir(path):
+            raise InvalidArgument(f"{path} is a directory; name a file")
+        digest, _, _ = digest_file(path)
+        return StartNode(digest=digest)
+
+    # --- runs ----------------------------------------------------------------------------
+
+    def begin_run(self, start: RunStart) -> Run:
+        """Record a new run; returns it with its run id."""
+        return convert.run_from_pb(self._call("BeginRun", convert.begin_run_to_pb(start)).run)
+
+    def record_accesses(self, run_id: str, accesses: Sequence[Access]) -> int:
+        """Report file accesses of a running run (batched); returns edges added or updated."""
+        recorded = 0
+        for first in range(0, len(accesses), convert.MAX_ACCESSES):
+            batch = accesses[first : first + convert.MAX_ACCESSES]
+            request = pb.RecordAccessesRequest(
+                run_id=run_id, accesses=[convert.access_to_pb(a) for a in batch]
+            )
+            recorded += self._call("RecordAccesses", request).recorded
+        return recorded
+
+    def end_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | str,
+        exit_code: int | None = None,
+        ended_at: int | None = None,
+        warnings: Sequence[str] = (),
+    ) -> Run:
+        """Finish a run with its exit status; outputs resolve to what their paths hold now."""
+        request = pb.EndRunRequest(
+            run_id=run_id,
+            status=convert.run_status_to_pb(RunStatus(status)),
+            warnings=list(warnings),
+        )
+        if exit_code is not None:
+            request.exit_code = exit_code
+        if ended_at is not None:
+            request.ended_at.CopyFrom(convert.ns_to_ts(ended_at))
+        return convert.run_from_pb(self._call("EndRun", request).run)
+
+    def run(
+        self,
+        name: str,
+        *,
+        params: Mapping[str, object] | None = None,
+        argv: Sequence[str] | None = None,
+        code: CodeState | None = None,
+        env: EnvState | None = None,
+        parent_run_id: str = "",
+    ) -> RunRecorder:
+        """A context manager recording one run: declare I/O with ``input()``/``output()``."""
+        start = RunStart(
+            name=name,
+            argv=tuple(sys.argv if argv is None else argv),
+            cwd=os.getcwd(),
+            host=socket_module.gethostname(),
+            user=getpass.getuser(),
+            pid=os.getpid(),
+            params={str(k): str(v) for k, v in (params or {}).items()},
+            parent_run_id=parent_run_id,
+            code=code,
+            env=env,
+        )
+        return RunRecorder(self, start)
+
+    def subscribe(self, path_prefix: str = "") -> EventStream:
+        """Stream new versions and run events under ``path_prefix`` (no deadline)."""
+        prefix = self._abspath(path_prefix) if path_prefix else ""
+        if path_prefix.endswith("/") and prefix != "/":
+            prefix += "/"
+        call = self._stub.Subscribe(
+            pb.SubscribeRequest(path_prefix=prefix), metadata=self._metadata
+        )
+        # The daemon sends headers once it is subscribed: after this, no event can be missed.
+        call.initial_metadata()
+        return EventStream(call, self)
+
+
+class RunRecorder:
+    """One run in progress (``with client.run(...) as run``): begun on enter, ended on exit.
+
+    A clean exit ends the run ``succeeded``; an exception ``failed`` (exit code 1) and is
+    re-raised; ``KeyboardInterrupt`` ends it ``interrupted``; ``SystemExit(n)`` uses ``n``.
+    """
+
+    def __init__(self, client: Client, start: RunStart) -> None:
+        self._client = client
+        self._start = start
+        self._pending: list[Access] = []
+        self._outputs: dict[str, tuple[int, str]] = {}
+        self._warnings: list[str] = []
+        self.run: Run | None = None  # as begun
+        self.result: Run | None = None  # as ended
+
+    def __repr__(self) -> str:
+        state = self.result.status if self.result else ("running" if self.run else "not begun")
+        return f"<RunRecorder {self._start.name!r} {self.run_id or '-'} {state}>"
+
+    @property
+    def run_id(self) -> str:
+        """The run's id once begun, else ""."""
+        return self.run.run_id if self.run else ""
+
+    def __enter__(self) -> RunRecorder:
+        start = dataclasses.replace(self._start, started_at=time.time_ns())
+        self.run = self._client.begin_run(start)
+        return self
+
+    def _files(self, path: str | os.PathLike[str]) -> list[str]:
+        absolute = Client._abspath(path)
+        if os.path.isdir(absolute):
+            return sorted(
+                os.path.join(folder, name)
+                for folder, _, names in os.walk(absolute)
+                for name in names
+            )
+        return [absolute]
+
+    def input(self, path: str | os.PathLike[str], *, role: str = "data") -> None:
+        """Declare that the run read ``path`` (a file, or every file under a directory)."""
+        now = time.time_ns()
+        for file in self._files(path):
+            access = Access(
+                path=file,
+                mode=AccessMode.READ,
+                first_at=now,
+                last_at=now,
+                how="declared",
+                role=role,
+            )
+            if self._client.under_root(file) is None:
+                # The daemon never opens files outside its roots: hash as the user, now.
+                digest, size, mtime_ns = digest_file(file)
+                access = dataclasses.replace(access, digest=digest, size=size, mtime_ns=mtime_ns)
+            self._pending.append(access)
+        if len(self._pending) >= convert.MAX_ACCESSES:
+            self.flush()
+
+    def output(self, path: str | os.PathLike[str]) -> None:
+        """Declare that the run wrote ``path``; it is resolved to its content when the run ends."""
+        now = time.time_ns()
+        for file in self._files(path):
+            self._outputs.setdefault(file, (now, "declared"))
+
+    def warn(self, message: str) -> None:
+        """Attach a warning to the run (shown by ``lineage show``)."""
+        self._warnings.append(message)
+
+    def flush(self) -> None:
+        """Send the accesses declared so far."""
+        if self.run is None:
+            raise InvalidArgument("the run has not begun: use it as `with client.run(...) as run`")
+        pending, self._pending = self._pending, []
+        if pending:
+            self._client.record_accesses(self.run.run_id, pending)
+
+    def _collect_outputs(self) -> None:
+        now = time.time_ns()
+        for file, (first_at, how) in self._outputs.items():
+            access = Access(
+                path=file, mode=AccessMode.WRITE, first_at=first_at, last_at=now, how=how
+            )
+            if self._client.under_root(file) is None:
+                try:
+                    digest, size, mtime_ns = digest_file(file)
+                except FileNotFoundError:
+                    self._warnings.append(f"declared output {file} does not exist")
+                    continue
+                access = dataclasses.replace(access, digest=digest, size=size, mtime_ns=mtime_ns)
+            self._pending.append(access)
+        self._outputs.clear()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.run is None:
+            return
+        status, exit_code = RunStatus.SUCCEEDED, 0
+        if isinstance(exc, KeyboardInterrupt):
+            status, exit_code = RunStatus.INTERRUPTED, 130
+        elif isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            status, exit_code = (RunStatus.SUCCEEDED if code == 0 else RunStatus.FAILED), code
+        elif exc is not None:
+            status, exit_code = RunStatus.FAILED, 1
+        try:
+            self._collect_outputs()
+            self.flush()
+        except LineageError as error:
+            if exc is None:
+                raise
+            exc.add_note(f"lineage: recording the run's files failed: {error.message}")
+        finally:
+            try:
+                self.result = self._client.end_run(
+                    self.run.run_id, status=status, exit_code=exit_code, warnings=self._warnings
+                )
+            except LineageError as error:
+                if exc is None:
+                    raise
+                exc.add_note(f"lineage: ending run {self.run.run_id} failed: {error.message}")

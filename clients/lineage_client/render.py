@@ -1,0 +1,623 @@
+"""What the ``lineage`` CLI prints: human tables and trees, stable ``--json`` objects, dot, mermaid.
+
+The ``*_json`` functions define the documented ``--json`` keys (README "JSON output"); change
+them only together with the README. Times in JSON are RFC 3339 UTC strings (microseconds), or
+null; digests are full 64-hex strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from lineaged.models import (
+    CodeState,
+    Direction,
+    Edge,
+    EnvState,
+    Graph,
+    Run,
+    Status,
+    VerifyItem,
+    VerifyState,
+    Version,
+    run_node_id,
+    version_node_id,
+)
+
+__all__ = [
+    "dumps",
+    "graph_dot",
+    "graph_json",
+    "graph_mermaid",
+    "graph_tree",
+    "rfc3339",
+    "run_detail_json",
+    "run_detail_text",
+    "run_json",
+    "runs_table",
+    "short",
+    "status_json",
+    "status_text",
+    "verify_json",
+    "verify_text",
+    "version_json",
+    "versions_table",
+]
+
+SHORT_DIGEST = 12
+
+
+# --- small formatters --------------------------------------------------------------------
+
+
+def rfc3339(ns: int | None) -> str | None:
+    """RFC 3339 UTC with microseconds (``2024-05-01T14:02:03.123456Z``), or None."""
+    if ns is None:
+        return None
+    seconds, rest = divmod(ns, 1_000_000_000)
+    moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
+        seconds=seconds, microseconds=rest // 1000
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def local(ns: int | None) -> str:
+    """A local time for people: ``2024-05-01 16:02:03``; ``-`` for none."""
+    if not ns:
+        return "-"
+    return dt.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def short(digest: str, full: bool = False) -> str:
+    """The first 12 hex characters of a digest (all 64 with ``full``)."""
+    return digest if full or not digest else digest[:SHORT_DIGEST]
+
+
+def human_size(size: int) -> str:
+    """Bytes in binary units: ``1.5 MiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover - the loop always returns
+
+
+def duration(seconds: float) -> str:
+    """``3d 04h``, ``2h 05m``, ``42s``."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def table(header: Sequence[str] | None, rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    rows = [*([list(header)] if header else []), *(list(row) for row in rows)]
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row))
+        for row in rows
+    )
+
+
+def dumps(value: Any) -> str:
+    """The JSON text the CLI prints (indented, keys in definition order)."""
+    return json.dumps(value, indent=2)
+
+
+# --- JSON objects ------------------------------------------------------------------------
+
+
+def version_json(version: Version) -> dict[str, Any]:
+    """A version in listings (``log``, ``where``)."""
+    return {
+        "id": version_node_id(version.id),
+        "version_id": version.id,
+        "path": version.path,
+        "digest": version.digest,
+        "size": version.size,
+        "mtime": rfc3339(version.mtime_ns),
+        "valid_from": rfc3339(version.valid_from),
+        "valid_until": rfc3339(version.valid_until),
+        "seen": str(version.seen),
+        "closed_by": str(version.closed_by) if version.closed_by else None,
+        "external": version.external,
+    }
+
+
+def code_json(code: CodeState | None, *, detail: bool = False) -> dict[str, Any] | None:
+    """A run's code state; ``detail`` adds the diff's size, truncation and untracked files."""
+    if code is None:
+        return None
+    value: dict[str, Any] = {
+        "commit": code.commit,
+        "branch": code.branch,
+        "remote": code.remote,
+        "dirty": code.dirty,
+        "diff_digest": code.diff_digest,
+        "sources": [{"path": s.path, "digest": s.digest} for s in code.sources],
+    }
+    if detail:
+        value["diff_size"] = code.diff_size
+        value["diff_truncated"] = code.diff_truncated
+        value["untracked"] = list(code.untracked)
+    return value
+
+
+def env_json(env: EnvState | None) -> dict[str, Any] | None:
+    """A run's environment fingerprint."""
+    if env is None:
+        return None
+    return {
+        "python_version": env.python_version,
+        "implementation": env.implementation,
+        "platform": env.platform,
+        "packages_digest": env.packages_digest,
+        "packages": list(env.packages),
+        "variables": dict(env.variables),
+    }
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    """A run in ``runs`` and ``show``."""
+    return {
+        "id": run_node_id(run.run_id),
+        "run_id": run.run_id,
+        "name": run.name,
+        "status": str(run.status),
+        "exit_code": run.exit_code,
+        "argv": list(run.argv),
+        "cwd": run.cwd,
+        "host": run.host,
+        "user": run.user,
+        "pid": run.pid,
+        "started_at": rfc3339(run.started_at),
+        "ended_at": rfc3339(run.ended_at),
+        "params": dict(run.params),
+        "parent_run_id": run.parent_run_id or None,
+        "warnings": list(run.warnings),
+        "code": code_json(run.code, detail=True),
+        "env": env_json(run.env),
+    }
+
+
+def _version_node(version: Version) -> dict[str, Any]:
+    return {
+        "id": version_node_id(version.id),
+        "kind": "version",
+        "path": version.path,
+        "digest": version.digest,
+        "size": version.size,
+        "valid_from": rfc3339(version.valid_from),
+        "valid_until": rfc3339(version.valid_until),
+    }
+
+
+def _run_node(run: Run) -> dict[str, Any]:
+    return {
+        "id": run_node_id(run.run_id),
+        "kind": "run",
+        "run_id": run.run_id,
+        "name": run.name,
+        "argv": list(run.argv),
+        "cwd": run.cwd,
+        "started_at": rfc3339(run.started_at),
+        "ended_at": rfc3339(run.ended_at),
+        "exit_code": run.exit_code,
+        "status": str(run.status),
+        "code": code_json(run.code),
+        "env": env_json(run.env),
+    }
+
+
+def _edge(edge: Edge) -> dict[str, Any]:
+    value: dict[str, Any] = {"source": edge.source, "target": edge.target, "kind": edge.kind}
+    if edge.kind == "read":
+        value["changed_during_run"] = edge.changed_during_run
+    return value
+
+
+def graph_json(graph: Graph) -> dict[str, Any]:
+    """``trace``/``impact --json``: exactly ``nodes``, ``edges`` and ``truncated``."""
+    nodes = [_version_node(v) for v in graph.versions] + [_run_node(r) for r in graph.runs]
+    return {"nodes": nodes, "edges": [_edge(e) for e in graph.edges], "truncated": graph.truncated}
+
+
+def status_json(status: Status, *, now: int | None = None) -> dict[str, Any]:
+    """``status --json``."""
+    current = time.time_ns() if now is None else now
+    scan = status.scan
+    return {
+        "version": status.version,
+        "pid": status.pid,
+        "started_at": rfc3339(status.started_at),
+        "uptime_seconds": max(0, (current - status.started_at) // 1_000_000_000),
+        "serving": status.serving,
+        "state_dir": status.state_dir,
+        "socket": status.socket,
+        "roots": [
+            {
+                "path": root.path,
+                "role": str(root.role),
+                "health": root.health,
+                "polling": root.polling,
+                "ignore": list(root.ignore),
+            }
+            for root in status.roots
+        ],
+        "counts": {
+            "roots": status.counts.roots,
+            "artifacts": status.counts.artifacts,
+            "versions": status.counts.versions,
+            "runs": status.counts.runs,
+            "edges": status.counts.edges,
+        },
+        "scan": {
+            "running": scan.running,
+            "initial_done": scan.initial_done,
+            "files_seen": scan.files_seen,
+            "files_hashed": scan.files_hashed,
+            "bytes_hashed": scan.bytes_hashed,
+            "started_at": rfc3339(scan.started_at or None),
+            "finished_at": rfc3339(scan.finished_at or None),
+            "scans_completed": scan.scans_completed,
+        },
+        "queue_depth": status.queue_depth,
+        "degraded": list(status.degraded),
+    }
+
+
+def verify_json(target: str, items: Sequence[VerifyItem]) -> dict[str, Any]:
+    """``verify --json``: ``ok`` is false when an input changed or is missing."""
+    return {
+        "target": target,
+        "ok": all(i.state not in (VerifyState.CHANGED, VerifyState.MISSING) for i in items),
+        "items": [
+            {
+                "path": i.path,
+                "state": str(i.state),
+                "recorded_digest": i.recorded_digest,
+                "current_digest": i.current_digest or None,
+                "version_id": i.version_id or None,
+                "run_id": i.run_id or None,
+                "changed_during_run": i.changed_during_run,
+            }
+            for i in items
+        ],
+    }
+
+
+def _split_io(
+    run_id: str, graph: Graph
+) -> tuple[list[tuple[Version, Edge]], list[tuple[Version, Edge]]]:
+    versions = {version_node_id(v.id): v for v in graph.versions}
+    node = run_node_id(run_id)
+    inputs: list[tuple[Version, Edge]] = []
+    outputs: list[tuple[Version, Edge]] = []
+    for edge in graph.edges:
+        version = versions.get(edge.target)
+        if edge.source != node or version is None:
+            continue
+        (inputs if edge.kind == "read" else outputs).append((version, edge))
+    return inputs, outputs
+
+
+def run_detail_json(run: Run, graph: Graph) -> dict[str, Any]:
+    """``show --json``: the run plus its direct inputs and outputs."""
+    inputs, outputs = _split_io(run.run_id, graph)
+
+    def io(pairs: list[tuple[Version, Edge]]) -> list[dict[str, Any]]:
+        return [
+            {
+                **version_json(version),
+                "how": edge.how,
+                "role": edge.role,
+                "changed_during_run": edge.changed_during_run,
+            }
+            for version, edge in pairs
+        ]
+
+    return {"run": run_json(run), "inputs": io(inputs), "outputs": io(outputs)}
+
+
+# --- human text --------------------------------------------------------------------------
+
+
+def status_text(status: Status, *, now: int | None = None) -> str:
+    """``lineage status``."""
+    current = time.time_ns() if now is None else now
+    scan = status.scan
+    if scan.running:
+        scan_line = f"running: {scan.files_seen} files seen, {scan.files_hashed} hashed"
+    elif scan.initial_done:
+        scan_line = (
+            f"idle, {scan.scans_completed} completed, last finished {local(scan.finished_at)}"
+        )
+    else:
+        scan_line = "initial scan not done yet"
+    counts = status.counts
+    lines = [
+        f"lineaged {status.version}  pid {status.pid}  up"
+        f" {duration((current - status.started_at) / 1e9)}"
+        f"  {'serving' if status.serving else 'starting (initial scan)'}",
+        f"state   {status.state_dir}",
+        f"socket  {status.socket}",
+        f"store   {counts.artifacts} files, {counts.versions} versions, {counts.runs} runs,"
+        f" {counts.edges} edges",
+        f"scan    {scan_line} ({human_size(scan.bytes_hashed)} hashed)",
+        f"queue   {status.queue_depth}",
+        "roots",
+    ]
+    rows = [
+        ("  " + str(root.role), root.path, root.health + (" (polling)" if root.polling else ""))
+        for root in status.roots
+    ]
+    lines.append(table(None, rows) if rows else "  (none)")
+    lines.extend(f"degraded: {reason}" for reason in status.degraded)
+    return "\n".join(lines)
+
+
+def versions_table(
+    versions: Sequence[Version], *, full: bool = False, with_path: bool = False
+) -> str:
+    """``lineage log`` / ``lineage where``."""
+    header = [
+        "VERSION",
+        *(["PATH"] if with_path else []),
+        "FROM",
+        "UNTIL",
+        "SIZE",
+        "DIGEST",
+        "SEEN",
+    ]
+    rows = [
+        [
+            str(v.id),
+            *([v.path] if with_path else []),
+            local(v.valid_from),
+            local(v.valid_until) if v.valid_until is not None else "now",
+            human_size(v.size),
+            short(v.digest, full),
+            str(v.seen) + (f"/{v.closed_by}" if v.closed_by else ""),
+        ]
+        for v in versions
+    ]
+    return table(header, rows)
+
+
+def _short_id(run_id: str, full: bool) -> str:
+    return run_id if full else run_id[:SHORT_DIGEST]
+
+
+def runs_table(runs: Sequence[Run], *, full: bool = False) -> str:
+    """``lineage runs``."""
+    rows = [
+        [
+            _short_id(r.run_id, full),
+            r.name,
+            str(r.status) + ("" if r.exit_code is None else f" ({r.exit_code})"),
+            local(r.started_at),
+            duration((r.ended_at - r.started_at) / 1e9) if r.ended_at else "-",
+            shlex.join(r.argv)[:60],
+        ]
+        for r in runs
+    ]
+    return table(["RUN", "NAME", "STATUS", "STARTED", "TOOK", "COMMAND"], rows)
+
+
+def _code_line(code: CodeState | None, full: bool) -> str:
+    if code is None:
+        return "code    unknown"
+    if not code.commit:
+        git = "not a git work tree"
+    else:
+        git = f"{code.commit if full else code.commit[:12]}"
+        git += f" ({code.branch})" if code.branch else " (detached)"
+        if code.dirty:
+            git += f" dirty, diff {short(code.diff_digest, full)}"
+    return f"code    {git}, {len(code.sources)} source files"
+
+
+def _env_line(env: EnvState | None, full: bool) -> str:
+    if env is None:
+        return "env     unknown"
+    return (
+        f"env     {env.implementation} {env.python_version} on {env.platform},"
+        f" {len(env.packages)} packages {short(env.packages_digest, full)}"
+    )
+
+
+def run_detail_text(run: Run, graph: Graph, *, full: bool = False, diff: bool = False) -> str:
+    """``lineage show RUN``."""
+    lines = [
+        f"run     {run.run_id}  {run.name}",
+        f"status  {run.status}" + ("" if run.exit_code is None else f" (exit {run.exit_code})"),
+        f"started {local(run.started_at)}  ended {local(run.ended_at)}",
+        f"command {shlex.join(run.argv)}",
+        f"cwd     {run.cwd}",
+        f"by      {run.user}@{run.host} pid {run.pid}",
+        _code_line(run.code, full),
+        _env_line(run.env, full),
+    ]
+    if run.parent_run_id:
+        lines.append(f"parent  {run.parent_run_id}")
+    lines.extend(f"params  {key}={value}" for key, value in sorted(run.params.items()))
+    lines.extend(f"warning {warning}" for warning in run.warnings)
+    inputs, outputs = _split_io(run.run_id, graph)
+    for title, pairs in (("inputs", inputs), ("outputs", outputs)):
+        lines.append(f"{title} ({len(pairs)})")
+        for version, edge in sorted(pairs, key=lambda pair: pair[0].path):
+            note = " (changed during the run)" if edge.changed_during_run else ""
+            lines.append(f"  {short(version.digest, full)}  {version.path}  [{edge.how}]{note}")
+    if diff and run.code is not None and run.code.diff:
+        lines.extend(["diff", run.code.diff.decode("utf-8", "replace").rstrip("\n")])
+    return "\n".join(lines)
+
+
+def verify_text(items: Sequence[VerifyItem], *, full: bool = False) -> str:
+    """``lineage verify``: one line per input, then a summary."""
+    if not items:
+        return "no recorded inputs upstream"
+    rows = [
+        [
+            str(i.state).upper(),
+            i.path,
+            short(i.recorded_digest, full),
+            short(i.current_digest, full) if i.state is VerifyState.CHANGED else "",
+        ]
+        for i in items
+    ]
+    bad = sum(i.state in (VerifyState.CHANGED, VerifyState.MISSING) for i in items)
+    summary = "all inputs match" if not bad else f"{bad} of {len(items)} inputs changed or missing"
+    return table(["STATE", "PATH", "RECORDED", "NOW"], rows) + "\n" + summary
+
+
+# --- graphs ------------------------------------------------------------------------------
+
+
+def _version_label(version: Version, full: bool) -> str:
+    until = "" if version.valid_until is None else f" until {local(version.valid_until)}"
+    return (
+        f"{version.path}  {short(version.digest, full)}  {human_size(version.size)}"
+        f"  [version {version.id}, {local(version.valid_from)}{until}]"
+    )
+
+
+def _run_label(run: Run, full: bool) -> str:
+    exit_text = "" if run.exit_code is None else f" exit {run.exit_code}"
+    commit = (
+        f"  @{run.code.commit[:12]}{'+dirty' if run.code.dirty else ''}"
+        if run.code and run.code.commit
+        else ""
+    )
+    return (
+        f"run {_short_id(run.run_id, full)} {run.name!r} {run.status}{exit_text}"
+        f"  {local(run.started_at)}{commit}  $ {shlex.join(run.argv)[:80]}"
+    )
+
+
+def graph_tree(graph: Graph, direction: Direction, *, full: bool = False) -> str:
+    """An indented tree from the start node(s): upstream, downstream, or both one after the other."""
+    if direction is Direction.BOTH:
+        return "\n".join(
+            [
+                "upstream:",
+                graph_tree(graph, Direction.UPSTREAM, full=full),
+                "downstream:",
+                graph_tree(graph, Direction.DOWNSTREAM, full=full),
+            ]
+        )
+    versions = {version_node_id(v.id): v for v in graph.versions}
+    runs = {run_node_id(r.run_id): r for r in graph.runs}
+    # Upstream: a version's children are the runs that wrote it, a run's the versions it read.
+    version_edge, run_edge = (
+        ("wrote", "read") if direction is Direction.UPSTREAM else ("read", "wrote")
+    )
+    children: dict[str, list[tuple[str, Edge]]] = {}
+    for edge in graph.edges:
+        if edge.kind == version_edge:
+            children.setdefault(edge.target, []).append((edge.source, edge))
+        if edge.kind == run_edge:
+            children.setdefault(edge.source, []).append((edge.target, edge))
+    starts = [node for node in graph.start if node in versions or node in runs]
+    if not starts:
+        reached = {child for kids in children.values() for child, _ in kids}
+        starts = [node for node in (*versions, *runs) if node not in reached]
+    if direction is Direction.UPSTREAM:
+        verbs = {"version": "written by", "run": "read"}
+    else:
+        verbs = {"version": "read by", "run": "wrote"}
+    lines: list[str] = []
+    seen: set[str] = set()
+
+    def label(node: str) -> str:
+        if node in versions:
+            return _version_label(versions[node], full)
+        if node in runs:
+            return _run_label(runs[node], full)
+        return node
+
+    def walk(node: str, prefix: str) -> None:
+        kids = sorted(children.get(node, []), key=lambda kid: label(kid[0]))
+        for index, (child, edge) in enumerate(kids):
+            last = index == len(kids) - 1
+            verb = verbs["version" if node in versions else "run"]
+            note = " (changed during the run)" if edge.changed_during_run else ""
+            repeat = " (see above)" if child in seen else ""
+            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{verb} {label(child)}{note}{repeat}")
+            if child not in seen:
+                seen.add(child)
+                walk(child, prefix + ("   " if last else "│  "))
+
+    for start in starts:
+        seen.add(start)
+        lines.append(label(start))
+        walk(start, "")
+    if not lines:
+        lines.append("(no lineage)")
+    if graph.truncated:
+        lines.append("(truncated: raise --depth or --max-nodes to see more)")
+    return "\n".join(lines)
+
+
+def _nodes(graph: Graph, full: bool) -> list[tuple[str, str, str]]:
+    """(node id, kind, label) for every node."""
+    return [
+        (version_node_id(v.id), "version", f"{v.path}\n{short(v.digest, full)}")
+        for v in graph.versions
+    ] + [
+        (run_node_id(r.run_id), "run", f"{r.name} ({r.status})\nrun {_short_id(r.run_id, full)}")
+        for r in graph.runs
+    ]
+
+
+def _flow(edge: Edge) -> tuple[str, str]:
+    """Draw edges the way data flows: input version -> run -> output version."""
+    return (edge.target, edge.source) if edge.kind == "read" else (edge.source, edge.target)
+
+
+def graph_dot(graph: Graph, *, full: bool = False) -> str:
+    """Graphviz dot; data flows left to right."""
+    lines = ["digraph lineage {", "  rankdir=LR;"]
+    for node, kind, text in _nodes(graph, full):
+        shape = "box" if kind == "version" else "ellipse"
+        lines.append(f"  {json.dumps(node)} [shape={shape}, label={json.dumps(text)}];")
+    for edge in graph.edges:
+        source, target = _flow(edge)
+        style = ", color=red" if edge.changed_during_run else ""
+        lines.append(
+            f"  {json.dumps(source)} -> {json.dumps(target)} [label={json.dumps(edge.kind)}{style}];"
+        )
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def graph_mermaid(graph: Graph, *, full: bool = False) -> str:
+    """A mermaid flowchart; data flows left to right."""
+    ids: Mapping[str, str] = {node: f"n{i}" for i, (node, _, _) in enumerate(_nodes(graph, full))}
+    lines = ["flowchart LR"]
+    for node, kind, text in _nodes(graph, full):
+        escaped = text.replace('"', "#quot;").replace("\n", "<br/>")
+        lines.append(
+            f'  {ids[node]}["{escaped}"]' if kind == "version" else f'  {ids[node]}(["{escaped}"])'
+        )
+    for edge in graph.edges:
+        source, target = _flow(edge)
+        if source in ids and target in ids:
+            lines.append(f"  {ids[source]} -->|{edge.kind}| {ids[target]}")
+    return "\n".join(lines)

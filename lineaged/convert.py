@@ -1,0 +1,946 @@
+"""Domain values <-> protobuf messages, and validation of everything that arrives on the wire.
+
+The only module besides ``service.py`` (and the client) that imports the generated stubs.
+``*_to_pb`` build messages from ``lineaged.models`` values; ``*_from_pb`` read them back.
+``parse_*`` read *requests*: they validate at the edge (NUL bytes, relative or unnormalised
+paths, unknown enum numbers, absurd sizes and times) and raise ``InvalidArgument`` with a
+message a person can act on, naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import posixpath
+import re
+from collections.abc import Iterable, Mapping, Sequence, Sized
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.protobuf import timestamp_pb2
+
+from lineaged._proto.lineage.v1 import lineage_pb2 as pb
+from lineaged.errors import InvalidArgument
+from lineaged.models import (
+    Access,
+    AccessMode,
+    ChangeKind,
+    CodeState,
+    Counts,
+    Direction,
+    Edge,
+    EnvState,
+    Event,
+    Graph,
+    Role,
+    Root,
+    Run,
+    RunStart,
+    RunStatus,
+    ScanState,
+    SourceFile,
+    StartNode,
+    Status,
+    VerifyItem,
+    VerifyState,
+    Version,
+)
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_NODES",
+    "DEFAULT_PAGE_SIZE",
+    "ERROR_CLASS_KEY",
+    "MAX_ACCESSES",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_PAGE_SIZE",
+    "MAX_PATH_BYTES",
+    "MAX_REPEATED",
+    "LineageQuery",
+    "ListRunsQuery",
+    "access_to_pb",
+    "begin_run_to_pb",
+    "check_digest_prefix",
+    "check_path",
+    "decode_page_token",
+    "direction_to_pb",
+    "encode_page_token",
+    "event_from_pb",
+    "event_to_pb",
+    "graph_from_pb",
+    "graph_to_pb",
+    "ns_from_ts",
+    "ns_to_ts",
+    "parse_access",
+    "parse_begin_run",
+    "parse_direction",
+    "parse_end_run",
+    "parse_lineage",
+    "parse_list_runs",
+    "parse_page_size",
+    "parse_run_id",
+    "parse_start",
+    "parse_time",
+    "run_from_pb",
+    "run_status_to_pb",
+    "run_to_pb",
+    "start_to_pb",
+    "status_from_pb",
+    "status_to_pb",
+    "verify_item_from_pb",
+    "verify_item_to_pb",
+    "version_from_pb",
+    "version_to_pb",
+    "versions_to_pb",
+]
+
+ERROR_CLASS_KEY = "lineage-error-class"  # trailing metadata: the lineaged.errors class name
+
+# Limits of the wire contract (documented in lineage.proto and the README).
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000  # == lineaged.engine.MAX_PAGE; kept here so the client needs no engine
+DEFAULT_MAX_DEPTH = 100
+MAX_DEPTH = 10_000
+DEFAULT_MAX_NODES = 1000
+MAX_NODES = 10_000
+MAX_ACCESSES = 10_000  # per RecordAccesses call; the client batches
+MAX_REPEATED = 10_000  # argv, params, packages, sources, warnings, ...
+MAX_PATH_BYTES = 4096  # PATH_MAX
+MAX_NAME_BYTES = 1024
+MAX_TEXT_BYTES = 64 * 1024  # one argv entry, one param value, one warning
+MAX_DIFF_BYTES = 2 * 1024 * 1024
+MAX_RUN_ID = 128
+# Times must fit int64 nanoseconds, which is what the store keeps: 1677-09-21 .. 2262-04-11.
+_MIN_NS = -(2**63)
+_MAX_NS = 2**63 - 1
+_MAX_PID = 2**31 - 1
+
+_HEX = re.compile(r"[0-9a-f]+")
+_RUN_ID = re.compile(r"[A-Za-z0-9._:-]+")
+
+_ROLE_TO_PB = {
+    Role.DATA: pb.ROLE_DATA,
+    Role.MODEL: pb.ROLE_MODEL,
+    Role.CODE: pb.ROLE_CODE,
+    Role.OTHER: pb.ROLE_OTHER,
+}
+_CHANGE_TO_PB = {
+    ChangeKind.CREATED: pb.CHANGE_KIND_CREATED,
+    ChangeKind.MODIFIED: pb.CHANGE_KIND_MODIFIED,
+    ChangeKind.MOVED: pb.CHANGE_KIND_MOVED,
+    ChangeKind.DELETED: pb.CHANGE_KIND_DELETED,
+    ChangeKind.SCAN: pb.CHANGE_KIND_SCAN,
+    ChangeKind.RUN: pb.CHANGE_KIND_RUN,
+    ChangeKind.EXTERNAL: pb.CHANGE_KIND_EXTERNAL,
+}
+_MODE_TO_PB = {AccessMode.READ: pb.ACCESS_MODE_READ, AccessMode.WRITE: pb.ACCESS_MODE_WRITE}
+_HOW_TO_PB = {"declared": pb.ACCESS_HOW_DECLARED, "traced": pb.ACCESS_HOW_TRACED}
+_ACCESS_ROLE_TO_PB = {"data": pb.ACCESS_ROLE_DATA, "code": pb.ACCESS_ROLE_CODE}
+_STATUS_TO_PB = {
+    RunStatus.RUNNING: pb.RUN_STATUS_RUNNING,
+    RunStatus.SUCCEEDED: pb.RUN_STATUS_SUCCEEDED,
+    RunStatus.FAILED: pb.RUN_STATUS_FAILED,
+    RunStatus.INTERRUPTED: pb.RUN_STATUS_INTERRUPTED,
+}
+_DIRECTION_TO_PB = {
+    Direction.UPSTREAM: pb.DIRECTION_UPSTREAM,
+    Direction.DOWNSTREAM: pb.DIRECTION_DOWNSTREAM,
+    Direction.BOTH: pb.DIRECTION_BOTH,
+}
+_EDGE_TO_PB = {"read": pb.EDGE_KIND_READ, "wrote": pb.EDGE_KIND_WROTE}
+_VERIFY_TO_PB = {
+    VerifyState.MATCH: pb.VERIFY_STATE_MATCH,
+    VerifyState.CHANGED: pb.VERIFY_STATE_CHANGED,
+    VerifyState.MISSING: pb.VERIFY_STATE_MISSING,
+    VerifyState.UNKNOWN: pb.VERIFY_STATE_UNKNOWN,
+}
+
+_K = TypeVar("_K")
+
+
+def _invert(mapping: Mapping[_K, int]) -> dict[int, _K]:
+    return {number: key for key, number in mapping.items()}
+
+
+_ROLE_FROM_PB = _invert(_ROLE_TO_PB)
+_CHANGE_FROM_PB = _invert(_CHANGE_TO_PB)
+_MODE_FROM_PB = _invert(_MODE_TO_PB)
+_HOW_FROM_PB = _invert(_HOW_TO_PB)
+_ACCESS_ROLE_FROM_PB = _invert(_ACCESS_ROLE_TO_PB)
+_STATUS_FROM_PB = _invert(_STATUS_TO_PB)
+_DIRECTION_FROM_PB = _invert(_DIRECTION_TO_PB)
+_EDGE_FROM_PB = _invert(_EDGE_TO_PB)
+_VERIFY_FROM_PB = _invert(_VERIFY_TO_PB)
+
+
+# --- times -------------------------------------------------------------------------------
+
+
+def ns_to_ts(ns: int) -> timestamp_pb2.Timestamp:
+    """A Timestamp for nanoseconds since the epoch (negative times included)."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def ns_from_ts(ts: timestamp_pb2.Timestamp) -> int:
+    """Nanoseconds since the epoch of a Timestamp, without validation (responses)."""
+    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
+
+
+def parse_time(message: Any, field: str, *, required: bool = False) -> int | None:
+    """The validated time in ``message.field``: None when unset (InvalidArgument if required)."""
+    if not message.HasField(field):
+        if required:
+            raise InvalidArgument(f"{field} is required")
+        return None
+    ts = getattr(message, field)
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(f"{field}.nanos must be between 0 and 999999999, not {ts.nanos}")
+    ns = ns_from_ts(ts)
+    if not _MIN_NS <= ns <= _MAX_NS:
+        raise InvalidArgument(
+            f"{field} is out of range: times must lie between 1677-09-21 and 2262-04-11 UTC"
+        )
+    return ns
+
+
+def _set_time(message: Any, field: str, ns: int | None) -> None:
+    if ns is not None:
+        getattr(message, field).CopyFrom(ns_to_ts(ns))
+
+
+def _get_time(message: Any, field: str) -> int | None:
+    return ns_from_ts(getattr(message, field)) if message.HasField(field) else None
+
+
+# --- scalar validation -------------------------------------------------------------------
+
+
+def _check_text(value: str, field: str, *, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} contains a NUL byte")
+    if len(value) > max_bytes or len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise InvalidArgument(f"{field} is longer than {max_bytes} bytes")
+    return value
+
+
+def _check_count(values: Sized, field: str, limit: int = MAX_REPEATED) -> None:
+    if len(values) > limit:
+        raise InvalidArgument(f"{field} has {len(values)} entries; at most {limit} are accepted")
+
+
+def check_path(value: str, field: str = "path", *, allow_empty: bool = False) -> str:
+    """An absolute, normalised path, else InvalidArgument saying what is wrong with it."""
+    if not value:
+        if allow_empty:
+            return value
+        raise InvalidArgument(f"{field} is required")
+    _check_text(value, field, max_bytes=MAX_PATH_BYTES)
+    if not value.startswith("/"):
+        raise InvalidArgument(
+            f"{field} must be an absolute path, not {value!r} (clients make paths absolute)"
+        )
+    # posixpath keeps a leading "//" (implementation-defined in POSIX); no root uses it.
+    if posixpath.normpath(value) != value or value.startswith("//"):
+        raise InvalidArgument(
+            f"{field} must be normalised (no '.', '..', '//' or trailing '/'): {value!r};"
+            f" did you mean {posixpath.normpath('/' + value.lstrip('/'))!r}?"
+        )
+    return value
+
+
+def _check_digest(value: str, field: str) -> str:
+    digest = value.lower()
+    if len(digest) != 64 or not _HEX.fullmatch(digest):
+        raise InvalidArgument(
+            f"{field} must be 64 hex characters (a BLAKE3-256 digest), not {value[:80]!r}"
+        )
+    return digest
+
+
+def check_digest_prefix(value: str, field: str = "digest") -> str:
+    """A full digest or a prefix of 8..64 hex characters, lowercased."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    digest = value.lower()
+    if not _HEX.fullmatch(digest) or not 8 <= len(digest) <= 64:
+        raise InvalidArgument(
+            f"{field} must be 8 to 64 hex characters (a BLAKE3 digest or a prefix), not {value[:80]!r}"
+        )
+    return digest
+
+
+def parse_run_id(value: str, field: str = "run_id") -> str:
+    """A run id (or a prefix of one) in the characters run ids are made of."""
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if len(value) > MAX_RUN_ID or not _RUN_ID.fullmatch(value):
+        raise InvalidArgument(
+            f"{field} must be 1 to {MAX_RUN_ID} characters of letters, digits, '.', '_', ':'"
+            f" or '-', not {value[:80]!r}"
+        )
+    return value
+
+
+def _check_int(value: int, field: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{field} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _enum(mapping: Mapping[int, _K], number: int, field: str, enum: Any) -> _K:
+    if number not in mapping:
+        names = ", ".join(enum.Name(n) for n in sorted(mapping))
+        raise InvalidArgument(f"{field} has an unknown value {number}; expected one of {names}")
+    return mapping[number]
+
+
+def parse_page_size(value: int, field: str = "page_size") -> int:
+    """0 means the default; otherwise 1..1000."""
+    if value == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise InvalidArgument(
+            f"{field} must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE}), not {value}"
+        )
+    return value
+
+
+# --- page tokens -------------------------------------------------------------------------
+
+
+def encode_page_token(kind: str, before_id: int) -> str:
+    """An opaque token resuming a ``kind`` listing after the row ``before_id``."""
+    return base64.urlsafe_b64encode(f"v1:{kind}:{before_id}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, kind: str) -> int | None:
+    """The row id a token resumes after; None for an empty token; InvalidArgument if foreign."""
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        version, token_kind, number = text.split(":")
+        before_id = int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(
+            "page_token is not a token this server issued; pass next_page_token unchanged"
+        ) from None
+    if version != "v1" or token_kind != kind or not 0 < before_id <= _MAX_NS:
+        raise InvalidArgument(
+            f"page_token belongs to another listing; pass the next_page_token of a {kind} answer"
+        )
+    return before_id
+
+
+# --- versions ----------------------------------------------------------------------------
+
+
+def version_to_pb(version: Version) -> pb.Version:
+    """The wire form of a version."""
+    message = pb.Version(
+        id=version.id,
+        path=version.path,
+        digest=version.digest,
+        size=version.size,
+        seen=_CHANGE_TO_PB.get(version.seen, pb.CHANGE_KIND_UNSPECIFIED),
+        closed_by=_CHANGE_TO_PB.get(version.closed_by, pb.CHANGE_KIND_UNSPECIFIED)
+        if version.closed_by is not None
+        else pb.CHANGE_KIND_UNSPECIFIED,
+        external=version.external,
+    )
+    _set_time(message, "mtime", version.mtime_ns)
+    _set_time(message, "valid_from", version.valid_from)
+    _set_time(message, "valid_until", version.valid_until)
+    return message
+
+
+def version_from_pb(message: pb.Version) -> Version:
+    """A version read back from the wire (responses: lenient about unknown enum numbers)."""
+    return Version(
+        id=message.id,
+        path=message.path,
+        digest=message.digest,
+        size=message.size,
+        mtime_ns=_get_time(message, "mtime") or 0,
+        valid_from=_get_time(message, "valid_from") or 0,
+        valid_until=_get_time(message, "valid_until"),
+        seen=_CHANGE_FROM_PB.get(message.seen, ChangeKind.SCAN),
+        closed_by=_CHANGE_FROM_PB.get(message.closed_by),
+        external=message.external,
+    )
+
+
+# --- runs --------------------------------------------------------------------------------
+
+
+def _code_to_pb(code: CodeState, *, with_diff: bool) -> pb.CodeState:
+    return pb.CodeState(
+        commit=code.commit,
+        branch=code.branch,
+        remote=code.remote,
+        dirty=code.dirty,
+        diff=code.diff if with_diff else b"",
+        diff_digest=code.diff_digest,
+        diff_size=code.diff_size,
+        diff_truncated=code.diff_truncated,
+        untracked=list(code.untracked),
+        sources=[pb.SourceFile(path=s.path, digest=s.digest) for s in code.sources],
+    )
+
+
+def _code_from_pb(message: pb.CodeState) -> CodeState:
+    return CodeState(
+        commit=message.commit,
+        branch=message.branch,
+        remote=message.remote,
+        dirty=message.dirty,
+        diff=bytes(message.diff),
+        diff_digest=message.diff_digest,
+        diff_size=message.diff_size,
+        diff_truncated=message.diff_truncated,
+        untracked=tuple(message.untracked),
+        sources=tuple(SourceFile(path=s.path, digest=s.digest) for s in message.sources),
+    )
+
+
+def _env_to_pb(env: EnvState) -> pb.EnvState:
+    return pb.EnvState(
+        python_version=env.python_version,
+        implementation=env.implementation,
+        platform=env.platform,
+        packages=list(env.packages),
+        packages_digest=env.packages_digest,
+        variables=dict(env.variables),
+    )
+
+
+def _env_from_pb(message: pb.EnvState) -> EnvState:
+    return EnvState(
+        python_version=message.python_version,
+        implementation=message.implementation,
+        platform=message.platform,
+        packages=tuple(message.packages),
+        packages_digest=message.packages_digest,
+        variables=dict(message.variables),
+    )
+
+
+def run_status_to_pb(status: RunStatus | None) -> pb.RunStatus.ValueType:
+    """The wire number of a run status (None: UNSPECIFIED)."""
+    return pb.RUN_STATUS_UNSPECIFIED if status is None else _STATUS_TO_PB[status]
+
+
+def run_to_pb(run: Run, *, with_diff: bool = True) -> pb.Run:
+    """The wire form of a run; lineage graphs leave the (possibly large) diff out."""
+    message = pb.Run(
+        run_id=run.run_id,
+        name=run.name,
+        argv=list(run.argv),
+        cwd=run.cwd,
+        host=run.host,
+        user=run.user,
+        pid=run.pid,
+        status=_STATUS_TO_PB.get(run.status, pb.RUN_STATUS_UNSPECIFIED),
+        params=dict(run.params),
+        parent_run_id=run.parent_run_id,
+        warnings=list(run.warnings),
+        id=run.id,
+    )
+    _set_time(message, "started_at", run.started_at)
+    _set_time(message, "ended_at", run.ended_at)
+    if run.exit_code is not None:
+        message.exit_code = run.exit_code
+    if run.code is not None:
+        message.code.CopyFrom(_code_to_pb(run.code, with_diff=with_diff))
+    if run.env is not None:
+        message.env.CopyFrom(_env_to_pb(run.env))
+    return message
+
+
+def run_from_pb(message: pb.Run) -> Run:
+    """A run read back from the wire."""
+    return Run(
+        run_id=message.run_id,
+        name=message.name,
+        argv=tuple(message.argv),
+        cwd=message.cwd,
+        host=message.host,
+        user=message.user,
+        pid=message.pid,
+        started_at=_get_time(message, "started_at") or 0,
+        ended_at=_get_time(message, "ended_at"),
+        status=_STATUS_FROM_PB.get(message.status, RunStatus.RUNNING),
+        exit_code=message.exit_code if message.HasField("exit_code") else None,
+        params=dict(message.params),
+        parent_run_id=message.parent_run_id,
+        code=_code_from_pb(message.code) if message.HasField("code") else None,
+        env=_env_from_pb(message.env) if message.HasField("env") else None,
+        warnings=tuple(message.warnings),
+        id=message.id,
+    )
+
+
+def _parse_strings(
+    values: Sequence[str], field: str, *, max_bytes: int = MAX_TEXT_BYTES
+) -> tuple[str, ...]:
+    _check_count(values, field)
+    return tuple(_check_text(v, f"{field}[{i}]", max_bytes=max_bytes) for i, v in enumerate(values))
+
+
+def _parse_map(values: Mapping[str, str], field: str) -> dict[str, str]:
+    _check_count(values, field)
+    parsed: dict[str, str] = {}
+    for key, value in values.items():
+        _check_text(key, f"{field} key", max_bytes=MAX_NAME_BYTES)
+        parsed[key] = _check_text(value, f"{field}[{key[:40]!r}]")
+    return parsed
+
+
+def _parse_code(message: pb.CodeState) -> CodeState:
+    if len(message.diff) > MAX_DIFF_BYTES:
+        raise InvalidArgument(f"code.diff is larger than {MAX_DIFF_BYTES} bytes; truncate it")
+    _check_count(message.sources, "code.sources")
+    sources = tuple(
+        SourceFile(
+            path=check_path(s.path, f"code.sources[{i}].path"),
+            digest=_check_digest(s.digest, f"code.sources[{i}].digest"),
+        )
+        for i, s in enumerate(message.sources)
+    )
+    return CodeState(
+        commit=_check_text(message.commit, "code.commit", max_bytes=MAX_NAME_BYTES),
+        branch=_check_text(message.branch, "code.branch", max_bytes=MAX_NAME_BYTES),
+        remote=_check_text(message.remote, "code.remote", max_bytes=MAX_PATH_BYTES),
+        dirty=message.dirty,
+        diff=bytes(message.diff),
+        diff_digest=_check_digest(message.diff_digest, "code.diff_digest")
+        if message.diff_digest
+        else "",
+        diff_size=_check_int(message.diff_size, "code.diff_size", 0, _MAX_NS),
+        diff_truncated=message.diff_truncated,
+        untracked=_parse_strings(message.untracked, "code.untracked", max_bytes=MAX_PATH_BYTES),
+        sources=sources,
+    )
+
+
+def _parse_env(message: pb.EnvState) -> EnvState:
+    return EnvState(
+        python_version=_check_text(
+            message.python_version, "env.python_version", max_bytes=MAX_NAME_BYTES
+        ),
+        implementation=_check_text(
+            message.implementation, "env.implementation", max_bytes=MAX_NAME_BYTES
+        ),
+        platform=_check_text(message.platform, "env.platform", max_bytes=MAX_NAME_BYTES),
+        packages=_parse_strings(message.packages, "env.packages", max_bytes=MAX_NAME_BYTES),
+        packages_digest=_check_digest(message.packages_digest, "env.packages_digest")
+        if message.packages_digest
+        else "",
+        variables=_parse_map(message.variables, "env.variables"),
+    )
+
+
+def begin_run_to_pb(start: RunStart) -> pb.BeginRunRequest:
+    """The BeginRun request for a run start (client side)."""
+    request = pb.BeginRunRequest(
+        name=start.name,
+        argv=list(start.argv),
+        cwd=start.cwd,
+        host=start.host,
+        user=start.user,
+        pid=start.pid,
+        params=dict(start.params),
+        parent_run_id=start.parent_run_id,
+    )
+    _set_time(request, "started_at", start.started_at or None)
+    if start.code is not None:
+        request.code.CopyFrom(_code_to_pb(start.code, with_diff=True))
+    if start.env is not None:
+        request.env.CopyFrom(_env_to_pb(start.env))
+    return request
+
+
+def parse_begin_run(request: pb.BeginRunRequest, *, now: int) -> RunStart:
+    """Validate a BeginRun request; an unset ``started_at`` becomes ``now``."""
+    name = _check_text(request.name, "name", max_bytes=MAX_NAME_BYTES)
+    if not name.strip():
+        raise InvalidArgument("name is required (a short label such as 'train')")
+    started_at = parse_time(request, "started_at")
+    return RunStart(
+        name=name,
+        argv=_parse_strings(request.argv, "argv"),
+        cwd=check_path(request.cwd, "cwd", allow_empty=True),
+        host=_check_text(request.host, "host", max_bytes=MAX_NAME_BYTES),
+        user=_check_text(request.user, "user", max_bytes=MAX_NAME_BYTES),
+        pid=_check_int(request.pid, "pid", 0, _MAX_PID),
+        started_at=now if started_at is None else started_at,
+        params=_parse_map(request.params, "params"),
+        parent_run_id=parse_run_id(request.parent_run_id, "parent_run_id")
+        if request.parent_run_id
+        else "",
+        code=_parse_code(request.code) if request.HasField("code") else None,
+        env=_parse_env(request.env) if request.HasField("env") else None,
+    )
+
+
+def access_to_pb(access: Access) -> pb.Access:
+    """The wire form of a reported access."""
+    message = pb.Access(
+        path=access.path,
+        mode=_MODE_TO_PB[access.mode],
+        how=_HOW_TO_PB.get(access.how, pb.ACCESS_HOW_UNSPECIFIED),
+        role=_ACCESS_ROLE_TO_PB.get(access.role, pb.ACCESS_ROLE_UNSPECIFIED),
+        digest=access.digest,
+        size=access.size,
+    )
+    _set_time(message, "first_at", access.first_at)
+    _set_time(message, "last_at", access.last_at)
+    _set_time(message, "mtime", access.mtime_ns or None)
+    return message
+
+
+def parse_access(message: pb.Access, field: str, *, now: int) -> Access:
+    """Validate one reported access; unset times become ``now``."""
+    path = check_path(message.path, f"{field}.path")
+    mode = _enum(_MODE_FROM_PB, message.mode, f"{field}.mode", pb.AccessMode)
+    first_at = parse_time(message, "first_at")
+    last_at = parse_time(message, "last_at")
+    first_at = now if first_at is None else first_at
+    last_at = first_at if last_at is None else last_at
+    if last_at < first_at:
+        raise InvalidArgument(f"{field}.last_at is before {field}.first_at")
+    how = (
+        "traced"
+        if message.how == pb.ACCESS_HOW_UNSPECIFIED
+        else _enum(_HOW_FROM_PB, message.how, f"{field}.how", pb.AccessHow)
+    )
+    role = (
+        "data"
+        if message.role == pb.ACCESS_ROLE_UNSPECIFIED
+        else _enum(_ACCESS_ROLE_FROM_PB, message.role, f"{field}.role", pb.AccessRole)
+    )
+    digest = _check_digest(message.digest, f"{field}.digest") if message.digest else ""
+    mtime = parse_time(message, "mtime")
+    return Access(
+        path=path,
+        mode=mode,
+        first_at=first_at,
+        last_at=last_at,
+        how=how,
+        role=role,
+        digest=digest,
+        size=_check_int(message.size, f"{field}.size", 0, _MAX_NS),
+        mtime_ns=mtime or 0,
+    )
+
+
+def parse_end_run(
+    request: pb.EndRunRequest, *, now: int
+) -> tuple[str, int | None, RunStatus, int, tuple[str, ...]]:
+    """Validate EndRun: (run_id, exit_code, status, ended_at, warnings)."""
+    run_id = parse_run_id(request.run_id)
+    if request.status in (pb.RUN_STATUS_UNSPECIFIED, pb.RUN_STATUS_RUNNING):
+        raise InvalidArgument(
+            "status must be RUN_STATUS_SUCCEEDED, RUN_STATUS_FAILED or RUN_STATUS_INTERRUPTED"
+        )
+    status = _enum(_STATUS_FROM_PB, request.status, "status", pb.RunStatus)
+    ended_at = parse_time(request, "ended_at")
+    exit_code = request.exit_code if request.HasField("exit_code") else None
+    warnings = _parse_strings(request.warnings, "warnings")
+    return run_id, exit_code, status, now if ended_at is None else ended_at, warnings
+
+
+@dataclass(frozen=True, slots=True)
+class ListRunsQuery:
+    """A validated ListRuns request."""
+
+    limit: int
+    name: str
+    status: RunStatus | None
+    since: int | None
+    until: int | None
+    before_id: int | None
+
+
+def parse_list_runs(request: pb.ListRunsRequest) -> ListRunsQuery:
+    """Validate ListRuns."""
+    status = (
+        None
+        if request.status == pb.RUN_STATUS_UNSPECIFIED
+        else _enum(_STATUS_FROM_PB, request.status, "status", pb.RunStatus)
+    )
+    since = parse_time(request, "since")
+    until = parse_time(request, "until")
+    if since is not None and until is not None and until < since:
+        raise InvalidArgument("until is before since")
+    return ListRunsQuery(
+        limit=parse_page_size(request.page_size),
+        name=_check_text(request.name, "name", max_bytes=MAX_NAME_BYTES),
+        status=status,
+        since=since,
+        until=until,
+        before_id=decode_page_token(request.page_token, "runs"),
+    )
+
+
+# --- lineage -----------------------------------------------------------------------------
+
+
+def start_to_pb(start: StartNode) -> pb.StartNode:
+    """The wire form of a walk's start; exactly one field of ``start`` must be set."""
+    if start.path and start.at is not None:
+        return pb.StartNode(path_at=pb.PathAt(path=start.path, at=ns_to_ts(start.at)))
+    if start.path:
+        return pb.StartNode(path=start.path)
+    if start.digest:
+        return pb.StartNode(digest=start.digest)
+    if start.version_id:
+        return pb.StartNode(version_id=start.version_id)
+    if start.run_id:
+        return pb.StartNode(run_id=start.run_id)
+    raise InvalidArgument("a lineage start needs a path, a digest, a version id or a run id")
+
+
+def parse_start(message: pb.StartNode, field: str = "start") -> StartNode:
+    """Validate a StartNode oneof."""
+    which = message.WhichOneof("node")
+    if which is None:
+        raise InvalidArgument(
+            f"{field} is required: set one of path, path_at, digest, version_id or run_id"
+        )
+    if which == "path":
+        return StartNode(path=check_path(message.path, f"{field}.path"))
+    if which == "path_at":
+        path = check_path(message.path_at.path, f"{field}.path_at.path")
+        at = parse_time(message.path_at, "at", required=True)
+        return StartNode(path=path, at=at)
+    if which == "digest":
+        return StartNode(digest=check_digest_prefix(message.digest, f"{field}.digest"))
+    if which == "version_id":
+        return StartNode(
+            version_id=_check_int(message.version_id, f"{field}.version_id", 1, _MAX_NS)
+        )
+    return StartNode(run_id=parse_run_id(message.run_id, f"{field}.run_id"))
+
+
+def parse_direction(number: int, field: str = "direction") -> Direction:
+    """A walk direction; UNSPECIFIED is an error (say which way to walk)."""
+    if number == pb.DIRECTION_UNSPECIFIED:
+        raise InvalidArgument(
+            f"{field} is required: DIRECTION_UPSTREAM, DIRECTION_DOWNSTREAM or DIRECTION_BOTH"
+        )
+    return _enum(_DIRECTION_FROM_PB, number, field, pb.Direction)
+
+
+def direction_to_pb(direction: Direction) -> pb.Direction.ValueType:
+    """The wire number of a direction."""
+    return _DIRECTION_TO_PB[direction]
+
+
+@dataclass(frozen=True, slots=True)
+class LineageQuery:
+    """A validated GetLineage request."""
+
+    start: StartNode
+    direction: Direction
+    max_depth: int
+    max_nodes: int
+
+
+def parse_lineage(request: pb.GetLineageRequest) -> LineageQuery:
+    """Validate GetLineage; 0 depth/nodes mean the defaults."""
+    start = parse_start(request.start) if request.HasField("start") else parse_start(pb.StartNode())
+    direction = parse_direction(request.direction)
+    depth = request.max_depth or DEFAULT_MAX_DEPTH
+    nodes = request.max_nodes or DEFAULT_MAX_NODES
+    _check_int(depth, "max_depth", 1, MAX_DEPTH)
+    _check_int(nodes, "max_nodes", 1, MAX_NODES)
+    return LineageQuery(start, direction, depth, nodes)
+
+
+def _edge_to_pb(edge: Edge) -> pb.Edge:
+    return pb.Edge(
+        source=edge.source,
+        target=edge.target,
+        kind=_EDGE_TO_PB.get(edge.kind, pb.EDGE_KIND_UNSPECIFIED),
+        how=_HOW_TO_PB.get(edge.how, pb.ACCESS_HOW_UNSPECIFIED),
+        role=_ACCESS_ROLE_TO_PB.get(edge.role, pb.ACCESS_ROLE_UNSPECIFIED),
+        changed_during_run=edge.changed_during_run,
+    )
+
+
+def _edge_from_pb(message: pb.Edge) -> Edge:
+    return Edge(
+        source=message.source,
+        target=message.target,
+        kind=_EDGE_FROM_PB.get(message.kind, "read"),
+        how=_HOW_FROM_PB.get(message.how, "traced"),
+        role=_ACCESS_ROLE_FROM_PB.get(message.role, "data"),
+        changed_during_run=message.changed_during_run,
+    )
+
+
+def graph_to_pb(graph: Graph) -> pb.Graph:
+    """The wire form of a lineage graph (run diffs left out: GetRun carries them)."""
+    return pb.Graph(
+        versions=[version_to_pb(v) for v in graph.versions],
+        runs=[run_to_pb(r, with_diff=False) for r in graph.runs],
+        edges=[_edge_to_pb(e) for e in graph.edges],
+        truncated=graph.truncated,
+        start=list(graph.start),
+    )
+
+
+def graph_from_pb(message: pb.Graph) -> Graph:
+    """A lineage graph read back from the wire."""
+    return Graph(
+        versions=tuple(version_from_pb(v) for v in message.versions),
+        runs=tuple(run_from_pb(r) for r in message.runs),
+        edges=tuple(_edge_from_pb(e) for e in message.edges),
+        truncated=message.truncated,
+        start=tuple(message.start),
+    )
+
+
+def verify_item_to_pb(item: VerifyItem) -> pb.VerifyItem:
+    """The wire form of one verified input."""
+    return pb.VerifyItem(
+        path=item.path,
+        recorded_digest=item.recorded_digest,
+        state=_VERIFY_TO_PB.get(item.state, pb.VERIFY_STATE_UNSPECIFIED),
+        current_digest=item.current_digest,
+        version_id=item.version_id,
+        run_id=item.run_id,
+        changed_during_run=item.changed_during_run,
+    )
+
+
+def verify_item_from_pb(message: pb.VerifyItem) -> VerifyItem:
+    """One verified input read back from the wire."""
+    return VerifyItem(
+        path=message.path,
+        recorded_digest=message.recorded_digest,
+        state=_VERIFY_FROM_PB.get(message.state, VerifyState.UNKNOWN),
+        current_digest=message.current_digest,
+        version_id=message.version_id,
+        run_id=message.run_id,
+        changed_during_run=message.changed_during_run,
+    )
+
+
+# --- status and events -------------------------------------------------------------------
+
+
+def status_to_pb(status: Status) -> pb.GetStatusResponse:
+    """The GetStatus answer."""
+    scan = pb.ScanState(
+        running=status.scan.running,
+        initial_done=status.scan.initial_done,
+        files_seen=status.scan.files_seen,
+        files_hashed=status.scan.files_hashed,
+        bytes_hashed=status.scan.bytes_hashed,
+        scans_completed=status.scan.scans_completed,
+    )
+    _set_time(scan, "started_at", status.scan.started_at or None)
+    _set_time(scan, "finished_at", status.scan.finished_at or None)
+    counts = status.counts
+    response = pb.GetStatusResponse(
+        version=status.version,
+        pid=status.pid,
+        state_dir=status.state_dir,
+        socket=status.socket,
+        roots=[
+            pb.Root(
+                id=root.id or 0,
+                path=root.path,
+                role=_ROLE_TO_PB.get(root.role, pb.ROLE_UNSPECIFIED),
+                ignore=list(root.ignore),
+                health=root.health,
+                polling=root.polling,
+            )
+            for root in status.roots
+        ],
+        counts=pb.Counts(
+            roots=counts.roots,
+            artifacts=counts.artifacts,
+            versions=counts.versions,
+            runs=counts.runs,
+            edges=counts.edges,
+        ),
+        scan=scan,
+        queue_depth=status.queue_depth,
+        serving=status.serving,
+        degraded=list(status.degraded),
+    )
+    _set_time(response, "started_at", status.started_at)
+    return response
+
+
+def status_from_pb(message: pb.GetStatusResponse) -> Status:
+    """The daemon's status read back from the wire."""
+    scan = message.scan
+    counts = message.counts
+    return Status(
+        version=message.version,
+        pid=message.pid,
+        started_at=_get_time(message, "started_at") or 0,
+        state_dir=message.state_dir,
+        socket=message.socket,
+        roots=tuple(
+            Root(
+                path=root.path,
+                role=_ROLE_FROM_PB.get(root.role, Role.OTHER),
+                ignore=tuple(root.ignore),
+                id=root.id or None,
+                health=root.health,
+                polling=root.polling,
+            )
+            for root in message.roots
+        ),
+        counts=Counts(
+            roots=counts.roots,
+            artifacts=counts.artifacts,
+            versions=counts.versions,
+            runs=counts.runs,
+            edges=counts.edges,
+        ),
+        scan=ScanState(
+            running=scan.running,
+            initial_done=scan.initial_done,
+            files_seen=scan.files_seen,
+            files_hashed=scan.files_hashed,
+            bytes_hashed=scan.bytes_hashed,
+            started_at=_get_time(scan, "started_at") or 0,
+            finished_at=_get_time(scan, "finished_at") or 0,
+            scans_completed=scan.scans_completed,
+        ),
+        queue_depth=message.queue_depth,
+        serving=message.serving,
+        degraded=tuple(message.degraded),
+    )
+
+
+def event_to_pb(event: Event) -> pb.Event:
+    """The wire form of a streamed event."""
+    if event.version is not None:
+        return pb.Event(version=version_to_pb(event.version))
+    if event.run is not None:
+        return pb.Event(run=run_to_pb(event.run, with_diff=False))
+    return pb.Event()
+
+
+def event_from_pb(message: pb.Event) -> Event:
+    """A streamed event read back from the wire."""
+    which = message.WhichOneof("event")
+    if which == "version":
+        return Event(kind="version", version=version_from_pb(message.version))
+    if which == "run":
+        return Event(kind="run", run=run_from_pb(message.run))
+    return Event(kind="unknown")
+
+
+def versions_to_pb(versions: Iterable[Version]) -> list[pb.Version]:
+    """Wire forms of several versions."""
+    return [version_to_pb(v) for v in versions]

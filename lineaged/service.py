@@ -1,0 +1,215 @@
+"""The ``lineage.v1.LineageService`` servicer: validate the request, ask the engine, answer.
+
+Servicers only raise ``lineaged.errors`` exceptions; the error interceptor in ``server.py`` turns
+them into status codes. Request validation lives in ``convert`` (the ``parse_*`` functions).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from lineaged import convert
+from lineaged._proto.lineage.v1 import lineage_pb2 as pb
+from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
+from lineaged.engine import MAX_PAGE, Engine
+from lineaged.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+
+__all__ = ["SERVICE_NAME", "LineageServicer"]
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["LineageService"].full_name
+_POLL_SECONDS = 0.25  # how often a Subscribe stream notices cancellation and shutdown
+
+_T = TypeVar("_T")
+
+
+def _check_deadline(context: Any) -> None:
+    """Stop before more work when the caller's deadline has already passed."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("the call's deadline passed before the daemon could answer")
+
+
+def _page(
+    fetch: Callable[[int], Sequence[_T]], page_size: int, row_id: Callable[[_T], int], kind: str
+) -> tuple[list[_T], str]:
+    """One page plus the token of the next; asks for one extra row to know whether there is one."""
+    rows = list(fetch(min(page_size + 1, MAX_PAGE)))
+    if len(rows) > page_size or (len(rows) == page_size == MAX_PAGE):
+        rows = rows[:page_size]
+        return rows, convert.encode_page_token(kind, row_id(rows[-1]))
+    return rows, ""
+
+
+class LineageServicer(pb_grpc.LineageServiceServicer):
+    """Answers every RPC of ``lineage.v1.LineageService`` from an ``Engine``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        stopping: threading.Event | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._engine = engine
+        # Set by the server when it stops, so Subscribe streams end instead of holding the grace.
+        self._stopping = stopping or threading.Event()
+        self._clock = clock
+
+    def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.GetStatusResponse:
+        """The daemon's version, roots, counts, scan state and queue depth."""
+        return convert.status_to_pb(self._engine.status())
+
+    def GetHistory(self, request: pb.GetHistoryRequest, context: Any) -> pb.GetHistoryResponse:
+        """Every version a path has had, newest first, one page at a time."""
+        path = convert.check_path(request.path)
+        page_size = convert.parse_page_size(request.page_size)
+        before_id = convert.decode_page_token(request.page_token, "history")
+        _check_deadline(context)
+        versions, token = _page(
+            lambda limit: self._engine.history(path, limit=limit, before_id=before_id),
+            page_size,
+            lambda version: version.id,
+            "history",
+        )
+        return pb.GetHistoryResponse(
+            versions=convert.versions_to_pb(versions), next_page_token=token
+        )
+
+    def FindDigest(self, request: pb.FindDigestRequest, context: Any) -> pb.FindDigestResponse:
+        """Every version (any path) that held a digest or a unique prefix of one."""
+        digest = convert.check_digest_prefix(request.digest)
+        page_size = convert.parse_page_size(request.page_size)
+        _check_deadline(context)
+        versions = self._engine.versions_by_digest(digest, limit=min(page_size + 1, MAX_PAGE))
+        truncated = len(versions) > page_size or len(versions) == page_size == MAX_PAGE
+        return pb.FindDigestResponse(
+            versions=convert.versions_to_pb(versions[:page_size]), truncated=truncated
+        )
+
+    def GetVersionAt(
+        self, request: pb.GetVersionAtRequest, context: Any
+    ) -> pb.GetVersionAtResponse:
+        """The version a path held at a time."""
+        path = convert.check_path(request.path)
+        at = convert.parse_time(request, "at", required=True)
+        assert at is not None  # required=True
+        _check_deadline(context)
+        return pb.GetVersionAtResponse(
+            version=convert.version_to_pb(self._engine.version_at(path, at))
+        )
+
+    def GetVersion(self, request: pb.GetVersionRequest, context: Any) -> pb.GetVersionResponse:
+        """One version by id."""
+        if request.version_id <= 0:
+            raise InvalidArgument(
+                f"version_id must be a positive version id, not {request.version_id}"
+            )
+        _check_deadline(context)
+        version = self._engine.get_version(request.version_id)
+        return pb.GetVersionResponse(version=convert.version_to_pb(version))
+
+    def BeginRun(self, request: pb.BeginRunRequest, context: Any) -> pb.BeginRunResponse:
+        """Record a new run; the answer carries its run id."""
+        start = convert.parse_begin_run(request, now=self._clock())
+        _check_deadline(context)
+        return pb.BeginRunResponse(run=convert.run_to_pb(self._engine.begin_run(start)))
+
+    def RecordAccesses(
+        self, request: pb.RecordAccessesRequest, context: Any
+    ) -> pb.RecordAccessesResponse:
+        """Record file accesses of a running run (at most 10,000 per call)."""
+        run_id = convert.parse_run_id(request.run_id)
+        if len(request.accesses) > convert.MAX_ACCESSES:
+            raise InvalidArgument(
+                f"accesses has {len(request.accesses)} entries; send at most"
+                f" {convert.MAX_ACCESSES} per call (the Python client batches for you)"
+            )
+        now = self._clock()
+        accesses = [
+            convert.parse_access(access, f"accesses[{index}]", now=now)
+            for index, access in enumerate(request.accesses)
+        ]
+        _check_deadline(context)
+        recorded = self._engine.record_accesses(run_id, accesses)
+        return pb.RecordAccessesResponse(recorded=recorded)
+
+    def EndRun(self, request: pb.EndRunRequest, context: Any) -> pb.EndRunResponse:
+        """Finish a run with its exit status."""
+        run_id, exit_code, status, ended_at, warnings = convert.parse_end_run(
+            request, now=self._clock()
+        )
+        _check_deadline(context)
+        run = self._engine.end_run(
+            run_id, exit_code=exit_code, status=status, ended_at=ended_at, warnings=warnings
+        )
+        return pb.EndRunResponse(run=convert.run_to_pb(run))
+
+    def GetRun(self, request: pb.GetRunRequest, context: Any) -> pb.GetRunResponse:
+        """One run by id or unique prefix, with its code (diff included) and environment."""
+        run_id = convert.parse_run_id(request.run_id)
+        _check_deadline(context)
+        return pb.GetRunResponse(run=convert.run_to_pb(self._engine.get_run(run_id)))
+
+    def ListRuns(self, request: pb.ListRunsRequest, context: Any) -> pb.ListRunsResponse:
+        """Runs newest first, filtered, one page at a time."""
+        query = convert.parse_list_runs(request)
+        _check_deadline(context)
+        runs, token = _page(
+            lambda limit: self._engine.list_runs(
+                limit=limit,
+                name=query.name,
+                status=query.status,
+                since=query.since,
+                until=query.until,
+                before_id=query.before_id,
+            ),
+            query.limit,
+            lambda run: run.id,
+            "runs",
+        )
+        return pb.ListRunsResponse(
+            runs=[convert.run_to_pb(run, with_diff=False) for run in runs], next_page_token=token
+        )
+
+    def GetLineage(self, request: pb.GetLineageRequest, context: Any) -> pb.GetLineageResponse:
+        """The lineage graph around a start node, capped by depth and node count."""
+        query = convert.parse_lineage(request)
+        _check_deadline(context)
+        graph = self._engine.lineage(
+            query.start, query.direction, max_depth=query.max_depth, max_nodes=query.max_nodes
+        )
+        _check_deadline(context)
+        return pb.GetLineageResponse(graph=convert.graph_to_pb(graph))
+
+    def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:
+        """Every input upstream of a start node and what its path holds now."""
+        start = convert.parse_start(request.start)
+        _check_deadline(context)
+        items = self._engine.verify(start)
+        return pb.VerifyResponse(items=[convert.verify_item_to_pb(item) for item in items])
+
+    def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> Iterator[pb.Event]:
+        """Stream new versions and run events under a path prefix until the caller cancels."""
+        prefix = request.path_prefix
+        if prefix:
+            convert.check_path(
+                prefix.rstrip("/") or "/", "path_prefix"
+            )  # a prefix may end in "/" or stop mid-name; otherwise it is a path
+        subscription = self._engine.subscribe(prefix)
+        try:
+            # Headers go out now, so a client knows the subscription is live before any event.
+            context.send_initial_metadata(())
+            while context.is_active() and not self._stopping.is_set():
+                event = subscription.get(_POLL_SECONDS)
+                if subscription.overflowed:
+                    raise ResourceExhausted(
+                        "this subscriber fell behind and events were dropped;"
+                        " subscribe again and re-read what changed meanwhile"
+                    )
+                if event is not None:
+                    yield convert.event_to_pb(event)
+        finally:
+            subscription.close()

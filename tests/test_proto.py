@@ -1,0 +1,398 @@
+"""The wire contract: committed stubs match the .proto, models round-trip, requests are validated."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import pytest
+from google.protobuf import timestamp_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lineaged import _protogen, convert
+from lineaged._proto.lineage.v1 import lineage_pb2 as pb
+from lineaged.errors import InvalidArgument
+from lineaged.models import (
+    Access,
+    AccessMode,
+    ChangeKind,
+    CodeState,
+    Counts,
+    Edge,
+    EnvState,
+    Event,
+    Graph,
+    Role,
+    Root,
+    Run,
+    RunStart,
+    RunStatus,
+    ScanState,
+    SourceFile,
+    StartNode,
+    Status,
+    VerifyItem,
+    VerifyState,
+    Version,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+PROTO = REPO / "proto" / "lineage" / "v1" / "lineage.proto"
+STUBS = REPO / "lineaged" / "_proto"
+NOW = 1_700_000_000_000_000_000
+
+# --- the stubs ---------------------------------------------------------------------------
+
+
+def _files(root: Path) -> set[Path]:
+    return {
+        p.relative_to(root) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def test_committed_stubs_are_what_protogen_makes(tmp_path: Path) -> None:
+    _protogen.generate(PROTO, tmp_path)
+    assert _files(tmp_path) == _files(STUBS)
+    different = [
+        str(name)
+        for name in sorted(_files(tmp_path))
+        if not filecmp.cmp(tmp_path / name, STUBS / name, shallow=False)
+    ]
+    assert not different, f"run `make proto`: {different} differ from {PROTO.name}"
+
+
+def test_stubs_import_each_other_inside_the_package() -> None:
+    grpc_stub = (STUBS / "lineage" / "v1" / "lineage_pb2_grpc.py").read_text()
+    assert "from lineaged._proto.lineage.v1 import lineage_pb2" in grpc_stub
+    assert pb.DESCRIPTOR.name == "lineage/v1/lineage.proto"
+    assert pb.DESCRIPTOR.package == "lineage.v1"
+
+
+def test_every_enum_starts_with_unspecified_zero() -> None:
+    for name, enum in pb.DESCRIPTOR.enum_types_by_name.items():
+        assert enum.values_by_number[0].name.endswith("_UNSPECIFIED"), name
+
+
+def test_service_methods() -> None:
+    service = pb.DESCRIPTOR.services_by_name["LineageService"]
+    assert {m.name for m in service.methods} == {
+        "GetStatus", "GetHistory", "FindDigest", "GetVersionAt", "GetVersion", "BeginRun",
+        "RecordAccesses", "EndRun", "GetRun", "ListRuns", "GetLineage", "Verify", "Subscribe",
+    }  # fmt: skip
+    assert service.methods_by_name["Subscribe"].server_streaming
+
+
+# --- strategies --------------------------------------------------------------------------
+
+texts = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12)
+segments = st.text(
+    st.characters(exclude_categories=("Cs",), exclude_characters="\x00/"), min_size=1, max_size=8
+).filter(lambda s: s not in (".", ".."))
+paths = st.lists(segments, min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts))
+digests = st.binary(min_size=32, max_size=32).map(bytes.hex)
+times = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+small = st.integers(min_value=0, max_value=2**62)
+
+versions = st.builds(
+    Version,
+    id=st.integers(1, 2**62),
+    path=paths,
+    digest=digests,
+    size=small,
+    mtime_ns=times,
+    valid_from=times,
+    valid_until=st.none() | times,
+    seen=st.sampled_from(ChangeKind),
+    closed_by=st.none() | st.sampled_from(ChangeKind),
+    external=st.booleans(),
+)
+codes = st.builds(
+    CodeState,
+    commit=texts,
+    branch=texts,
+    remote=texts,
+    dirty=st.booleans(),
+    diff=st.binary(max_size=64),
+    diff_digest=digests,
+    diff_size=small,
+    diff_truncated=st.booleans(),
+    untracked=st.lists(paths, max_size=3).map(tuple),
+    sources=st.lists(st.builds(SourceFile, path=paths, digest=digests), max_size=3).map(tuple),
+)
+envs = st.builds(
+    EnvState,
+    python_version=texts,
+    implementation=texts,
+    platform=texts,
+    packages=st.lists(texts, max_size=3).map(tuple),
+    packages_digest=digests,
+    variables=st.dictionaries(texts, texts, max_size=3),
+)
+runs = st.builds(
+    Run,
+    run_id=st.from_regex(r"[0-9a-f]{32}", fullmatch=True),
+    name=texts,
+    argv=st.lists(texts, max_size=4).map(tuple),
+    cwd=paths,
+    host=texts,
+    user=texts,
+    pid=st.integers(0, 2**31 - 1),
+    started_at=times,
+    ended_at=st.none() | times,
+    status=st.sampled_from(RunStatus),
+    exit_code=st.none() | st.integers(-(2**31), 2**31 - 1),
+    params=st.dictionaries(texts, texts, max_size=3),
+    parent_run_id=st.just("") | st.from_regex(r"[0-9a-f]{32}", fullmatch=True),
+    code=st.none() | codes,
+    env=st.none() | envs,
+    warnings=st.lists(texts, max_size=2).map(tuple),
+    id=st.integers(0, 2**62),
+)
+
+
+# --- round trips -------------------------------------------------------------------------
+
+
+@settings(max_examples=60)
+@given(versions)
+def test_version_round_trip(version: Version) -> None:
+    wire = pb.Version.FromString(convert.version_to_pb(version).SerializeToString())
+    assert convert.version_from_pb(wire) == version
+
+
+@settings(max_examples=60)
+@given(runs)
+def test_run_round_trip(run: Run) -> None:
+    wire = pb.Run.FromString(convert.run_to_pb(run).SerializeToString())
+    assert convert.run_from_pb(wire) == run
+
+
+@settings(max_examples=30)
+@given(st.lists(versions, max_size=3), st.lists(runs, max_size=2), st.booleans())
+def test_graph_round_trip_leaves_diffs_out(
+    graph_versions: list[Version], graph_runs: list[Run], truncated: bool
+) -> None:
+    edges = tuple(
+        Edge(source=f"run:{r.run_id}", target=f"version:{v.id}", kind=kind, how=how, role=role)
+        for r in graph_runs
+        for v, kind, how, role in zip(
+            graph_versions,
+            ("read", "wrote", "read"),
+            ("declared", "traced", "traced"),
+            ("data", "code", "data"),
+            strict=False,
+        )
+    )
+    graph = Graph(tuple(graph_versions), tuple(graph_runs), edges, truncated, ("version:1",))
+    back = convert.graph_from_pb(
+        pb.Graph.FromString(convert.graph_to_pb(graph).SerializeToString())
+    )
+    assert back.versions == graph.versions
+    assert back.edges == graph.edges
+    assert (back.truncated, back.start) == (truncated, ("version:1",))
+    for sent, got in zip(graph.runs, back.runs, strict=True):
+        expected_code = None if sent.code is None else CodeState(**{
+            **{f: getattr(sent.code, f) for f in CodeState.__slots__}, "diff": b""
+        })  # fmt: skip
+        assert got == Run(**{**{f: getattr(sent, f) for f in Run.__slots__}, "code": expected_code})
+
+
+@settings(max_examples=40)
+@given(
+    st.builds(
+        RunStart,
+        name=texts.filter(str.strip),
+        argv=st.lists(texts, max_size=3).map(tuple),
+        cwd=paths,
+        host=texts,
+        user=texts,
+        pid=st.integers(0, 2**31 - 1),
+        started_at=times.filter(bool),
+        params=st.dictionaries(texts, texts, max_size=3),
+        code=st.none() | codes,
+        env=st.none() | envs,
+    )
+)
+def test_begin_run_request_round_trip(start: RunStart) -> None:
+    wire = pb.BeginRunRequest.FromString(convert.begin_run_to_pb(start).SerializeToString())
+    assert convert.parse_begin_run(wire, now=NOW) == start
+
+
+@settings(max_examples=40)
+@given(
+    st.builds(
+        Access,
+        path=paths,
+        mode=st.sampled_from(AccessMode),
+        first_at=st.integers(0, 2**62),
+        last_at=st.just(2**62),
+        how=st.sampled_from(["declared", "traced"]),
+        role=st.sampled_from(["data", "code"]),
+        digest=st.just("") | digests,
+        size=small,
+        mtime_ns=st.integers(1, 2**62),
+    )
+)
+def test_access_round_trip(access: Access) -> None:
+    wire = pb.Access.FromString(convert.access_to_pb(access).SerializeToString())
+    assert convert.parse_access(wire, "accesses[0]", now=NOW) == access
+
+
+def test_status_verify_event_round_trip() -> None:
+    status = Status(
+        version="0.1.0", pid=42, started_at=NOW, state_dir="/s", socket="/r/l.sock",
+        roots=(Root(path="/data", role=Role.DATA, ignore=("*.tmp",), id=1, health="ok", polling=True),),
+        counts=Counts(1, 2, 3, 4, 5),
+        scan=ScanState(True, True, 10, 5, 1000, NOW, NOW + 1, 2),
+        queue_depth=3, serving=True, degraded=("inotify watch limit reached",),
+    )  # fmt: skip
+    assert convert.status_from_pb(convert.status_to_pb(status)) == status
+    item = VerifyItem("/d/a", "ab" * 32, VerifyState.CHANGED, "cd" * 32, 3, "r" * 32, True)
+    assert convert.verify_item_from_pb(convert.verify_item_to_pb(item)) == item
+    version = Version(1, "/d/a", "ab" * 32, 1, 2, 3, None, ChangeKind.CREATED)
+    assert convert.event_from_pb(convert.event_to_pb(Event("version", version=version))) == Event(
+        "version", version=version
+    )
+
+
+@given(times)
+def test_timestamps_round_trip(ns: int) -> None:
+    ts = convert.ns_to_ts(ns)
+    assert 0 <= ts.nanos < 1_000_000_000
+    assert convert.ns_from_ts(ts) == ns
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        StartNode(path="/d/a"),
+        StartNode(path="/d/a", at=NOW),
+        StartNode(digest="abcdef12"),
+        StartNode(version_id=5),
+        StartNode(run_id="0123456789abcdef"),
+    ],
+)
+def test_start_node_round_trip(start: StartNode) -> None:
+    assert convert.parse_start(convert.start_to_pb(start)) == start
+
+
+# --- validation at the edge --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("", "required"),
+        ("data/a.csv", "absolute"),
+        ("/data/\x00a", "NUL"),
+        ("/data/../etc/passwd", "normalised"),
+        ("/data/./a", "normalised"),
+        ("/data//a", "normalised"),
+        ("//data/a", "normalised"),
+        ("/data/", "normalised"),
+        ("/" + "a" * 5000, "longer than 4096"),
+    ],
+)
+def test_bad_paths(path: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        convert.check_path(path)
+
+
+@pytest.mark.parametrize(
+    ("digest", "ok"),
+    [("abcdef12", True), ("ABCDEF12", True), ("ab" * 32, True), ("abcdef1", False),
+     ("ab" * 33, False), ("xyzxyzxy", False), ("", False)],
+)  # fmt: skip
+def test_digest_prefixes(digest: str, ok: bool) -> None:
+    if ok:
+        assert convert.check_digest_prefix(digest) == digest.lower()
+    else:
+        with pytest.raises(InvalidArgument, match="digest"):
+            convert.check_digest_prefix(digest)
+
+
+@pytest.mark.parametrize("size", [-1, 1001, 2**31 - 1])
+def test_absurd_page_sizes(size: int) -> None:
+    with pytest.raises(InvalidArgument, match="between 1 and 1000"):
+        convert.parse_page_size(size)
+    assert convert.parse_page_size(0) == convert.DEFAULT_PAGE_SIZE
+
+
+def test_page_tokens() -> None:
+    token = convert.encode_page_token("runs", 42)
+    assert convert.decode_page_token(token, "runs") == 42
+    assert convert.decode_page_token("", "runs") is None
+    for bad in ("garbage!", "djE6cnVuczp4", convert.encode_page_token("history", 42)):
+        with pytest.raises(InvalidArgument, match="page_token"):
+            convert.decode_page_token(bad, "runs")
+
+
+def test_absurd_timestamps() -> None:
+    request = pb.GetVersionAtRequest(path="/d/a", at=timestamp_pb2.Timestamp(seconds=1, nanos=-1))
+    with pytest.raises(InvalidArgument, match="nanos"):
+        convert.parse_time(request, "at")
+    request.at.CopyFrom(timestamp_pb2.Timestamp(seconds=10**12))
+    with pytest.raises(InvalidArgument, match="out of range"):
+        convert.parse_time(request, "at")
+    with pytest.raises(InvalidArgument, match="required"):
+        convert.parse_time(pb.GetVersionAtRequest(), "at", required=True)
+
+
+def test_unknown_enum_numbers() -> None:
+    with pytest.raises(InvalidArgument, match="unknown value 99"):
+        convert.parse_list_runs(pb.ListRunsRequest(status=99))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="direction"):
+        convert.parse_lineage(pb.GetLineageRequest(start=pb.StartNode(version_id=1)))
+    with pytest.raises(InvalidArgument, match="unknown value 7"):
+        convert.parse_lineage(
+            pb.GetLineageRequest(start=pb.StartNode(version_id=1), direction=7)  # type: ignore[arg-type]
+        )
+    access = pb.Access(path="/d/a", mode=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match=r"accesses\[3\]\.mode"):
+        convert.parse_access(access, "accesses[3]", now=NOW)
+
+
+def test_end_run_needs_a_final_status() -> None:
+    for status in (pb.RUN_STATUS_UNSPECIFIED, pb.RUN_STATUS_RUNNING):
+        with pytest.raises(InvalidArgument, match="status must be"):
+            convert.parse_end_run(pb.EndRunRequest(run_id="r" * 32, status=status), now=NOW)
+    run_id, exit_code, status, ended_at, _ = convert.parse_end_run(
+        pb.EndRunRequest(run_id="r" * 32, status=pb.RUN_STATUS_FAILED, exit_code=3), now=NOW
+    )
+    assert (run_id, exit_code, status, ended_at) == ("r" * 32, 3, RunStatus.FAILED, NOW)
+
+
+def test_lineage_limits() -> None:
+    start = pb.StartNode(version_id=1)
+    query = convert.parse_lineage(pb.GetLineageRequest(start=start, direction=pb.DIRECTION_BOTH))
+    assert (query.max_depth, query.max_nodes) == (
+        convert.DEFAULT_MAX_DEPTH,
+        convert.DEFAULT_MAX_NODES,
+    )
+    for field, value in (
+        ("max_depth", -1),
+        ("max_depth", 10**6),
+        ("max_nodes", -3),
+        ("max_nodes", 10**6),
+    ):
+        request = pb.GetLineageRequest(
+            start=start, direction=pb.DIRECTION_UPSTREAM, **{field: value}
+        )
+        with pytest.raises(InvalidArgument, match=field):
+            convert.parse_lineage(request)
+    with pytest.raises(InvalidArgument, match="start is required"):
+        convert.parse_lineage(pb.GetLineageRequest(direction=pb.DIRECTION_UPSTREAM))
+
+
+def test_run_id_and_names() -> None:
+    for bad in ("", "has space", "x" * 200, "nul\x00"):
+        with pytest.raises(InvalidArgument, match="run_id"):
+            convert.parse_run_id(bad)
+    with pytest.raises(InvalidArgument, match="name is required"):
+        convert.parse_begin_run(pb.BeginRunRequest(name="  "), now=NOW)
+    with pytest.raises(InvalidArgument, match=r"argv\[1\] contains a NUL"):
+        convert.parse_begin_run(pb.BeginRunRequest(name="t", argv=["a", "b\x00"]), now=NOW)
+    too_many = pb.BeginRunRequest(name="t", argv=["a"] * (convert.MAX_REPEATED + 1))
+    with pytest.raises(InvalidArgument, match="at most 10000"):
+        convert.parse_begin_run(too_many, now=NOW)
