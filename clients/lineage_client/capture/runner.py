@@ -1,0 +1,480 @@
+"""``lineage run -- CMD``: run a command, trace what it reads and writes, and report it.
+
+Python commands are traced by the audit hook (``_boot/sitecustomize.py``), which also
+reports the project's source files; other commands by strace, which follows every child
+(Python children still load the hook, for their sources). Without strace, a non-Python
+command runs untraced, with a warning.
+
+Signals: the command runs in its own process group. SIGINT, SIGTERM and SIGHUP sent to
+the wrapper are forwarded to that group and the run is marked interrupted. When the
+wrapper owns the terminal, the command's group gets the terminal for the run (as a shell
+gives it to a foreground job), so it can read from it and Ctrl-C reaches it directly;
+Ctrl-Z stops the command and then the wrapper, and ``fg`` resumes both.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gc
+import os
+import select
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from types import FrameType
+
+from lineage_client.capture.audit import BOOT_DIR, TraceTail, compile_boot, hook_environment
+from lineage_client.capture.digest import _digest_file
+from lineage_client.capture.events import RawEvents, build_accesses, resolve_spans
+from lineage_client.capture.strace import (
+    STRACE_MISSING_WARNING,
+    find_strace,
+    parse_strace_file,
+    strace_command,
+    strace_problem,
+)
+from lineaged.errors import InvalidArgument
+from lineaged.models import Access, SourceFile
+
+__all__ = [
+    "METHOD_AUDIT_HOOK",
+    "METHOD_NONE",
+    "METHOD_STRACE",
+    "MODES",
+    "CapturedRun",
+    "capture_command",
+    "python_interpreter",
+]
+
+METHOD_AUDIT_HOOK = "audit-hook"
+METHOD_STRACE = "strace"
+METHOD_NONE = "none"
+MODES = ("auto", METHOD_AUDIT_HOOK, METHOD_STRACE, METHOD_NONE)
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How often the wait loop wakes up: to read traces as they grow and to notice Ctrl-Z.
+_TICK = 0.05
+_UNTRACED = "only declared I/O was captured for this run"
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedRun:
+    """What a traced command did.
+
+    ``exit_code`` follows the shell: the command's exit status, or 128+N when signal N
+    ended it (``killed_by`` is then N), 127 when the command was not found and 126 when
+    it could not be executed — so ``lineage run`` can exit with it unchanged.
+    """
+
+    exit_code: int
+    interrupted: bool
+    accesses: tuple[Access, ...]
+    sources: tuple[SourceFile, ...]
+    warnings: tuple[str, ...]
+    method: str
+    started_at: int
+    ended_at: int
+    killed_by: int = 0
+
+
+def capture_command(
+    argv: Sequence[str],
+    *,
+    cwd: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    exclude_dirs: Sequence[str] = (),
+    mode: str = "auto",
+) -> CapturedRun:
+    """Run ``argv`` to completion, tracing the files it reads and writes (see module doc)."""
+    if not argv:
+        raise InvalidArgument("no command to run")
+    if mode not in MODES:
+        raise InvalidArgument(f"unknown capture mode {mode!r}: use one of {', '.join(MODES)}")
+    workdir = os.path.abspath(cwd if cwd is not None else os.getcwd())
+    env = dict(os.environ)
+    env.update(extra_env or {})
+    started_at = time.time_ns()
+
+    program = _which(argv[0], env, workdir)
+    if program is None or not os.access(program, os.X_OK) or os.path.isdir(program):
+        missing = program is None
+        message = f"command not found: {argv[0]}" if missing else f"cannot execute: {argv[0]}"
+        return CapturedRun(
+            exit_code=127 if missing else 126,
+            interrupted=False,
+            accesses=(),
+            sources=(),
+            warnings=(message,),
+            method=METHOD_NONE,
+            started_at=started_at,
+            ended_at=time.time_ns(),
+        )
+
+    method, strace, warnings = _choose_method(mode, argv, program, env)
+    trace_dir = tempfile.mkdtemp(prefix="lineage-trace-")
+    try:
+        excluded = _excluded_dirs(exclude_dirs, trace_dir)
+        command = list(argv)
+        if method != METHOD_NONE:
+            compile_boot()
+            env = hook_environment(env, trace_dir, excluded)
+        strace_output = os.path.join(trace_dir, "strace.out")
+        if method == METHOD_STRACE and strace is not None:
+            command = strace_command(strace, argv, strace_output)
+        tail = TraceTail(trace_dir)
+        try:
+            returncode, forwarded = _run(command, cwd=workdir, env=env, on_tick=tail.poll)
+        except OSError as exc:
+            returncode, forwarded = 126, False
+            warnings.append(f"cannot execute {argv[0]}: {exc.strerror or exc}")
+        ended_at = time.time_ns()
+
+        events = tail.finish()
+        if method == METHOD_STRACE and os.path.exists(strace_output):
+            parse_strace_file(strace_output, initial_cwd=workdir, events=events)
+        elif method == METHOD_AUDIT_HOOK:
+            warnings.extend(_untraced_programs(events.programs))
+        accesses, sources = _collect(events, excluded)
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+
+    killed_by = -returncode if returncode < 0 else 0
+    return CapturedRun(
+        exit_code=128 + killed_by if killed_by else returncode,
+        interrupted=forwarded or killed_by in _FORWARDED,
+        accesses=accesses,
+        sources=sources,
+        warnings=tuple(warnings),
+        method=method,
+        started_at=started_at,
+        ended_at=ended_at,
+        killed_by=killed_by,
+    )
+
+
+# --- choosing the tracer ---------------------------------------------------------------
+
+
+def _which(program: str, env: Mapping[str, str], cwd: str) -> str | None:
+    if "/" in program:
+        path = os.path.join(cwd, program)
+        return path if os.path.exists(path) else None
+    return shutil.which(program, path=env.get("PATH", os.defpath))
+
+
+def _shebang(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(512)
+    except OSError:
+        return []
+    if not head.startswith(b"#!"):
+        return []
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace")
+    return line.split()
+
+
+def _is_python_name(path: str) -> bool:
+    return fnmatch.fnmatchcase(os.path.basename(path), "python*")
+
+
+def _hook_blocked(options: Sequence[str]) -> bool:
+    """Whether these interpreter options make Python skip PYTHONPATH or site (-I, -E, -S)."""
+    skip_next = False
+    for option in options:
+        if skip_next:
+            skip_next = False
+            continue
+        if option.startswith("--") and option != "--":
+            continue  # --version, --help and the like change nothing here
+        if option in ("-", "--") or not option.startswith("-"):
+            return False  # the script (or stdin) comes next: options are over
+        letters = option[1:]
+        for index, letter in enumerate(letters):
+            if letter in "IES":
+                return True
+            if letter in "cm":
+                return False  # the rest is the program and its arguments
+            if letter in "WX":
+                skip_next = index == len(letters) - 1  # "-W arg" rather than "-Warg"
+                break
+    return False
+
+
+def _python_launch(argv: Sequence[str], program: str) -> tuple[str, bool] | None:
+    """(interpreter, hook can load) when ``argv`` starts a Python interpreter, else None."""
+    if _is_python_name(argv[0]) or _same_file(program, sys.executable):
+        return program, not _hook_blocked(argv[1:])
+    words = _shebang(program)
+    if not words:
+        return None
+    interpreter, options = words[0], words[1:]
+    if os.path.basename(interpreter) == "env":
+        # "#!/usr/bin/env [-S] [-i] [NAME=VALUE...] python3 [options]"
+        while options and (options[0].startswith("-") or "=" in options[0]):
+            options = options[1:]
+        if not options:
+            return None
+        interpreter, options = options[0], options[1:]
+    if not _is_python_name(interpreter):
+        return None
+    return interpreter, not _hook_blocked(options)
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def python_interpreter(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None
+) -> str | None:
+    """The Python interpreter ``argv`` runs, directly or through a shebang; None if not Python."""
+    if not argv:
+        return None
+    environment = os.environ if env is None else env
+    program = _which(argv[0], environment, os.path.abspath(cwd or os.getcwd()))
+    if program is None:
+        return None
+    launch = _python_launch(argv, program)
+    if launch is None:
+        return None
+    interpreter = launch[0]
+    if "/" not in interpreter:
+        return _which(interpreter, environment, os.getcwd()) or interpreter
+    return interpreter
+
+
+def _choose_method(
+    mode: str, argv: Sequence[str], program: str, env: Mapping[str, str]
+) -> tuple[str, str | None, list[str]]:
+    warnings: list[str] = []
+    if mode == METHOD_NONE:
+        return METHOD_NONE, None, [f"tracing disabled: {_UNTRACED}"]
+    if mode == METHOD_AUDIT_HOOK:
+        launch = _python_launch(argv, program)
+        if launch is None or not launch[1]:
+            warnings.append(
+                f"{os.path.basename(argv[0])} does not load the capture hook: only the Python "
+                "processes it starts are traced"
+            )
+        return METHOD_AUDIT_HOOK, None, warnings
+    if mode == "auto":
+        launch = _python_launch(argv, program)
+        if launch is not None:
+            if launch[1]:
+                return METHOD_AUDIT_HOOK, None, warnings
+            warnings.append(
+                f"{os.path.basename(launch[0])} runs with -I, -E or -S, which skips the "
+                "capture hook: tracing with strace instead"
+            )
+    strace = find_strace(env.get("PATH", os.defpath))
+    if strace is None:
+        warnings.append(STRACE_MISSING_WARNING)
+        return METHOD_NONE, None, warnings
+    problem = strace_problem(strace)
+    if problem:
+        warnings.append(f"strace cannot trace here ({problem}): {_UNTRACED}")
+        return METHOD_NONE, None, warnings
+    return METHOD_STRACE, strace, warnings
+
+
+def _untraced_programs(programs: set[str]) -> list[str]:
+    """A warning naming the non-Python programs the hook saw started, if any."""
+    names = sorted({os.path.basename(p) for p in programs if not _is_python_name(p)})
+    if not names:
+        return []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [
+        f"the command started programs that are not Python ({shown}): the files they "
+        "read or wrote were not traced (mode strace traces them)"
+    ]
+
+
+# --- what is not data --------------------------------------------------------------------
+
+
+def _excluded_dirs(exclude_dirs: Sequence[str], trace_dir: str) -> list[str]:
+    """Directories whose files are never data inputs: ours, the interpreter's, the caller's."""
+    dirs = [os.path.abspath(path) for path in exclude_dirs]
+    dirs += [trace_dir, BOOT_DIR, sys.prefix, sys.exec_prefix, sys.base_prefix]
+    dirs.append(sys.base_exec_prefix)
+    dirs += site.getsitepackages()
+    with suppress(Exception):
+        dirs.append(site.getusersitepackages())
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with suppress(KeyError):
+            dirs.append(sysconfig.get_paths()[name])
+    return sorted({os.path.normpath(path) for path in dirs if path}, key=len)
+
+
+def _collect(
+    events: RawEvents, excluded: Sequence[str]
+) -> tuple[tuple[Access, ...], tuple[SourceFile, ...]]:
+    # Tens of thousands of new containers, none garbage: collections would only rescan
+    # them over and over (a fifth of the time, measured on 10,000 paths).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _collect_now(events, excluded)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _collect_now(
+    events: RawEvents, excluded: Sequence[str]
+) -> tuple[tuple[Access, ...], tuple[SourceFile, ...]]:
+    interpreters = {os.path.realpath(path) for path in events.executables if path}
+    for path in list(events.sources):
+        if os.path.realpath(path) in interpreters and not path.endswith(".py"):
+            del events.sources[path]  # the interpreter binary is not the run's code
+    spans, source_times = resolve_spans(events, excluded=excluded)
+    code: dict[str, tuple[int, str, int, int]] = {}
+    sources: list[SourceFile] = []
+    for path, when in sorted(source_times.items()):
+        try:
+            digest, size, mtime_ns = _digest_file(path)
+        except OSError:
+            continue  # vanished or unreadable since: nothing to vouch for
+        code[path] = (when, digest, size, mtime_ns)
+        sources.append(SourceFile(path=path, digest=digest))
+    return tuple(build_accesses(spans, code)), tuple(sources)
+
+
+# --- running with signals forwarded ---------------------------------------------------------
+
+
+def _controlling_tty() -> int | None:
+    """A descriptor of the terminal when this process group is its foreground, else None."""
+    for fd in (0, 1, 2):
+        with suppress(OSError):
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return fd
+    return None
+
+
+def _set_foreground(tty: int, pgid: int) -> None:
+    # From a background group tcsetpgrp raises SIGTTOU, which would stop us: ignore it.
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        with suppress(OSError):
+            os.tcsetpgrp(tty, pgid)
+    finally:
+        signal.signal(signal.SIGTTOU, previous)
+
+
+@contextmanager
+def _signals_forwarded() -> Iterator[tuple[list[int], int]]:
+    """Collect SIGINT/SIGTERM/SIGHUP in a list; yield it and a descriptor that wakes on them."""
+    received: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)  # the waiting loop forwards it
+
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    previous: dict[int, signal._HANDLER] = {}
+    try:
+        for signum in _FORWARDED:
+            handler = signal.getsignal(signum)
+            if handler is signal.SIG_IGN or handler is None:
+                # Ignored (nohup and friends): the caller chose not to hear it. None: set
+                # outside Python, so it could not be put back.
+                continue
+            previous[signum] = handler
+            signal.signal(signum, note)
+        yield received, wake_read
+    finally:
+        for number, handler_before in previous.items():
+            signal.signal(number, handler_before)
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(wake_read)
+        os.close(wake_write)
+
+
+def _run(
+    command: Sequence[str],
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    on_tick: Callable[[], None] = lambda: None,
+) -> tuple[int, bool]:
+    """Run ``command`` in its own process group; return (returncode, forwarded a signal).
+
+    ``on_tick`` is called about every ``_TICK`` seconds while the command runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        # Only the main thread can take signals; elsewhere just run it.
+        with subprocess.Popen(list(command), cwd=cwd, env=dict(env), process_group=0) as proc:
+            while True:
+                try:
+                    return proc.wait(timeout=_TICK), False
+                except subprocess.TimeoutExpired:
+                    on_tick()
+
+    with _signals_forwarded() as (received, wake_read):
+        tty = _controlling_tty()
+        proc = subprocess.Popen(list(command), cwd=cwd, env=dict(env), process_group=0)
+        forwarded = False
+        pidfd = -1
+        with suppress(OSError, AttributeError):
+            pidfd = os.pidfd_open(proc.pid)
+        try:
+            if tty is not None:
+                _set_foreground(tty, proc.pid)
+            while True:
+                while received:
+                    signum = received.pop(0)
+                    forwarded = True
+                    with suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signum)
+                returncode = proc.poll()
+                if returncode is not None:
+                    return returncode, forwarded
+                if tty is not None:
+                    _follow_stops(proc.pid, tty)
+                watched = [wake_read] + ([pidfd] if pidfd >= 0 else [])
+                with suppress(InterruptedError):
+                    ready, _, _ = select.select(watched, [], [], _TICK)
+                    if not ready:
+                        on_tick()
+                with suppress(BlockingIOError):
+                    os.read(wake_read, 512)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+            if tty is not None:
+                _set_foreground(tty, os.getpgrp())
+            if proc.returncode is None:
+                # We are leaving early (an exception): never leave the command behind.
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+
+
+def _follow_stops(pid: int, tty: int) -> None:
+    """Mirror job control: when the command stops (Ctrl-Z), stop too; resume it with us."""
+    with suppress(ChildProcessError):
+        info = os.waitid(os.P_PID, pid, os.WSTOPPED | os.WNOHANG)
+        if info is None or info.si_code != os.CLD_STOPPED:
+            return
+        if info.si_status in (signal.SIGTTIN, signal.SIGTTOU):
+            # It touched the terminal before we handed it over: it has it now.
+            os.killpg(pid, signal.SIGCONT)
+            return
+        _set_foreground(tty, os.getpgrp())
+        os.kill(0, signal.SIGTSTP)  # the shell sees this job stop; "fg" continues here
+        _set_foreground(tty, pid)
+        os.killpg(pid, signal.SIGCONT)
