@@ -1,0 +1,1 @@
+"""Benchmarks of lineaged against its peers; ``python -m bench`` runs every ``bench_*`` module."""
