@@ -137,7 +137,9 @@ def parse_watch(spec: str, *, base: Path | None = None) -> Root:
         )
     if not path or "\x00" in path:
         raise ConfigError(f"--watch {spec!r}: empty path")
-    absolute = Path(os.path.abspath(os.path.join(base or Path.cwd(), os.path.expanduser(path))))
+    # Resolved: the daemon compares paths with its roots and never follows a link, so a
+    # root reached through a symbolic link is stored as the directory it names.
+    absolute = Path(os.path.realpath(os.path.join(base or Path.cwd(), os.path.expanduser(path))))
     return Root(path=str(absolute), role=role)
 
 

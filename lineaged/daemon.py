@@ -263,14 +263,14 @@ def _check(config: Config) -> int:
     store = Store.open_readonly(path)
     try:
         problems = store.integrity_problems()
+        if problems:
+            for problem in problems:
+                print(f"problem: {problem}")
+            print(f"{path}: {len(problems)} problems")
+            return 1
         counts = store.counts()
     finally:
         store.close()
-    if problems:
-        for problem in problems:
-            print(f"problem: {problem}")
-        print(f"{path}: {len(problems)} problems")
-        return 1
     print(
         f"{path}: ok (integrity_check ok, no foreign key violations; {counts.versions} versions, "
         f"{counts.runs} runs, {counts.edges} edges)"

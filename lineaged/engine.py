@@ -20,7 +20,7 @@ from typing import Any
 
 from lineaged import __version__
 from lineaged.config import Config
-from lineaged.errors import InvalidArgument, NotFound
+from lineaged.errors import InvalidArgument, NotFound, PathOutsideRoots
 from lineaged.indexer import Indexer, RootSet, WatchedRoot
 from lineaged.models import (
     Access,
@@ -41,7 +41,7 @@ from lineaged.models import (
 )
 from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer
-from lineaged.watcher import OverflowDetector, Pipeline, RootWatcher
+from lineaged.watcher import POLL_SECONDS, OverflowDetector, Pipeline, RootWatcher, root_identity
 
 __all__ = ["MAX_ACCESSES", "MAX_DEPTH", "MAX_NODES", "MAX_PAGE", "Engine", "Subscription"]
 
@@ -49,10 +49,16 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000  # the largest page any listing returns; bigger limits are InvalidArgument
 MAX_NODES = 10_000  # the largest lineage graph one answer carries
-MAX_DEPTH = 1000
+MAX_DEPTH = 10_000
 MAX_ACCESSES = 10_000  # per RecordAccesses call
 SUBSCRIBER_BUFFER = 10_000
 ROOT_CHECK_SECONDS = 5.0
+MISSING_ROOT_CHECK_SECONDS = 1.0  # a vanished root is looked for more often: cheap (one stat)
+LOST_RETRY_SECONDS = 30.0  # between rescans that retry changes a failing store gave up on
+ROOT_MISSING = (
+    "root does not exist (deleted or unmounted?); its files keep their last versions, "
+    "not marked deleted; waiting for it to appear"
+)
 
 
 class Subscription:
@@ -149,22 +155,39 @@ def _check_abs(path: str) -> str:
 
 
 class Engine:
-    """Everything the daemon does, behind one object: index, watch, answer, record runs."""
+    """Everything the daemon does, behind one object: index, watch, answer, record runs.
 
-    def __init__(self, config: Config, store: Store) -> None:
+    Blindness is reported, never silent: every reason a root cannot be fully seen (polling
+    instead of inotify, unreadable directories, the root missing) and a failing store are
+    listed in ``status().degraded`` and in the root's ``health``, and logged when they change.
+    A root that disappears keeps its history as it was: its files are *not* marked deleted,
+    because a deleted directory cannot be told from an unmounted disk; when the root is back,
+    the reconcile scan records what changed (files missing then are recorded as deleted).
+    """
+
+    def __init__(
+        self, config: Config, store: Store, *, poll_interval: float = POLL_SECONDS
+    ) -> None:
         self.config = config
         self.store = store
+        self.poll_interval = poll_interval
         self.started_at = time.time_ns()
         self._bus = _EventBus()
-        self.writer = Writer(store, after_commit=self._after_commit)
+        self.writer = Writer(
+            store, after_commit=self._after_commit, on_recovered=self._on_store_recovered
+        )
         self._stop = threading.Event()
-        self._scan_wanted = threading.Event()
+        self._scan_wanted = threading.Event()  # wakes the scan thread (scan or root check)
+        self._scan_pending = False
         self._scan_reason = "startup"
+        self._next_lost_retry = 0.0
         self._health_listeners: list[Callable[[bool], None]] = []
         self._serving = False
         self._scan = ScanState()
         self._scan_lock = threading.Lock()
-        self._degraded: dict[str, str] = {}
+        # root path -> {"root" | "watch" | "read": reason}; reported by status()
+        self._problems: dict[str, dict[str, str]] = {}
+        self._problems_lock = threading.Lock()
         self._watchers: dict[str, RootWatcher] = {}
         self.roots = RootSet([], excluded=[str(config.state_dir)])
         self.indexer = Indexer(store, self.writer, self.roots)
@@ -172,7 +195,10 @@ class Engine:
             store, self.writer, self.roots, progress=self._progress, stop=self._stop
         )
         self.pipeline = Pipeline(
-            self.indexer, settle=config.settle_ms / 1000.0, scan_directory=self._scan_directory
+            self.indexer,
+            settle=config.settle_ms / 1000.0,
+            scan_directory=self._scan_directory,
+            on_root_gone=self._on_root_trouble,
         )
         self._scan_thread = threading.Thread(
             target=self._scan_loop, name="lineaged-scan", daemon=True
@@ -193,6 +219,7 @@ class Engine:
             self.pipeline.start()
             for root in self.roots.roots:
                 self._start_watcher(root)
+            self._scan_pending = True
             self._scan_wanted.set()
             self._scan_thread.start()
 
@@ -226,7 +253,8 @@ class Engine:
             watcher = self._watchers.pop(path, None)
             if watcher is not None:
                 watcher.stop()
-            self._degraded.pop(path, None)
+            with self._problems_lock:
+                self._problems.pop(path, None)
         self.config = replace(self.config, roots=config.roots, scan_interval=config.scan_interval)
         added = self._register_roots(config.roots)
         for root in added:
@@ -253,23 +281,60 @@ class Engine:
         self.roots.roots[:] = [w for w in watched]
         return [w for w in watched if w.path not in existing]
 
-    def _start_watcher(self, root: WatchedRoot) -> None:
-        watcher = RootWatcher(root, self.pipeline.put)
-        watcher.start()
+    def _start_watcher(self, root: WatchedRoot, *, force_polling: str = "") -> RootWatcher:
+        watcher = RootWatcher(
+            root,
+            self.pipeline.put,
+            force_polling=force_polling,
+            poll_interval=self.poll_interval,
+            on_trouble=self._on_root_trouble,
+        )
+        try:
+            watcher.start()
+        except Exception as exc:  # never let one root stop the daemon
+            log.exception("cannot watch %s", root.path)
+            watcher.problem = f"cannot watch: {exc}"
         self._watchers[root.path] = watcher
-        self._note_watcher(root.path, watcher)
-
-    def _note_watcher(self, path: str, watcher: RootWatcher) -> None:
-        if watcher.problem:
-            self._degraded[path] = watcher.problem
+        if watcher.identity is None:
+            self._set_problem(root.path, "root", ROOT_MISSING)
+            self._set_problem(root.path, "watch", "")
         else:
-            self._degraded.pop(path, None)
+            self._set_problem(root.path, "watch", watcher.problem)
+        return watcher
+
+    def _set_problem(self, path: str, kind: str, reason: str) -> None:
+        """Record (or clear, with "") one reason a root is not fully seen; log changes."""
+        with self._problems_lock:
+            problems = self._problems.setdefault(path, {})
+            before = problems.get(kind, "")
+            if reason:
+                problems[kind] = reason
+            else:
+                problems.pop(kind, None)
+        if reason and reason != before:
+            log.warning("root %s: %s", path, reason)
+        elif before and not reason:
+            log.warning("root %s: resolved: %s", path, before)
+
+    def _problem(self, path: str, kind: str) -> str:
+        with self._problems_lock:
+            return self._problems.get(path, {}).get(kind, "")
+
+    def _on_root_trouble(self, path: str) -> None:
+        """A root vanished or its watcher must change: look at the roots now (any thread)."""
+        self._scan_wanted.set()
+
+    def _on_store_recovered(self, lost: int) -> None:
+        # Changes given up while the store failed are found again by comparing the trees
+        # with the store; runs and accesses failed loudly to their callers.
+        self.request_scan(f"the store accepts writes again after {lost} failed changes")
 
     # -- scanning
 
     def request_scan(self, reason: str) -> None:
         """Ask the scan thread for a reconcile scan of every root soon."""
         self._scan_reason = reason
+        self._scan_pending = True
         self._scan_wanted.set()
 
     def _on_overflow(self, message: str) -> None:
@@ -282,15 +347,24 @@ class Engine:
         while not self._stop.is_set():
             interval = self.config.scan_interval
             wait = ROOT_CHECK_SECONDS
+            if any(self._problem(r.path, "root") for r in self.roots.roots):
+                wait = MISSING_ROOT_CHECK_SECONDS
+            if self._next_lost_retry:
+                wait = min(wait, max(0.0, self._next_lost_retry - time.monotonic()))
             if interval > 0:
                 wait = min(wait, max(0.0, next_periodic - time.monotonic()))
             self._scan_wanted.wait(timeout=wait)
+            self._scan_wanted.clear()
             if self._stop.is_set():
                 break
-            self._check_roots()
+            try:
+                self._check_roots()
+            except Exception:  # the scan thread must outlive any one check
+                log.exception("checking the roots failed")
             due = interval > 0 and time.monotonic() >= next_periodic
-            if self._scan_wanted.is_set() or due:
-                self._scan_wanted.clear()
+            self._retry_lost_changes()
+            if self._scan_pending or due:
+                self._scan_pending = False
                 reason = self._scan_reason if not due else "periodic"
                 self._scan_reason = "requested"
                 try:
@@ -301,28 +375,63 @@ class Engine:
                 if not self._serving and not self._stop.is_set():
                     self._set_serving(True)
 
+    def _retry_lost_changes(self) -> None:
+        """Rescan a while after the store gave changes up, until it records them again.
+
+        Nothing else may write to show that the store has recovered; the delay keeps a full
+        disk from being hammered.
+        """
+        now = time.monotonic()
+        if not self.writer.lost:
+            self._next_lost_retry = 0.0
+        elif not self._next_lost_retry:
+            self._next_lost_retry = now + LOST_RETRY_SECONDS
+        elif now >= self._next_lost_retry:
+            self._next_lost_retry = now + LOST_RETRY_SECONDS
+            self.request_scan(f"retrying {self.writer.lost} changes the store could not record")
+
     def _check_roots(self) -> None:
-        """Restart watchers whose root came back or whose observer died."""
-        for root in self.roots.roots:
-            watcher = self._watchers.get(root.path)
-            exists = os.path.isdir(root.path)
-            if not exists:
-                if (
-                    root.path not in self._degraded
-                    or "does not exist" not in self._degraded[root.path]
-                ):
-                    log.warning("root %s has disappeared; its history is kept", root.path)
-                self._degraded[root.path] = "root does not exist; waiting for it to appear"
-                if watcher is not None:
-                    watcher.stop()
-                    self._watchers.pop(root.path, None)
-                continue
-            if watcher is None or not watcher.alive:
-                if watcher is not None:
-                    watcher.stop()
-                log.info("watching %s again", root.path)
-                self._start_watcher(root)
-                self.request_scan(f"root {root.path} is back")
+        """Notice roots that vanished, came back or were replaced, and watchers to restart."""
+        for root in list(self.roots.roots):
+            try:
+                self._check_root(root)
+            except Exception:
+                log.exception("checking root %s failed", root.path)
+
+    def _check_root(self, root: WatchedRoot) -> None:
+        path = root.path
+        watcher = self._watchers.get(path)
+        identity = root_identity(path)
+        if identity is None:
+            self._set_problem(path, "root", ROOT_MISSING)
+            self._set_problem(path, "watch", "")
+            self._set_problem(path, "read", "")
+            if watcher is not None:
+                watcher.stop()
+                self._watchers.pop(path, None)
+            return
+        came_back = bool(self._problem(path, "root"))
+        if came_back:
+            self._set_problem(path, "root", "")
+        force_polling = ""
+        if watcher is not None:
+            if watcher.alive and watcher.identity == identity and not watcher.wants_polling:
+                if came_back:
+                    self.request_scan(f"root {path} is back")
+                return
+            if watcher.wants_polling:
+                force_polling = watcher.wants_polling
+            elif watcher.polling and watcher.problem:
+                force_polling = watcher.problem  # stay on the fallback that was chosen
+            if watcher.identity not in (None, identity):
+                log.warning("root %s was replaced by another directory; watching the new one", path)
+            elif watcher.started and not watcher.alive:
+                log.warning("the watcher of %s stopped; watching it again and rescanning", path)
+            watcher.stop()
+        restarted = self._start_watcher(root, force_polling=force_polling)
+        if restarted.alive:
+            log.info("watching %s%s", path, " (polling)" if restarted.polling else "")
+            self.request_scan(f"root {path} watched again")
 
     def _scan_all(self, reason: str) -> ScanStats:
         total = ScanStats()
@@ -337,12 +446,16 @@ class Engine:
             )
             log.info("reconcile scan (%s) of %d roots started", reason, len(self.roots.roots))
             self._progress_base = ScanStats()
-            deferred = self.writer.call(lambda store: store.defer_digest_index())
             try:
-                self._scan_roots(total)
-            finally:
-                if deferred:
-                    self.writer.call(lambda store: store.ensure_indexes())
+                deferred = self.writer.call(lambda store: store.defer_digest_index())
+                try:
+                    self._scan_roots(total)
+                finally:
+                    if deferred:
+                        self._ensure_indexes()
+            except BaseException:
+                self._scan = replace(self._scan, running=False, finished_at=time.time_ns())
+                raise
             self._scan = replace(
                 self._scan,
                 running=False,
@@ -356,28 +469,44 @@ class Engine:
         log.info("reconcile scan (%s) done: %s", reason, total.summary())
         return total
 
+    def _ensure_indexes(self) -> None:
+        try:
+            self.writer.call(lambda store: store.ensure_indexes())
+        except Exception as exc:  # Store.open rebuilds a missing index on the next start
+            log.error("cannot rebuild the digest index now (%s); queries by digest are slow", exc)
+
     def _scan_roots(self, total: ScanStats) -> None:
         for root in list(self.roots.roots):
             if self._stop.is_set():
                 break
-            if not os.path.isdir(root.path):
-                self._degraded[root.path] = "root does not exist; waiting for it to appear"
+            if root_identity(root.path) is None:
+                # Not scanned, so nothing under it is recorded as deleted (see the class doc).
+                self._set_problem(root.path, "root", ROOT_MISSING)
                 continue
             stats = self.scanner.scan(root)
-            if stats.unreadable:
-                self._degraded[root.path] = (
-                    "cannot read "
-                    + ", ".join(stats.unreadable[:3])
-                    + (
-                        f" and {len(stats.unreadable) - 3} more"
-                        if len(stats.unreadable) > 3
-                        else ""
-                    )
-                )
-            elif self._degraded.get(root.path, "").startswith("cannot read"):
-                del self._degraded[root.path]
+            self._note_unreadable(root.path, stats.unreadable, whole_root=True)
             total.add(stats)
             self._progress_base.add(stats)
+
+    def _note_unreadable(self, path: str, unreadable: list[str], *, whole_root: bool) -> None:
+        """Report what a scan could not read; a scan of the whole root also clears it."""
+        if not unreadable and not whole_root:
+            return
+        if not whole_root:
+            before = self._problem(path, "read")
+            if before and all(u in before for u in unreadable):
+                return
+        if not unreadable:
+            self._set_problem(path, "read", "")
+            return
+        shown = ", ".join(unreadable[:3])
+        more = f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
+        self._set_problem(
+            path,
+            "read",
+            f"cannot read {shown}{more}; what is there keeps its last recorded versions "
+            "until it can be read",
+        )
 
     def _progress(self, stats: ScanStats) -> None:
         base = self._progress_base
@@ -406,13 +535,16 @@ class Engine:
         root = self.roots.tracked(directory, is_dir=True)
         if root is None or not os.path.isdir(directory):
             return
-        self.scanner.scan(root, directory, seen=seen)
+        stats = self.scanner.scan(root, directory, seen=seen)
+        self._note_unreadable(root.path, stats.unreadable, whole_root=False)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the pipeline and the writer have nothing queued."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.pipeline.depth == 0 and self.writer.depth == 0:
+            # The pipeline's idle flag also covers a flush in progress (depth does not).
+            idle = self.pipeline.wait_idle(max(0.0, deadline - time.monotonic()))
+            if idle and self.pipeline.depth == 0 and self.writer.depth == 0:
                 self.writer.call(lambda store: None)
                 if self.pipeline.depth == 0:
                     return True
@@ -441,26 +573,37 @@ class Engine:
 
     def status(self) -> Status:
         """Version, uptime, roots with health, counts, scan state, queue depth."""
-        roots = tuple(
-            replace(
-                r.root,
-                health=self._degraded.get(r.path, "ok"),
-                polling=bool(self._watchers.get(r.path) and self._watchers[r.path].polling),
+        with self._problems_lock:
+            problems = {path: dict(reasons) for path, reasons in self._problems.items()}
+        watchers = dict(self._watchers)
+        roots: list[Root] = []
+        degraded: list[str] = []
+        for r in self.roots.roots:
+            found = problems.get(r.path, {})
+            reasons = [found[kind] for kind in ("root", "watch", "read") if found.get(kind)]
+            watcher = watchers.get(r.path)
+            roots.append(
+                replace(
+                    r.root,
+                    health="; ".join(reasons) or "ok",
+                    polling=bool(watcher is not None and watcher.alive and watcher.polling),
+                )
             )
-            for r in self.roots.roots
-        )
+            degraded.extend(f"{r.path}: {reason}" for reason in reasons)
+        if self.writer.problem:
+            degraded.append(f"store: {self.writer.problem}")
         return Status(
             version=__version__,
             pid=os.getpid(),
             started_at=self.started_at,
             state_dir=str(self.config.state_dir),
             socket=str(self.config.socket),
-            roots=roots,
+            roots=tuple(roots),
             counts=self.store.counts(),
             scan=self._scan,
             queue_depth=self.pipeline.depth + self.writer.depth,
             serving=self._serving,
-            degraded=tuple(f"{path}: {reason}" for path, reason in sorted(self._degraded.items())),
+            degraded=tuple(degraded),
         )
 
     # -- versions
@@ -543,6 +686,15 @@ class Engine:
 
     def _check_access(self, access: Access) -> Access:
         path = _check_abs(access.path)
+        if self.roots.root_for(path) is not None:
+            real = os.path.realpath(path)
+            if real != path:
+                # The daemon opens paths under its roots (to hash them); a link could make
+                # it open something elsewhere on a client's behalf, so links are refused.
+                raise PathOutsideRoots(
+                    f"{path} goes through a symbolic link (it resolves to {real}); lineaged "
+                    "never follows links under its roots: send the resolved path"
+                )
         if access.how not in ("declared", "traced"):
             raise InvalidArgument(f"access 'how' is declared or traced, got {access.how!r}")
         if access.role not in ("data", "code"):

@@ -110,6 +110,12 @@ class Indexer:
             root = self.roots.tracked(path)
             if root is None:
                 continue
+            parent = os.path.dirname(path)
+            if os.path.realpath(parent) != parent:
+                # A directory on the way is a link (roots are resolved): what it leads to is
+                # not ours to open. The scan does not follow links either.
+                log.warning("not indexing %s: a directory on its path is a symbolic link", path)
+                continue
             observed_at = time.time_ns()
             try:
                 st = os.lstat(path)

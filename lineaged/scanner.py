@@ -113,6 +113,8 @@ class Scanner:
                 continue
             if not isinstance(result, hasher.HashResult):
                 log.warning("cannot hash %s: %s", path, result)
+                if isinstance(result, PermissionError):
+                    stats.unreadable.append(path)  # reported; its last version is kept
                 continue
             stats.hashed += 1
             stats.bytes_hashed += result.stat_key.size
@@ -135,6 +137,10 @@ class Scanner:
             how = ChangeKind.DELETED
 
             def gone_job(store: Store) -> list[Any]:
+                if not os.path.isdir(root.path):
+                    # The root vanished during the scan: a deleted root cannot be told from
+                    # an unmounted one, so nothing below it is closed (see Engine).
+                    return []
                 return [("gone", p, how) for p in store.record_gone(gone, at, how)]
 
             futures.append(self.writer.submit(gone_job))

@@ -5,17 +5,26 @@ Events are hints, not facts: after a path has been quiet for the settle delay, t
 looks at what the path holds *now* and records that. An atomic save (temp file renamed over
 the target) therefore records one version of the target and nothing for the temp file, and
 a burst of writes records the final state once.
+
+A root the watcher cannot fully see is never watched silently: when inotify fails (watch or
+instance limit, a filesystem without inotify) or cannot see other machines' changes (a
+network filesystem), the root is polled instead and ``RootWatcher.problem`` says why; the
+engine reports it in its status and the reconcile scan covers whatever polling misses.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import queue
+import re
+import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -39,9 +48,45 @@ from watchdog.observers.polling import PollingObserver
 from lineaged.indexer import Indexer, WatchedRoot
 from lineaged.models import ChangeKind
 
-__all__ = ["Change", "OverflowDetector", "Pipeline", "RootWatcher"]
+__all__ = [
+    "NETWORK_FILESYSTEMS",
+    "POLL_SECONDS",
+    "Change",
+    "OverflowDetector",
+    "Pipeline",
+    "RootWatcher",
+    "filesystem_type",
+    "root_identity",
+]
 
 log = logging.getLogger(__name__)
+
+POLL_SECONDS = 2.0  # between snapshots of a polled root
+
+# Filesystems where inotify reports only the changes made through this machine's kernel:
+# another client's writes to the share are invisible, so these roots are polled.
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "ceph",
+        "afs",
+        "lustre",
+        "gpfs",
+        "glusterfs",
+        "beegfs",
+        "fuse.sshfs",
+        "fuse.rclone",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+        "fuse.glusterfs",
+        "fuse.juicefs",
+    }
+)
 
 # Opens and no-write closes say nothing about content; directory-modified events only echo
 # their children's events.
@@ -90,68 +135,196 @@ def _text(path: str | bytes) -> str:
     return path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else path
 
 
+def root_identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the directory at ``path``, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _unescape_mount(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash in a mount point as \ooo (octal).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the filesystem ``path`` is on, from /proc/self/mountinfo ("" if unknown)."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    best, best_type = "", ""
+    for line in lines:
+        before, sep, after = line.partition(" - ")
+        fields = before.split()
+        if not sep or len(fields) < 5 or not after:
+            continue
+        mount_point = _unescape_mount(fields[4])
+        inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+        # Later lines are mounted over earlier ones at the same point: >= keeps the last.
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, after.split()[0]
+    return best_type
+
+
 class RootWatcher:
-    """One observer on one root: inotify, or polling when inotify is not available."""
+    """One observer on one root: inotify, or polling when inotify cannot see everything.
+
+    ``problem`` says why the root is polled or not watched ("" when inotify watches all of
+    it). ``wants_polling`` gets the reason when inotify later runs out of watches for a new
+    subdirectory; ``on_trouble`` is then called (from watchdog's thread, so it must only
+    set a flag) and the owner restarts the watcher with ``force_polling=wants_polling``.
+    The owner reports and logs ``problem`` (this class logs at info level only).
+    """
 
     def __init__(
         self,
         root: WatchedRoot,
         put: Callable[[Change], None],
         *,
-        force_polling: bool = False,
-        poll_interval: float = 2.0,
+        force_polling: str = "",
+        poll_interval: float = POLL_SECONDS,
+        on_trouble: Callable[[str], None] | None = None,
     ) -> None:
         self.root = root
         self.put = put
-        self.polling = force_polling
-        self.problem = ""
+        self.polling = bool(force_polling)
+        self.problem = force_polling
+        self.identity: tuple[int, int] | None = None
+        self.wants_polling = ""
         self._poll_interval = poll_interval
+        self._on_trouble = on_trouble
         self._observer: BaseObserver | None = None
+        self._watch_failures: list[str] = []
 
     def start(self) -> None:
-        """Start watching; fall back to polling when inotify cannot watch this root."""
-        handler = _Handler(self.put)
+        """Start watching; fall back to polling when inotify cannot watch all of this root."""
+        self.identity = root_identity(self.root.path)
+        if self.identity is None:
+            self.problem = "root does not exist; waiting for it to appear"
+            return
         if not self.polling:
-            observer: BaseObserver = InotifyObserver()
-            try:
-                observer.schedule(handler, self.root.path, recursive=True)
-                observer.start()
-                self._observer = observer
-                return
-            except OSError as exc:
-                _stop_quietly(observer)
-                if exc.errno == errno.ENOSPC:
-                    self.problem = (
-                        "inotify watch limit reached (raise fs.inotify.max_user_watches); "
-                        "polling instead"
-                    )
-                elif exc.errno == errno.EMFILE:
-                    self.problem = (
-                        "inotify instance limit reached (raise fs.inotify.max_user_instances); "
-                        "polling instead"
-                    )
-                elif exc.errno == errno.ENOENT:
-                    self.problem = "root does not exist; waiting for it to appear"
-                    return
-                else:
-                    self.problem = f"inotify unavailable ({exc.strerror}); polling instead"
-                log.warning("%s: %s", self.root.path, self.problem)
-                self.polling = True
-        observer = PollingObserver(timeout=self._poll_interval)
+            fs_type = filesystem_type(self.root.path)
+            if fs_type in NETWORK_FILESYSTEMS:
+                self._fall_back(
+                    f"on a network filesystem ({fs_type}) where inotify misses other "
+                    "machines' changes; polling instead"
+                )
+            else:
+                self._start_inotify()
+        if self.polling:
+            self._start_polling()
+
+    def _start_inotify(self) -> None:
+        observer: BaseObserver | None = None
         try:
-            observer.schedule(handler, self.root.path, recursive=True)
+            # Constructing the observer creates the inotify instance: EMFILE happens here.
+            observer = InotifyObserver()
+            self._count_watch_failures(observer)
+            observer.schedule(_Handler(self.put), self.root.path, recursive=True)
             observer.start()
         except OSError as exc:
+            if observer is not None:
+                _stop_quietly(observer)
+            if exc.errno == errno.ENOENT or root_identity(self.root.path) is None:
+                self.problem = "root does not exist; waiting for it to appear"
+                return
+            self._fall_back(_inotify_problem(exc.errno, exc.strerror or str(exc)))
+            return
+        except Exception as exc:  # an unexpected watchdog failure must not stop the daemon
+            if observer is not None:
+                _stop_quietly(observer)
+            log.exception("%s: inotify failed", self.root.path)
+            self._fall_back(f"inotify failed ({exc}); polling instead")
+            return
+        if self._watch_failures:
+            # watchdog skips subdirectories it cannot watch without a word: those would be
+            # blind, so poll the whole root instead.
             _stop_quietly(observer)
-            self.problem = f"cannot watch: {exc.strerror}"
-            log.warning("%s: %s", self.root.path, self.problem)
+            self._fall_back(self._limit_problem())
+            return
+        self._observer = observer
+        self.problem = ""
+
+    def _fall_back(self, problem: str) -> None:
+        self.problem = problem
+        self.polling = True
+        log.info("%s: %s", self.root.path, problem)
+
+    def _limit_problem(self) -> str:
+        where = self._watch_failures[0]
+        more = len(self._watch_failures) - 1
+        return (
+            f"inotify watch limit reached at {where}"
+            + (f" and {more} more directories" if more else "")
+            + " (raise fs.inotify.max_user_watches); polling instead"
+        )
+
+    def _count_watch_failures(self, observer: BaseObserver) -> None:
+        """Note every directory inotify could not watch for lack of watches (ENOSPC).
+
+        watchdog 7 swallows the OSError of a subdirectory's ``inotify_add_watch`` (only the
+        root's reaches the caller), both at start and for directories created later.
+        """
+        fd: Any = getattr(observer, "_inotify_fd", None)
+        add_callback = getattr(fd, "add_callback", None)
+        if add_callback is None:  # a watchdog without this internal: cannot tell
+            return
+
+        def counted(path: bytes, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return add_callback(path, *args, **kwargs)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+                    self._watch_failures.append(_text(path))
+                    if self._observer is not None and not self.wants_polling:
+                        self.wants_polling = self._limit_problem()
+                        if self._on_trouble is not None:
+                            self._on_trouble(self.root.path)
+                raise
+
+        fd.add_callback = counted
+
+    def _start_polling(self) -> None:
+        observer = PollingObserver(timeout=self._poll_interval)
+        try:
+            observer.schedule(_Handler(self.put), self.root.path, recursive=True)
+            observer.start()
+        except Exception as exc:
+            _stop_quietly(observer)
+            if root_identity(self.root.path) is None:
+                self.problem = "root does not exist; waiting for it to appear"
+            else:
+                self.problem = f"cannot watch: {_reason(exc)}"
+                log.info("%s: %s", self.root.path, self.problem)
             return
         self._observer = observer
 
     @property
     def alive(self) -> bool:
-        """Whether the observer thread is running."""
-        return self._observer is not None and self._observer.is_alive()
+        """Whether the observer and its threads are running.
+
+        watchdog's emitter stops by itself when the root is deleted (its observer runs on,
+        blind), and a directory recreated at the same path may even get the same inode.
+        """
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        # inotify events are read by a thread of their own: if it dies (an exception in
+        # watchdog), the observer runs on, blind.
+        reader = getattr(observer, "_inotify_fd", None)
+        if isinstance(reader, threading.Thread) and not reader.is_alive():
+            return False
+        return all(emitter.is_alive() for emitter in list(observer.emitters))
+
+    @property
+    def started(self) -> bool:
+        """Whether an observer was started (it may have died since: see ``alive``)."""
+        return self._observer is not None
 
     def stop(self) -> None:
         """Stop and join the observer."""
@@ -167,13 +340,29 @@ class RootWatcher:
         self.stop()
 
 
+def _inotify_problem(code: int | None, text: str) -> str:
+    if code == errno.ENOSPC:
+        return "inotify watch limit reached (raise fs.inotify.max_user_watches); polling instead"
+    if code == errno.EMFILE:
+        return (
+            "inotify instance limit reached (raise fs.inotify.max_user_instances); polling instead"
+        )
+    return f"inotify unavailable ({text}); polling instead"
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(
+        exc
+    ).__name__
+
+
 def _stop_quietly(observer: BaseObserver) -> None:
     try:
+        # Even an observer that never started owns threads and descriptors (inotify's
+        # reader starts when the observer is constructed): stop() releases them.
+        observer.stop()
         if observer.is_alive():
-            observer.stop()
             observer.join(timeout=10)
-        else:
-            observer.unschedule_all()
     except Exception:  # stopping must never fail shutdown
         log.debug("observer stop failed", exc_info=True)
 
@@ -214,7 +403,13 @@ class OverflowDetector(logging.Handler):
 
 
 class Pipeline:
-    """The worker: coalesce changes per path, wait for them to settle, then index them."""
+    """The worker: coalesce changes per path, wait for them to settle, then index them.
+
+    Changes under a root that no longer exists are dropped, and the root's own deletion is
+    handed to ``on_root_gone`` instead of being recorded: a vanished root may be an unmounted
+    disk, so its files keep their current versions (the engine reports the root missing and
+    rescans it when it is back). Only what settles while the root still exists is recorded.
+    """
 
     def __init__(
         self,
@@ -222,10 +417,12 @@ class Pipeline:
         *,
         settle: float = 0.2,
         scan_directory: Callable[[str, ChangeKind], None],
+        on_root_gone: Callable[[str], None] | None = None,
     ) -> None:
         self.indexer = indexer
         self.settle = settle
         self.scan_directory = scan_directory
+        self.on_root_gone = on_root_gone
         self._queue: queue.SimpleQueue[Change | None] = queue.SimpleQueue()
         self._pending: dict[str, tuple[float, Change]] = {}
         self._thread = threading.Thread(target=self._loop, name="lineaged-pipeline", daemon=True)
@@ -322,8 +519,26 @@ class Pipeline:
             return
         for change in due:
             del self._pending[change.path]
+        roots = self.indexer.roots
+        present: dict[str, bool] = {}
+        dropped = 0
         files: dict[str, ChangeKind] = {}
         for change in due:
+            root = roots.root_for(change.path)
+            if root is not None:
+                if root.path not in present:
+                    present[root.path] = os.path.isdir(root.path)
+                if change.path == root.path:
+                    # The root itself went away (inotify reports its deletion as a file's):
+                    # the engine's root check decides, never a recorded deletion of
+                    # everything below it.
+                    gone = change.seen in (ChangeKind.DELETED, ChangeKind.MOVED)
+                    if gone and self.on_root_gone is not None:
+                        self.on_root_gone(root.path)
+                    continue
+                if not present[root.path]:
+                    dropped += 1
+                    continue
             try:
                 if change.gone_tree:
                     self.indexer.observe_gone_tree(change.path, change.seen)
@@ -333,6 +548,11 @@ class Pipeline:
                     files[change.path] = change.seen
             except Exception:
                 log.exception("failed to index %s", change.path)
+        if dropped:
+            log.info(
+                "%d changes under vanished roots not recorded: their files keep their versions",
+                dropped,
+            )
         if files:
             try:
                 self.indexer.observe(files)

@@ -274,7 +274,9 @@ class Client:
 
     @staticmethod
     def _abspath(path: str | os.PathLike[str]) -> str:
-        return os.path.abspath(os.path.expanduser(os.fspath(path)))
+        # The daemon stores canonical paths (its roots are resolved, and it never follows a
+        # link on a client's behalf), so links are resolved here, where the user's rights apply.
+        return os.path.realpath(os.path.expanduser(os.fspath(path)))
 
     def roots(self) -> tuple[Root, ...]:
         """The daemon's watched roots (asked once per client)."""
