@@ -20,7 +20,7 @@ from typing import Any
 
 from lineaged import __version__
 from lineaged.config import Config
-from lineaged.errors import InvalidArgument, NotFound, PathOutsideRoots
+from lineaged.errors import InvalidArgument, NotFound, PathOutsideRoots, ResourceExhausted
 from lineaged.indexer import Indexer, RootSet, WatchedRoot
 from lineaged.models import (
     Access,
@@ -51,6 +51,7 @@ MAX_PAGE = 1000  # the largest page any listing returns; bigger limits are Inval
 MAX_NODES = 10_000  # the largest lineage graph one answer carries
 MAX_DEPTH = 10_000
 MAX_ACCESSES = 10_000  # per RecordAccesses call
+MAX_SUBSCRIBERS = 8  # each Subscribe stream holds a worker thread (16 by default)
 SUBSCRIBER_BUFFER = 10_000
 ROOT_CHECK_SECONDS = 5.0
 MISSING_ROOT_CHECK_SECONDS = 1.0  # a vanished root is looked for more often: cheap (one stat)
@@ -108,6 +109,11 @@ class _EventBus:
     def subscribe(self, path_prefix: str) -> Subscription:
         sub = Subscription(self, path_prefix)
         with self._lock:
+            if len(self._subscribers) >= MAX_SUBSCRIBERS:
+                raise ResourceExhausted(
+                    f"too many subscribers ({MAX_SUBSCRIBERS}): each stream holds one of the "
+                    "daemon's worker threads; close one first"
+                )
             self._subscribers.append(sub)
         return sub
 

@@ -110,6 +110,12 @@ class Indexer:
             root = self.roots.tracked(path)
             if root is None:
                 continue
+            if not path.isascii():
+                try:
+                    path.encode("utf-8")
+                except UnicodeEncodeError:
+                    log.warning("skipping %r: its name is not valid UTF-8", os.fsencode(path))
+                    continue
             parent = os.path.dirname(path)
             if os.path.realpath(parent) != parent:
                 # A directory on the way is a link (roots are resolved): what it leads to is

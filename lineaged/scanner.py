@@ -193,9 +193,13 @@ class Scanner:
                                     for e in excluded
                                 ):
                                     continue
+                                if not entry.name.isascii() and not _utf8(entry.path):
+                                    continue
                                 stack.append(entry.path)
                             elif entry.is_file(follow_symlinks=False):
                                 if name_pattern is not None and name_pattern(entry.name):
+                                    continue
+                                if not entry.name.isascii() and not _utf8(entry.path):
                                     continue
                                 path = entry.path
                                 if path_patterns and rules.ignores(path[prefix_len:]):
@@ -228,6 +232,19 @@ def _record_job(writes: list[VersionWrite]) -> Callable[[Store], list[Any]]:
         return list(store.record_versions(writes, hasher.HASH_FORMAT))
 
     return job
+
+
+def _utf8(path: str) -> bool:
+    """Whether a path can be stored: names that are not UTF-8 are skipped, and said so."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        log.warning(
+            "skipping %r: its name is not valid UTF-8 (lineaged stores paths as text)",
+            path.encode("utf-8", "surrogateescape"),
+        )
+        return False
+    return True
 
 
 def _under_any(path: str, directories: list[str]) -> bool:

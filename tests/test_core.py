@@ -329,3 +329,20 @@ def test_queue_overflow_is_reconciled(tmp_path: Path, monkeypatch: pytest.Monkey
     finally:
         gate.set()
         h.stop()
+
+
+def test_names_that_are_not_utf8_are_skipped_not_fatal(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = os.path.join(os.fsencode(harness.data), b"bad-\xff-name.csv")
+    with open(bad, "wb") as f:
+        f.write(b"undecodable name\n")
+    os.mkdir(os.path.join(os.fsencode(harness.data), b"dir-\xfe"))
+    good = harness.data / "good.csv"
+    good.write_bytes(b"fine\n")
+    harness.expect(good, b"fine\n")
+    stats = harness.engine.scanner.scan(harness.engine.roots.roots[0])
+    assert stats.files == 1
+    assert "not valid UTF-8" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert set(live_digests(harness.db)) == {str(good)}
