@@ -132,8 +132,19 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         not_null={"path", "role", "added_at"},
     )
     db.table("roots").create_index(["path"], unique=True)
+    # The stat cache lives on the artifact row (NULL cache_key: not live): one B-tree insert
+    # per new file instead of two, and the rescan reads it without a join.
     db.table("artifacts").create(
-        {"id": int, "path": str, "root_id": int},
+        {
+            "id": int,
+            "path": str,
+            "root_id": int,
+            "cache_key": bytes,  # packed (dev, ino, size, mtime_ns, ctime_ns)
+            "cache_digest": bytes,
+            "cache_mtime_ns": int,
+            "checked_at": int,
+            "hash_format": int,
+        },
         pk="id",
         not_null={"path"},
         foreign_keys=[("root_id", "roots", "id")],
@@ -159,22 +170,6 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         ["artifact_id", "valid_from"], index_name="versions_by_artifact"
     )
     db.table("versions").create_index(["digest"], index_name="versions_by_digest")
-    db.table("stat_cache").create(
-        {
-            "artifact_id": int,
-            "dev": int,
-            "ino": int,
-            "size": int,
-            "mtime_ns": int,
-            "ctime_ns": int,
-            "digest": bytes,
-            "checked_at": int,
-            "hash_format": int,
-            "stat_key": bytes,
-        },
-        pk="artifact_id",
-        foreign_keys=[("artifact_id", "artifacts", "id")],
-    )
     db.table("blobs").create({"digest": bytes, "data": bytes}, pk="digest")
     db.table("envs").create({"id": int, "digest": bytes, "body": str}, pk="id", not_null={"digest"})
     db.table("envs").create_index(["digest"], unique=True)
@@ -663,39 +658,49 @@ class Store:
         latest: dict[str, VersionWrite] = {}
         for write in writes:
             latest[write.path] = write  # the last observation of a path in the batch wins
-        paths = list(latest)
-        ids = self._artifact_ids_for(paths, {p: latest[p].root_id for p in paths})
+        existing = self._existing_artifacts(latest)
         current: dict[int, tuple[int, bytes, int]] = {}
-        for chunk in _chunks(list(ids.values()), 20_000):
+        for chunk in _chunks(list(existing.values()), 20_000):
             for row in conn.execute(
                 "SELECT artifact_id, id, digest, valid_from FROM versions WHERE valid_until IS NULL "
                 "AND artifact_id IN (SELECT value FROM json_each(?))",
                 (json.dumps(list(chunk)),),
             ):
                 current[row[0]] = (row[1], row[2], row[3])
-        cache_rows = []
+        new_paths = sorted(p for p in latest if p not in existing)
+        next_artifact = int(
+            conn.execute("SELECT coalesce(max(id), 0) + 1 FROM artifacts").fetchone()[0]
+        )
+        ids = dict(existing)
+        for offset, path in enumerate(new_paths):
+            ids[path] = next_artifact + offset
+        new_rows = []
+        cache_updates = []
         closes = []
-        inserts = []
+        inserts: list[tuple[Any, ...]] = []
         pending: list[tuple[VersionWrite, int]] = []
-        for path in paths:
+        for path in [*existing, *new_paths]:
             write = latest[path]
             artifact_id = ids[path]
-            blob = digest_to_blob(write.digest)
+            blob = bytes.fromhex(write.digest)
             key = write.stat_key
-            cache_rows.append(
-                (
-                    artifact_id,
-                    key.dev,
-                    key.ino,
-                    key.size,
-                    key.mtime_ns,
-                    key.ctime_ns,
-                    blob,
-                    write.observed_at,
-                    hash_format,
-                    pack_stat_key(key),
+            packed = pack_stat_key(key)
+            if path in existing:
+                cache_updates.append(
+                    (packed, blob, key.mtime_ns, write.observed_at, hash_format, artifact_id)
                 )
-            )
+            else:
+                new_rows.append(
+                    (
+                        path,
+                        write.root_id,
+                        packed,
+                        blob,
+                        key.mtime_ns,
+                        write.observed_at,
+                        hash_format,
+                    )
+                )
             now = current.get(artifact_id)
             if now is not None and now[1] == blob:
                 continue
@@ -707,9 +712,14 @@ class Store:
             )
             pending.append((write, valid_from))
         conn.executemany(
-            "INSERT OR REPLACE INTO stat_cache(artifact_id, dev, ino, size, mtime_ns, "
-            "ctime_ns, digest, checked_at, hash_format, stat_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            cache_rows,
+            "INSERT INTO artifacts(path, root_id, cache_key, cache_digest, cache_mtime_ns, "
+            "checked_at, hash_format) VALUES (?,?,?,?,?,?,?)",
+            new_rows,
+        )
+        conn.executemany(
+            "UPDATE artifacts SET cache_key=?, cache_digest=?, cache_mtime_ns=?, checked_at=?, "
+            "hash_format=? WHERE id=?",
+            cache_updates,
         )
         conn.executemany("UPDATE versions SET valid_until=?, closed_by=? WHERE id=?", closes)
         # One writer inserts in order, so the new rowids are max(id)+1, max(id)+2, ...
@@ -721,70 +731,42 @@ class Store:
         )
         return [
             Version(
-                id=first_id + offset,
-                path=write.path,
-                digest=write.digest,
-                size=write.stat_key.size,
-                mtime_ns=write.stat_key.mtime_ns,
-                valid_from=valid_from,
-                valid_until=None,
-                seen=write.seen,
+                first_id + offset,
+                write.path,
+                write.digest,
+                write.stat_key.size,
+                write.stat_key.mtime_ns,
+                valid_from,
+                None,
+                write.seen,
             )
             for offset, (write, valid_from) in enumerate(pending)
         ]
 
-    def _artifact_ids_for(
-        self, paths: list[str], root_ids: Mapping[str, int | None]
-    ) -> dict[str, int]:
-        """Ids of artifacts for ``paths``, inserting the missing ones in one statement."""
+    def _existing_artifacts(self, writes: Mapping[str, VersionWrite]) -> dict[str, int]:
+        """Ids of the artifacts that already exist for these paths (an external path that
+        now lies under a root is adopted by it)."""
         conn = self._wc
         found: dict[str, int] = {}
-        adopt: list[tuple[int | None, int]] = []
-        for chunk in _chunks(paths, 20_000):
+        adopt: list[tuple[int, int]] = []
+        for chunk in _chunks(list(writes), 20_000):
             for path, artifact_id, root_id in conn.execute(
                 "SELECT path, id, root_id FROM artifacts WHERE path IN (SELECT value FROM json_each(?))",
                 (json.dumps(list(chunk)),),
             ):
                 found[path] = artifact_id
-                if root_id is None and root_ids.get(path) is not None:
-                    # An external path became part of a root: it is watched from now on.
-                    adopt.append((root_ids[path], artifact_id))
+                if root_id is None:
+                    adopt.append((writes[path].root_id, artifact_id))
         if adopt:
             conn.executemany("UPDATE artifacts SET root_id=? WHERE id=?", adopt)
-        missing = sorted(p for p in paths if p not in found)
-        if missing:
-            first_id = int(
-                conn.execute("SELECT coalesce(max(id), 0) + 1 FROM artifacts").fetchone()[0]
-            )
-            conn.executemany(
-                "INSERT INTO artifacts(path, root_id) VALUES (?, ?)",
-                [(p, root_ids.get(p)) for p in missing],
-            )
-            for offset, path in enumerate(missing):
-                found[path] = first_id + offset
         return found
 
     def touch_stat(self, path: str, stat_key: StatKey, checked_at: int) -> None:
         """Remember a new stat key for unchanged content (no new version)."""
-        artifact_id = self._artifact_ids.get(path)
-        if artifact_id is None:
-            row = self._wc.execute("SELECT id FROM artifacts WHERE path=?", (path,)).fetchone()
-            if row is None:
-                return
-            artifact_id = int(row[0])
         self._wc.execute(
-            "UPDATE stat_cache SET dev=?, ino=?, size=?, mtime_ns=?, ctime_ns=?, checked_at=?, "
-            "stat_key=? WHERE artifact_id=?",
-            (
-                stat_key.dev,
-                stat_key.ino,
-                stat_key.size,
-                stat_key.mtime_ns,
-                stat_key.ctime_ns,
-                checked_at,
-                pack_stat_key(stat_key),
-                artifact_id,
-            ),
+            "UPDATE artifacts SET cache_key=?, cache_mtime_ns=?, checked_at=? "
+            "WHERE path=? AND cache_key IS NOT NULL",
+            (pack_stat_key(stat_key), stat_key.mtime_ns, checked_at, path),
         )
 
     def record_gone(self, paths: Iterable[str], at: int, how: ChangeKind) -> list[str]:
@@ -796,7 +778,11 @@ class Store:
             if row is None:
                 continue
             artifact_id = row[0]
-            conn.execute("DELETE FROM stat_cache WHERE artifact_id=?", (artifact_id,))
+            conn.execute(
+                "UPDATE artifacts SET cache_key=NULL, cache_digest=NULL, cache_mtime_ns=NULL, "
+                "checked_at=NULL WHERE id=?",
+                (artifact_id,),
+            )
             current = conn.execute(
                 "SELECT id, valid_from FROM versions WHERE artifact_id=? AND valid_until IS NULL",
                 (artifact_id,),
@@ -1054,9 +1040,8 @@ class Store:
         bytes comparison per file, no objects built.
         """
         rows = self._rc.execute(
-            "SELECT a.path, CASE WHEN s.hash_format=? AND s.mtime_ns < s.checked_at - ? "
-            "THEN s.stat_key END FROM stat_cache s JOIN artifacts a ON a.id=s.artifact_id "
-            "WHERE a.root_id=?",
+            "SELECT path, CASE WHEN hash_format=? AND cache_mtime_ns < checked_at - ? "
+            "THEN cache_key END FROM artifacts WHERE root_id=? AND cache_key IS NOT NULL",
             (hash_format, racy_ns, root_id),
         ).fetchall()
         return dict(rows)
@@ -1064,14 +1049,13 @@ class Store:
     def cache_entry(self, path: str) -> CacheEntry | None:
         """The stat cache entry of one live path."""
         r = self._rc.execute(
-            "SELECT s.artifact_id, s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns, s.digest, "
-            "s.checked_at, s.hash_format FROM stat_cache s JOIN artifacts a ON a.id=s.artifact_id "
-            "WHERE a.path=?",
+            "SELECT id, cache_key, cache_digest, checked_at, hash_format FROM artifacts "
+            "WHERE path=? AND cache_key IS NOT NULL",
             (path,),
         ).fetchone()
         if r is None:
             return None
-        return CacheEntry(r[0], StatKey(r[1], r[2], r[3], r[4], r[5]), r[6].hex(), r[7], r[8])
+        return CacheEntry(r[0], StatKey(*_STAT_KEY.unpack(r[1])), _hex(r[2]), r[3], r[4])
 
     def live_paths_under(self, directory: str) -> list[str]:
         """Every path with a current version at or below ``directory``."""

@@ -292,7 +292,7 @@ def test_unchanged_rescan_hashes_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     first = h.engine.run_once()
     assert first.hashed == 50
     # Age the cache so no entry is inside the racy window.
-    h.store._wc.execute("UPDATE stat_cache SET checked_at = checked_at + 10000000000")
+    h.store._wc.execute("UPDATE artifacts SET checked_at = checked_at + 10000000000")
     second = Engine(h.config, h.store).run_once()
     assert second.files == 50 and second.hashed == 0 and second.new_versions == 0
     h.store.close()

@@ -268,9 +268,9 @@ def half_written(db: Path) -> list[str]:
             "AND (closed_by IS NULL OR valid_until <= valid_from)"
         ),
         "stat cache of a path that has no current version of that content": (
-            "SELECT s.artifact_id FROM stat_cache s LEFT JOIN versions v "
-            "ON v.artifact_id = s.artifact_id AND v.valid_until IS NULL "
-            "WHERE v.id IS NULL OR v.digest <> s.digest"
+            "SELECT a.id FROM artifacts a LEFT JOIN versions v "
+            "ON v.artifact_id = a.id AND v.valid_until IS NULL "
+            "WHERE a.cache_key IS NOT NULL AND (v.id IS NULL OR v.digest <> a.cache_digest)"
         ),
     }
     problems = []
