@@ -52,6 +52,7 @@ MAX_PAGE = 1000  # the largest page any listing returns; bigger limits are Inval
 MAX_NODES = 10_000  # the largest lineage graph one answer carries
 MAX_DEPTH = 10_000
 MAX_ACCESSES = 10_000  # per RecordAccesses call
+PROGRESS_LOG_SECONDS = 2.0  # scans shorter than this log only their summary
 COUNTS_SECONDS = 1.0  # how stale the counts in status may be
 MAX_SUBSCRIBERS = 8  # each Subscribe stream holds a worker thread (16 by default)
 SUBSCRIBER_BUFFER = 10_000
@@ -526,13 +527,14 @@ class Engine:
             self._scan, files_seen=files, files_hashed=hashed, bytes_hashed=bytes_hashed
         )
         elapsed = max(1e-9, (time.time_ns() - self._scan.started_at) / 1e9)
-        log.info(
-            "scanning: %d files seen, %d hashed, %.1f MB (%.1f MB/s)",
-            files,
-            hashed,
-            bytes_hashed / 1e6,
-            bytes_hashed / 1e6 / elapsed,
-        )
+        if elapsed >= PROGRESS_LOG_SECONDS:  # short scans only print their summary
+            log.info(
+                "scanning: %d files seen, %d hashed, %.1f MB (%.1f MB/s)",
+                files,
+                hashed,
+                bytes_hashed / 1e6,
+                bytes_hashed / 1e6 / elapsed,
+            )
         for listener in self._progress_listeners:
             listener(self._scan)
 
