@@ -265,3 +265,32 @@ def test_non_python_programs_started_by_the_command_are_named(project: Path) -> 
     assert len(run.warnings) == 1
     assert "sort, true" in run.warnings[0]
     assert "not traced" in run.warnings[0]
+
+
+def test_threads_opening_files_at_once_lose_no_record(tmp_path: Path) -> None:
+    # Records go into the mapping without a lock: threads racing across several chunk
+    # boundaries must still each land whole.
+    data = tmp_path / "data"
+    data.mkdir()
+    name_size = 120
+    count = 3 * CHUNK // name_size
+    code = textwrap.dedent(
+        f"""
+        import sys, threading
+        folder, count = sys.argv[1], {count}
+        def work(part):
+            for index in range(part, count, 4):
+                open(f"{{folder}}/{{index:0{name_size - 20}d}}.csv").close()
+        threads = [threading.Thread(target=work, args=(part,)) for part in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        """
+    )
+    existing = [data / f"{index:0{name_size - 20}d}.csv" for index in range(count)]
+    for path in existing:
+        path.write_text("x")
+    run = capture_command([sys.executable, "-c", code, str(data)], cwd=str(tmp_path))
+    assert run.exit_code == 0
+    assert {access.path for access in run.accesses} == {str(path) for path in existing}

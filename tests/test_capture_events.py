@@ -11,6 +11,7 @@ from blake3 import blake3
 from lineage_client.capture import hash_external
 from lineage_client.capture.events import (
     RawEvents,
+    build_accesses,
     excluded_prefixes,
     is_excluded,
     resolve_accesses,
@@ -150,3 +151,47 @@ def test_hash_external_fills_digest_size_and_mtime(tmp_path: Path) -> None:
         assert done.stdout.strip() == hashed.digest
     gone = Access(str(tmp_path / "gone.bin"), R, 1, 2)
     assert hash_external(gone) == gone
+
+
+def test_a_folder_of_many_paths_is_listed_with_the_same_rules(tmp_path: Path) -> None:
+    # Enough paths in one folder for the one-listing survey: it must decide as lstat would.
+    data = tmp_path / "data"
+    data.mkdir()
+    events = RawEvents()
+    expected: set[tuple[str, AccessMode]] = set()
+    for index in range(100):
+        path = data / f"f{index:03d}.csv"
+        path.write_text("x")
+        events.add_read(str(path), index, index + 1)
+        expected.add((str(path), R))
+    (data / "sub").mkdir()
+    os.mkfifo(data / "pipe")
+    (data / "alias.csv").symlink_to(data / "f000.csv")
+    (data / "dangling.csv").symlink_to(data / "nowhere.csv")
+    for name in ("sub", "pipe", "alias.csv", "dangling.csv", "missing.csv"):
+        events.add_read(str(data / name), 200, 201)
+    events.add_write(str(data / "written.csv"), 300, 301)
+    (data / "written.csv").write_text("w")
+    expected.add((str(data / "written.csv"), W))
+    accesses, _ = resolve_accesses(events)
+    # The symlink is canonical as its target, merged with the target's own read.
+    assert {(a.path, a.mode) for a in accesses} == expected
+    first = next(a for a in accesses if a.path == str(data / "f000.csv"))
+    assert (first.first_at, first.last_at) == (0, 201)
+
+
+def test_code_reads_merge_with_data_reads_and_keep_their_place(tmp_path: Path) -> None:
+    spans = {
+        R: {"/p/a.py": [5, 6], "/p/b.csv": [1, 2]},
+        W: {"/p/a.py": [7, 8], "/p/0.csv": [3, 4]},
+    }
+    code = {"/p/a.py": (2, "d" * 64, 10, 11), "/p/c.py": (9, "e" * 64, 12, 13)}
+    accesses = build_accesses(spans, code)
+    assert accesses == [
+        Access("/p/0.csv", W, 3, 4),
+        Access("/p/a.py", R, 2, 6, "traced", "code", "d" * 64, 10, 11),
+        Access("/p/a.py", W, 7, 8),
+        Access("/p/b.csv", R, 1, 2),
+        Access("/p/c.py", R, 9, 9, "traced", "code", "e" * 64, 12, 13),
+    ]
+    assert spans[R] == {"/p/a.py": [5, 6], "/p/b.csv": [1, 2]}  # not changed in place

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 
 from lineaged.models import Access, AccessMode
 
@@ -90,10 +94,18 @@ def _widen(table: dict[str, list[int]], path: str, first: int, last: int) -> Non
         span[1] = max(span[1], last)
 
 
+_COMPILED = (".pyc", ".pyo")
+
+
 def _normalize_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
     cleaned = {os.path.normpath(p) for p in prefixes if p and os.path.isabs(p)}
     cleaned.discard("/")
-    return tuple(sorted(p + "/" for p in cleaned)) + _NAME_PREFIXES
+    # A prefix inside a shorter one adds nothing but a comparison for every path.
+    kept: list[str] = []
+    for prefix in sorted([p + "/" for p in cleaned] + list(_NAME_PREFIXES), key=len):
+        if not prefix.startswith(tuple(kept)):
+            kept.append(prefix)
+    return tuple(kept)
 
 
 def is_excluded(path: str, prefixes: tuple[str, ...]) -> bool:
@@ -101,7 +113,7 @@ def is_excluded(path: str, prefixes: tuple[str, ...]) -> bool:
 
     ``prefixes`` come from :func:`excluded_prefixes`.
     """
-    return path.startswith(prefixes) or path.endswith((".pyc", ".pyo")) or "/__pycache__/" in path
+    return path.startswith(prefixes) or path.endswith(_COMPILED) or "/__pycache__/" in path
 
 
 def excluded_prefixes(excluded: Iterable[str] = ()) -> tuple[str, ...]:
@@ -124,51 +136,54 @@ class _Files:
 
     def __init__(self) -> None:
         self._kinds: dict[str, int] = {}
+        # Regular files (not symlinks) that a folder listing showed.
+        self._listed: set[str] = set()
         self._links: set[str] = set()
         self._real_dirs: dict[str, str] = {}
+        self._folders: set[str] = set()
 
-    def survey(self, paths: Iterable[str]) -> dict[str, int]:
+    def survey(self, paths: Iterable[str]) -> set[str]:
         """Learn the kind of many paths at once (listing folders that hold many of them).
 
-        Returns the cache of kinds, which then holds every one of ``paths``.
+        Returns the set of those that are regular files (symlinks to one included).
         """
-        by_dir: dict[str, list[str]] = {}
-        for path in paths:
-            if path not in self._kinds:
-                by_dir.setdefault(path[: path.rfind("/")] or "/", []).append(path)
-        for directory, members in by_dir.items():
-            if len(members) >= _LISTING_MIN and self._list(directory, members):
-                continue
-            for path in members:
-                self.kind(path)
-        return self._kinds
+        pending = list(paths)
+        # Comprehensions and Counter rather than a loop per path: this runs on every
+        # path a run opened.
+        counts = Counter([path[: path.rfind("/")] or "/" for path in pending])
+        self._folders.update(counts)
+        for directory, count in counts.items():
+            if count >= _LISTING_MIN:
+                self._list(directory, count)
+        listed = self._listed
+        regular = {path for path in pending if path in listed}
+        if len(regular) < len(pending):
+            # Not in a listing: a symlink, a folder, missing, or in a folder not listed.
+            kind = self.kind
+            regular.update(path for path in pending if path not in listed and kind(path) == _FILE)
+        return regular
 
-    def _list(self, directory: str, members: list[str]) -> bool:
+    def _list(self, directory: str, count: int) -> None:
         try:
             # A listing costs per entry: only worth it when most entries are ours (an ext4
             # or tmpfs entry takes 12 to 300 bytes of the folder's size).
-            if os.stat(directory).st_size > len(members) * 256:
-                return False
-            entries: dict[str, int] = {}
+            if os.stat(directory).st_size > count * 256:
+                return
+            prefix = directory + "/" if directory != "/" else "/"
             with os.scandir(directory) as listing:
-                for entry in listing:
-                    # Symlinks are left out, to be decided one by one below; for the rest
-                    # is_file() needs no system call (the listing carries the type).
-                    if not entry.is_symlink():
-                        entries[entry.name] = _FILE if entry.is_file() else _OTHER
+                # The listing carries the type: is_file() without following symlinks
+                # makes no system call, and leaves symlinks to be decided one by one.
+                files = {
+                    prefix + entry.name for entry in listing if entry.is_file(follow_symlinks=False)
+                }
+            self._listed |= files
         except (OSError, ValueError):
-            return False
-        start = len(directory) + 1 if directory != "/" else 1
-        for path in members:
-            found = entries.get(path[start:])
-            if found is None:
-                self.kind(path)  # a symlink, or created since the listing
-            else:
-                self._kinds[path] = found
-        return True
+            return
 
     def kind(self, path: str) -> int:
         """_FILE, _OTHER or _MISSING, following symlinks."""
+        if path in self._listed:
+            return _FILE
         found = self._kinds.get(path)
         if found is None:
             try:
@@ -182,14 +197,27 @@ class _Files:
             self._kinds[path] = found
         return found
 
-    def real(self, path: str) -> str:
-        """The canonical path: symlinks resolved, in the folders and in the name."""
-        cut = path.rfind("/")
-        directory = path[:cut] or "/"
+    def canonical(self) -> bool:
+        """Whether every surveyed path is canonical already: no symlink in it.
+
+        One ``realpath`` per folder, not per path.
+        """
+        if self._links:
+            return False
+        return all(self._real_dir(folder) == folder for folder in self._folders)
+
+    def _real_dir(self, directory: str) -> str:
         real_dir = self._real_dirs.get(directory)
         if real_dir is None:
             real_dir = os.path.realpath(directory)
             self._real_dirs[directory] = real_dir
+        return real_dir
+
+    def real(self, path: str) -> str:
+        """The canonical path: symlinks resolved, in the folders and in the name."""
+        cut = path.rfind("/")
+        directory = path[:cut] or "/"
+        real_dir = self._real_dir(directory)
         if path in self._links:
             return os.path.realpath(path)
         if real_dir == directory:
@@ -197,11 +225,25 @@ class _Files:
         return real_dir.rstrip("/") + path[cut:]
 
 
+def _unnormal(text: str) -> bool:
+    """Whether normpath may change an absolute path in ``text`` (paths joined by NULs).
+
+    Precise, not just any "/.": a folder such as ``.work`` or ``.venv`` is normal.
+    """
+    return (
+        "//" in text
+        or "/./" in text
+        or "/../" in text
+        or "/\0" in text
+        or "/.\0" in text
+        or "/..\0" in text
+        or text.endswith(("/", "/.", "/.."))
+    )
+
+
 def _norm(path: str) -> str:
     # normpath is costly per call and almost never changes a traced path.
-    if "/." in path or "//" in path or path.endswith("/"):
-        return os.path.normpath(path)
-    return path
+    return os.path.normpath(path) if _unnormal(path) else path
 
 
 def _normalized(events: RawEvents) -> RawEvents:
@@ -209,7 +251,8 @@ def _normalized(events: RawEvents) -> RawEvents:
     out = RawEvents(executables=set(events.executables), programs=set(events.programs))
     for name in ("reads", "writes"):
         table: dict[str, list[int]] = getattr(events, name)
-        if any(_norm(path) is not path for path in table):
+        # One scan of all the paths at once (no path holds a NUL).
+        if _unnormal("\0".join(table)) and any(_norm(path) is not path for path in table):
             clean: dict[str, list[int]] = {}
             for path, (first, last) in table.items():
                 _widen(clean, _norm(path), first, last)
@@ -275,27 +318,46 @@ def resolve_spans(
         own_output_since[path] = min(when, own_output_since.get(path, when))
     removed = {path for _, path in events.removes} | renamed_away
 
-    writes = {p: span for p, span in events.writes.items() if not is_excluded(p, prefixes)}
+    # is_excluded() inlined: comprehensions, not a call per path.
+    writes = {
+        p: span
+        for p, span in events.writes.items()
+        if not (p.startswith(prefixes) or p.endswith(_COMPILED) or "/__pycache__/" in p)
+    }
+    reads = {
+        p: span
+        for p, span in events.reads.items()
+        if not (p.startswith(prefixes) or p.endswith(_COMPILED) or "/__pycache__/" in p)
+    }
     # Reading back what the run itself wrote is not an input (and would make a cycle): a
     # read counts only from before the run's own writing of that path, and ends there.
-    reads: dict[str, list[int]] = {}
-    for path, span in events.reads.items():
-        if is_excluded(path, prefixes):
+    for path, since in own_output_since.items():
+        span = reads.get(path)
+        if span is None:
             continue
-        since = own_output_since.get(path)
-        if since is None:
-            reads[path] = span
-        elif span[0] < since:
+        if span[0] < since:
             reads[path] = [span[0], min(span[1], since)]
+        else:
+            del reads[path]
 
     files = _Files()
-    kinds = files.survey([*writes, *reads])
-    real_of = files.real
+    regular = files.survey([*writes, *reads])
     spans: Spans = {AccessMode.WRITE: {}, AccessMode.READ: {}}
+    if files.canonical():
+        # The usual case: each path is its own canonical form, so none merge and the
+        # spans are kept as they are (a filter, not a loop per path).
+        spans[AccessMode.WRITE] = {p: span for p, span in writes.items() if p in regular}
+        spans[AccessMode.READ] = {
+            p: span
+            for p, span in reads.items()
+            if p in regular or (p in removed and files.kind(p) == _MISSING)
+        }
+        return spans, _resolve_sources(events.sources, files, prefixes)
+    real_of = files.real
     for mode, table in ((AccessMode.WRITE, writes), (AccessMode.READ, reads)):
         kept = spans[mode]
         for path, (first, last) in table.items():
-            kind = kinds[path]
+            kind = _FILE if path in regular else files.kind(path)
             # A write that left no file was deleted within the run (or made a folder). A
             # read of a missing path was a failed open, unless the run itself consumed the
             # file (read it, then moved or deleted it): that is still an input.
@@ -310,27 +372,33 @@ def resolve_spans(
             if known is None:
                 kept[real] = [first, last]
             else:
-                known[0], known[1] = min(known[0], first), max(known[1], last)
+                kept[real] = [min(known[0], first), max(known[1], last)]
+    return spans, _resolve_sources(events.sources, files, prefixes)
 
+
+def _resolve_sources(
+    found: Mapping[str, int], files: _Files, prefixes: tuple[str, ...]
+) -> dict[str, int]:
+    """Source files that still exist, by canonical path, with their first use."""
     sources: dict[str, int] = {}
-    for path, when in events.sources.items():
+    for path, when in found.items():
         if is_excluded(path, prefixes) or files.kind(path) != _FILE:
             continue
-        real = real_of(path)
+        real = files.real(path)
         if is_excluded(real, prefixes):
             continue
         if real not in sources or when < sources[real]:
             sources[real] = when
-    return spans, sources
+    return sources
 
 
-def _access_factory() -> Callable[[str, AccessMode, int, int], Access]:
-    """A fast constructor of data accesses, equal to ``Access(path, mode, first, last)``.
+def _access_builder() -> Callable[[list[str], list[AccessMode], list[list[int]]], list[Access]]:
+    """A fast constructor of many data accesses, equal to ``Access(path, mode, first, last)``.
 
     A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once per field,
-    which made building 10,000 accesses cost as much as tracing them. Here the slots are
-    filled through their descriptors, with the defaults taken from the dataclass itself so
-    a new field cannot be missed.
+    which made building 10,000 accesses cost as much as tracing them. Here each slot is
+    filled for all accesses at once, by mapping its descriptor over them (a loop in C),
+    with the defaults taken from the dataclass itself so a new field cannot be missed.
     """
     defaults = [
         (Access.__dict__[f.name].__set__, f.default)
@@ -338,26 +406,40 @@ def _access_factory() -> Callable[[str, AccessMode, int, int], Access]:
         if f.name not in ("path", "mode", "first_at", "last_at")
     ]
     if any(value is dataclasses.MISSING for _, value in defaults):
-        return Access  # a new required field: take the plain road
+        # A new required field: take the plain road.
+        def plain(
+            paths: list[str], modes: list[AccessMode], spans: list[list[int]]
+        ) -> list[Access]:
+            return [
+                Access(path, mode, first, last)
+                for path, mode, (first, last) in zip(paths, modes, spans, strict=True)
+            ]
+
+        return plain
     set_path, set_mode, set_first, set_last = (
         Access.__dict__[name].__set__ for name in ("path", "mode", "first_at", "last_at")
     )
     new = object.__new__
 
-    def make(path: str, mode: AccessMode, first: int, last: int) -> Access:
-        access: Access = new(Access)
-        set_path(access, path)
-        set_mode(access, mode)
-        set_first(access, first)
-        set_last(access, last)
+    def build(paths: list[str], modes: list[AccessMode], spans: list[list[int]]) -> list[Access]:
+        count = len(paths)
+        accesses: list[Access] = list(map(new, repeat(Access, count)))
+        _consume(map(set_path, accesses, paths))
+        _consume(map(set_mode, accesses, modes))
+        _consume(map(set_first, accesses, map(itemgetter(0), spans)))
+        _consume(map(set_last, accesses, map(itemgetter(1), spans)))
         for setter, value in defaults:
-            setter(access, value)
-        return access
+            _consume(map(setter, accesses, repeat(value, count)))
+        return accesses
 
-    return make
+    return build
 
 
-_new_access = _access_factory()
+def _consume(calls: Iterator[object]) -> None:
+    deque(calls, maxlen=0)
+
+
+_new_accesses = _access_builder()
 
 
 def build_accesses(
@@ -369,27 +451,36 @@ def build_accesses(
     with role "code" (merged with a data read of the same path, if any).
     """
     reads = dict(spans.get(AccessMode.READ, {}))
-    digests: dict[str, tuple[str, int, int]] = {}
-    for path, (when, digest, size, mtime_ns) in (code or {}).items():
-        span = reads.setdefault(path, [when, when])
-        reads[path] = [min(span[0], when), max(span[1], when)]
-        digests[path] = (digest, size, mtime_ns)
-    # (path, mode name) is unique, so the sort never compares the rest of a row.
-    rows = [(path, "read", AccessMode.READ, span) for path, span in reads.items()]
-    for mode, table in spans.items():
-        if mode is not AccessMode.READ:
-            rows += [(path, mode.value, mode, span) for path, span in table.items()]
-    rows.sort()
-    make = _new_access
-    accesses: list[Access] = []
-    append = accesses.append
-    for path, _, mode, (first, last) in rows:
-        hashed = digests.get(path) if digests and mode is AccessMode.READ else None
-        if hashed is None:
-            append(make(path, mode, first, last))
-        else:
-            digest, size, mtime_ns = hashed
-            append(Access(path, mode, first, last, "traced", "code", digest, size, mtime_ns))
+    for path, (when, _, _, _) in (code or {}).items():
+        span = reads.get(path)
+        reads[path] = [when, when] if span is None else [min(span[0], when), max(span[1], when)]
+    tables = [(AccessMode.READ, reads)]
+    tables += [(mode, table) for mode, table in spans.items() if mode is not AccessMode.READ]
+    tables = [(mode, table) for mode, table in tables if table]
+    paths: list[str]
+    modes: list[AccessMode]
+    if len(tables) == 1:
+        # One mode (the usual run only reads, or only writes): plain strings sort fastest.
+        mode, table = tables[0]
+        paths = sorted(table)
+        modes = [mode] * len(paths)
+        rows_spans = list(map(table.__getitem__, paths))
+    else:
+        # (path, mode name) is unique, so the sort never compares the rest of a row.
+        rows = sorted(
+            (path, mode.value, mode, span) for mode, table in tables for path, span in table.items()
+        )
+        paths = [row[0] for row in rows]
+        modes = [row[2] for row in rows]
+        rows_spans = [row[3] for row in rows]
+    accesses = _new_accesses(paths, modes, rows_spans)
+    for path, (_, digest, size, mtime_ns) in (code or {}).items():
+        # A path's read comes first among its rows ("read" sorts before "write").
+        index = bisect_left(paths, path)
+        first, last = reads[path]
+        accesses[index] = Access(
+            path, AccessMode.READ, first, last, "traced", "code", digest, size, mtime_ns
+        )
     return accesses
 
 

@@ -89,28 +89,41 @@ def _install(trace_dir: str) -> None:
     fd = -1
     mapping: mmap.mmap | None = None
     mapped_end = 0
-    position = _CHUNK
 
     def open_trace() -> None:
-        nonlocal fd, mapping, mapped_end, position
+        nonlocal fd, mapping, mapped_end
         name = f"{os.getpid()}-{os.urandom(4).hex()}.trace"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         fd = os.open(os.path.join(trace_dir, name), flags, 0o600)
-        mapping, mapped_end, position = None, 0, _CHUNK
+        mapping, mapped_end = None, 0
         put(f"h\t{os.getpid()}\t{started_at}\t{_escape(sys.executable)}\n")
 
     def put(line: str) -> None:
-        nonlocal fd, mapping, mapped_end, position
         try:
             data = line.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             data = line.encode("utf-8", "backslashreplace")
-        size = len(data)
-        if fd < 0 or size > _CHUNK:
+        store(data)
+
+    def store(data: bytes) -> None:
+        # mmap.write copies and moves the mapping's position in one C call, which no
+        # thread switch or signal handler can split: the common case takes no lock.
+        current = mapping
+        if current is not None:
+            try:
+                current.write(data)
+                return
+            except ValueError:
+                pass  # the chunk is full (or the mapping closed): open the next one
+        grow(current, data)
+
+    def grow(full: mmap.mmap | None, data: bytes) -> None:
+        nonlocal fd, mapping, mapped_end
+        if fd < 0 or len(data) > _CHUNK:
             return
         with lock:
             current = mapping
-            if current is None or position + size > _CHUNK:
+            if current is full:
                 # Grow the file by a zero-filled chunk and map it; the rest of the old
                 # chunk stays NUL, which the reader skips. Allocated, not just truncated:
                 # on a full disk a store into a sparse mapping is a SIGBUS; this fails here
@@ -119,13 +132,15 @@ def _install(trace_dir: str) -> None:
                     os.posix_fallocate(fd, mapped_end, _CHUNK)
                 except OSError:
                     fd = -1
+                    mapping = None
                     return
                 current = mapping = mmap.mmap(fd, _CHUNK, offset=mapped_end)
                 mapped_end += _CHUNK
-                position = 0
-            start = position
-            position = start + size
-            current[start : start + size] = data
+            if current is not None:
+                try:
+                    current.write(data)
+                except ValueError:
+                    grow(current, data)  # another thread filled the new chunk first
 
     def sources() -> list[str]:
         lines = []
@@ -184,39 +199,13 @@ def _install(trace_dir: str) -> None:
         return cwd + path
 
     def first_seen(writing: bool, path: str) -> None:
-        # The hot path of a run that opens many files: put() inlined, one time stamp.
-        nonlocal fd, mapping, mapped_end, position
-        now = time_ns()
-        if writing:
-            first_of, kind = write_first, "w\t"
-        else:
-            first_of, kind = read_first, "r\t"
+        first_of = write_first if writing else read_first
         if path.startswith(ignored_prefixes):
             first_of[path] = 0
             return
+        now = time_ns()
         first_of[path] = now
-        stamp = str(now)
-        if "\\" in path or "\n" in path or "\t" in path:
-            path = _escape(path)
-        line = f"{kind}{stamp}\t{stamp}\t{path}\n"
-        try:
-            data = line.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            data = line.encode("utf-8", "backslashreplace")
-        size = len(data)
-        if fd < 0 or size > _CHUNK:
-            return
-        lock.acquire()
-        try:
-            current = mapping
-            if current is None or position + size > _CHUNK:
-                put(line)  # opens the next chunk
-                return
-            start = position
-            position = start + size
-            current[start : start + size] = data
-        finally:
-            lock.release()
+        put(f"{'w' if writing else 'r'}\t{now}\t{now}\t{_escape(path)}\n")
 
     def on_rename(args: tuple[object, ...]) -> None:
         source = absolute(args[0], args[2] if len(args) > 2 else None)
@@ -305,6 +294,7 @@ def _install(trace_dir: str) -> None:
     get_handler = handlers.get
 
     def hook(event: str, args: tuple[object, ...]) -> None:
+        # The hot path of a run that opens many files: everything for a read inlined.
         nonlocal cwd
         if event != "open":
             handler = get_handler(event)
@@ -316,13 +306,12 @@ def _install(trace_dir: str) -> None:
                     pass
             return
         try:
-            raw = args[0]
-            if isinstance(raw, str):
-                path = raw
-            elif isinstance(raw, (bytes, os.PathLike)):
-                path = fsdecode(raw)
-            else:
-                return  # an fd: the file behind it was recorded when it was opened
+            path = args[0]
+            if not isinstance(path, str):
+                if isinstance(path, (bytes, os.PathLike)):
+                    path = fsdecode(path)
+                else:
+                    return  # an fd: the file behind it was recorded when it was opened
             if path[:1] != "/":
                 if cwd is None:
                     cwd = getcwd().rstrip("/") + "/"
@@ -336,17 +325,40 @@ def _install(trace_dir: str) -> None:
             if writing:
                 if path in write_first:
                     write_last[path] = time_ns()
-                    return
-            elif path in read_first:
+                else:
+                    first_seen(True, path)
+                return
+            if path in read_first:
                 read_last[path] = time_ns()
                 return
-            first_seen(writing, path)
+            if path.startswith(ignored_prefixes):
+                read_first[path] = 0
+                return
+            now = time_ns()
+            read_first[path] = now
+            if "\\" in path or "\n" in path or "\t" in path:
+                path = _escape(path)
+            stamp = str(now)
+            line = f"r\t{stamp}\t{stamp}\t{path}\n"
+            try:
+                data = line.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                data = line.encode("utf-8", "backslashreplace")
+            current = mapping
+            if current is not None:
+                try:
+                    current.write(data)
+                    return
+                except ValueError:
+                    pass
+            grow(current, data)
         except Exception:
             pass
 
     def after_fork_in_child() -> None:
-        nonlocal fd, lock, cwd
+        nonlocal fd, lock, cwd, mapping
         # The inherited mapping is the parent's file: this process gets its own.
+        mapping = None
         try:
             lock = RLock()
             fd = -1
