@@ -428,6 +428,7 @@ class Store:
         store = cls(path)
         side_files = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
         absent = [side for side in side_files if not side.exists()]
+        clean = _closed_cleanly(path)  # read and remove the marker before anything else
         try:
             if path.exists() and path.stat().st_size > 0:
                 # Check on a read-only connection first: switching to WAL, migrating or
@@ -436,7 +437,8 @@ class Store:
                     sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
                 ) as probe:
                     _check_identity(path, probe)
-                    _check_pages(path, probe)
+                    if not clean:
+                        _check_pages(path, probe)
             store._write_conn = store._connect(write=True)
             store._migrate()
             store.ensure_indexes()
@@ -531,6 +533,7 @@ class Store:
                 self._write_conn.execute("PRAGMA optimize")
             self._write_conn.close()
             self._write_conn = None
+            _mark_clean(self.path)
 
     @property
     def _wc(self) -> sqlite3.Connection:
@@ -1837,6 +1840,42 @@ def _remove_created(created: list[Path]) -> None:
         if side.name.endswith("-shm") and not side.with_name(side.name[:-4] + "-wal").exists():
             with contextlib.suppress(OSError):
                 side.unlink()
+
+
+def _clean_marker(path: Path) -> Path:
+    return Path(f"{path}-clean")
+
+
+def _identity_of(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+
+def _mark_clean(path: Path) -> None:
+    """After a clean close (the WAL checkpointed away), remember exactly which file that was.
+
+    The next open skips the full ``quick_check`` when the file is still byte-for-byte the
+    one closed here: same inode, size, mtime and ctime (a write, or a utime to hide one,
+    moves ctime). The marker is removed at open, so a crash never leaves one behind.
+    """
+    if Path(f"{path}-wal").exists() or not path.exists():
+        return
+    with contextlib.suppress(OSError):
+        _clean_marker(path).write_text(_identity_of(path) + "\n")
+
+
+def _closed_cleanly(path: Path) -> bool:
+    marker = _clean_marker(path)
+    try:
+        recorded = marker.read_text().strip()
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):
+        marker.unlink()
+    try:
+        return recorded == _identity_of(path) and not Path(f"{path}-wal").exists()
+    except OSError:
+        return False
 
 
 def _check_pages(path: Path, conn: sqlite3.Connection) -> None:

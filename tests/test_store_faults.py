@@ -385,3 +385,27 @@ def test_corrupt_pages_are_refused_and_left_untouched(tmp_path: Path, intact: in
     # Today the damage stops the check before its list: the error names it instead.
     assert "problem:" in report or "malformed" in report, report
     assert db.read_bytes() == bytes(image)
+
+
+def test_a_clean_close_skips_the_page_check_only_for_the_very_same_file(tmp_path: Path) -> None:
+    """After a clean close the next start skips the O(size) page check; any write to the
+    file since then, even with its mtime put back, brings the check back."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(200):
+        (data / f"f{i}.csv").write_bytes(f"{i}\n".encode() * 50)
+    state = tmp_path / "state"
+    made = lineaged_cmd("--once", "--state-dir", str(state), "--watch", f"{data}:data")
+    assert made.returncode == 0, made.stderr
+    db = state / DB_NAME
+    marker = state / (DB_NAME + "-clean")
+    assert marker.exists()
+    st = db.stat()
+    image = bytearray(db.read_bytes())
+    image[8192:] = random.Random(7).randbytes(len(image) - 8192)
+    db.write_bytes(bytes(image))
+    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the write from mtime
+    run = lineaged_cmd("--once", "--state-dir", str(state), "--watch", f"{data}:data")
+    assert run.returncode == 1 and "corrupt" in run.stderr, run.stderr
+    assert db.read_bytes() == bytes(image)
+    assert not marker.exists()
