@@ -20,7 +20,13 @@ from typing import Any
 
 from lineaged import __version__
 from lineaged.config import Config
-from lineaged.errors import InvalidArgument, NotFound, PathOutsideRoots, ResourceExhausted
+from lineaged.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PathOutsideRoots,
+    ResourceExhausted,
+)
 from lineaged.indexer import Indexer, RootSet, WatchedRoot
 from lineaged.models import (
     Access,
@@ -41,7 +47,7 @@ from lineaged.models import (
     Version,
 )
 from lineaged.scanner import Scanner, ScanStats
-from lineaged.store import Store, Writer
+from lineaged.store import Store, Writer, digest_to_blob
 from lineaged.watcher import POLL_SECONDS, OverflowDetector, Pipeline, RootWatcher, root_identity
 
 __all__ = ["MAX_ACCESSES", "MAX_DEPTH", "MAX_NODES", "MAX_PAGE", "Engine", "Subscription"]
@@ -213,7 +219,6 @@ class Engine:
             target=self._scan_loop, name="lineaged-scan", daemon=True
         )
         self._overflow = OverflowDetector(self._on_overflow)
-        self._last_root_check = 0.0
         self._progress_listeners: list[Callable[[ScanState], None]] = []
         self._counts_cache: tuple[float, Counts] | None = None
         self._progress_base = ScanStats()
@@ -721,8 +726,6 @@ class Engine:
         if access.role not in ("data", "code"):
             raise InvalidArgument(f"access role is data or code, got {access.role!r}")
         if access.digest:
-            from lineaged.store import digest_to_blob
-
             digest_to_blob(access.digest)
         if access.size < 0 or access.first_at < 0 or access.last_at < 0:
             raise InvalidArgument("sizes and times cannot be negative")
@@ -752,8 +755,6 @@ class Engine:
             raise InvalidArgument("at most 100 warnings of at most 4096 characters")
         run = self.store.get_run(run_id)
         if run.status is not RunStatus.RUNNING:
-            from lineaged.errors import FailedPrecondition
-
             raise FailedPrecondition(f"run {run.run_id} already ended ({run.status.value})")
         run_id = run.run_id
         outputs = self.writer.call(lambda store: store.run_accesses(run_id, AccessMode.WRITE))

@@ -18,7 +18,7 @@ from typing import Any
 from lineaged import hasher
 from lineaged.config import IgnoreRules
 from lineaged.errors import HashError
-from lineaged.models import ChangeKind, Root, StatKey, Version
+from lineaged.models import ChangeKind, Root, StatKey
 from lineaged.store import CacheEntry, Store, VersionWrite, Writer
 
 __all__ = ["RACY_NS", "Indexer", "RootSet", "WatchedRoot", "needs_hash"]
@@ -194,8 +194,3 @@ class Indexer:
             return [("gone", p, how) for p in store.record_gone(paths, at, how)]
 
         return self.writer.submit(job)
-
-    def current(self, path: str) -> Version | None:
-        """Bring ``path`` up to date (hash through the stat cache) and return its version."""
-        self.observe({path: ChangeKind.RUN}, wait=True)
-        return self.store.current_version(path)

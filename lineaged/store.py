@@ -41,6 +41,7 @@ from lineaged.errors import (
     NotFound,
     StoreError,
 )
+from lineaged.hasher import hash_bytes
 from lineaged.models import (
     Access,
     AccessMode,
@@ -416,7 +417,6 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._write_conn: sqlite3.Connection | None = None
-        self._artifact_ids: dict[str, int] = {}
 
     # -- opening and closing
 
@@ -581,7 +581,6 @@ class Store:
         """Roll the write transaction back."""
         if self._wc.in_transaction:
             self._wc.execute("ROLLBACK")
-        self._artifact_ids.clear()  # ids inserted by the rolled-back transaction are gone
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -596,7 +595,6 @@ class Store:
         try:
             yield
         except BaseException as exc:
-            self._artifact_ids.clear()
             if not conn.in_transaction:
                 raise TransactionLost(f"{exc}; the transaction was rolled back") from exc
             try:
@@ -626,26 +624,14 @@ class Store:
             conn.execute("UPDATE roots SET role=? WHERE id=?", (role.value, row[0]))
         return int(row[0])
 
-    def _artifact_id(self, path: str, root_id: int | None) -> int:
-        cached = self._artifact_ids.get(path)
-        if cached is not None:
-            return cached
+    def _external_artifact_id(self, path: str) -> int:
+        """The artifact of a path outside every root, created on first report."""
         conn = self._wc
-        row = conn.execute("SELECT id, root_id FROM artifacts WHERE path=?", (path,)).fetchone()
-        if row is None:
-            cur = conn.execute(
-                "INSERT INTO artifacts(path, root_id) VALUES (?, ?)", (path, root_id)
-            )
-            artifact_id = int(cur.lastrowid or 0)
-        else:
-            artifact_id = int(row[0])
-            if row[1] is None and root_id is not None:
-                # An external path became part of a root: it is watched from now on.
-                conn.execute("UPDATE artifacts SET root_id=? WHERE id=?", (root_id, artifact_id))
-        if len(self._artifact_ids) > 200_000:
-            self._artifact_ids.clear()
-        self._artifact_ids[path] = artifact_id
-        return artifact_id
+        row = conn.execute("SELECT id FROM artifacts WHERE path=?", (path,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        cur = conn.execute("INSERT INTO artifacts(path, root_id) VALUES (?, NULL)", (path,))
+        return int(cur.lastrowid or 0)
 
     # -- versions (writes)
 
@@ -802,7 +788,7 @@ class Store:
     def record_external(self, path: str, digest: str, size: int, mtime_ns: int, at: int) -> int:
         """The version id of a file outside every root, as a client hashed it."""
         conn = self._wc
-        artifact_id = self._artifact_id(path, None)
+        artifact_id = self._external_artifact_id(path)
         blob = digest_to_blob(digest)
         current = conn.execute(
             "SELECT id, digest, valid_from FROM versions WHERE artifact_id=? AND valid_until IS NULL",
@@ -1792,9 +1778,7 @@ def _valid_from(write: VersionWrite, previous_from: int | None) -> int:
 
 
 def _blake3(data: bytes) -> bytes:
-    import blake3
-
-    return bytes(blake3.blake3(data).digest())
+    return bytes.fromhex(hash_bytes(data))
 
 
 def _iso(ns: int) -> str:

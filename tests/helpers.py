@@ -12,6 +12,12 @@ from pathlib import Path
 
 import blake3
 
+from lineaged.config import Config
+from lineaged.engine import Engine
+from lineaged.models import Role, Root
+from lineaged.store import DB_NAME, Store
+from lineaged.watcher import POLL_SECONDS
+
 B3SUM = shutil.which("b3sum")
 
 
@@ -97,3 +103,69 @@ def all_digests(db: Path) -> set[str]:
         rows = conn.execute("SELECT DISTINCT digest FROM versions").fetchall()
     conn.close()
     return {d.hex() for (d,) in rows}
+
+
+class EngineHarness:
+    """A real engine (watchdog observers, pipeline, SQLite store) on ``data`` and ``models``
+    roots under ``tmp_path``; ``start()`` waits for the initial scan."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        settle_ms: int = 50,
+        scan_interval: float = 0,
+        poll_interval: float = POLL_SECONDS,
+    ) -> None:
+        self.tmp = tmp_path
+        self.data = tmp_path / "data"
+        self.models = tmp_path / "models"
+        self.data.mkdir(exist_ok=True)
+        self.models.mkdir(exist_ok=True)
+        self.state = tmp_path / "state"
+        self.state.mkdir(exist_ok=True)
+        self.db = self.state / DB_NAME
+        self.config = Config(
+            roots=(Root(str(self.data), Role.DATA), Root(str(self.models), Role.MODEL)),
+            state_dir=self.state,
+            socket=tmp_path / "sock" / "s",
+            settle_ms=settle_ms,
+            scan_interval=scan_interval,
+        )
+        self.store = Store.open(self.db)
+        self.engine = Engine(self.config, self.store, poll_interval=poll_interval)
+
+    def start(self) -> EngineHarness:
+        self.engine.start()
+        wait_for(lambda: self.engine.serving, what="initial scan")
+        return self
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.store.close()
+
+    def live(self) -> dict[str, str]:
+        self.engine.wait_idle()
+        return live_digests(self.db)
+
+    def root(self, path: Path) -> Root:
+        """The status of one root."""
+        return next(r for r in self.engine.status().roots if r.path == str(path))
+
+    def scans(self) -> int:
+        return self.engine.status().scan.scans_completed
+
+    def expect(self, path: Path, data: bytes | None, timeout: float = 20.0) -> None:
+        """Wait until the store's current version of ``path`` is ``data`` (None: gone)."""
+        want = None if data is None else b3(data)
+        wait_for(
+            lambda: live_digests(self.db).get(str(path)) == want,
+            timeout=timeout,
+            what=f"{path} -> {want}",
+        )
+
+    def expect_truth(self) -> None:
+        truth = ground_truth(self.data, self.models)
+        wait_for(
+            lambda: live_digests(self.db) == truth, timeout=60, what="store == os.walk + b3sum"
+        )

@@ -30,61 +30,19 @@ import pytest
 from watchdog.observers import inotify_c
 
 from lineaged import watcher as watcher_module
-from lineaged.config import Config
-from lineaged.engine import Engine
-from lineaged.models import Role, Root
-from lineaged.store import DB_NAME, Store
-from tests.helpers import b3, ground_truth, history, live_digests, wait_for
+from lineaged.store import DB_NAME
+from tests.helpers import EngineHarness, b3, ground_truth, history, live_digests, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class Harness:
-    """A started engine on ``data`` and ``models`` roots, polling every 0.2 s when it polls."""
+class Harness(EngineHarness):
+    """The shared engine harness, polling every 0.2 s when it polls."""
 
     def __init__(self, tmp_path: Path, *, settle_ms: int = 50, scan_interval: float = 0) -> None:
-        self.tmp = tmp_path
-        self.data = tmp_path / "data"
-        self.models = tmp_path / "models"
-        self.data.mkdir(exist_ok=True)
-        self.models.mkdir(exist_ok=True)
-        self.state = tmp_path / "state"
-        self.state.mkdir(exist_ok=True)
-        self.db = self.state / DB_NAME
-        self.config = Config(
-            roots=(Root(str(self.data), Role.DATA), Root(str(self.models), Role.MODEL)),
-            state_dir=self.state,
-            socket=tmp_path / "sock" / "s",
-            settle_ms=settle_ms,
-            scan_interval=scan_interval,
+        super().__init__(
+            tmp_path, settle_ms=settle_ms, scan_interval=scan_interval, poll_interval=0.2
         )
-        self.store = Store.open(self.db)
-        self.engine = Engine(self.config, self.store, poll_interval=0.2)
-
-    def start(self) -> Harness:
-        self.engine.start()
-        wait_for(lambda: self.engine.serving, what="initial scan")
-        return self
-
-    def stop(self) -> None:
-        self.engine.stop()
-        self.store.close()
-
-    def root(self, path: Path) -> Root:
-        """The status of one root."""
-        return next(r for r in self.engine.status().roots if r.path == str(path))
-
-    def expect(self, path: Path, data: bytes | None, timeout: float = 20.0) -> None:
-        """Wait until the store's current version of ``path`` is ``data`` (None: gone)."""
-        want = None if data is None else b3(data)
-        wait_for(
-            lambda: live_digests(self.db).get(str(path)) == want,
-            timeout=timeout,
-            what=f"{path} -> {want}",
-        )
-
-    def scans(self) -> int:
-        return self.engine.status().scan.scans_completed
 
     def assert_working(self) -> None:
         """The engine still records changes and still scans: nothing died."""

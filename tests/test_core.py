@@ -14,58 +14,10 @@ import pytest
 from watchdog.observers import inotify_c
 
 from lineaged import hasher
-from lineaged.config import Config
 from lineaged.engine import Engine
-from lineaged.models import Role, Root
-from lineaged.store import DB_NAME, Store
-from tests.helpers import B3SUM, b3, ground_truth, history, live_digests, wait_for
+from tests.helpers import B3SUM, EngineHarness, b3, history, live_digests, wait_for
 
-
-class Harness:
-    """A started engine on ``data`` and ``models`` roots under tmp_path."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.data = tmp_path / "data"
-        self.models = tmp_path / "models"
-        self.data.mkdir(exist_ok=True)
-        self.models.mkdir(exist_ok=True)
-        self.state = tmp_path / "state"
-        self.state.mkdir(exist_ok=True)
-        self.db = self.state / DB_NAME
-        self.config = Config(
-            roots=(Root(str(self.data), Role.DATA), Root(str(self.models), Role.MODEL)),
-            state_dir=self.state,
-            socket=tmp_path / "sock" / "s",
-            settle_ms=50,
-            scan_interval=0,
-        )
-        self.store = Store.open(self.db)
-        self.engine = Engine(self.config, self.store)
-
-    def start(self) -> Harness:
-        self.engine.start()
-        wait_for(lambda: self.engine.serving, what="initial scan")
-        return self
-
-    def stop(self) -> None:
-        self.engine.stop()
-        self.store.close()
-
-    def live(self) -> dict[str, str]:
-        self.engine.wait_idle()
-        return live_digests(self.db)
-
-    def expect(self, path: Path, data: bytes | None) -> None:
-        """Wait until the store's current version of ``path`` is ``data`` (None: gone)."""
-        want = None if data is None else b3(data)
-        wait_for(lambda: live_digests(self.db).get(str(path)) == want, what=f"{path} -> {want}")
-
-    def expect_truth(self) -> None:
-        truth = ground_truth(self.data, self.models)
-        wait_for(
-            lambda: live_digests(self.db) == truth, timeout=60, what="store == os.walk + b3sum"
-        )
+Harness = EngineHarness
 
 
 @pytest.fixture

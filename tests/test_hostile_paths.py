@@ -116,6 +116,14 @@ def test_paths_that_escape_a_root_are_never_opened(
 
     shown = client.get_run(run.run_id)
     assert shown.status is RunStatus.SUCCEEDED
-    time.sleep(0.3)  # let inotify deliver any late open event before looking
-    assert spy.opened == [], f"the daemon opened files outside its roots: {spy.opened}"
+    # inotify delivers events in order: once our own open of a sentinel is seen, any open
+    # the daemon made of the secret before it has been seen too.
+    sentinel = base / "sentinel"
+    sentinel.write_bytes(b"")
+    with open(sentinel, "rb"):
+        pass
+    wait_for(lambda: str(sentinel) in spy.opened, what="the sentinel's open event")
+    assert [p for p in spy.opened if p != str(sentinel)] == [], (
+        f"the daemon opened files outside its roots: {spy.opened}"
+    )
     assert daemon.alive()

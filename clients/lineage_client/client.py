@@ -23,10 +23,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-import blake3
 import grpc
 
-from lineaged import convert, errors
+from lineaged import convert, errors, hasher
 from lineaged._proto.lineage.v1 import lineage_pb2 as pb
 from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
 from lineaged.errors import (
@@ -36,7 +35,6 @@ from lineaged.errors import (
     LineageError,
     NotFound,
     PermissionDenied,
-    UnstableFile,
 )
 from lineaged.models import (
     Access,
@@ -84,19 +82,13 @@ class Page(Generic[_T]):
 
 
 def digest_file(path: str | os.PathLike[str]) -> tuple[str, int, int]:
-    """BLAKE3 hex digest, size and mtime_ns of a file's complete, stable content."""
-    for _ in range(5):
-        before = os.stat(path)
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        hasher.update_mmap(os.fspath(path))
-        after = os.stat(path)
-        if (before.st_size, before.st_mtime_ns, before.st_ino) == (
-            after.st_size,
-            after.st_mtime_ns,
-            after.st_ino,
-        ):
-            return hasher.hexdigest(), after.st_size, after.st_mtime_ns
-    raise UnstableFile(f"{path} kept changing while it was hashed; try again when it is written")
+    """BLAKE3 hex digest, size and mtime_ns of a file's complete, stable content.
+
+    The daemon's own hasher (one descriptor, fstat before and after, bounded retries), run
+    here because files outside the watched roots are hashed by the client, as the user.
+    """
+    result = hasher.hash_file(path)
+    return result.digest, result.stat_key.size, result.stat_key.mtime_ns
 
 
 def parse_time(text: str | int | dt.datetime, *, now: int | None = None) -> int:
@@ -608,10 +600,13 @@ class RunRecorder:
     def _files(self, path: str | os.PathLike[str]) -> list[str]:
         absolute = Client._abspath(path)
         if os.path.isdir(absolute):
+            # Links resolved, as every path the client sends is (the daemon follows none).
             return sorted(
-                os.path.join(folder, name)
-                for folder, _, names in os.walk(absolute)
-                for name in names
+                {
+                    os.path.realpath(os.path.join(folder, name))
+                    for folder, _, names in os.walk(absolute)
+                    for name in names
+                }
             )
         return [absolute]
 

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
-import blake3
-
+from lineaged.hasher import hash_file
 from lineaged.models import Access
 
 __all__ = ["hash_external"]
 
-_CHUNK = 1 << 20
-
 
 def _digest_file(path: str) -> tuple[str, int, int]:
-    """Return (BLAKE3 hex digest, size, mtime_ns) of the file at ``path``.
-
-    The one place this package reads file bytes; the lead may swap the body for
-    ``lineaged.hasher.hash_file`` once that lands.
-    """
-    # One descriptor for the bytes and the stat, so size and mtime describe what was hashed.
-    with open(path, "rb") as stream:
-        before = os.fstat(stream.fileno())
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        size = 0
-        while chunk := stream.read(_CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-        return hasher.hexdigest(), size, before.st_mtime_ns
+    """Return (BLAKE3 hex digest, size, mtime_ns) of the file at ``path``, through the daemon's
+    hasher: one descriptor, fstat before and after, so the digest is of a complete state."""
+    result = hash_file(path)
+    return result.digest, result.stat_key.size, result.stat_key.mtime_ns
 
 
 def hash_external(access: Access) -> Access:
