@@ -207,11 +207,15 @@ def parse_time(message: Any, field: str, *, required: bool = False) -> int | Non
 
 def _set_time(message: Any, field: str, ns: int | None) -> None:
     if ns is not None:
-        getattr(message, field).CopyFrom(ns_to_ts(ns))
+        ts = getattr(message, field)  # set in place: no Timestamp built and copied
+        ts.seconds, ts.nanos = divmod(ns, 1_000_000_000)
 
 
 def _get_time(message: Any, field: str) -> int | None:
-    return ns_from_ts(getattr(message, field)) if message.HasField(field) else None
+    if not message.HasField(field):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(message, field)
+    return ts.seconds * 1_000_000_000 + ts.nanos
 
 
 # --- scalar validation -------------------------------------------------------------------
@@ -339,17 +343,19 @@ def decode_page_token(token: str, kind: str) -> int | None:
 
 def version_to_pb(version: Version) -> pb.Version:
     """The wire form of a version."""
-    message = pb.Version(
-        id=version.id,
-        path=version.path,
-        digest=version.digest,
-        size=version.size,
-        seen=_CHANGE_TO_PB.get(version.seen, pb.CHANGE_KIND_UNSPECIFIED),
-        closed_by=_CHANGE_TO_PB.get(version.closed_by, pb.CHANGE_KIND_UNSPECIFIED)
-        if version.closed_by is not None
-        else pb.CHANGE_KIND_UNSPECIFIED,
-        external=version.external,
-    )
+    return _fill_version(pb.Version(), version)
+
+
+def _fill_version(message: pb.Version, version: Version) -> pb.Version:
+    # Fills a message in place, so graphs build theirs inside the repeated field (no copy).
+    message.id = version.id
+    message.path = version.path
+    message.digest = version.digest
+    message.size = version.size
+    message.seen = _CHANGE_TO_PB.get(version.seen, pb.CHANGE_KIND_UNSPECIFIED)
+    if version.closed_by is not None:
+        message.closed_by = _CHANGE_TO_PB.get(version.closed_by, pb.CHANGE_KIND_UNSPECIFIED)
+    message.external = version.external
     _set_time(message, "mtime", version.mtime_ns)
     _set_time(message, "valid_from", version.valid_from)
     _set_time(message, "valid_until", version.valid_until)
@@ -358,13 +364,15 @@ def version_to_pb(version: Version) -> pb.Version:
 
 def version_from_pb(message: pb.Version) -> Version:
     """A version read back from the wire (responses: lenient about unknown enum numbers)."""
+    # Unset timestamps read as zero, which is what an unset mtime or valid_from means here.
+    mtime, valid_from = message.mtime, message.valid_from
     return Version(
         id=message.id,
         path=message.path,
         digest=message.digest,
         size=message.size,
-        mtime_ns=_get_time(message, "mtime") or 0,
-        valid_from=_get_time(message, "valid_from") or 0,
+        mtime_ns=mtime.seconds * 1_000_000_000 + mtime.nanos,
+        valid_from=valid_from.seconds * 1_000_000_000 + valid_from.nanos,
         valid_until=_get_time(message, "valid_until"),
         seen=_CHANGE_FROM_PB.get(message.seen, ChangeKind.SCAN),
         closed_by=_CHANGE_FROM_PB.get(message.closed_by),
@@ -376,18 +384,24 @@ def version_from_pb(message: pb.Version) -> Version:
 
 
 def _code_to_pb(code: CodeState, *, with_diff: bool) -> pb.CodeState:
-    return pb.CodeState(
-        commit=code.commit,
-        branch=code.branch,
-        remote=code.remote,
-        dirty=code.dirty,
-        diff=code.diff if with_diff else b"",
-        diff_digest=code.diff_digest,
-        diff_size=code.diff_size,
-        diff_truncated=code.diff_truncated,
-        untracked=list(code.untracked),
-        sources=[pb.SourceFile(path=s.path, digest=s.digest) for s in code.sources],
-    )
+    return _fill_code(pb.CodeState(), code, with_diff=with_diff)
+
+
+def _fill_code(message: pb.CodeState, code: CodeState, *, with_diff: bool) -> pb.CodeState:
+    message.commit = code.commit
+    message.branch = code.branch
+    message.remote = code.remote
+    message.dirty = code.dirty
+    if with_diff:
+        message.diff = code.diff
+    message.diff_digest = code.diff_digest
+    message.diff_size = code.diff_size
+    message.diff_truncated = code.diff_truncated
+    message.untracked.extend(code.untracked)
+    add = message.sources.add
+    for source in code.sources:
+        add(path=source.path, digest=source.digest)
+    return message
 
 
 def _code_from_pb(message: pb.CodeState) -> CodeState:
@@ -400,20 +414,24 @@ def _code_from_pb(message: pb.CodeState) -> CodeState:
         diff_digest=message.diff_digest,
         diff_size=message.diff_size,
         diff_truncated=message.diff_truncated,
-        untracked=tuple(message.untracked),
-        sources=tuple(SourceFile(path=s.path, digest=s.digest) for s in message.sources),
+        untracked=tuple(message.untracked) if message.untracked else (),
+        sources=tuple([SourceFile(s.path, s.digest) for s in message.sources]),
     )
 
 
 def _env_to_pb(env: EnvState) -> pb.EnvState:
-    return pb.EnvState(
-        python_version=env.python_version,
-        implementation=env.implementation,
-        platform=env.platform,
-        packages=list(env.packages),
-        packages_digest=env.packages_digest,
-        variables=dict(env.variables),
-    )
+    return _fill_env(pb.EnvState(), env)
+
+
+def _fill_env(message: pb.EnvState, env: EnvState) -> pb.EnvState:
+    message.python_version = env.python_version
+    message.implementation = env.implementation
+    message.platform = env.platform
+    message.packages.extend(env.packages)
+    message.packages_digest = env.packages_digest
+    if env.variables:
+        message.variables.update(env.variables)
+    return message
 
 
 def _env_from_pb(message: pb.EnvState) -> EnvState:
@@ -434,33 +452,45 @@ def run_status_to_pb(status: RunStatus | None) -> pb.RunStatus.ValueType:
 
 def run_to_pb(run: Run, *, with_diff: bool = True) -> pb.Run:
     """The wire form of a run; lineage graphs leave the (possibly large) diff out."""
-    message = pb.Run(
-        run_id=run.run_id,
-        name=run.name,
-        argv=list(run.argv),
-        cwd=run.cwd,
-        host=run.host,
-        user=run.user,
-        pid=run.pid,
-        status=_STATUS_TO_PB.get(run.status, pb.RUN_STATUS_UNSPECIFIED),
-        params=dict(run.params),
-        parent_run_id=run.parent_run_id,
-        warnings=list(run.warnings),
-        id=run.id,
-    )
+    return _fill_run(pb.Run(), run, with_diff=with_diff, envs={})
+
+
+def _fill_run(
+    message: pb.Run, run: Run, *, with_diff: bool, envs: dict[int, pb.EnvState]
+) -> pb.Run:
+    # ``envs``: the environments already encoded for this answer, by object; the runs of
+    # one environment share its (large) EnvState, which is encoded once and copied after.
+    message.run_id = run.run_id
+    message.name = run.name
+    message.argv.extend(run.argv)
+    message.cwd = run.cwd
+    message.host = run.host
+    message.user = run.user
+    message.pid = run.pid
+    message.status = _STATUS_TO_PB.get(run.status, pb.RUN_STATUS_UNSPECIFIED)
+    if run.params:
+        message.params.update(run.params)
+    message.parent_run_id = run.parent_run_id
+    message.warnings.extend(run.warnings)
+    message.id = run.id
     _set_time(message, "started_at", run.started_at)
     _set_time(message, "ended_at", run.ended_at)
     if run.exit_code is not None:
         message.exit_code = run.exit_code
     if run.code is not None:
-        message.code.CopyFrom(_code_to_pb(run.code, with_diff=with_diff))
+        _fill_code(message.code, run.code, with_diff=with_diff)
     if run.env is not None:
-        message.env.CopyFrom(_env_to_pb(run.env))
+        done = envs.get(id(run.env))
+        if done is None:
+            envs[id(run.env)] = _fill_env(message.env, run.env)
+        else:
+            message.env.CopyFrom(done)
     return message
 
 
 def run_from_pb(message: pb.Run) -> Run:
     """A run read back from the wire."""
+    started = message.started_at  # unset reads as zero, which is what it means here
     return Run(
         run_id=message.run_id,
         name=message.name,
@@ -469,15 +499,16 @@ def run_from_pb(message: pb.Run) -> Run:
         host=message.host,
         user=message.user,
         pid=message.pid,
-        started_at=_get_time(message, "started_at") or 0,
+        started_at=started.seconds * 1_000_000_000 + started.nanos,
         ended_at=_get_time(message, "ended_at"),
         status=_STATUS_FROM_PB.get(message.status, RunStatus.RUNNING),
         exit_code=message.exit_code if message.HasField("exit_code") else None,
-        params=dict(message.params),
+        # Empty containers skip the conversion: graphs decode many runs, most without them.
+        params=dict(message.params) if message.params else {},
         parent_run_id=message.parent_run_id,
         code=_code_from_pb(message.code) if message.HasField("code") else None,
         env=_env_from_pb(message.env) if message.HasField("env") else None,
-        warnings=tuple(message.warnings),
+        warnings=tuple(message.warnings) if message.warnings else (),
         id=message.id,
     )
 
@@ -760,17 +791,6 @@ def parse_lineage(request: pb.GetLineageRequest) -> LineageQuery:
     return LineageQuery(start, direction, depth, nodes)
 
 
-def _edge_to_pb(edge: Edge) -> pb.Edge:
-    return pb.Edge(
-        source=edge.source,
-        target=edge.target,
-        kind=_EDGE_TO_PB.get(edge.kind, pb.EDGE_KIND_UNSPECIFIED),
-        how=_HOW_TO_PB.get(edge.how, pb.ACCESS_HOW_UNSPECIFIED),
-        role=_ACCESS_ROLE_TO_PB.get(edge.role, pb.ACCESS_ROLE_UNSPECIFIED),
-        changed_during_run=edge.changed_during_run,
-    )
-
-
 def _edge_from_pb(message: pb.Edge) -> Edge:
     return Edge(
         source=message.source,
@@ -784,21 +804,35 @@ def _edge_from_pb(message: pb.Edge) -> Edge:
 
 def graph_to_pb(graph: Graph) -> pb.Graph:
     """The wire form of a lineage graph (run diffs left out: GetRun carries them)."""
-    return pb.Graph(
-        versions=[version_to_pb(v) for v in graph.versions],
-        runs=[run_to_pb(r, with_diff=False) for r in graph.runs],
-        edges=[_edge_to_pb(e) for e in graph.edges],
-        truncated=graph.truncated,
-        start=list(graph.start),
-    )
+    # Every node is built in place inside its repeated field: building separate messages and
+    # handing them over copies each one again, which doubled the cost of a large graph.
+    message = pb.Graph(truncated=graph.truncated, start=graph.start)
+    add_version = message.versions.add
+    for version in graph.versions:
+        _fill_version(add_version(), version)
+    add_run = message.runs.add
+    envs: dict[int, pb.EnvState] = {}
+    for run in graph.runs:
+        _fill_run(add_run(), run, with_diff=False, envs=envs)
+    add_edge = message.edges.add
+    for edge in graph.edges:
+        add_edge(
+            source=edge.source,
+            target=edge.target,
+            kind=_EDGE_TO_PB.get(edge.kind, pb.EDGE_KIND_UNSPECIFIED),
+            how=_HOW_TO_PB.get(edge.how, pb.ACCESS_HOW_UNSPECIFIED),
+            role=_ACCESS_ROLE_TO_PB.get(edge.role, pb.ACCESS_ROLE_UNSPECIFIED),
+            changed_during_run=edge.changed_during_run,
+        )
+    return message
 
 
 def graph_from_pb(message: pb.Graph) -> Graph:
     """A lineage graph read back from the wire."""
     return Graph(
-        versions=tuple(version_from_pb(v) for v in message.versions),
-        runs=tuple(run_from_pb(r) for r in message.runs),
-        edges=tuple(_edge_from_pb(e) for e in message.edges),
+        versions=tuple(map(version_from_pb, message.versions)),
+        runs=tuple(map(run_from_pb, message.runs)),
+        edges=tuple(map(_edge_from_pb, message.edges)),
         truncated=message.truncated,
         start=tuple(message.start),
     )
@@ -885,7 +919,7 @@ def status_from_pb(message: pb.GetStatusResponse) -> Status:
     return Status(
         version=message.version,
         pid=message.pid,
-        started_at=_get_time(message, "started_at") or 0,
+        started_at=message.started_at.seconds * 1_000_000_000 + message.started_at.nanos,
         state_dir=message.state_dir,
         socket=message.socket,
         roots=tuple(

@@ -296,25 +296,30 @@ _RUN_COLUMNS = (
 )
 
 
+# Enum members by stored value: a dict lookup, where ``ChangeKind(text)`` walks the enum
+# machinery (graphs and histories decode hundreds of rows per call).
+_CHANGE_KINDS = {kind.value: kind for kind in ChangeKind}
+_RUN_STATUSES = {status.value: status for status in RunStatus}
+
+
 def _version(row: Sequence[Any]) -> Version:
     return Version(
         id=row[0],
         path=row[1],
-        digest=_hex(row[2]),
+        digest=row[2].hex(),
         size=row[3],
         mtime_ns=row[4],
         valid_from=row[5],
         valid_until=row[6],
-        seen=ChangeKind(row[7]),
-        closed_by=ChangeKind(row[8]) if row[8] else None,
+        seen=_CHANGE_KINDS[row[7]],
+        closed_by=_CHANGE_KINDS[row[8]] if row[8] else None,
         external=bool(row[9]),
     )
 
 
-def _code_from_json(body: str | None, diff_digest: bytes | None) -> CodeState | None:
-    if not body:
+def _code_from_raw(raw: dict[str, Any] | None, diff_digest: bytes | None) -> CodeState | None:
+    if not raw:
         return None
-    raw = json.loads(body)
     return CodeState(
         commit=raw.get("commit", ""),
         branch=raw.get("branch", ""),
@@ -374,8 +379,30 @@ def _env_from_json(body: str | None) -> EnvState | None:
     )
 
 
-def _run(row: Sequence[Any], sources: tuple[SourceFile, ...] = ()) -> Run:
-    code = _code_from_json(row[14], row[15])
+def _runs(
+    rows: Sequence[Sequence[Any]], sources: Mapping[int, tuple[SourceFile, ...]]
+) -> list[Run]:
+    """Decode run rows: one JSON parse for every row's argv, params, code and warnings (a
+    lineage graph or a listing decodes many runs; one call per field would dominate)."""
+    texts: list[str] = []
+    for row in rows:
+        texts += (row[3] or "[]", row[12] or "{}", row[14] or "null", row[17] or "[]")
+    decoded = json.loads("[" + ",".join(texts) + "]")
+    return [
+        _run(row, sources.get(row[0], ()), *decoded[4 * i : 4 * i + 4])
+        for i, row in enumerate(rows)
+    ]
+
+
+def _run(
+    row: Sequence[Any],
+    sources: tuple[SourceFile, ...],
+    argv: list[str],
+    params: dict[str, str],
+    code_raw: dict[str, Any] | None,
+    warnings: list[str],
+) -> Run:
+    code = _code_from_raw(code_raw, row[15])
     if sources and code is None:
         code = CodeState(sources=sources)  # not in a git work tree: the sources still count
     elif code is not None and sources and not code.sources:
@@ -384,20 +411,20 @@ def _run(row: Sequence[Any], sources: tuple[SourceFile, ...] = ()) -> Run:
         id=row[0],
         run_id=row[1],
         name=row[2],
-        argv=tuple(json.loads(row[3] or "[]")),
+        argv=tuple(argv),
         cwd=row[4] or "",
         host=row[5] or "",
         user=row[6] or "",
         pid=row[7] or 0,
         started_at=row[8],
         ended_at=row[9],
-        status=RunStatus(row[10]),
+        status=_RUN_STATUSES[row[10]],
         exit_code=row[11],
-        params=json.loads(row[12] or "{}"),
+        params=params,
         parent_run_id=row[13] or "",
         code=code,
         env=_env_from_json(row[16]),
-        warnings=tuple(json.loads(row[17] or "[]")),
+        warnings=tuple(warnings),
     )
 
 
@@ -1158,7 +1185,7 @@ class Store:
         if not rows:
             return []
         sources = self._sources(conn, [r[0] for r in rows])
-        return [_run(r, sources.get(r[0], ())) for r in rows]
+        return _runs(rows, sources)
 
     def _sources(
         self, conn: sqlite3.Connection, run_row_ids: Sequence[int]
@@ -1285,9 +1312,15 @@ class Store:
                     way, [r.id for r in start_runs], max_depth=max_depth, max_nodes=max_nodes
                 )
             run_ids = sorted(graph.run_ids | {r.id for r in start_runs})
-            runs = self._runs_where(
-                conn, "r.id IN (SELECT value FROM json_each(?))", (json.dumps(run_ids),)
-            )
+            # One query loads every edge of the walked runs; their code edges are the runs'
+            # sources, so the runs need no query of their own for them.
+            sources = graph.load_edges(run_ids)
+            rows = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs r LEFT JOIN envs e ON e.id=r.env_id "
+                "WHERE r.id IN (SELECT value FROM json_each(?))",
+                (json.dumps(run_ids),),
+            ).fetchall()
+            runs = _runs(rows, sources)
             versions, edges = graph.finish({r.id: r.run_id for r in runs})
         return Graph(
             versions=tuple(versions),
@@ -1417,6 +1450,7 @@ class _GraphBuilder:
         self.run_ids: set[int] = set()
         self.truncated = False
         self._kept: list[tuple[Direction, set[int], set[bytes]]] = []
+        self._edges: list[tuple[Any, ...]] = []
 
     def walk(
         self, direction: Direction, start_runs: Sequence[int], *, max_depth: int, max_nodes: int
@@ -1460,23 +1494,34 @@ class _GraphBuilder:
                 return True
         return False
 
+    def load_edges(self, run_ids: Sequence[int]) -> dict[int, tuple[SourceFile, ...]]:
+        """Load every edge of ``run_ids`` once; returns each run's code sources by path."""
+        self._edges = self.conn.execute(
+            "SELECT e.run_id, e.version_id, e.kind, e.how, e.role, e.changed_during_run, "
+            "v.digest, a.path FROM edges e JOIN versions v ON v.id = e.version_id "
+            "JOIN artifacts a ON a.id = v.artifact_id "
+            "WHERE e.run_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(run_ids)),),
+        ).fetchall()
+        found: dict[int, list[SourceFile]] = {}
+        for run_id, _, kind, _, role, _, digest, path in self._edges:
+            if role == "code" and kind == "read":
+                found.setdefault(run_id, []).append(SourceFile(path, digest.hex()))
+        return {
+            run_id: tuple(sorted(files, key=lambda s: s.path)) for run_id, files in found.items()
+        }
+
     def finish(self, run_uids: Mapping[int, str]) -> tuple[list[Version], list[Edge]]:
-        """Load the edges between the walked runs and digests, and their versions."""
+        """Keep the loaded edges that lie on a walk, and load their versions."""
         kept: dict[tuple[int, int, str], tuple[str, str, int]] = {}
-        for _, runs, digests in self._kept:
-            if not runs:
-                continue
-            for run_id, version_id, kind, how, role, changed, digest in self.conn.execute(
-                "SELECT e.run_id, e.version_id, e.kind, e.how, e.role, e.changed_during_run, "
-                "v.digest FROM edges e JOIN versions v ON v.id = e.version_id "
-                "WHERE e.run_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(sorted(runs)),),
-            ):
-                # Only edges that lie on the walk: a run's other outputs (going up) or
-                # other inputs (going down) are not part of this lineage.
-                if bytes(digest) not in digests:
-                    continue
-                kept[(run_id, version_id, kind)] = (how, role, changed)
+        walks = [(runs, digests) for _, runs, digests in self._kept if runs]
+        for run_id, version_id, kind, how, role, changed, digest, _ in self._edges:
+            # Only edges that lie on the walk: a run's other outputs (going up) or
+            # other inputs (going down) are not part of this lineage.
+            for runs, digests in walks:
+                if run_id in runs and digest in digests:
+                    kept[(run_id, version_id, kind)] = (how, role, changed)
+                    break
         version_ids = {v for _, v, _ in kept} | {v.id for v in self.start_versions}
         versions = {v.id: v for v in self.start_versions}
         for row in self.conn.execute(
@@ -1485,9 +1530,10 @@ class _GraphBuilder:
             (json.dumps(sorted(version_ids - versions.keys())),),
         ):
             versions[row[0]] = _version(row)
+        run_nodes = {run_id: run_node_id(uid) for run_id, uid in run_uids.items()}
         edges = [
             Edge(
-                source=run_node_id(run_uids[run_id]),
+                source=run_nodes[run_id],
                 target=version_node_id(version_id),
                 kind=kind,
                 how=how or "traced",
@@ -1495,7 +1541,7 @@ class _GraphBuilder:
                 changed_during_run=bool(changed),
             )
             for (run_id, version_id, kind), (how, role, changed) in kept.items()
-            if run_id in run_uids
+            if run_id in run_nodes
         ]
         edges += _bridges(versions, kept)
         edges.sort(key=lambda e: (e.source, e.target, e.kind))

@@ -198,6 +198,24 @@ def test_graph_round_trip_leaves_diffs_out(
         assert got == Run(**{**{f: getattr(sent, f) for f in Run.__slots__}, "code": expected_code})
 
 
+def test_runs_sharing_an_environment_each_carry_it() -> None:
+    # graph_to_pb encodes an environment object once and copies it into the other runs.
+    shared = EnvState(
+        "3.11.7", "CPython", "Linux-x86_64", ("numpy==2.1.0",), "a" * 64, {"LANG": "C"}
+    )
+    own = EnvState("3.12.1", "CPython", "Linux-x86_64", ("torch==2.5.0",), "b" * 64, {})
+    graph_runs = tuple(
+        Run(f"{i:032x}", "train", ("python",), "/srv", "host", "me", 1, 10**18, None,
+            RunStatus.RUNNING, None, {}, "", None, env, (), i + 1)
+        for i, env in enumerate((shared, None, shared, own, shared))
+    )  # fmt: skip
+    graph = Graph((), graph_runs, (), False, ())
+    back = convert.graph_from_pb(
+        pb.Graph.FromString(convert.graph_to_pb(graph).SerializeToString())
+    )
+    assert [r.env for r in back.runs] == [shared, None, shared, own, shared]
+
+
 @settings(max_examples=40)
 @given(
     st.builds(
