@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,16 +19,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lineaged import __version__
+from lineaged import __version__, hasher
 from lineaged.config import Config
 from lineaged.errors import (
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     PathOutsideRoots,
     ResourceExhausted,
 )
-from lineaged.indexer import Indexer, RootSet, WatchedRoot
+from lineaged.indexer import RACY_NS, Indexer, RootSet, WatchedRoot
 from lineaged.models import (
     Access,
     AccessMode,
@@ -42,12 +42,13 @@ from lineaged.models import (
     RunStatus,
     ScanState,
     StartNode,
+    StatKey,
     Status,
     VerifyItem,
     Version,
 )
 from lineaged.scanner import Scanner, ScanStats
-from lineaged.store import Store, Writer, digest_to_blob
+from lineaged.store import Store, Writer, digest_to_blob, pack_stat_key
 from lineaged.watcher import POLL_SECONDS, OverflowDetector, Pipeline, RootWatcher, root_identity
 
 __all__ = ["MAX_ACCESSES", "MAX_DEPTH", "MAX_NODES", "MAX_PAGE", "Engine", "Subscription"]
@@ -167,6 +168,45 @@ def _check_abs(path: str) -> str:
             f"paths are absolute on the wire (the client resolves them): {path!r}"
         )
     return os.path.normpath(path)
+
+
+class _PathFacts:
+    """What one batch of a run's accesses learnt about paths: real folders, lstat results.
+
+    A run reports thousands of files in a few folders: each folder is resolved once and
+    each file is lstat-ed once, for both the link check and the stat cache.
+    """
+
+    __slots__ = ("real_dirs", "stats")
+
+    def __init__(self) -> None:
+        self.real_dirs: dict[str, str] = {}
+        self.stats: dict[str, os.stat_result | None] = {}
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        """``os.lstat(path)``, None when it fails; remembered."""
+        if path in self.stats:
+            return self.stats[path]
+        try:
+            found: os.stat_result | None = os.lstat(path)
+        except OSError:
+            found = None
+        self.stats[path] = found
+        return found
+
+
+def _real_path(path: str, facts: _PathFacts) -> str:
+    """``os.path.realpath(path)``, one ``lstat`` of the file and each folder resolved once."""
+    folder, _, name = path.rpartition("/")
+    folder = folder or "/"
+    real_dir = facts.real_dirs.get(folder)
+    if real_dir is None:
+        real_dir = facts.real_dirs[folder] = os.path.realpath(folder)
+    st = facts.lstat(path)
+    is_link = st is not None and stat.S_ISLNK(st.st_mode)  # missing: realpath keeps the name
+    if is_link or name in ("", ".", ".."):
+        return os.path.realpath(path)
+    return real_dir.rstrip("/") + "/" + name
 
 
 class Engine:
@@ -662,7 +702,7 @@ class Engine:
             raise InvalidArgument("argv has at most 10000 arguments without NUL bytes")
         if start.cwd:
             _check_abs(start.cwd)
-        run_id = self.writer.call(lambda store: store.begin_run(start))
+        run_id = self.writer.call(lambda store: store.begin_run(start), urgent=True)
         run = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=run)])
         return run
@@ -676,44 +716,53 @@ class Engine:
         """
         if len(accesses) > MAX_ACCESSES:
             raise InvalidArgument(f"at most {MAX_ACCESSES} accesses per call, got {len(accesses)}")
-        clean = [self._check_access(a) for a in accesses]
+        facts = _PathFacts()
+        clean = [self._check_access(a, facts) for a in accesses]
         self.store.get_run(run_id)  # NotFound early, before hashing anything
+        tracked = self.roots.tracked
+        reads = [a for a in clean if a.mode is AccessMode.READ and tracked(a.path)]
         # Bring every read path under a root up to date first (hash through the stat cache),
         # so the version that was current at first open is in the store.
-        reads = {
-            a.path: ChangeKind.MODIFIED
-            for a in clean
-            if a.mode is AccessMode.READ and self.roots.tracked(a.path)
-        }
-        if reads:
-            self.indexer.observe(reads, wait=True)
-        resolved: list[tuple[Access, int | None]] = []
-        for access in clean:
-            if access.mode is AccessMode.READ and self.roots.tracked(access.path):
-                resolved.append((access, self._version_for_read(access)))
-            else:
-                resolved.append((access, None))
-        roots = self.roots
+        self._refresh([a.path for a in reads], facts)
+        versions = self.store.read_versions([(a.path, a.first_at) for a in reads])
+        linked = [(versions[a.path], a) for a in reads if a.path in versions]
+        # Files outside every root carry the digest the client computed (never opened here).
+        external = [a for a in clean if a.digest and self.roots.root_for(a.path) is None]
 
         def job(store: Store) -> int:
             store.add_accesses(run_id, clean)
-            for access, version_id in resolved:
-                if version_id is not None:
-                    store.link(run_id, version_id, "read", access)
-                elif roots.root_for(access.path) is None and access.digest:
-                    external = store.record_external(
-                        access.path, access.digest, access.size, access.mtime_ns, access.first_at
-                    )
-                    kind = "read" if access.mode is AccessMode.READ else "wrote"
-                    store.link(run_id, external, kind, access)
+            store.link_many(run_id, "read", linked)
+            for access in external:
+                version_id = store.record_external(
+                    access.path, access.digest, access.size, access.mtime_ns, access.first_at
+                )
+                kind = "read" if access.mode is AccessMode.READ else "wrote"
+                store.link(run_id, version_id, kind, access)
             return len(clean)
 
-        return self.writer.call(job)
+        return self.writer.call(job, urgent=True)
 
-    def _check_access(self, access: Access) -> Access:
+    def _refresh(self, paths: Sequence[str], facts: _PathFacts) -> None:
+        """Index the paths whose stat key the cache does not vouch for (usually none)."""
+        # needs_hash() as the rescan applies it: a packed key the store trusts, compared whole.
+        trusted = self.store.trusted_keys_of(paths, hasher.HASH_FORMAT, RACY_NS)
+        stale: dict[str, ChangeKind] = {}
+        for path in paths:
+            st = facts.lstat(path)
+            # Missing or not a regular file: the indexer records it gone (or logs why).
+            if (
+                st is None
+                or not stat.S_ISREG(st.st_mode)
+                or trusted.get(path) != pack_stat_key(StatKey.from_stat(st))
+            ):
+                stale[path] = ChangeKind.MODIFIED
+        if stale:
+            self.indexer.observe(stale, wait=True)
+
+    def _check_access(self, access: Access, facts: _PathFacts) -> Access:
         path = _check_abs(access.path)
         if self.roots.root_for(path) is not None:
-            real = os.path.realpath(path)
+            real = _real_path(path, facts)
             if real != path:
                 # The daemon opens paths under its roots (to hash them); a link could make
                 # it open something elsewhere on a client's behalf, so links are refused.
@@ -730,14 +779,9 @@ class Engine:
         if access.size < 0 or access.first_at < 0 or access.last_at < 0:
             raise InvalidArgument("sizes and times cannot be negative")
         last = max(access.last_at, access.first_at)
+        if path == access.path and last == access.last_at:
+            return access  # the usual case: no copy of thousands of frozen objects
         return replace(access, path=path, last_at=last)
-
-    def _version_for_read(self, access: Access) -> int | None:
-        try:
-            return self.store.version_at(access.path, access.first_at).id
-        except NotFound:
-            current = self.store.current_version(access.path)
-            return current.id if current is not None else None
 
     def end_run(
         self,
@@ -757,27 +801,28 @@ class Engine:
         if run.status is not RunStatus.RUNNING:
             raise FailedPrecondition(f"run {run.run_id} already ended ({run.status.value})")
         run_id = run.run_id
-        outputs = self.writer.call(lambda store: store.run_accesses(run_id, AccessMode.WRITE))
+        outputs = self.writer.call(
+            lambda store: store.run_accesses(run_id, AccessMode.WRITE), urgent=True
+        )
         tracked = {a.path: ChangeKind.RUN for a in outputs if self.roots.tracked(a.path)}
         if tracked:
             self.indexer.observe(tracked, wait=True)
-        linked: list[tuple[Access, int]] = []
+        linked: list[tuple[int, Access]] = []
         for access in outputs:
             if access.path in tracked:
                 current = self.store.current_version(access.path)
                 if current is not None:
-                    linked.append((access, current.id))
+                    linked.append((current.id, access))
         end = ended_at or time.time_ns()
 
         def job(store: Store) -> None:
-            for access, version_id in linked:
-                store.link(run_id, version_id, "wrote", access)
+            store.link_many(run_id, "wrote", linked)
             store.flag_changed_reads(run_id, end)
             store.end_run(
                 run_id, exit_code=exit_code, status=status, ended_at=end, warnings=warnings
             )
 
-        self.writer.call(job)
+        self.writer.call(job, urgent=True)
         finished = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=finished)])
         return finished

@@ -103,6 +103,8 @@ class CacheEntry:
 
 
 _STAT_KEY = struct.Struct("<5q")
+# Paths per query when a run's accesses are looked up in bulk (one JSON array per query).
+_BATCH_PATHS = 5_000
 
 
 def pack_stat_key(key: StatKey) -> bytes:
@@ -961,6 +963,21 @@ class Store:
         )
         return cur.rowcount > 0
 
+    def link_many(self, run_id: str, kind: str, links: Sequence[tuple[int, Access]]) -> None:
+        """:meth:`link` for many (version id, access) pairs: one statement, run looked up once."""
+        conn = self._wc
+        row_id, _, _ = self._run_row_id(conn, run_id)
+        conn.executemany(
+            "INSERT INTO edges(run_id, version_id, kind, how, role, first_at, last_at, "
+            "changed_during_run) VALUES (?,?,?,?,?,?,?,0) "
+            "ON CONFLICT(run_id, kind, version_id) DO UPDATE SET "
+            "first_at=min(first_at, excluded.first_at), last_at=max(last_at, excluded.last_at)",
+            [
+                (row_id, version_id, kind, a.how, a.role, a.first_at, a.last_at)
+                for version_id, a in links
+            ],
+        )
+
     def run_accesses(self, run_id: str, mode: AccessMode) -> list[Access]:
         """The raw accesses a run reported, merged per path (write connection)."""
         conn = self._wc
@@ -1072,6 +1089,47 @@ class Store:
         if r is None:
             return None
         return CacheEntry(r[0], StatKey(*_STAT_KEY.unpack(r[1])), _hex(r[2]), r[3], r[4])
+
+    def trusted_keys_of(
+        self, paths: Sequence[str], hash_format: int, racy_ns: int
+    ) -> dict[str, bytes | None]:
+        """:meth:`trusted_keys` for given paths (a run's reads), one query per chunk."""
+        keys: dict[str, bytes | None] = {}
+        for chunk in _chunks(paths, _BATCH_PATHS):
+            rows = self._rc.execute(
+                "SELECT a.path, CASE WHEN a.hash_format=? AND a.cache_mtime_ns < a.checked_at - ? "
+                "THEN a.cache_key END FROM json_each(?) j JOIN artifacts a ON a.path=j.value "
+                "WHERE a.cache_key IS NOT NULL",
+                (hash_format, racy_ns, json.dumps(list(chunk))),
+            ).fetchall()
+            keys.update(rows)
+        return keys
+
+    def read_versions(self, reads: Sequence[tuple[str, int]]) -> dict[str, int]:
+        """For each (path, time): the version the path held then, else its current one.
+
+        What :meth:`version_at` then :meth:`current_version` answer, for a run's reads in one
+        query per chunk; paths with neither are left out.
+        """
+        found: dict[str, int] = {}
+        for chunk in _chunks(reads, _BATCH_PATHS):
+            rows = self._rc.execute(
+                "SELECT a.path, ("
+                " SELECT v.id FROM versions v WHERE v.artifact_id=a.id AND v.valid_from<=w.at"
+                " AND (v.valid_until IS NULL OR v.valid_until>w.at)"
+                " ORDER BY v.valid_from DESC LIMIT 1"
+                "), ("
+                " SELECT v.id FROM versions v WHERE v.artifact_id=a.id AND v.valid_until IS NULL"
+                ") FROM (SELECT json_extract(j.value, '$[0]') AS path, json_extract(j.value, '$[1]') AS at"
+                " FROM json_each(?) j) w"
+                " JOIN artifacts a ON a.path=w.path",
+                (json.dumps(list(chunk)),),
+            ).fetchall()
+            for path, at_time, current in rows:
+                version_id = at_time if at_time is not None else current
+                if version_id is not None:
+                    found[path] = int(version_id)
+        return found
 
     def live_paths_under(self, directory: str) -> list[str]:
         """Every path with a current version at or below ``directory``."""
@@ -1614,7 +1672,10 @@ class Writer:
         self.batch_jobs = batch_jobs
         self.after_commit = after_commit
         self.on_recovered = on_recovered
-        self._queue: queue.Queue[tuple[Callable[[Store], Any], Future[Any]] | None] = queue.Queue()
+        # (job, future, urgent): an urgent job's batch is written without waiting for more.
+        self._queue: queue.Queue[tuple[Callable[[Store], Any], Future[Any], bool] | None] = (
+            queue.Queue()
+        )
         self._thread = threading.Thread(target=self._loop, name="lineaged-writer", daemon=True)
         self._stopping = False
         self._problem = ""
@@ -1653,18 +1714,24 @@ class Writer:
         """Jobs given up since the last batch that committed."""
         return self._lost
 
-    def submit(self, job: Callable[[Store], T]) -> Future[T]:
-        """Queue ``job(store)`` to run in a write transaction."""
+    def submit(self, job: Callable[[Store], T], *, urgent: bool = False) -> Future[T]:
+        """Queue ``job(store)`` to run in a write transaction.
+
+        ``urgent``: a client waits on it (a run being recorded), so its batch commits with
+        what is queued already instead of waiting ``batch_seconds`` for more.
+        """
         future: Future[T] = Future()
         if self._stopping and not self._thread.is_alive():
             future.set_exception(StoreError("the store writer has stopped"))
             return future
-        self._queue.put((job, future))
+        self._queue.put((job, future, urgent))
         return future
 
-    def call(self, job: Callable[[Store], T], timeout: float | None = 60.0) -> T:
+    def call(
+        self, job: Callable[[Store], T], timeout: float | None = 60.0, *, urgent: bool = False
+    ) -> T:
         """Run ``job`` on the writer thread and wait for its committed result."""
-        return self.submit(job).result(timeout)
+        return self.submit(job, urgent=urgent).result(timeout)
 
     def _loop(self) -> None:
         stop = False
@@ -1672,14 +1739,15 @@ class Writer:
             item = self._queue.get()
             if item is None:
                 break
-            batch = [item]
+            batch = [item[:2]]
+            urgent = item[2]
             deadline = time.monotonic() + self.batch_seconds
             while len(batch) < self.batch_jobs:
                 remaining = deadline - time.monotonic()
                 try:
                     nxt = (
                         self._queue.get(timeout=max(0.0, remaining))
-                        if remaining > 0
+                        if remaining > 0 and not urgent
                         else self._queue.get_nowait()
                     )
                 except queue.Empty:
@@ -1687,7 +1755,8 @@ class Writer:
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
+                batch.append(nxt[:2])
+                urgent = urgent or nxt[2]
             try:
                 self._run_batch(batch)
             except BaseException as exc:  # the one writer must outlive any batch

@@ -12,20 +12,29 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lineage_client import render
 from lineage_client.client import Client
 from lineaged.errors import LineageError, PermissionDenied
 from lineaged.models import Direction, RunStatus, StartNode, VerifyState
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace, Client], int]
 
 
+def _render() -> ModuleType:
+    # Imported when a command prints: `lineage run` prints none of it and starts faster.
+    from lineage_client import render
+
+    return render
+
+
 def _emit(args: argparse.Namespace, human: Callable[[], str], data: Callable[[], Any]) -> int:
-    print(render.dumps(data()) if args.json else human())
+    print(_render().dumps(data()) if args.json else human())
     return 0
 
 
@@ -33,11 +42,13 @@ def _emit(args: argparse.Namespace, human: Callable[[], str], data: Callable[[],
 
 
 def _status(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
     status = client.status()
     return _emit(args, lambda: render.status_text(status), lambda: render.status_json(status))
 
 
 def _log(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
     versions = list(islice(client.iter_history(args.path), None if args.all else args.limit))
     return _emit(
         args,
@@ -50,6 +61,7 @@ def _log(args: argparse.Namespace, client: Client) -> int:
 
 
 def _where(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
     versions = client.find_digest(args.digest)
     return _emit(
         args,
@@ -60,6 +72,7 @@ def _where(args: argparse.Namespace, client: Client) -> int:
 
 def _lineage(direction: Direction) -> Handler:
     def command(args: argparse.Namespace, client: Client) -> int:
+        render = _render()
         graph = client.lineage(
             args.target, direction, max_depth=args.depth, max_nodes=args.max_nodes
         )
@@ -77,6 +90,7 @@ def _lineage(direction: Direction) -> Handler:
 
 
 def _runs(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
     runs = list(
         client.iter_runs(
             limit=args.limit,
@@ -94,6 +108,7 @@ def _runs(args: argparse.Namespace, client: Client) -> int:
 
 
 def _show(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
     run = client.get_run(args.run)
     graph = client.lineage(StartNode(run_id=run.run_id), Direction.BOTH, max_depth=1)
     return _emit(
@@ -104,6 +119,7 @@ def _show(args: argparse.Namespace, client: Client) -> int:
 
 
 def _verify(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
     items = client.verify(args.target)
     _emit(
         args,

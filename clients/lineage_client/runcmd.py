@@ -30,7 +30,15 @@ from lineage_client.capture import (
 )
 from lineage_client.client import Client
 from lineaged.errors import InvalidArgument, LineageError
-from lineaged.models import Access, AccessMode, CodeState, EnvState, RunStart, RunStatus
+from lineaged.models import (
+    Access,
+    AccessMode,
+    CodeState,
+    EnvState,
+    Root,
+    RunStart,
+    RunStatus,
+)
 
 __all__ = ["PARENT_ENV", "main_run", "run_name"]
 
@@ -97,14 +105,19 @@ def _status(captured: CapturedRun) -> RunStatus:
     return RunStatus.SUCCEEDED if captured.exit_code == 0 else RunStatus.FAILED
 
 
-def _accesses(client: Client, captured: CapturedRun) -> list[Access]:
+def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
     """The traced accesses, with files outside every root hashed here (as the user), and
     the sources the command executed or imported as code inputs."""
+    # Traced paths are canonical already (capture resolves links): a prefix test per path,
+    # no realpath.
+    bases = tuple(root.path.rstrip("/") for root in roots)
+    prefixes = tuple(base + "/" for base in bases)
     by_key: dict[tuple[str, AccessMode], Access] = {}
     for access in captured.accesses:
-        if not access.digest and client.under_root(access.path) is None:
+        path = access.path
+        if not access.digest and not (path.startswith(prefixes) or path in bases):
             access = hash_external(access)
-        by_key[(access.path, access.mode)] = access
+        by_key[(path, access.mode)] = access
     for source in captured.sources:
         key = (source.path, AccessMode.READ)
         seen = by_key.get(key)
@@ -168,7 +181,7 @@ def main_run(args: argparse.Namespace, client: Client) -> int:
     for warning in captured.warnings:
         print(f"lineage: warning: {warning}", file=sys.stderr)
     try:
-        accesses = _accesses(client, captured)
+        accesses = _accesses(status.roots, captured)
         if accesses:
             client.record_accesses(run.run_id, accesses)
         ended = client.end_run(

@@ -9,13 +9,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import blake3
 
+from lineage_client.capture import _envprobe
 from lineaged.models import EnvState
 
 __all__ = ["DEFAULT_ALLOWLIST", "SECRET_MARKERS", "env_state", "looks_secret"]
@@ -68,23 +69,6 @@ SECRET_MARKERS: tuple[str, ...] = (
     "COOKIE",
 )
 
-# Run in another interpreter to describe it; prints one JSON object.
-_PROBE = """
-import json, platform, sys
-from importlib import metadata
-seen = {}
-for dist in metadata.distributions():
-    name = dist.metadata["Name"]
-    if name and name.lower() not in seen:
-        seen[name.lower()] = f"{name}=={dist.version}"
-print(json.dumps({
-    "python_version": platform.python_version(),
-    "implementation": platform.python_implementation(),
-    "platform": platform.platform(),
-    "packages": sorted(seen.values(), key=str.lower),
-}))
-"""
-
 
 def looks_secret(name: str) -> bool:
     """Whether a variable name looks like it holds a secret (never recorded)."""
@@ -102,28 +86,13 @@ def _variables(allowlist: Sequence[str], environ: Mapping[str, str]) -> dict[str
     return dict(sorted(chosen.items()))
 
 
-def _installed() -> list[str]:
-    from importlib import metadata
-
-    seen: dict[str, str] = {}
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        # The first one on sys.path wins, as it does for imports.
-        if name and name.lower() not in seen:
-            seen[name.lower()] = f"{name}=={dist.version}"
-    return sorted(seen.values(), key=str.lower)
-
-
 def _describe(python: str | None, environ: Mapping[str, str]) -> dict[str, object]:
     if python is None or _same_interpreter(python):
-        return {
-            "python_version": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "platform": platform.platform(),
-            "packages": _installed(),
-        }
+        return _envprobe.describe()
+    # The probe's own source, run as ``-c`` so sys.path is what the command would see.
+    probe = Path(_envprobe.__file__).read_text(encoding="utf-8")
     done = subprocess.run(
-        [python, "-c", _PROBE],
+        [python, "-c", probe],
         capture_output=True,
         env=dict(environ),
         timeout=120,

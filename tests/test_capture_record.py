@@ -1,0 +1,154 @@
+"""Recording a traced run in the daemon: the bulk lookups behind RecordAccesses give the
+answers the one-by-one rules gave, and a client's waits skip the writer's batching delay."""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from lineage_client.capture._envprobe import installed
+
+from lineaged.errors import NotFound, PathOutsideRoots
+from lineaged.models import Access, AccessMode, Direction, RunStart, RunStatus, StartNode
+from lineaged.store import Store, Writer
+from tests.helpers import EngineHarness, b3
+
+
+def _start() -> RunStart:
+    return RunStart(
+        name="traced",
+        argv=("python", "x.py"),
+        cwd="/",
+        host="h",
+        user="u",
+        pid=1,
+        started_at=time.time_ns(),
+        params={},
+        parent_run_id="",
+        code=None,
+        env=None,
+    )
+
+
+def _read(path: Path | str, at: int) -> Access:
+    return Access(
+        path=str(path), mode=AccessMode.READ, first_at=at, last_at=at, how="traced", role="data"
+    )
+
+
+def _one_by_one(store: Store, path: str, at: int) -> int | None:
+    """What the engine asked per read before the bulk query: version_at, else current."""
+    try:
+        return store.version_at(path, at).id
+    except NotFound:
+        current = store.current_version(path)
+        return current.id if current is not None else None
+
+
+def _read_digests(harness: EngineHarness, run_id: str) -> dict[str, str]:
+    graph = harness.store.lineage(
+        StartNode(run_id=run_id), Direction.UPSTREAM, max_depth=1, max_nodes=1000
+    )
+    by_id = {f"version:{v.id}": v for v in graph.versions}
+    return {by_id[e.target].path: by_id[e.target].digest for e in graph.edges if e.kind == "read"}
+
+
+def test_read_versions_equal_version_at_then_current(tmp_path: Path) -> None:
+    harness = EngineHarness(tmp_path)
+    changed = harness.data / "a.txt"
+    changed.write_bytes(b"one")
+    os.utime(changed, ns=(10**18, 10**18))  # a known valid_from for the first version
+    steady = harness.data / "b.txt"
+    steady.write_bytes(b"steady")
+    harness.start()
+    try:
+        changed.write_bytes(b"two")
+        harness.expect(changed, b"two")
+        store = harness.store
+        newest, oldest = store.history(str(changed), limit=10)
+        times = [0, oldest.valid_from - 1, oldest.valid_from, newest.valid_from, time.time_ns()]
+        paths = [str(changed), str(steady), str(harness.data / "never.txt")]
+        answers = set()
+        for path in paths:
+            for at in times:
+                expected = _one_by_one(store, path, at)
+                found = store.read_versions([(path, at)]).get(path)
+                assert found == expected, (path, at)
+                answers.add(found)
+        # Every case was met: before any version, the old one, the new one, no artifact.
+        assert {oldest.id, newest.id, None} <= answers
+        many = store.read_versions([(paths[0], oldest.valid_from), (paths[1], 0)])
+        assert many == {paths[0]: oldest.id, paths[1]: _one_by_one(store, paths[1], 0)}
+    finally:
+        harness.stop()
+
+
+def test_a_read_the_watcher_has_not_seen_yet_is_hashed_first(tmp_path: Path) -> None:
+    # A settle time far beyond the test: only the run's own stat check can see the change.
+    harness = EngineHarness(tmp_path, settle_ms=600_000)
+    path = harness.data / "late.txt"
+    path.write_bytes(b"before")
+    # Old mtimes: outside the racy window, only the stat key comparison can tell.
+    os.utime(path, ns=(10**18, 10**18))
+    harness.start()
+    try:
+        path.write_bytes(b"after the scan, longer")
+        os.utime(path, ns=(10**18 + 10**9, 10**18 + 10**9))
+        engine = harness.engine
+        run = engine.begin_run(_start())
+        engine.record_accesses(run.run_id, [_read(path, time.time_ns())])
+        engine.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
+        assert _read_digests(harness, run.run_id) == {str(path): b3(b"after the scan, longer")}
+    finally:
+        harness.stop()
+
+
+def test_many_reads_link_each_file_once_and_links_are_refused(tmp_path: Path) -> None:
+    harness = EngineHarness(tmp_path)
+    folder = harness.data / "many"
+    folder.mkdir()
+    files = [folder / f"f{i:03d}" for i in range(200)]
+    for index, file in enumerate(files):
+        file.write_bytes(b"%d" % index)
+    (harness.data / "link").symlink_to(folder)
+    harness.start()
+    try:
+        engine = harness.engine
+        run = engine.begin_run(_start())
+        now = time.time_ns()
+        assert engine.record_accesses(run.run_id, [_read(f, now) for f in files]) == len(files)
+        # Reported twice (a second batch): still one edge per file.
+        engine.record_accesses(run.run_id, [_read(f, now + 1) for f in files[:10]])
+        with pytest.raises(PathOutsideRoots, match="symbolic link"):
+            engine.record_accesses(run.run_id, [_read(harness.data / "link" / "f000", now)])
+        engine.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
+        assert _read_digests(harness, run.run_id) == {
+            str(f): b3(b"%d" % i) for i, f in enumerate(files)
+        }
+    finally:
+        harness.stop()
+
+
+def test_an_urgent_job_does_not_wait_for_the_batch_to_fill(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store.db")
+    # An hour's batching: without urgent, the call below would time out.
+    writer = Writer(store, batch_seconds=3600)
+    writer.start()
+    try:
+        assert writer.call(lambda s: 42, timeout=60, urgent=True) == 42
+    finally:
+        writer.stop()
+        store.close()
+
+
+def test_installed_distributions_match_importlib_metadata() -> None:
+    seen: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in seen:
+            seen[name.lower()] = f"{name}=={dist.version}"
+    assert installed() == sorted(seen.values(), key=str.lower)
+    assert any(item.startswith("grpcio==") for item in installed())
