@@ -10,6 +10,7 @@ codes; the client maps status codes back to the same classes.
     │   ├── PathOutsideRoots          INVALID_ARGUMENT     exit 2
     │   └── ConfigError               INVALID_ARGUMENT     exit 2
     ├── NotFound                      NOT_FOUND            exit 3
+    ├── AlreadyExists                 ALREADY_EXISTS       exit 1
     ├── DaemonUnavailable             UNAVAILABLE          exit 4
     ├── Unauthenticated               UNAUTHENTICATED      exit 5
     ├── PermissionDenied              PERMISSION_DENIED    exit 5
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AlreadyExists",
     "AlreadyRunning",
     "AmbiguousDigest",
     "ConfigError",
@@ -85,6 +87,13 @@ class NotFound(LineageError):
 
     grpc_status = "NOT_FOUND"
     exit_code = 3
+
+
+class AlreadyExists(LineageError):
+    """Something the request would create exists already (a run id chosen by the client)."""
+
+    grpc_status = "ALREADY_EXISTS"
+    exit_code = 1
 
 
 class DaemonUnavailable(LineageError):
@@ -152,6 +161,7 @@ class UnstableFile(HashError):
 _BY_STATUS: dict[str, type[LineageError]] = {
     "INVALID_ARGUMENT": InvalidArgument,
     "NOT_FOUND": NotFound,
+    "ALREADY_EXISTS": AlreadyExists,
     "UNAVAILABLE": DaemonUnavailable,
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,

@@ -7,6 +7,8 @@ Times are integers of nanoseconds since the Unix epoch (``time.time_ns()``). Dig
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -200,6 +202,7 @@ class RunStart:
     parent_run_id: str = ""
     code: CodeState | None = None
     env: EnvState | None = None
+    run_id: str = ""  # chosen by the client (see BeginRunRequest.run_id); "" = the daemon's
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +294,20 @@ class VerifyItem:
     version_id: int = 0
     run_id: str = ""
     changed_during_run: bool = False
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def new_run_id() -> str:
+    """A time-ordered, unique run id (48-bit ms timestamp + 80 random bits, as 32 hex)."""
+    millis = time.time_ns() // 1_000_000
+    return f"{millis:012x}{uuid.uuid4().hex[:20]}"
+
+
+def is_new_run_id(text: str) -> bool:
+    """Whether ``text`` has the form ``new_run_id`` makes: 32 lowercase hex characters."""
+    return len(text) == 32 and _HEX_DIGITS.issuperset(text)
 
 
 def version_node_id(version_id: int) -> str:

@@ -16,13 +16,13 @@ import dataclasses
 import functools
 import json
 import logging
+import operator
 import os
 import queue
 import sqlite3
 import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 
 from lineaged.errors import (
+    AlreadyExists,
     AmbiguousDigest,
     CorruptStore,
     FailedPrecondition,
@@ -63,6 +64,8 @@ from lineaged.models import (
     VerifyItem,
     VerifyState,
     Version,
+    is_new_run_id,
+    new_run_id,
     run_node_id,
     version_node_id,
 )
@@ -279,12 +282,6 @@ def _check_path(path: str) -> str:
     if not os.path.isabs(path):
         raise InvalidArgument(f"paths are absolute on the wire, got {path!r}")
     return os.path.normpath(path)
-
-
-def new_run_id() -> str:
-    """A time-ordered, unique run id (48-bit ms timestamp + 80 random bits, as hex)."""
-    millis = time.time_ns() // 1_000_000
-    return f"{millis:012x}{uuid.uuid4().hex[:20]}"
 
 
 _VERSION_COLUMNS = (
@@ -842,9 +839,17 @@ class Store:
     # -- runs (writes)
 
     def begin_run(self, start: RunStart) -> str:
-        """Insert a running run; returns its run_id."""
+        """Insert a running run; returns its run_id (``start.run_id`` when the client chose it)."""
         conn = self._wc
-        run_id = new_run_id()
+        run_id = start.run_id or new_run_id()
+        if start.run_id:
+            if not is_new_run_id(run_id):
+                raise InvalidArgument(
+                    f"a run id chosen by a client is 32 lowercase hex characters, not {run_id!r}"
+                )
+            # The one writer thread runs this: nothing can take the id between check and insert.
+            if conn.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone():
+                raise AlreadyExists(f"run {run_id} exists already: choose a new run id")
         env_id = None
         if start.env is not None:
             body = _env_to_json(start.env)
@@ -1554,10 +1559,13 @@ class _GraphBuilder:
 
     def load_edges(self, run_ids: Sequence[int]) -> dict[int, tuple[SourceFile, ...]]:
         """Load every edge of ``run_ids`` once; returns each run's code sources by path."""
+        # The path is looked up for code edges only: they are the sources; data edges' versions
+        # are loaded whole later, for those that lie on the walk.
         self._edges = self.conn.execute(
             "SELECT e.run_id, e.version_id, e.kind, e.how, e.role, e.changed_during_run, "
-            "v.digest, a.path FROM edges e JOIN versions v ON v.id = e.version_id "
-            "JOIN artifacts a ON a.id = v.artifact_id "
+            "v.digest, CASE WHEN e.role = 'code' "
+            "THEN (SELECT a.path FROM artifacts a WHERE a.id = v.artifact_id) END "
+            "FROM edges e JOIN versions v ON v.id = e.version_id "
             "WHERE e.run_id IN (SELECT value FROM json_each(?))",
             (json.dumps(list(run_ids)),),
         ).fetchall()
@@ -1602,8 +1610,11 @@ class _GraphBuilder:
             if run_id in run_nodes
         ]
         edges += _bridges(versions, kept)
-        edges.sort(key=lambda e: (e.source, e.target, e.kind))
+        edges.sort(key=_EDGE_ORDER)
         return sorted(versions.values(), key=lambda v: v.id), edges
+
+
+_EDGE_ORDER = operator.attrgetter("source", "target", "kind")
 
 
 def _bridges(

@@ -14,16 +14,17 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from lineage_client.client import Client
 from lineaged.errors import LineageError, PermissionDenied
 from lineaged.models import Direction, RunStatus, StartNode, VerifyState
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["build_parser", "main"]
+    from lineage_client.client import Client
 
-Handler = Callable[[argparse.Namespace, Client], int]
+    Handler = Callable[[argparse.Namespace, Client], int]
+
+__all__ = ["build_parser", "main"]
 
 
 def _render() -> ModuleType:
@@ -205,8 +206,10 @@ def _lineage_options(parser: argparse.ArgumentParser) -> None:
 def _add_run_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Seam for ``lineage run``: registered only when ``lineage_client.runcmd`` imports.
 
-    ``runcmd.main_run(args, client) -> int`` receives ``args.name``, ``args.param``
-    (["k=v", ...]) and ``args.command`` (the argv after ``--``, without the ``--``).
+    ``runcmd.main_run(args, connect) -> int`` receives ``args.name``, ``args.param``
+    (["k=v", ...]) and ``args.command`` (the argv after ``--``, without the ``--``), and
+    ``connect()``, which opens the client when the command needs it: ``lineage run``
+    starts its command before it imports grpc.
     """
     try:
         runcmd = importlib.import_module("lineage_client.runcmd")
@@ -227,13 +230,13 @@ def _add_run_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
-    def run(args: argparse.Namespace, client: Client) -> int:
+    def run(args: argparse.Namespace) -> int:
         if args.command[:1] == ["--"]:
             args.command = args.command[1:]
-        result: int = runcmd.main_run(args, client)
+        result: int = runcmd.main_run(args, lambda: _client(args))
         return result
 
-    parser.set_defaults(handler=run)
+    parser.set_defaults(run_handler=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> Client:
+    from lineage_client.client import Client
+
     target = getattr(args, "tcp_target", None)
     if target:
         token_file = getattr(args, "token_file", "")
@@ -322,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("json", "full"):
         setattr(args, name, getattr(args, name, False))
     try:
+        run_handler: Callable[[argparse.Namespace], int] | None = getattr(args, "run_handler", None)
+        if run_handler is not None:
+            return run_handler(args)  # connects (and closes) on its own, when it needs to
         with _client(args) as client:
             handler: Handler = args.handler
             return handler(args, client)

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from lineage_client._reach import find_socket, not_running, permission_denied
 from lineaged import convert, errors, hasher
 from lineaged._proto.lineage.v1 import lineage_pb2 as pb
 from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
@@ -34,7 +35,6 @@ from lineaged.errors import (
     InvalidArgument,
     LineageError,
     NotFound,
-    PermissionDenied,
 )
 from lineaged.models import (
     Access,
@@ -54,7 +54,6 @@ from lineaged.models import (
     VerifyState,
     Version,
 )
-from lineaged.paths import candidate_sockets
 
 __all__ = [
     "Client",
@@ -69,7 +68,8 @@ _T = TypeVar("_T")
 _HEX = re.compile(r"[0-9a-fA-F]{8,64}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ago)?", re.IGNORECASE)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-_START_HINT = "start it with `lineaged` or `make run`"
+PARENT_ENV = "LINEAGE_RUN_ID"  # set by `lineage run` for its command: the run it belongs to
+PARENT_WAIT = 30.0  # seconds a run waits for its parent from PARENT_ENV to be recorded
 _MAX_RECEIVE = 64 * 1024 * 1024
 
 
@@ -201,22 +201,10 @@ class Client:
             else:
                 self._channel = grpc.insecure_channel(target, options=options)
         else:
-            if socket is not None and os.fspath(socket).startswith("unix:"):
-                socket = os.fspath(socket).removeprefix("unix:")
-            path = Path(socket) if socket is not None else self._find_socket()
-            self.socket = os.path.abspath(path)
+            self.socket = find_socket(socket)
             self.target = f"unix:{self.socket}"
             self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = pb_grpc.LineageServiceStub(self._channel)
-
-    @staticmethod
-    def _find_socket() -> Path:
-        candidates = candidate_sockets()
-        for path in candidates:
-            if path.exists():
-                return path
-        looked = ", ".join(str(path) for path in candidates)
-        raise DaemonUnavailable(f"lineaged is not running (no socket at {looked}); {_START_HINT}")
 
     def __repr__(self) -> str:
         return f"Client({self.target!r})"
@@ -245,12 +233,9 @@ class Client:
         if code == grpc.StatusCode.UNAVAILABLE:
             where = self.socket or self.target
             if "permission denied" in details.lower():
-                return PermissionDenied(
-                    f"permission denied on {where}: the socket belongs to another user"
-                    " (ask to be added to its group)"
-                )
+                return permission_denied(where)
             if self.socket:
-                return DaemonUnavailable(f"lineaged is not running at {where}; {_START_HINT}")
+                return not_running(where)
             return DaemonUnavailable(f"lineaged is not reachable at {where}: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"lineaged did not answer within {self._timeout} s")
@@ -494,17 +479,34 @@ class Client:
     # --- runs ----------------------------------------------------------------------------
 
     def begin_run(self, start: RunStart) -> Run:
-        """Record a new run; returns it with its run id."""
-        return convert.run_from_pb(self._call("BeginRun", convert.begin_run_to_pb(start)).run)
+        """Record a new run; returns it with its run id (``start.run_id`` if one was chosen).
+
+        A parent named by ``$LINEAGE_RUN_ID`` may not be recorded yet: ``lineage run`` starts
+        its command before its own BeginRun reaches the daemon. Such a parent is waited for
+        (up to ``PARENT_WAIT`` seconds) before the daemon's NotFound is raised.
+        """
+        request = convert.begin_run_to_pb(start)
+        deadline: float | None = None
+        pause = 0.01
+        while True:
+            try:
+                return convert.run_from_pb(self._call("BeginRun", request).run)
+            except NotFound:
+                if not start.parent_run_id or start.parent_run_id != os.environ.get(PARENT_ENV):
+                    raise
+                now = time.monotonic()
+                deadline = now + PARENT_WAIT if deadline is None else deadline
+                if now >= deadline:
+                    raise
+                time.sleep(min(pause, deadline - now))
+                pause = min(2 * pause, 0.25)
 
     def record_accesses(self, run_id: str, accesses: Sequence[Access]) -> int:
         """Report file accesses of a running run (batched); returns edges added or updated."""
         recorded = 0
         for first in range(0, len(accesses), convert.MAX_ACCESSES):
-            batch = accesses[first : first + convert.MAX_ACCESSES]
-            request = pb.RecordAccessesRequest(
-                run_id=run_id, accesses=[convert.access_to_pb(a) for a in batch]
-            )
+            request = pb.RecordAccessesRequest(run_id=run_id)
+            convert.add_accesses(request.accesses, accesses[first : first + convert.MAX_ACCESSES])
             recorded += self._call("RecordAccesses", request).recorded
         return recorded
 

@@ -1,10 +1,13 @@
 """``lineage run [--name N] [--param K=V]... -- CMD [ARGS...]``: run a command and record
 what it read, what it wrote, and the code and environment it ran with.
 
-The run is begun before the command starts (so nested runs and ``client.run()`` calls in
-the command can name it as their parent through ``LINEAGE_RUN_ID``), the command's file
-accesses are traced (audit hook for Python, strace otherwise), and the run is ended with the
-command's exit status, which ``lineage run`` exits with.
+The command starts first: once a cheap connect shows a daemon listens, the run's id is made
+here and the command is spawned with it in ``LINEAGE_RUN_ID`` (nested runs and
+``client.run()`` calls in the command name it as their parent; the client waits for a parent
+that is not recorded yet). While it runs, a thread imports the client (grpc), captures the git
+state and the environment and begins the run (started at the spawn). When the command ends,
+its file accesses (audit hook for Python, strace otherwise) are recorded and the run ended with
+the command's exit status, which ``lineage run`` exits with — also when recording failed.
 """
 
 from __future__ import annotations
@@ -15,20 +18,12 @@ import getpass
 import os
 import socket
 import sys
-import time
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from lineage_client.capture import (
-    DEFAULT_ALLOWLIST,
-    DEFAULT_DIFF_CAP,
-    CapturedRun,
-    capture_command,
-    env_state,
-    git_state,
-    hash_external,
-    python_interpreter,
-)
-from lineage_client.client import Client
+from lineage_client._reach import find_socket, probe_socket
+from lineage_client.capture.runner import CapturedRun, capture_command, python_interpreter
 from lineaged.errors import InvalidArgument, LineageError
 from lineaged.models import (
     Access,
@@ -38,7 +33,12 @@ from lineaged.models import (
     Root,
     RunStart,
     RunStatus,
+    Status,
+    new_run_id,
 )
+
+if TYPE_CHECKING:
+    from lineage_client.client import Client
 
 __all__ = ["PARENT_ENV", "main_run", "run_name"]
 
@@ -76,9 +76,17 @@ def _params(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _diff_cap() -> int:
+    from lineage_client.capture.git import DEFAULT_DIFF_CAP
+
+    cap = _check_diff_cap()
+    return DEFAULT_DIFF_CAP if cap is None else cap
+
+
+def _check_diff_cap() -> int | None:
+    """``$LINEAGE_DIFF_CAP`` in bytes, None when unset; InvalidArgument when it is not one."""
     raw = os.environ.get(DIFF_CAP_ENV, "")
     if not raw:
-        return DEFAULT_DIFF_CAP
+        return None
     try:
         cap = int(raw)
     except ValueError:
@@ -89,6 +97,9 @@ def _diff_cap() -> int:
 
 
 def _environment(command: Sequence[str], cwd: str, warnings: list[str]) -> EnvState | None:
+    # Imported beside the running command (importlib.metadata, blake3), as is git below.
+    from lineage_client.capture.environment import DEFAULT_ALLOWLIST, env_state
+
     extra = [p.strip() for p in os.environ.get(ENV_ALLOW_ENV, "").split(",") if p.strip()]
     allowlist = (*DEFAULT_ALLOWLIST, *extra)
     python = python_interpreter(command, cwd=cwd)
@@ -108,6 +119,8 @@ def _status(captured: CapturedRun) -> RunStatus:
 def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
     """The traced accesses, with files outside every root hashed here (as the user), and
     the sources the command executed or imported as code inputs."""
+    from lineage_client.capture.digest import hash_external
+
     # Traced paths are canonical already (capture resolves links): a prefix test per path,
     # no realpath.
     bases = tuple(root.path.rstrip("/") for root in roots)
@@ -138,25 +151,64 @@ def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
     return list(by_key.values())
 
 
-def main_run(args: argparse.Namespace, client: Client) -> int:
-    """Run ``args.command`` under capture and record it; returns the command's exit status."""
+def _check_daemon(args: argparse.Namespace) -> None:
+    """Raise what the first call would when no daemon listens on the Unix socket, before the
+    command starts (as when ``lineage run`` connected first); TCP targets are not probed."""
+    if getattr(args, "tcp_target", None):
+        return
+    probe_socket(find_socket(getattr(args, "socket", None)))
+
+
+@dataclasses.dataclass(slots=True)
+class _Begun:
+    """What the thread beside the command produced: the client, the daemon's status, the run."""
+
+    client: Client | None = None
+    status: Status | None = None
+    error: BaseException | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)  # recorded with the run
+    notes: list[str] = dataclasses.field(default_factory=list)  # printed once it has ended
+
+
+def _begin(
+    connect: Callable[[], Client], start: RunStart, command: Sequence[str], begun: _Begun
+) -> None:
+    """Runs beside the command: connect, capture git and the environment, BeginRun."""
+    from lineage_client.capture.git import git_state
+
+    try:
+        client = begun.client = connect()
+        begun.status = client.status()
+        code: CodeState | None = git_state(start.cwd, diff_cap=_diff_cap())
+        if code is not None and code.diff_truncated:
+            note = (
+                f"the git diff is {code.diff_size} bytes; only the first {len(code.diff)} were "
+                f"stored (raise {DIFF_CAP_ENV})"
+            )
+            # Printed later: the command may hold the terminal now (a background process
+            # group writing to it would be stopped under `stty tostop`).
+            begun.warnings.append(note)
+            begun.notes.append(note)
+        env = _environment(command, start.cwd, begun.warnings)
+        client.begin_run(dataclasses.replace(start, code=code, env=env))
+    except BaseException as exc:  # reported once the command has ended
+        begun.error = exc
+
+
+def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
+    """Run ``args.command`` under capture and record it; returns the command's exit status.
+
+    ``connect()`` opens the client; it is called beside the running command.
+    """
     command = list(args.command)
     if not command:
         raise InvalidArgument(
             "nothing to run: give a command after --, e.g. lineage run -- python train.py"
         )
     params = _params(args.param or [])
+    _check_diff_cap()  # a bad LINEAGE_DIFF_CAP stops us before the command runs, as it did
+    _check_daemon(args)
     cwd = os.getcwd()
-    warnings: list[str] = []
-    code: CodeState | None = git_state(cwd, diff_cap=_diff_cap())
-    if code is not None and code.diff_truncated:
-        note = (
-            f"the git diff is {code.diff_size} bytes; only the first {len(code.diff)} were stored "
-            f"(raise {DIFF_CAP_ENV})"
-        )
-        warnings.append(note)
-        print(f"lineage: warning: {note}", file=sys.stderr)
-    status = client.status()
     start = RunStart(
         name=args.name or run_name(command),
         argv=tuple(command),
@@ -164,32 +216,65 @@ def main_run(args: argparse.Namespace, client: Client) -> int:
         host=socket.gethostname(),
         user=getpass.getuser(),
         pid=os.getpid(),
-        started_at=time.time_ns(),
         params=params,
         parent_run_id=os.environ.get(PARENT_ENV, ""),
-        code=code,
-        env=_environment(command, cwd, warnings),
+        run_id=new_run_id(),
     )
-    run = client.begin_run(start)
-    print(f"lineage: run {run.run_id} ({start.name}) started", file=sys.stderr)
-    captured = capture_command(
-        command,
-        cwd=cwd,
-        extra_env={PARENT_ENV: run.run_id},
-        exclude_dirs=[status.state_dir, os.path.dirname(status.socket)],
-    )
-    for warning in captured.warnings:
-        print(f"lineage: warning: {warning}", file=sys.stderr)
+    begun = _Begun()
+    worker: list[threading.Thread] = []
+
+    def started(started_at: int) -> None:
+        thread = threading.Thread(
+            target=_begin,
+            args=(connect, dataclasses.replace(start, started_at=started_at), command, begun),
+            name="lineage-begin-run",
+            daemon=True,
+        )
+        thread.start()
+        worker.append(thread)
+
+    def daemon_dirs() -> list[str]:
+        for thread in worker:
+            thread.join()
+        status = begun.status
+        return [status.state_dir, os.path.dirname(status.socket)] if status else []
+
+    print(f"lineage: run {start.run_id} ({start.name}) started", file=sys.stderr)
+    try:
+        captured = capture_command(
+            command,
+            cwd=cwd,
+            extra_env={PARENT_ENV: start.run_id},
+            on_started=started,
+            more_excluded=daemon_dirs,
+        )
+        daemon_dirs()  # the command could not start: the thread still ran
+        for warning in [*begun.notes, *captured.warnings]:
+            print(f"lineage: warning: {warning}", file=sys.stderr)
+        return _record(start.run_id, begun, captured)
+    finally:
+        if begun.client is not None:
+            begun.client.close()
+
+
+def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
+    """Record what the command did; the command's exit status whatever happens here."""
+    client, status = begun.client, begun.status
+    if begun.error is not None or client is None or status is None:
+        error = begun.error
+        reason = error.message if isinstance(error, LineageError) else repr(error)
+        print(f"lineage: error: the run was not recorded: {reason}", file=sys.stderr)
+        return captured.exit_code
     try:
         accesses = _accesses(status.roots, captured)
         if accesses:
-            client.record_accesses(run.run_id, accesses)
+            client.record_accesses(run_id, accesses)
         ended = client.end_run(
-            run.run_id,
+            run_id,
             status=_status(captured),
             exit_code=captured.exit_code,
             ended_at=captured.ended_at,
-            warnings=[*warnings, *captured.warnings],
+            warnings=[*begun.warnings, *captured.warnings],
         )
     except LineageError as exc:
         # The command ran; its exit status is what the caller's pipeline depends on.

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from types import FrameType
 
 from lineage_client.capture.audit import BOOT_DIR, TraceTail, compile_boot, hook_environment
-from lineage_client.capture.digest import _digest_file
 from lineage_client.capture.events import RawEvents, build_accesses, resolve_spans
 from lineage_client.capture.strace import (
     STRACE_MISSING_WARNING,
@@ -93,8 +92,16 @@ def capture_command(
     extra_env: Mapping[str, str] | None = None,
     exclude_dirs: Sequence[str] = (),
     mode: str = "auto",
+    on_started: Callable[[int], None] | None = None,
+    more_excluded: Callable[[], Sequence[str]] | None = None,
 ) -> CapturedRun:
-    """Run ``argv`` to completion, tracing the files it reads and writes (see module doc)."""
+    """Run ``argv`` to completion, tracing the files it reads and writes (see module doc).
+
+    ``on_started(started_at_ns)`` is called once, in this thread, as soon as the command
+    runs (or failed to start), so slow work can go on beside it; ``more_excluded()`` is
+    called once the command has ended and names more directories that are never data
+    (known only then: they are left out after the run rather than by the hook).
+    """
     if not argv:
         raise InvalidArgument("no command to run")
     if mode not in MODES:
@@ -108,6 +115,8 @@ def capture_command(
     if program is None or not os.access(program, os.X_OK) or os.path.isdir(program):
         missing = program is None
         message = f"command not found: {argv[0]}" if missing else f"cannot execute: {argv[0]}"
+        if on_started is not None:
+            on_started(started_at)
         return CapturedRun(
             exit_code=127 if missing else 126,
             interrupted=False,
@@ -131,12 +140,18 @@ def capture_command(
         if method == METHOD_STRACE and strace is not None:
             command = strace_command(strace, argv, strace_output)
         tail = TraceTail(trace_dir)
+        notify = _Once(on_started, started_at)
         try:
-            returncode, forwarded = _run(command, cwd=workdir, env=env, on_tick=tail.poll)
+            returncode, forwarded = _run(
+                command, cwd=workdir, env=env, on_tick=tail.poll, on_start=notify
+            )
         except OSError as exc:
             returncode, forwarded = 126, False
             warnings.append(f"cannot execute {argv[0]}: {exc.strerror or exc}")
         ended_at = time.time_ns()
+        notify()  # the command could not start: the caller still hears of it
+        if more_excluded is not None:
+            excluded = _excluded_dirs([*exclude_dirs, *more_excluded()], trace_dir)
 
         events = tail.finish()
         if method == METHOD_STRACE and os.path.exists(strace_output):
@@ -159,6 +174,19 @@ def capture_command(
         ended_at=ended_at,
         killed_by=killed_by,
     )
+
+
+class _Once:
+    """Calls ``callback(started_at)`` the first time it is called, never again."""
+
+    def __init__(self, callback: Callable[[int], None] | None, started_at: int) -> None:
+        self._callback = callback
+        self._started_at = started_at
+
+    def __call__(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback(self._started_at)
 
 
 # --- choosing the tracer ---------------------------------------------------------------
@@ -340,6 +368,10 @@ def _collect_now(
     for path in list(events.sources):
         if os.path.realpath(path) in interpreters and not path.endswith(".py"):
             del events.sources[path]  # the interpreter binary is not the run's code
+    # Imported here: hashing loads blake3, which `lineage run` need not load before its
+    # command starts.
+    from lineage_client.capture.digest import _digest_file
+
     spans, source_times = resolve_spans(events, excluded=excluded)
     code: dict[str, tuple[int, str, int, int]] = {}
     sources: list[SourceFile] = []
@@ -410,14 +442,17 @@ def _run(
     cwd: str,
     env: Mapping[str, str],
     on_tick: Callable[[], None] = lambda: None,
+    on_start: Callable[[], None] = lambda: None,
 ) -> tuple[int, bool]:
     """Run ``command`` in its own process group; return (returncode, forwarded a signal).
 
-    ``on_tick`` is called about every ``_TICK`` seconds while the command runs.
+    ``on_start`` is called once the command runs; ``on_tick`` about every ``_TICK``
+    seconds while it runs.
     """
     if threading.current_thread() is not threading.main_thread():
         # Only the main thread can take signals; elsewhere just run it.
         with subprocess.Popen(list(command), cwd=cwd, env=dict(env), process_group=0) as proc:
+            on_start()
             while True:
                 try:
                     return proc.wait(timeout=_TICK), False
@@ -434,6 +469,7 @@ def _run(
         try:
             if tty is not None:
                 _set_foreground(tty, proc.pid)
+            on_start()
             while True:
                 while received:
                     signum = received.pop(0)

@@ -1130,12 +1130,19 @@ class BeginRunRequest(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     cwd: _builtins.str
     host: _builtins.str
     user: _builtins.str
     pid: _builtins.int
     parent_run_id: _builtins.str
+    run_id: _builtins.str
+    """Empty: the daemon makes the id. Given: the client chose it (so it can start the command
+    before the daemon answers); it must look like the daemon's own ids (32 lowercase hex
+    characters: a 48-bit millisecond timestamp then 80 random bits) and be new, else
+    INVALID_ARGUMENT or ALREADY_EXISTS.
+    """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1162,10 +1169,11 @@ class BeginRunRequest(_message.Message):
         parent_run_id: _builtins.str = ...,
         code: Global___CodeState | None = ...,
         env: Global___EnvState | None = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "env", b"env", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "code", b"code", "cwd", b"cwd", "env", b"env", "host", b"host", "name", b"name", "params", b"params", "parent_run_id", b"parent_run_id", "pid", b"pid", "started_at", b"started_at", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "code", b"code", "cwd", b"cwd", "env", b"env", "host", b"host", "name", b"name", "params", b"params", "parent_run_id", b"parent_run_id", "pid", b"pid", "run_id", b"run_id", "started_at", b"started_at", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

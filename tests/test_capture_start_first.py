@@ -1,0 +1,125 @@
+"""``lineage run`` starts the command before it talks to the daemon: the run id is chosen by
+the client, a nested run may reach the daemon before its parent, and a daemon that is gone
+or broken never costs the command its exit status."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from lineage_client.runcmd import PARENT_ENV
+
+from lineaged import convert
+from lineaged.errors import AlreadyExists, InvalidArgument, NotFound
+from lineaged.models import RunStart, RunStatus, new_run_id
+from tests.conftest import DaemonProcess
+
+
+def test_a_client_chosen_run_id_is_kept_and_must_be_new_and_well_formed(
+    module_daemon: DaemonProcess,
+) -> None:
+    client = module_daemon.client()
+    run_id = new_run_id()
+    convert.check_new_run_id(run_id)  # the client's ids have the daemon's format
+    run = client.begin_run(RunStart(name="chosen", run_id=run_id))
+    assert run.run_id == run_id and client.get_run(run_id).name == "chosen"
+    with pytest.raises(AlreadyExists, match="exists already"):
+        client.begin_run(RunStart(name="again", run_id=run_id))
+    for bad in ("ABC", "0" * 31, "g" * 32, run_id.upper(), run_id + "0"):
+        with pytest.raises(InvalidArgument, match="32 lowercase hex"):
+            client.begin_run(RunStart(name="bad", run_id=bad))
+    assert client.begin_run(RunStart(name="daemon's own")).run_id != run_id
+
+
+def test_a_nested_run_waits_for_a_parent_that_is_not_recorded_yet(
+    module_daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = module_daemon.client()
+    parent_id = new_run_id()
+    monkeypatch.setenv(PARENT_ENV, parent_id)
+    child_tried = threading.Event()
+    real_call = client._call
+
+    def call(method: str, request: object, timeout: float | None = None) -> object:
+        try:
+            return real_call(method, request, timeout)
+        finally:
+            if method == "BeginRun":
+                child_tried.set()
+
+    # Observes calls only: the parent is begun once the child's first BeginRun was refused.
+    monkeypatch.setattr(client, "_call", call)
+    parent_client = module_daemon.client()
+
+    def begin_parent() -> None:
+        child_tried.wait(timeout=30)
+        parent_client.begin_run(RunStart(name="parent", run_id=parent_id))
+
+    starter = threading.Thread(target=begin_parent)
+    starter.start()
+    try:
+        child = client.begin_run(RunStart(name="child", parent_run_id=parent_id))
+    finally:
+        starter.join()
+    assert child.parent_run_id == parent_id
+    assert client.get_run(parent_id).status is RunStatus.RUNNING
+
+
+def test_a_parent_that_is_not_the_environments_is_refused_at_once(
+    module_daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the parent `lineage run` announced in the environment is waited for.
+    monkeypatch.setenv(PARENT_ENV, new_run_id())
+    with pytest.raises(NotFound, match="parent run"):
+        module_daemon.client().begin_run(RunStart(name="orphan", parent_run_id=new_run_id()))
+
+
+def test_lineage_run_without_a_daemon_does_not_start_the_command(
+    module_daemon: DaemonProcess, tmp_path: Path, socket_dir: Path
+) -> None:
+    marker = tmp_path / "ran"
+    done = module_daemon.run_cli(
+        "--socket", str(socket_dir / "none.sock"), "run", "--", "touch", str(marker)
+    )
+    assert done.returncode == 4
+    assert "Error: lineaged is not running at" in done.stderr
+    assert not marker.exists()
+
+
+def test_a_daemon_that_accepts_but_does_not_answer_costs_the_command_nothing(
+    module_daemon: DaemonProcess, tmp_path: Path, socket_dir: Path
+) -> None:
+    # A listener that is no gRPC server: the connect check passes, every call then fails.
+    path = socket_dir / "mute.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def hang_up() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.close()
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    marker = tmp_path / "ran"
+    script = f"open({str(marker)!r}, 'w').close(); raise SystemExit(5)"
+    try:
+        done = module_daemon.run_cli(
+            "--socket", str(path), "run", "--", sys.executable, "-c", script
+        )  # fmt: skip
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert done.returncode == 5, done.stderr
+    assert marker.exists()
+    assert "lineage: error: the run was not recorded" in done.stderr
