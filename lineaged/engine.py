@@ -131,6 +131,11 @@ class _EventBus:
         with self._lock, contextlib.suppress(ValueError):
             self._subscribers.remove(sub)
 
+    @property
+    def listened(self) -> bool:
+        """Whether anyone subscribes (read without the lock: a stale answer is harmless)."""
+        return bool(self._subscribers)
+
     def publish(self, events: Sequence[Event]) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
@@ -902,6 +907,10 @@ class Engine:
         return self._bus.subscribe(path_prefix)
 
     def _after_commit(self, outputs: list[Any]) -> None:
+        # Runs on the writer thread: a first scan commits 100k versions, and wrapping each in
+        # an event nobody reads cost a second of it.
+        if not self._bus.listened:
+            return
         events: list[Event] = []
         for output in outputs:
             if isinstance(output, list):
