@@ -46,6 +46,7 @@ from lineaged.models import (
     Version,
     is_new_run_id,
 )
+from lineaged.paths import is_normal_path
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -676,19 +677,6 @@ def add_accesses(messages: Any, accesses: Iterable[Access]) -> None:
             _set_time(message, "mtime", access.mtime_ns)
 
 
-def _is_normal_path(value: str) -> bool:
-    """Whether an absolute ``value`` equals its ``posixpath.normpath`` (and has no "//" start).
-
-    The same answer as the normpath comparison of :func:`check_path`, by substring tests
-    (no component list built): no empty, "." or ".." component and no trailing "/".
-    """
-    if value == "/":
-        return True
-    return not (
-        "//" in value or "/./" in value or "/../" in value or value.endswith(("/", "/.", "/.."))
-    )
-
-
 def _time_ns(ts: timestamp_pb2.Timestamp, field: str) -> int:
     """:func:`parse_time` for a Timestamp known to be set."""
     nanos = ts.nanos
@@ -711,7 +699,7 @@ def parse_access(message: pb.Access, field: str, *, now: int) -> Access:
         or "\x00" in path
         or len(path) > MAX_PATH_BYTES
         or (not path.isascii() and len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES)
-        or not _is_normal_path(path)
+        or not is_normal_path(path)
     ):
         check_path(path, f"{field}.path")
     mode = _MODE_FROM_PB.get(message.mode)

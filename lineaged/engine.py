@@ -42,13 +42,13 @@ from lineaged.models import (
     RunStatus,
     ScanState,
     StartNode,
-    StatKey,
     Status,
     VerifyItem,
     Version,
 )
+from lineaged.paths import is_normal_path
 from lineaged.scanner import Scanner, ScanStats
-from lineaged.store import Store, Writer, digest_to_blob, pack_stat_key
+from lineaged.store import Store, Writer, digest_to_blob, pack_stat
 from lineaged.watcher import POLL_SECONDS, OverflowDetector, Pipeline, RootWatcher, root_identity
 
 __all__ = ["MAX_ACCESSES", "MAX_DEPTH", "MAX_NODES", "MAX_PAGE", "Engine", "Subscription"]
@@ -175,16 +175,26 @@ def _check_abs(path: str) -> str:
     return os.path.normpath(path)
 
 
-class _PathFacts:
-    """What one batch of a run's accesses learnt about paths: real folders, lstat results.
+def _is_clean_abs(path: str) -> bool:
+    """Whether ``_check_abs(path)`` would return ``path`` unchanged (the normpath is only paid
+    for a path that fails here, and then decides)."""
+    return path[:1] == "/" and len(path) <= 4096 and "\x00" not in path and is_normal_path(path)
 
-    A run reports thousands of files in a few folders: each folder is resolved once and
-    each file is lstat-ed once, for both the link check and the stat cache.
+
+class _PathFacts:
+    """What one batch of a run's accesses learnt about paths: folders, lstat results.
+
+    A run reports thousands of files in a few folders: each folder's root, ignore and
+    exclusion answers and its real path are worked out once, and each file is lstat-ed
+    once, for both the link check and the stat cache.
     """
 
-    __slots__ = ("real_dirs", "stats")
+    __slots__ = ("folders", "real_dirs", "special", "stats")
 
-    def __init__(self) -> None:
+    def __init__(self, special: frozenset[str] = frozenset()) -> None:
+        self.special = special  # paths a folder's answers do not cover: roots, exclusions
+        # folder -> (its root or None, whether files directly in it can be tracked)
+        self.folders: dict[str, tuple[WatchedRoot | None, bool]] = {}
         self.real_dirs: dict[str, str] = {}
         self.stats: dict[str, os.stat_result | None] = {}
 
@@ -721,18 +731,21 @@ class Engine:
         """
         if len(accesses) > MAX_ACCESSES:
             raise InvalidArgument(f"at most {MAX_ACCESSES} accesses per call, got {len(accesses)}")
-        facts = _PathFacts()
-        clean = [self._check_access(a, facts) for a in accesses]
-        self.store.get_run(run_id)  # NotFound early, before hashing anything
-        tracked = self.roots.tracked
-        reads = [a for a in clean if a.mode is AccessMode.READ and tracked(a.path)]
-        # Bring every read path under a root up to date first (hash through the stat cache),
-        # so the version that was current at first open is in the store.
-        self._refresh([a.path for a in reads], facts)
-        versions = self.store.read_versions([(a.path, a.first_at) for a in reads])
-        linked = [(versions[a.path], a) for a in reads if a.path in versions]
+        roots = self.roots
+        facts = _PathFacts(frozenset([*(r.path for r in roots.roots), *roots.excluded]))
+        clean: list[Access] = []
+        reads: list[Access] = []
         # Files outside every root carry the digest the client computed (never opened here).
-        external = [a for a in clean if a.digest and self.roots.root_for(a.path) is None]
+        external: list[Access] = []
+        for access in accesses:
+            access, under_root, tracked = self._check_access(access, facts)
+            clean.append(access)
+            if tracked and access.mode is AccessMode.READ:
+                reads.append(access)
+            elif access.digest and not under_root:
+                external.append(access)
+        self.store.get_run(run_id)  # NotFound early, before hashing anything
+        linked = self._read_versions(reads, facts)
 
         def job(store: Store) -> int:
             store.add_accesses(run_id, clean)
@@ -747,26 +760,68 @@ class Engine:
 
         return self.writer.call(job, urgent=True)
 
-    def _refresh(self, paths: Sequence[str], facts: _PathFacts) -> None:
-        """Index the paths whose stat key the cache does not vouch for (usually none)."""
+    def _read_versions(
+        self, reads: Sequence[Access], facts: _PathFacts
+    ) -> list[tuple[int, Access]]:
+        """Each read under a root with the version current at its first open.
+
+        Reads whose stat key the cache does not vouch for (usually none) are indexed first
+        (hashed through the stat cache), so that version is in the store.
+        """
+        wanted = [(access.path, access.first_at) for access in reads]
         # needs_hash() as the rescan applies it: a packed key the store trusts, compared whole.
-        trusted = self.store.trusted_keys_of(paths, hasher.HASH_FORMAT, RACY_NS)
+        states = self.store.read_states(wanted, hasher.HASH_FORMAT, RACY_NS)
+        versions = {read: version_id for read, (_, version_id) in states.items()}
         stale: dict[str, ChangeKind] = {}
-        for path in paths:
+        for read in wanted:
+            path = read[0]
             st = facts.lstat(path)
             # Missing or not a regular file: the indexer records it gone (or logs why).
+            state = states.get(read)
             if (
                 st is None
+                or state is None
+                or state[0] is None
                 or not stat.S_ISREG(st.st_mode)
-                or trusted.get(path) != pack_stat_key(StatKey.from_stat(st))
+                or state[0] != pack_stat(st)
             ):
                 stale[path] = ChangeKind.MODIFIED
         if stale:
             self.indexer.observe(stale, wait=True)
+            again = [read for read in wanted if read[0] in stale]
+            for read in again:
+                versions.pop(read, None)
+            versions.update(self.store.read_versions(again))
+        linked: list[tuple[int, Access]] = []
+        for read, access in zip(wanted, reads, strict=True):
+            version_id = versions.get(read)
+            if version_id is not None:
+                linked.append((version_id, access))
+        return linked
 
-    def _check_access(self, access: Access, facts: _PathFacts) -> Access:
-        path = _check_abs(access.path)
-        if self.roots.root_for(path) is not None:
+    def _check_access(self, access: Access, facts: _PathFacts) -> tuple[Access, bool, bool]:
+        """The access checked (path normalised, last_at not before first_at), whether its
+        path is under a root, and whether it is tracked there (:meth:`RootSet.tracked`)."""
+        path = access.path
+        if not _is_clean_abs(path):
+            path = _check_abs(path)
+        folder, _, name = path.rpartition("/")
+        folder = folder or "/"
+        place = facts.folders.get(folder)
+        if place is None:
+            place = facts.folders[folder] = self.roots.folder(folder)
+        root, files_tracked = place
+        if not name or path in facts.special:
+            # Rare ("/", a root itself, an excluded folder): the general answers.
+            root = self.roots.root_for(path)
+            tracked = self.roots.tracked(path) is not None
+        else:
+            tracked = (
+                root is not None
+                and files_tracked
+                and self.roots.file_in_folder_tracked(root, path, name)
+            )
+        if root is not None:
             real = _real_path(path, facts)
             if real != path:
                 # The daemon opens paths under its roots (to hash them); a link could make
@@ -783,10 +838,9 @@ class Engine:
             digest_to_blob(access.digest)
         if access.size < 0 or access.first_at < 0 or access.last_at < 0:
             raise InvalidArgument("sizes and times cannot be negative")
-        last = max(access.last_at, access.first_at)
-        if path == access.path and last == access.last_at:
-            return access  # the usual case: no copy of thousands of frozen objects
-        return replace(access, path=path, last_at=last)
+        if path != access.path or access.last_at < access.first_at:
+            access = replace(access, path=path, last_at=max(access.last_at, access.first_at))
+        return access, root is not None, tracked
 
     def end_run(
         self,

@@ -86,6 +86,32 @@ class RootSet:
             return None
         return None if root.rules.ignores(rel, is_dir=is_dir) else root
 
+    def folder(self, folder: str) -> tuple[WatchedRoot | None, bool]:
+        """A folder's root, and whether files directly in it can be tracked: the folder is
+        not excluded and no directory on the way from the root is ignored.
+
+        With :meth:`file_in_folder_tracked`, what :meth:`tracked` answers for a file, split so
+        a batch of paths in few folders pays for each folder once.
+        """
+        root = self.root_for(folder)
+        if root is None:
+            return None, False
+        if any(folder == e or folder.startswith(e + "/") for e in self.excluded):
+            return root, False
+        rel = root.relpath(folder) or ""
+        ignored = any(root.rules.ignores_name(part, is_dir=True) for part in rel.split("/") if part)
+        return root, not ignored
+
+    @staticmethod
+    def file_in_folder_tracked(root: WatchedRoot, path: str, name: str) -> bool:
+        """Whether the file ``path`` (named ``name``), in a folder :meth:`folder` says can hold
+        tracked files, is tracked: its own name and path patterns."""
+        rules = root.rules
+        if rules.has_path_patterns:
+            return not rules.ignores(path[len(root.path.rstrip("/")) + 1 :])
+        match = rules.name_pattern
+        return match is None or match(name) is None
+
 
 class Indexer:
     """Observe paths under the roots and record what they hold now."""

@@ -6,10 +6,30 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["SYSTEM_SOCKET", "candidate_sockets", "default_socket", "default_state_dir"]
+__all__ = [
+    "SYSTEM_SOCKET",
+    "candidate_sockets",
+    "default_socket",
+    "default_state_dir",
+    "is_normal_path",
+]
 
 SOCKET_NAME = "lineaged.sock"
 SYSTEM_SOCKET = "/run/lineaged/lineaged.sock"
+
+
+def is_normal_path(value: str) -> bool:
+    """Whether an absolute ``value`` equals its ``posixpath.normpath`` (and has no "//" start).
+
+    The same answer as comparing with ``normpath``, by substring tests (no component list is
+    built: checked once per access, for runs that report thousands): no empty, "." or ".."
+    component and no trailing "/".
+    """
+    if value == "/":
+        return True
+    return not (
+        "//" in value or "/./" in value or "/../" in value or value.endswith(("/", "/.", "/.."))
+    )
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:

@@ -79,6 +79,7 @@ __all__ = [
     "TransactionLost",
     "VersionWrite",
     "Writer",
+    "pack_stat",
     "pack_stat_key",
 ]
 
@@ -113,6 +114,11 @@ _BATCH_PATHS = 5_000
 def pack_stat_key(key: StatKey) -> bytes:
     """The stat key as 40 bytes, compared whole by the rescan."""
     return _STAT_KEY.pack(key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns)
+
+
+def pack_stat(st: os.stat_result) -> bytes:
+    """``pack_stat_key(StatKey.from_stat(st))`` without the key object (one per file read)."""
+    return _STAT_KEY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1110,30 +1116,67 @@ class Store:
             keys.update(rows)
         return keys
 
-    def read_versions(self, reads: Sequence[tuple[str, int]]) -> dict[str, int]:
+    def read_versions(self, reads: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """For each (path, time): the version the path held then, else its current one.
 
         What :meth:`version_at` then :meth:`current_version` answer, for a run's reads in one
-        query per chunk; paths with neither are left out.
+        query per chunk, keyed by (path, time): two reads of a path at different times may
+        find different versions. Pairs with neither are left out.
         """
-        found: dict[str, int] = {}
-        for chunk in _chunks(reads, _BATCH_PATHS):
+        return {
+            read: version_id
+            for read, (_, version_id) in self.read_states(reads, -1, 0).items()
+            if version_id is not None
+        }
+
+    def read_states(
+        self, reads: Sequence[tuple[str, int]], hash_format: int, racy_ns: int
+    ) -> dict[tuple[str, int], tuple[bytes | None, int | None]]:
+        """For each (path, time) of a known path: its trusted stat key (as
+        :meth:`trusted_keys_of`) and the version :meth:`read_versions` finds.
+
+        A run's reads need both: the key tells whether the version is up to date. Most
+        reads are of a file's current version, found by path alone (no JSON pairs to take
+        apart, no search by time); only the others are looked up by time after.
+        """
+        found: dict[tuple[str, int], tuple[bytes | None, int | None]] = {}
+        current: dict[str, tuple[bytes | None, int | None, int | None]] = {}
+        for paths in _chunks(list(dict.fromkeys(path for path, _ in reads)), _BATCH_PATHS):
             rows = self._rc.execute(
-                "SELECT a.path, ("
+                "SELECT a.path, CASE WHEN a.hash_format=? AND a.cache_mtime_ns < a.checked_at - ?"
+                " THEN a.cache_key END, v.id, v.valid_from FROM json_each(?) j"
+                " JOIN artifacts a ON a.path=j.value"
+                " LEFT JOIN versions v ON v.artifact_id=a.id AND v.valid_until IS NULL",
+                (hash_format, racy_ns, json.dumps(paths)),
+            ).fetchall()
+            for path, key, version_id, valid_from in rows:
+                current[path] = (key, version_id, valid_from)
+        earlier: list[tuple[str, int]] = []
+        for read in reads:
+            state = current.get(read[0])
+            if state is None:
+                continue  # never seen: neither a key nor a version
+            key, version_id, valid_from = state
+            # Versions of a path do not overlap: the current one, begun by then, is the one.
+            if version_id is not None and valid_from is not None and valid_from <= read[1]:
+                found[read] = (key, version_id)
+            else:
+                earlier.append(read)
+        for chunk in _chunks(earlier, _BATCH_PATHS):
+            rows = self._rc.execute(
+                "SELECT w.path, w.at, ("
                 " SELECT v.id FROM versions v WHERE v.artifact_id=a.id AND v.valid_from<=w.at"
                 " AND (v.valid_until IS NULL OR v.valid_until>w.at)"
                 " ORDER BY v.valid_from DESC LIMIT 1"
-                "), ("
-                " SELECT v.id FROM versions v WHERE v.artifact_id=a.id AND v.valid_until IS NULL"
-                ") FROM (SELECT json_extract(j.value, '$[0]') AS path, json_extract(j.value, '$[1]') AS at"
-                " FROM json_each(?) j) w"
+                ") FROM (SELECT json_extract(j.value, '$[0]') AS path,"
+                " json_extract(j.value, '$[1]') AS at FROM json_each(?) j) w"
                 " JOIN artifacts a ON a.path=w.path",
                 (json.dumps(list(chunk)),),
             ).fetchall()
-            for path, at_time, current in rows:
-                version_id = at_time if at_time is not None else current
-                if version_id is not None:
-                    found[path] = int(version_id)
+            for path, at, version_id in rows:
+                state = current[path]
+                # Nothing valid then: the current version, as version_at then current_version.
+                found[(path, at)] = (state[0], state[1] if version_id is None else version_id)
         return found
 
     def live_paths_under(self, directory: str) -> list[str]:

@@ -11,10 +11,21 @@ from pathlib import Path
 import pytest
 from lineage_client.capture._envprobe import installed
 
+from lineaged.config import Config
+from lineaged.engine import Engine, _PathFacts
 from lineaged.errors import NotFound, PathOutsideRoots
-from lineaged.models import Access, AccessMode, Direction, RunStart, RunStatus, StartNode
+from lineaged.models import (
+    Access,
+    AccessMode,
+    Direction,
+    Role,
+    Root,
+    RunStart,
+    RunStatus,
+    StartNode,
+)
 from lineaged.store import Store, Writer
-from tests.helpers import EngineHarness, b3
+from tests.helpers import EngineHarness, b3, wait_for
 
 
 def _start() -> RunStart:
@@ -75,13 +86,44 @@ def test_read_versions_equal_version_at_then_current(tmp_path: Path) -> None:
         for path in paths:
             for at in times:
                 expected = _one_by_one(store, path, at)
-                found = store.read_versions([(path, at)]).get(path)
+                found = store.read_versions([(path, at)]).get((path, at))
                 assert found == expected, (path, at)
                 answers.add(found)
         # Every case was met: before any version, the old one, the new one, no artifact.
         assert {oldest.id, newest.id, None} <= answers
         many = store.read_versions([(paths[0], oldest.valid_from), (paths[1], 0)])
-        assert many == {paths[0]: oldest.id, paths[1]: _one_by_one(store, paths[1], 0)}
+        assert many == {
+            (paths[0], oldest.valid_from): oldest.id,
+            (paths[1], 0): _one_by_one(store, paths[1], 0),
+        }
+    finally:
+        harness.stop()
+
+
+def test_two_reads_of_a_path_in_one_call_find_the_version_of_each_first_open(
+    tmp_path: Path,
+) -> None:
+    harness = EngineHarness(tmp_path)
+    path = harness.data / "twice.txt"
+    path.write_bytes(b"first")
+    os.utime(path, ns=(10**18, 10**18))  # the first version is valid from here
+    harness.start()
+    try:
+        path.write_bytes(b"second")
+        harness.expect(path, b"second")
+        newest, oldest = harness.store.history(str(path), limit=10)
+        assert oldest.valid_until == newest.valid_from
+        engine = harness.engine
+        run = engine.begin_run(_start())
+        # One call, two opens of the same path: one while each version was current.
+        accesses = [_read(path, oldest.valid_from), _read(path, newest.valid_from)]
+        assert engine.record_accesses(run.run_id, accesses) == 2
+        engine.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
+        graph = harness.store.lineage(
+            StartNode(run_id=run.run_id), Direction.UPSTREAM, max_depth=1, max_nodes=100
+        )
+        reads = {e.target for e in graph.edges if e.kind == "read"}
+        assert reads == {f"version:{oldest.id}", f"version:{newest.id}"}
     finally:
         harness.stop()
 
@@ -152,3 +194,46 @@ def test_installed_distributions_match_importlib_metadata() -> None:
             seen[name.lower()] = f"{name}=={dist.version}"
     assert installed() == sorted(seen.values(), key=str.lower)
     assert any(item.startswith("grpcio==") for item in installed())
+
+
+def test_per_folder_answers_equal_the_root_set_path_by_path(tmp_path: Path) -> None:
+    # The engine works out roots, exclusions and ignored folders once per folder; each
+    # answer must equal what RootSet gives for the whole path.
+    data, other = tmp_path / "data", tmp_path / "other"
+    state = data / "state"  # excluded from the root it lies in
+    for folder in (data / "sub" / "deep", data / "cache" / "x", other, state):
+        folder.mkdir(parents=True)
+    ignore = ("*.tmp", "cache/", "sub/skip.txt")
+    config = Config(
+        roots=(Root(str(data), Role.DATA, ignore=ignore), Root(str(other), Role.MODEL)),
+        state_dir=state,
+        socket=tmp_path / "sock" / "s",
+        settle_ms=50,
+        scan_interval=0,
+    )
+    store = Store.open(tmp_path / "store.db")
+    engine = Engine(config, store)
+    engine.start()
+    try:
+        wait_for(lambda: engine.serving, what="initial scan")
+        names = ["a.txt", "b.tmp", "skip.txt", "cache", "state"]
+        folders = [data, data / "sub", data / "sub" / "deep", data / "cache", data / "cache" / "x"]
+        folders += [other, state, tmp_path, tmp_path / "elsewhere"]
+        paths = [str(folder / name) for folder in folders for name in names]
+        paths += [str(data), str(other), str(state), "/", str(tmp_path)]
+        roots = engine.roots
+        facts = _PathFacts(frozenset([*(r.path for r in roots.roots), *roots.excluded]))
+        answers = {}
+        for path in paths:
+            access = _read(path, 1)
+            _, under_root, tracked = engine._check_access(access, facts)
+            answers[path] = (under_root, tracked)
+        assert answers == {
+            path: (roots.root_for(path) is not None, roots.tracked(path) is not None)
+            for path in paths
+        }
+        # Every kind of answer was met.
+        assert {(True, True), (True, False), (False, False)} <= set(answers.values())
+    finally:
+        engine.stop()
+        store.close()

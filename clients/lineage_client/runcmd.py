@@ -125,30 +125,37 @@ def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
     # no realpath.
     bases = tuple(root.path.rstrip("/") for root in roots)
     prefixes = tuple(base + "/" for base in bases)
-    by_key: dict[tuple[str, AccessMode], Access] = {}
-    for access in captured.accesses:
+    # Capture reports each (path, mode) once, its sources merged in as code reads already:
+    # the list is used as it is, and only what must change is replaced.
+    accesses = list(captured.accesses)
+    for index, access in enumerate(accesses):
         path = access.path
         if not access.digest and not (path.startswith(prefixes) or path in bases):
-            access = hash_external(access)
-        by_key[(path, access.mode)] = access
-    for source in captured.sources:
-        key = (source.path, AccessMode.READ)
-        seen = by_key.get(key)
-        if seen is not None:
-            by_key[key] = dataclasses.replace(
-                seen, role="code", digest=seen.digest or source.digest
-            )
-        else:
-            by_key[key] = Access(
-                path=source.path,
-                mode=AccessMode.READ,
-                first_at=captured.started_at,
-                last_at=captured.ended_at,
-                how="traced",
-                role="code",
-                digest=source.digest,
-            )
-    return list(by_key.values())
+            accesses[index] = hash_external(access)
+    if not captured.sources:
+        return accesses
+    code = {source.path: source for source in captured.sources}
+    for index, access in enumerate(accesses):
+        source = code.get(access.path)
+        if source is not None and access.mode is AccessMode.READ:
+            del code[access.path]
+            if access.role != "code" or not access.digest:
+                accesses[index] = dataclasses.replace(
+                    access, role="code", digest=access.digest or source.digest
+                )
+    accesses += [
+        Access(
+            path=source.path,
+            mode=AccessMode.READ,
+            first_at=captured.started_at,
+            last_at=captured.ended_at,
+            how="traced",
+            role="code",
+            digest=source.digest,
+        )
+        for source in code.values()
+    ]
+    return accesses
 
 
 def _check_daemon(args: argparse.Namespace) -> None:
