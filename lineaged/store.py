@@ -1101,21 +1101,6 @@ class Store:
             return None
         return CacheEntry(r[0], StatKey(*_STAT_KEY.unpack(r[1])), _hex(r[2]), r[3], r[4])
 
-    def trusted_keys_of(
-        self, paths: Sequence[str], hash_format: int, racy_ns: int
-    ) -> dict[str, bytes | None]:
-        """:meth:`trusted_keys` for given paths (a run's reads), one query per chunk."""
-        keys: dict[str, bytes | None] = {}
-        for chunk in _chunks(paths, _BATCH_PATHS):
-            rows = self._rc.execute(
-                "SELECT a.path, CASE WHEN a.hash_format=? AND a.cache_mtime_ns < a.checked_at - ? "
-                "THEN a.cache_key END FROM json_each(?) j JOIN artifacts a ON a.path=j.value "
-                "WHERE a.cache_key IS NOT NULL",
-                (hash_format, racy_ns, json.dumps(list(chunk))),
-            ).fetchall()
-            keys.update(rows)
-        return keys
-
     def read_versions(self, reads: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """For each (path, time): the version the path held then, else its current one.
 
@@ -1133,7 +1118,7 @@ class Store:
         self, reads: Sequence[tuple[str, int]], hash_format: int, racy_ns: int
     ) -> dict[tuple[str, int], tuple[bytes | None, int | None]]:
         """For each (path, time) of a known path: its trusted stat key (as
-        :meth:`trusted_keys_of`) and the version :meth:`read_versions` finds.
+        :meth:`trusted_keys` trusts one) and the version :meth:`read_versions` finds.
 
         A run's reads need both: the key tells whether the version is up to date. Most
         reads are of a file's current version, found by path alone (no JSON pairs to take

@@ -68,6 +68,20 @@ def test_a_nested_run_waits_for_a_parent_that_is_not_recorded_yet(
     assert client.get_run(parent_id).status is RunStatus.RUNNING
 
 
+def test_client_run_inside_lineage_run_is_a_child_of_it(
+    module_daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = module_daemon.client()
+    parent = client.begin_run(RunStart(name="outer"))
+    monkeypatch.setenv(PARENT_ENV, parent.run_id)
+    with client.run("inner") as nested:
+        pass
+    with client.run("explicit", parent_run_id="") as top:
+        pass
+    assert client.get_run(nested.run_id).parent_run_id == parent.run_id
+    assert client.get_run(top.run_id).parent_run_id == ""
+
+
 def test_a_parent_that_is_not_the_environments_is_refused_at_once(
     module_daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,5 @@
-"""Finding the daemon's socket, and a cheap check that a daemon listens on it.
+"""Finding the daemon's socket, a cheap check that a daemon listens on it, and the variable
+naming the run a command belongs to.
 
 Kept free of grpc so ``lineage run`` can make sure a daemon is there before it starts the
 command, and import the client (grpc) while the command runs.
@@ -14,7 +15,18 @@ from pathlib import Path
 from lineaged.errors import DaemonUnavailable, PermissionDenied
 from lineaged.paths import candidate_sockets
 
-__all__ = ["START_HINT", "find_socket", "not_running", "permission_denied", "probe_socket"]
+__all__ = [
+    "PARENT_ENV",
+    "START_HINT",
+    "find_socket",
+    "not_running",
+    "permission_denied",
+    "probe_socket",
+]
+
+# Set by `lineage run` for its command: the run that command belongs to, which runs begun
+# inside it (a nested `lineage run`, `client.run()`) name as their parent.
+PARENT_ENV = "LINEAGE_RUN_ID"
 
 START_HINT = "start it with `lineaged` or `make run`"
 

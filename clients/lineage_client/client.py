@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from lineage_client._reach import find_socket, not_running, permission_denied
+from lineage_client._reach import PARENT_ENV, find_socket, not_running, permission_denied
 from lineaged import convert, errors, hasher
 from lineaged._proto.lineage.v1 import lineage_pb2 as pb
 from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
@@ -68,7 +68,6 @@ _T = TypeVar("_T")
 _HEX = re.compile(r"[0-9a-fA-F]{8,64}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ago)?", re.IGNORECASE)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-PARENT_ENV = "LINEAGE_RUN_ID"  # set by `lineage run` for its command: the run it belongs to
 PARENT_WAIT = 30.0  # seconds a run waits for its parent from PARENT_ENV to be recorded
 _MAX_RECEIVE = 64 * 1024 * 1024
 
@@ -539,9 +538,13 @@ class Client:
         argv: Sequence[str] | None = None,
         code: CodeState | None = None,
         env: EnvState | None = None,
-        parent_run_id: str = "",
+        parent_run_id: str | None = None,
     ) -> RunRecorder:
-        """A context manager recording one run: declare I/O with ``input()``/``output()``."""
+        """A context manager recording one run: declare I/O with ``input()``/``output()``.
+
+        ``parent_run_id`` defaults to ``$LINEAGE_RUN_ID``: code run under ``lineage run``
+        records its runs as children of that run.
+        """
         start = RunStart(
             name=name,
             argv=tuple(sys.argv if argv is None else argv),
@@ -550,7 +553,9 @@ class Client:
             user=getpass.getuser(),
             pid=os.getpid(),
             params={str(k): str(v) for k, v in (params or {}).items()},
-            parent_run_id=parent_run_id,
+            parent_run_id=os.environ.get(PARENT_ENV, "")
+            if parent_run_id is None
+            else parent_run_id,
             code=code,
             env=env,
         )

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from lineage_client._reach import find_socket, probe_socket
+from lineage_client._reach import PARENT_ENV, find_socket, probe_socket
 from lineage_client.capture.runner import CapturedRun, capture_command, python_interpreter
 from lineaged.errors import InvalidArgument, LineageError
 from lineaged.models import (
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PARENT_ENV", "main_run", "run_name"]
 
-PARENT_ENV = "LINEAGE_RUN_ID"  # set for the command: the run it belongs to
 DIFF_CAP_ENV = "LINEAGE_DIFF_CAP"  # bytes of `git diff` stored with a run (default 1 MiB)
 ENV_ALLOW_ENV = "LINEAGE_ENV_ALLOW"  # extra comma-separated variable patterns to record
 
