@@ -13,7 +13,7 @@ import base64
 import binascii
 import posixpath
 import re
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -161,6 +161,7 @@ _VERIFY_TO_PB = {
 }
 
 _K = TypeVar("_K")
+_T = TypeVar("_T")
 
 
 def _invert(mapping: Mapping[_K, int]) -> dict[int, _K]:
@@ -492,8 +493,23 @@ def _fill_run(
     return message
 
 
-def run_from_pb(message: pb.Run) -> Run:
-    """A run read back from the wire."""
+def _decoded_once(
+    message: Any, decode: Callable[[Any], _T], memo: dict[tuple[Any, bytes], Any] | None
+) -> _T:
+    """``decode(message)``, or the value decoded from the same bytes earlier in this answer:
+    the runs of a graph or a listing mostly share their code and their environment."""
+    if memo is None:
+        return decode(message)
+    key = (decode, message.SerializeToString())
+    value: _T | None = memo.get(key)
+    if value is None:
+        value = memo[key] = decode(message)
+    return value
+
+
+def run_from_pb(message: pb.Run, memo: dict[tuple[Any, bytes], Any] | None = None) -> Run:
+    """A run read back from the wire; runs decoded with one ``memo`` share equal code and
+    environment values instead of decoding each again."""
     started = message.started_at  # unset reads as zero, which is what it means here
     return Run(
         run_id=message.run_id,
@@ -510,8 +526,8 @@ def run_from_pb(message: pb.Run) -> Run:
         # Empty containers skip the conversion: graphs decode many runs, most without them.
         params=dict(message.params) if message.params else {},
         parent_run_id=message.parent_run_id,
-        code=_code_from_pb(message.code) if message.HasField("code") else None,
-        env=_env_from_pb(message.env) if message.HasField("env") else None,
+        code=_decoded_once(message.code, _code_from_pb, memo) if message.HasField("code") else None,
+        env=_decoded_once(message.env, _env_from_pb, memo) if message.HasField("env") else None,
         warnings=tuple(message.warnings) if message.warnings else (),
         id=message.id,
     )
@@ -892,9 +908,10 @@ def graph_to_pb(graph: Graph) -> pb.Graph:
 
 def graph_from_pb(message: pb.Graph) -> Graph:
     """A lineage graph read back from the wire."""
+    memo: dict[tuple[Any, bytes], Any] = {}
     return Graph(
         versions=tuple(map(version_from_pb, message.versions)),
-        runs=tuple(map(run_from_pb, message.runs)),
+        runs=tuple([run_from_pb(run, memo) for run in message.runs]),
         edges=tuple(map(_edge_from_pb, message.edges)),
         truncated=message.truncated,
         start=tuple(message.start),

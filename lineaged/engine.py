@@ -663,13 +663,12 @@ class Engine:
             found = problems.get(r.path, {})
             reasons = [found[kind] for kind in ("root", "watch", "read") if found.get(kind)]
             watcher = watchers.get(r.path)
-            roots.append(
-                replace(
-                    r.root,
-                    health="; ".join(reasons) or "ok",
-                    polling=bool(watcher is not None and watcher.alive and watcher.polling),
-                )
-            )
+            health = "; ".join(reasons) or "ok"
+            polling = bool(watcher is not None and watcher.alive and watcher.polling)
+            root = r.root
+            if (root.health, root.polling) != (health, polling):
+                root = replace(root, health=health, polling=polling)
+            roots.append(root)
             degraded.extend(f"{r.path}: {reason}" for reason in reasons)
         if self.writer.problem:
             degraded.append(f"store: {self.writer.problem}")

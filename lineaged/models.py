@@ -10,8 +10,9 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
     "Access",
@@ -358,3 +359,52 @@ class Event:
     kind: str  # "version" or "run"
     version: Version | None = None
     run: Run | None = None
+
+
+def _store_through_slots(*classes: type) -> None:
+    """Give frozen slotted dataclasses an ``__init__`` that stores through the slots.
+
+    The ``__init__`` generated for a frozen dataclass assigns each field through
+    ``object.__setattr__`` (the class's own ``__setattr__`` refuses), which made building an
+    ``Edge`` three times the cost of building the same non-frozen slotted class. A lineage
+    graph builds hundreds of values on each side of the wire. This ``__init__`` has the same
+    parameters and defaults and calls each slot's own descriptor; instances stay frozen.
+    """
+    for cls in classes:
+        options = cls.__dataclass_params__  # type: ignore[attr-defined]
+        if not (options.frozen and "__slots__" in cls.__dict__):
+            raise TypeError(f"{cls.__name__}: domain values are frozen, slotted dataclasses")
+        namespace: dict[str, Any] = {"_MISSING": _MISSING}
+        params: list[str] = []
+        body: list[str] = []
+        for item in fields(cls):
+            name = item.name
+            namespace[f"_set_{name}"] = cls.__dict__[name].__set__
+            if item.default is not MISSING:
+                namespace[f"_default_{name}"] = item.default
+                params.append(f"{name}=_default_{name}")
+                body.append(f"_set_{name}(self, {name})")
+            elif item.default_factory is not MISSING:
+                namespace[f"_factory_{name}"] = item.default_factory
+                params.append(f"{name}=_MISSING")
+                body.append(
+                    f"_set_{name}(self, _factory_{name}() if {name} is _MISSING else {name})"
+                )
+            else:
+                params.append(name)
+                body.append(f"_set_{name}(self, {name})")
+        source = f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body)
+        exec(source, namespace)  # the source is built above from the field names alone
+        init = namespace["__init__"]
+        init.__qualname__ = f"{cls.__qualname__}.__init__"
+        setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses a direct assignment
+
+
+_MISSING = object()  # the default of a field with a default_factory
+_store_through_slots(
+    *[
+        value
+        for value in list(globals().values())
+        if isinstance(value, type) and is_dataclass(value) and value.__module__ == __name__
+    ]
+)

@@ -16,6 +16,7 @@ from lineaged._proto.lineage.v1 import lineage_pb2 as pb
 from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
 from lineaged.engine import MAX_PAGE, Engine
 from lineaged.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from lineaged.models import Status
 
 __all__ = ["SERVICE_NAME", "LineageServicer"]
 
@@ -57,10 +58,17 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         # Set by the server when it stops, so Subscribe streams end instead of holding the grace.
         self._stopping = stopping or threading.Event()
         self._clock = clock
+        self._status_answer: tuple[Status, pb.GetStatusResponse] | None = None
 
     def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.GetStatusResponse:
         """The daemon's version, roots, counts, scan state and queue depth."""
-        return convert.status_to_pb(self._engine.status())
+        status = self._engine.status()
+        # Scripts and dashboards poll status, and it rarely changes between two polls: an equal
+        # status gets the answer already encoded (gRPC only reads it, so threads may share it).
+        answered = self._status_answer
+        if answered is None or answered[0] != status:
+            answered = self._status_answer = (status, convert.status_to_pb(status))
+        return answered[1]
 
     def GetHistory(self, request: pb.GetHistoryRequest, context: Any) -> pb.GetHistoryResponse:
         """Every version a path has had, newest first, one page at a time."""

@@ -199,21 +199,29 @@ def test_graph_round_trip_leaves_diffs_out(
 
 
 def test_runs_sharing_an_environment_each_carry_it() -> None:
-    # graph_to_pb encodes an environment object once and copies it into the other runs.
+    # graph_to_pb encodes an environment object once and copies it into the other runs;
+    # graph_from_pb decodes equal code and environments once and shares the value.
     shared = EnvState(
         "3.11.7", "CPython", "Linux-x86_64", ("numpy==2.1.0",), "a" * 64, {"LANG": "C"}
     )
     own = EnvState("3.12.1", "CPython", "Linux-x86_64", ("torch==2.5.0",), "b" * 64, {})
+    code = CodeState("c" * 40, "main", sources=(SourceFile("/srv/train.py", "d" * 64),))
+    other_code = CodeState("e" * 40, "main", dirty=True)
     graph_runs = tuple(
         Run(f"{i:032x}", "train", ("python",), "/srv", "host", "me", 1, 10**18, None,
-            RunStatus.RUNNING, None, {}, "", None, env, (), i + 1)
-        for i, env in enumerate((shared, None, shared, own, shared))
+            RunStatus.RUNNING, None, {}, "", code, env, (), i + 1)
+        for i, (env, code) in enumerate(
+            ((shared, code), (None, None), (shared, code), (own, other_code), (shared, code))
+        )
     )  # fmt: skip
     graph = Graph((), graph_runs, (), False, ())
     back = convert.graph_from_pb(
         pb.Graph.FromString(convert.graph_to_pb(graph).SerializeToString())
     )
     assert [r.env for r in back.runs] == [shared, None, shared, own, shared]
+    assert [r.code for r in back.runs] == [code, None, code, other_code, code]
+    assert back.runs[0].env is back.runs[2].env is back.runs[4].env
+    assert back.runs[0].code is back.runs[4].code
 
 
 @settings(max_examples=40)

@@ -345,7 +345,9 @@ class Client:
         if until is not None:
             request.until.CopyFrom(convert.ns_to_ts(parse_time(until)))
         response = self._call("ListRuns", request)
-        return Page(tuple(convert.run_from_pb(r) for r in response.runs), response.next_page_token)
+        memo: dict[Any, Any] = {}
+        runs = tuple([convert.run_from_pb(run, memo) for run in response.runs])
+        return Page(runs, response.next_page_token)
 
     def iter_runs(self, *, limit: int | None = None, **filters: Any) -> Iterator[Run]:
         """Runs newest first across pages (``list_runs`` filters), at most ``limit``."""
