@@ -44,7 +44,10 @@ proto-check: $(STAMP)
 	diff -r -x __pycache__ $$scratch $(PROTO_OUT) && rm -rf $$scratch && \
 	echo "proto stubs are up to date"
 
+# Byte-compiled first, as pip compiles an installed package: where PYTHONDONTWRITEBYTECODE is
+# set, every timed lineaged process would otherwise compile its sources again.
 bench: $(STAMP)
+	$(BIN)/python -m compileall -q lineaged clients bench
 	$(BIN)/python -m bench
 
 clean:

@@ -716,7 +716,7 @@ class Engine:
             raise InvalidArgument("argv has at most 10000 arguments without NUL bytes")
         if start.cwd:
             _check_abs(start.cwd)
-        run_id = self.writer.call(lambda store: store.begin_run(start), urgent=True)
+        run_id = self.writer.call(lambda store: store.begin_run(start))
         run = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=run)])
         return run
@@ -757,7 +757,7 @@ class Engine:
                 store.link(run_id, version_id, kind, access)
             return len(clean)
 
-        return self.writer.call(job, urgent=True)
+        return self.writer.call(job)
 
     def _read_versions(
         self, reads: Sequence[Access], facts: _PathFacts
@@ -859,9 +859,7 @@ class Engine:
         if run.status is not RunStatus.RUNNING:
             raise FailedPrecondition(f"run {run.run_id} already ended ({run.status.value})")
         run_id = run.run_id
-        outputs = self.writer.call(
-            lambda store: store.run_accesses(run_id, AccessMode.WRITE), urgent=True
-        )
+        outputs = self.writer.call(lambda store: store.run_accesses(run_id, AccessMode.WRITE))
         tracked = {a.path: ChangeKind.RUN for a in outputs if self.roots.tracked(a.path)}
         if tracked:
             self.indexer.observe(tracked, wait=True)
@@ -880,7 +878,7 @@ class Engine:
                 run_id, exit_code=exit_code, status=status, ended_at=end, warnings=warnings
             )
 
-        self.writer.call(job, urgent=True)
+        self.writer.call(job)
         finished = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=finished)])
         return finished

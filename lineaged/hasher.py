@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import itertools
 import logging
 import mmap
 import os
@@ -44,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -133,7 +134,7 @@ def hash_file(path: str | os.PathLike[str], *, retries: int = 5) -> HashResult:
 
 
 def hash_many(
-    paths: Sequence[str],
+    paths: Iterable[str],
     *,
     workers: int | None = None,
     retries: int = 5,
@@ -146,55 +147,82 @@ def hash_many(
     measured 5-7x slower than a plain loop: per-call overhead and GIL hand-offs); files of
     ``MT_THRESHOLD`` bytes or more come back to this process for the multithreaded core.
     With fewer than ``pool_min_paths`` paths, or one worker, it just loops in process.
+
+    ``paths`` may be a generator (a directory walk): each chunk is sent to the pool as soon
+    as it is full, and results are handed back while the rest is still being produced, so
+    the walk and the hashing overlap.
     """
     if workers is None:
         workers = len(os.sched_getaffinity(0))
-    if len(paths) < pool_min_paths or workers <= 1:
-        for path in paths:
+    remaining = iter(paths)
+    first = list(itertools.islice(remaining, pool_min_paths))
+    if len(first) < pool_min_paths or workers <= 1:
+        for path in itertools.chain(first, remaining):
             yield path, _outcome(path, retries)
         return
     # Imported here: they cost ~40 ms, which a CLI that only hashes one file should not pay.
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    from concurrent.futures import ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
-    chunks = [list(paths[i : i + chunk_paths]) for i in range(0, len(paths), chunk_paths)]
     # spawn, not fork: the daemon has threads (gRPC, watchdog), and a forked child inherits
     # their locks in whatever state they were in.
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-    pending: dict[Future[list[_Packed | OSError | HashError | None]], list[str]]
-    try:
-        pending = {pool.submit(_hash_chunk, chunk, retries): chunk for chunk in chunks}
-    except OSError as exc:
-        # No processes allowed (task limits, a sandbox): slower, but the scan still completes.
-        log.warning("hashing in process: cannot start worker processes: %s", exc)
-        pool.shutdown(wait=True, cancel_futures=True)
-        for path in paths:
-            yield path, _outcome(path, retries)
-        return
+    pending: dict[Future[list[_Packed | OSError | HashError | None]], list[str]] = {}
     with pool:
         try:
-            for future in as_completed(pending):
-                chunk = pending[future]
+            chunks = _chunks_of(itertools.chain(first, remaining), chunk_paths)
+            for chunk in chunks:
                 try:
-                    packed = future.result()
-                except BrokenProcessPool:
-                    # A worker died (OOM killer, a signal): this chunk is hashed here instead.
-                    for path in chunk:
+                    pending[pool.submit(_hash_chunk, chunk, retries)] = chunk
+                except OSError as exc:
+                    # No processes allowed (task limits, a sandbox): slower, but complete.
+                    # Chunks already sent are taken back too: a worker may never run them.
+                    log.warning("hashing in process: cannot start worker processes: %s", exc)
+                    for future in pending:
+                        future.cancel()
+                    taken_back = [path for sent in pending.values() for path in sent]
+                    pending.clear()
+                    for path in itertools.chain(taken_back, chunk, *chunks):
                         yield path, _outcome(path, retries)
-                    continue
-                for path, outcome in zip(chunk, packed, strict=True):
-                    if outcome is None:
-                        yield path, _outcome(path, retries)
-                    elif isinstance(outcome, tuple):
-                        digest, dev, ino, size, mtime_ns, ctime_ns = outcome
-                        yield path, HashResult(digest, StatKey(dev, ino, size, mtime_ns, ctime_ns))
-                    else:
-                        yield path, outcome
+                    break
+                for future in [f for f in pending if f.done()]:
+                    yield from _chunk_outcomes(future, pending.pop(future), retries)
+            while pending:
+                done, _ = wait(pending, return_when="FIRST_COMPLETED")
+                for future in done:
+                    yield from _chunk_outcomes(future, pending.pop(future), retries)
         finally:
             # The consumer may stop early: do not make it wait for chunks it will not read.
             for future in pending:
                 future.cancel()
+
+
+def _chunks_of(paths: Iterator[str], size: int) -> Iterator[list[str]]:
+    while chunk := list(itertools.islice(paths, size)):
+        yield chunk
+
+
+def _chunk_outcomes(
+    future: Future[list[_Packed | OSError | HashError | None]], chunk: list[str], retries: int
+) -> Iterator[tuple[str, HashResult | OSError | HashError]]:
+    """The outcomes of one finished worker task, in the order of its paths."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        packed = future.result()
+    except BrokenProcessPool:
+        # A worker died (OOM killer, a signal): this chunk is hashed here instead.
+        for path in chunk:
+            yield path, _outcome(path, retries)
+        return
+    for path, outcome in zip(chunk, packed, strict=True):
+        if outcome is None:
+            yield path, _outcome(path, retries)
+        elif isinstance(outcome, tuple):
+            digest, dev, ino, size, mtime_ns, ctime_ns = outcome
+            yield path, HashResult(digest, StatKey(dev, ino, size, mtime_ns, ctime_ns))
+        else:
+            yield path, outcome
 
 
 # What a worker sends back for a hashed file: plain tuples pickle several times faster than

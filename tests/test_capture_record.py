@@ -174,13 +174,14 @@ def test_many_reads_link_each_file_once_and_links_are_refused(tmp_path: Path) ->
         harness.stop()
 
 
-def test_an_urgent_job_does_not_wait_for_the_batch_to_fill(tmp_path: Path) -> None:
+def test_a_waited_on_job_does_not_wait_for_the_batch_to_fill(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "store.db")
-    # An hour's batching: without urgent, the call below would time out.
+    # An hour's batching: a job that waited for company would time out below.
     writer = Writer(store, batch_seconds=3600)
     writer.start()
     try:
-        assert writer.call(lambda s: 42, timeout=60, urgent=True) == 42
+        assert writer.call(lambda s: 42, timeout=60) == 42
+        assert writer.submit(lambda s: 7, urgent=True).result(timeout=60) == 7
     finally:
         writer.stop()
         store.close()

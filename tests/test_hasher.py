@@ -9,6 +9,7 @@ import subprocess
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blake3 import blake3
@@ -286,9 +287,11 @@ def test_hash_many_with_pool_matches_hash_file(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing")
     paths[10:10] = [str(big), missing, str(tmp_path / "d0")]
 
-    outcomes = dict(hash_many(paths, workers=2, pool_min_paths=100, chunk_paths=500))
+    # A generator, as the scan's walk: chunks go to the pool while it still produces paths.
+    found = list(hash_many(iter(paths), workers=2, pool_min_paths=100, chunk_paths=500))
+    outcomes = dict(found)
 
-    assert sorted(outcomes) == sorted(paths)
+    assert sorted(path for path, _ in found) == sorted(paths)  # each path exactly once
     assert isinstance(outcomes[missing], FileNotFoundError)
     assert isinstance(outcomes[str(tmp_path / "d0")], IsADirectoryError)
     for path in paths:
@@ -297,6 +300,33 @@ def test_hash_many_with_pool_matches_hash_file(tmp_path: Path) -> None:
         outcome = outcomes[path]
         assert isinstance(outcome, HashResult), (path, outcome)
         assert outcome == hash_file(path)
+
+
+def test_hash_many_hashes_in_process_when_no_worker_can_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fault that cannot be produced otherwise: the third chunk's worker cannot be started
+    # (task limits, a sandbox). Chunks already sent are taken back; nothing is lost or doubled.
+    from concurrent.futures import ProcessPoolExecutor
+
+    paths = _make_tree(tmp_path, 500)
+    submit = ProcessPoolExecutor.submit
+    calls = 0
+
+    def failing_submit(self: ProcessPoolExecutor, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError(11, "Resource temporarily unavailable")
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", failing_submit)
+    found = list(hash_many(iter(paths), workers=2, pool_min_paths=100, chunk_paths=100))
+
+    assert sorted(path for path, _ in found) == sorted(paths)
+    for path, outcome in found:
+        assert outcome == hash_file(path)
+    assert "cannot start worker processes" in caplog.text
 
 
 def test_hash_many_in_process(tmp_path: Path, reference: Reference) -> None:
