@@ -311,6 +311,11 @@ def is_new_run_id(text: str) -> bool:
     return len(text) == 32 and _HEX_DIGITS.issuperset(text)
 
 
+def run_id_time_ns(run_id: str) -> int | None:
+    """When ``new_run_id`` made ``run_id`` (millisecond precision); None for another form."""
+    return int(run_id[:12], 16) * 1_000_000 if is_new_run_id(run_id) else None
+
+
 def version_node_id(version_id: int) -> str:
     """The graph node id of a version."""
     return f"version:{version_id}"

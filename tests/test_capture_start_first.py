@@ -7,14 +7,17 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
+import lineage_client.client as client_module
 import pytest
+from lineage_client.client import PARENT_WAIT
 from lineage_client.runcmd import PARENT_ENV
 
 from lineaged import convert
 from lineaged.errors import AlreadyExists, InvalidArgument, NotFound
-from lineaged.models import RunStart, RunStatus, new_run_id
+from lineaged.models import RunStart, RunStatus, new_run_id, run_id_time_ns
 from tests.conftest import DaemonProcess
 
 
@@ -89,6 +92,24 @@ def test_a_parent_that_is_not_the_environments_is_refused_at_once(
     monkeypatch.setenv(PARENT_ENV, new_run_id())
     with pytest.raises(NotFound, match="parent run"):
         module_daemon.client().begin_run(RunStart(name="orphan", parent_run_id=new_run_id()))
+
+
+def test_a_parent_from_the_environment_made_long_ago_is_not_waited_for(
+    module_daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its BeginRun failed, or the variable is stale: the id says when it was made, and the
+    # wait for a parent still on its way is long over.
+    made = time.time_ns() // 1_000_000 - int(PARENT_WAIT * 1000) - 1000
+    stale = f"{made:012x}{new_run_id()[12:]}"
+    assert run_id_time_ns(stale) == made * 1_000_000
+    monkeypatch.setenv(PARENT_ENV, stale)
+
+    def no_waiting(seconds: float) -> None:
+        raise AssertionError(f"waited {seconds} s for a parent made long ago")
+
+    monkeypatch.setattr(client_module.time, "sleep", no_waiting)
+    with pytest.raises(NotFound, match="parent run"):
+        module_daemon.client().begin_run(RunStart(name="orphan", parent_run_id=stale))
 
 
 def test_lineage_run_without_a_daemon_does_not_start_the_command(

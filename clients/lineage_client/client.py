@@ -53,6 +53,7 @@ from lineaged.models import (
     VerifyItem,
     VerifyState,
     Version,
+    run_id_time_ns,
 )
 
 __all__ = [
@@ -68,7 +69,7 @@ _T = TypeVar("_T")
 _HEX = re.compile(r"[0-9a-fA-F]{8,64}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ago)?", re.IGNORECASE)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-PARENT_WAIT = 30.0  # seconds a run waits for its parent from PARENT_ENV to be recorded
+PARENT_WAIT = 30.0  # how long after its id was made a parent from PARENT_ENV is waited for
 _MAX_RECEIVE = 64 * 1024 * 1024
 
 
@@ -484,22 +485,24 @@ class Client:
 
         A parent named by ``$LINEAGE_RUN_ID`` may not be recorded yet: ``lineage run`` starts
         its command before its own BeginRun reaches the daemon. Such a parent is waited for
-        (up to ``PARENT_WAIT`` seconds) before the daemon's NotFound is raised.
+        until ``PARENT_WAIT`` seconds after its id was made (the id carries the time) before
+        the daemon's NotFound is raised: a parent whose BeginRun failed, or a stale variable,
+        costs the runs nested later nothing.
         """
         request = convert.begin_run_to_pb(start)
-        deadline: float | None = None
         pause = 0.01
         while True:
             try:
                 return convert.run_from_pb(self._call("BeginRun", request).run)
             except NotFound:
-                if not start.parent_run_id or start.parent_run_id != os.environ.get(PARENT_ENV):
+                parent = start.parent_run_id
+                made = run_id_time_ns(parent)
+                if not parent or parent != os.environ.get(PARENT_ENV) or made is None:
                     raise
-                now = time.monotonic()
-                deadline = now + PARENT_WAIT if deadline is None else deadline
-                if now >= deadline:
+                left = (made - time.time_ns()) / 1e9 + PARENT_WAIT
+                if left <= 0:
                     raise
-                time.sleep(min(pause, deadline - now))
+                time.sleep(min(pause, left))
                 pause = min(2 * pause, 0.25)
 
     def record_accesses(self, run_id: str, accesses: Sequence[Access]) -> int:
