@@ -131,9 +131,9 @@ class Scanner:
                     last_progress = time.monotonic()
                     stats.seconds = time.monotonic() - started
                     self.progress(stats)
-        # The scan waits for what follows: it is committed without waiting for more jobs.
         if self.progress:
             self.progress(stats)
+        # The scan waits for what follows: it is committed without waiting for more jobs.
         if writes:
             futures.append(self.writer.submit(_record_job(writes), urgent=True))
         gone = [p for p in unseen if not _under_any(p, stats.unreadable)]
