@@ -457,14 +457,12 @@ def run_status_to_pb(status: RunStatus | None) -> pb.RunStatus.ValueType:
 
 def run_to_pb(run: Run, *, with_diff: bool = True) -> pb.Run:
     """The wire form of a run; lineage graphs leave the (possibly large) diff out."""
-    return _fill_run(pb.Run(), run, with_diff=with_diff, envs={})
+    return _fill_run(pb.Run(), run, with_diff=with_diff, encoded={})
 
 
-def _fill_run(
-    message: pb.Run, run: Run, *, with_diff: bool, envs: dict[int, pb.EnvState]
-) -> pb.Run:
-    # ``envs``: the environments already encoded for this answer, by object; the runs of
-    # one environment share its (large) EnvState, which is encoded once and copied after.
+def _fill_run(message: pb.Run, run: Run, *, with_diff: bool, encoded: dict[int, Any]) -> pb.Run:
+    # ``encoded``: the code and environment values already encoded for this answer, by
+    # object; the runs sharing one (the store builds equal values once) copy its message.
     message.run_id = run.run_id
     message.name = run.name
     message.argv.extend(run.argv)
@@ -482,12 +480,17 @@ def _fill_run(
     _set_time(message, "ended_at", run.ended_at)
     if run.exit_code is not None:
         message.exit_code = run.exit_code
-    if run.code is not None:
-        _fill_code(message.code, run.code, with_diff=with_diff)
-    if run.env is not None:
-        done = envs.get(id(run.env))
+    code, env = run.code, run.env
+    if code is not None:
+        done = encoded.get(id(code))
         if done is None:
-            envs[id(run.env)] = _fill_env(message.env, run.env)
+            encoded[id(code)] = _fill_code(message.code, code, with_diff=with_diff)
+        else:
+            message.code.CopyFrom(done)
+    if env is not None:
+        done = encoded.get(id(env))
+        if done is None:
+            encoded[id(env)] = _fill_env(message.env, env)
         else:
             message.env.CopyFrom(done)
     return message
@@ -871,13 +874,15 @@ def parse_lineage(request: pb.GetLineageRequest) -> LineageQuery:
 
 
 def _edge_from_pb(message: pb.Edge) -> Edge:
+    # Positional (source, target, kind, how, role, changed_during_run): graphs decode
+    # hundreds of edges, and keywords cost a third more.
     return Edge(
-        source=message.source,
-        target=message.target,
-        kind=_EDGE_FROM_PB.get(message.kind, "read"),
-        how=_HOW_FROM_PB.get(message.how, "traced"),
-        role=_ACCESS_ROLE_FROM_PB.get(message.role, "data"),
-        changed_during_run=message.changed_during_run,
+        message.source,
+        message.target,
+        _EDGE_FROM_PB.get(message.kind, "read"),
+        _HOW_FROM_PB.get(message.how, "traced"),
+        _ACCESS_ROLE_FROM_PB.get(message.role, "data"),
+        message.changed_during_run,
     )
 
 
@@ -890,9 +895,9 @@ def graph_to_pb(graph: Graph) -> pb.Graph:
     for version in graph.versions:
         _fill_version(add_version(), version)
     add_run = message.runs.add
-    envs: dict[int, pb.EnvState] = {}
+    encoded: dict[int, Any] = {}
     for run in graph.runs:
-        _fill_run(add_run(), run, with_diff=False, envs=envs)
+        _fill_run(add_run(), run, with_diff=False, encoded=encoded)
     add_edge = message.edges.add
     for edge in graph.edges:
         add_edge(

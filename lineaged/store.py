@@ -393,25 +393,40 @@ def _runs(
     for row in rows:
         texts += (row[3] or "[]", row[12] or "{}", row[14] or "null", row[17] or "[]")
     decoded = json.loads("[" + ",".join(texts) + "]")
-    return [
-        _run(row, sources.get(row[0], ()), *decoded[4 * i : 4 * i + 4])
-        for i, row in enumerate(rows)
-    ]
+    # Runs of one pipeline mostly ran the same code: equal code is one value, built once
+    # (and encoded once by graph_to_pb, which copies a value it has seen).
+    codes: dict[tuple[str | None, bytes | None, tuple[SourceFile, ...]], CodeState | None] = {}
+    runs = []
+    for i, row in enumerate(rows):
+        argv, params, code_raw, warnings = decoded[4 * i : 4 * i + 4]
+        run_sources = sources.get(row[0], ())
+        key = (row[14], row[15], run_sources)
+        if key in codes:
+            code = codes[key]
+        else:
+            code = codes[key] = _run_code(code_raw, row[15], run_sources)
+        runs.append(_run(row, argv, params, code, warnings))
+    return runs
+
+
+def _run_code(
+    code_raw: dict[str, Any] | None, diff_digest: bytes | None, sources: tuple[SourceFile, ...]
+) -> CodeState | None:
+    code = _code_from_raw(code_raw, diff_digest)
+    if sources and code is None:
+        return CodeState(sources=sources)  # not in a git work tree: the sources still count
+    if code is not None and sources and not code.sources:
+        return CodeState(**{**_code_fields(code), "sources": sources})
+    return code
 
 
 def _run(
     row: Sequence[Any],
-    sources: tuple[SourceFile, ...],
     argv: list[str],
     params: dict[str, str],
-    code_raw: dict[str, Any] | None,
+    code: CodeState | None,
     warnings: list[str],
 ) -> Run:
-    code = _code_from_raw(code_raw, row[15])
-    if sources and code is None:
-        code = CodeState(sources=sources)  # not in a git work tree: the sources still count
-    elif code is not None and sources and not code.sources:
-        code = CodeState(**{**_code_fields(code), "sources": sources})
     return Run(
         id=row[0],
         run_id=row[1],
@@ -1625,14 +1640,15 @@ class _GraphBuilder:
         ):
             versions[row[0]] = _version(row)
         run_nodes = {run_id: run_node_id(uid) for run_id, uid in run_uids.items()}
+        # Positional: a graph builds hundreds of edges, and keywords cost a third more.
         edges = [
             Edge(
-                source=run_nodes[run_id],
-                target=version_node_id(version_id),
-                kind=kind,
-                how=how or "traced",
-                role=role or "data",
-                changed_during_run=bool(changed),
+                run_nodes[run_id],
+                version_node_id(version_id),
+                kind,
+                how or "traced",
+                role or "data",
+                bool(changed),
             )
             for (run_id, version_id, kind), (how, role, changed) in kept.items()
             if run_id in run_nodes
