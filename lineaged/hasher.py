@@ -162,6 +162,7 @@ def hash_many(
         return
     # Imported here: they cost ~40 ms, which a CLI that only hashes one file should not pay.
     from concurrent.futures import ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
     # spawn, not fork: the daemon has threads (gRPC, watchdog), and a forked child inherits
@@ -174,10 +175,11 @@ def hash_many(
             for chunk in chunks:
                 try:
                     pending[pool.submit(_hash_chunk, chunk, retries)] = chunk
-                except OSError as exc:
-                    # No processes allowed (task limits, a sandbox): slower, but complete.
-                    # Chunks already sent are taken back too: a worker may never run them.
-                    log.warning("hashing in process: cannot start worker processes: %s", exc)
+                except (OSError, BrokenProcessPool) as exc:
+                    # No processes allowed (task limits, a sandbox), or a worker died (the
+                    # OOM killer) while the walk went on: slower, but complete. Chunks already
+                    # sent are taken back too: a worker may never run them.
+                    log.warning("hashing in process: the worker processes failed: %s", exc)
                     for future in pending:
                         future.cancel()
                     taken_back = [path for sent in pending.values() for path in sent]

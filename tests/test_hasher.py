@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
+import time
 import types
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -302,13 +306,20 @@ def test_hash_many_with_pool_matches_hash_file(tmp_path: Path) -> None:
         assert outcome == hash_file(path)
 
 
-def test_hash_many_hashes_in_process_when_no_worker_can_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(11, "Resource temporarily unavailable"), BrokenProcessPool("a worker died")],
+    ids=["cannot-start", "worker-died"],
+)
+def test_hash_many_hashes_in_process_when_the_workers_fail(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    failure: Exception,
 ) -> None:
-    # A fault that cannot be produced otherwise: the third chunk's worker cannot be started
-    # (task limits, a sandbox). Chunks already sent are taken back; nothing is lost or doubled.
-    from concurrent.futures import ProcessPoolExecutor
-
+    # Faults that cannot be produced on demand: the third chunk's worker cannot be started
+    # (task limits, a sandbox), or the pool broke while the walk went on (the OOM killer).
+    # Chunks already sent are taken back; nothing is lost or doubled.
     paths = _make_tree(tmp_path, 500)
     submit = ProcessPoolExecutor.submit
     calls = 0
@@ -317,7 +328,7 @@ def test_hash_many_hashes_in_process_when_no_worker_can_start(
         nonlocal calls
         calls += 1
         if calls == 3:
-            raise OSError(11, "Resource temporarily unavailable")
+            raise failure
         return submit(self, *args, **kwargs)
 
     monkeypatch.setattr(ProcessPoolExecutor, "submit", failing_submit)
@@ -326,7 +337,32 @@ def test_hash_many_hashes_in_process_when_no_worker_can_start(
     assert sorted(path for path, _ in found) == sorted(paths)
     for path, outcome in found:
         assert outcome == hash_file(path)
-    assert "cannot start worker processes" in caplog.text
+    assert "hashing in process: the worker processes failed" in caplog.text
+
+
+def test_hash_many_survives_a_worker_killed_during_the_walk(tmp_path: Path) -> None:
+    # For real: SIGKILL one of the pool's workers once the walk has sent it work.
+    paths = _make_tree(tmp_path, 600)
+    killed: list[int] = []
+
+    def walk() -> Iterator[str]:
+        for index, path in enumerate(paths):
+            if index == 250:  # two chunks of 100 are with the pool by now
+                deadline = time.monotonic() + 60
+                while not multiprocessing.active_children():
+                    assert time.monotonic() < deadline, "no worker process started"
+                    time.sleep(0.01)
+                worker = multiprocessing.active_children()[0]
+                os.kill(worker.pid, signal.SIGKILL)
+                killed.append(worker.pid)
+            yield path
+
+    found = list(hash_many(walk(), workers=2, pool_min_paths=100, chunk_paths=100))
+
+    assert killed
+    assert sorted(path for path, _ in found) == sorted(paths)
+    for path, outcome in found:
+        assert outcome == hash_file(path)
 
 
 def test_hash_many_in_process(tmp_path: Path, reference: Reference) -> None:
