@@ -379,6 +379,11 @@ def _store_through_slots(*classes: type) -> None:
         options = cls.__dataclass_params__  # type: ignore[attr-defined]
         if not (options.frozen and "__slots__" in cls.__dict__):
             raise TypeError(f"{cls.__name__}: domain values are frozen, slotted dataclasses")
+        if hasattr(cls, "__post_init__") or any(
+            not item.init or item.kw_only is True for item in fields(cls)
+        ):
+            # What this __init__ does not do: say so at import rather than build values wrong.
+            raise TypeError(f"{cls.__name__}: __post_init__, init=False and kw_only need care")
         namespace: dict[str, Any] = {"_MISSING": _MISSING}
         params: list[str] = []
         body: list[str] = []

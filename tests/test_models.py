@@ -85,3 +85,25 @@ def test_a_default_factory_gives_each_value_its_own() -> None:
     given = {"LANG": "C"}
     assert models.EnvState(variables=given).variables is given
     assert models.RunStart("train").params == {}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"b": dataclasses.field(default=0, init=False)},
+        {"b": dataclasses.field(default=0, kw_only=True)},
+        {"__post_init__": lambda self: None},
+    ],
+    ids=["init-false", "kw-only", "post-init"],
+)
+def test_what_the_faster_init_does_not_do_is_refused(extra: dict[str, object]) -> None:
+    namespace: dict[str, object] = {"__annotations__": {"a": int}}
+    for name, value in extra.items():
+        if name == "__post_init__":
+            namespace[name] = value
+        else:
+            namespace["__annotations__"][name] = int  # type: ignore[index]
+            namespace[name] = value
+    cls = dataclasses.dataclass(frozen=True, slots=True)(type("Value", (), namespace))
+    with pytest.raises(TypeError, match="need care"):
+        models._store_through_slots(cls)
