@@ -204,7 +204,8 @@ class Indexer:
                     created.append(("gone", path, how))
             return created
 
-        future = self.writer.submit(job)
+        # A caller that waits (a run ending, a verify) is not kept for the writer's batching.
+        future = self.writer.submit(job, urgent=wait)
         if wait:
             future.result(timeout=120)
         return future

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from lineage_client.capture._envprobe import installed
 
-from lineaged.config import Config
+from lineaged.config import DEFAULT_IGNORE, Config, IgnoreRules
 from lineaged.engine import Engine, _PathFacts
 from lineaged.errors import NotFound, PathOutsideRoots
+from lineaged.indexer import Indexer, RootSet, WatchedRoot
 from lineaged.models import (
     Access,
     AccessMode,
+    ChangeKind,
     Direction,
     Role,
     Root,
@@ -182,6 +184,29 @@ def test_a_waited_on_job_does_not_wait_for_the_batch_to_fill(tmp_path: Path) -> 
     try:
         assert writer.call(lambda s: 42, timeout=60) == 42
         assert writer.submit(lambda s: 7, urgent=True).result(timeout=60) == 7
+    finally:
+        writer.stop()
+        store.close()
+
+
+def test_an_observe_that_is_waited_for_does_not_wait_for_the_batch_to_fill(
+    tmp_path: Path,
+) -> None:
+    # A run's end waits for its outputs to be indexed: that job is not held for batching.
+    data = tmp_path / "data"
+    data.mkdir()
+    model = data / "model.bin"
+    model.write_bytes(b"weights")
+    store = Store.open(tmp_path / "store.db")
+    writer = Writer(store, batch_seconds=3600)  # an hour: a held job would time out below
+    writer.start()
+    try:
+        root_id = writer.call(lambda s: s.ensure_root(str(data), Role.DATA))
+        root = Root(str(data), Role.DATA, id=root_id)
+        roots = RootSet([WatchedRoot(root, root_id, IgnoreRules(DEFAULT_IGNORE))])
+        Indexer(store, writer, roots).observe({str(model): ChangeKind.MODIFIED}, wait=True)
+        current = store.current_version(str(model))
+        assert current is not None and current.digest == b3(b"weights")
     finally:
         writer.stop()
         store.close()
