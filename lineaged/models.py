@@ -371,7 +371,7 @@ def _store_through_slots(*classes: type) -> None:
 
     The ``__init__`` generated for a frozen dataclass assigns each field through
     ``object.__setattr__`` (the class's own ``__setattr__`` refuses), which made building an
-    ``Edge`` three times the cost of building the same non-frozen slotted class. A lineage
+    ``Edge`` four times the cost of building the same non-frozen slotted class. A lineage
     graph builds hundreds of values on each side of the wire. This ``__init__`` has the same
     parameters and defaults and calls each slot's own descriptor; instances stay frozen.
     """
