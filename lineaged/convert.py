@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 from google.protobuf import timestamp_pb2
 
 from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-from lineaged.errors import InvalidArgument
+from lineaged.errors import InvalidArgument, LineageError
 from lineaged.models import (
     Access,
     AccessMode,
@@ -32,9 +33,11 @@ from lineaged.models import (
     EnvState,
     Event,
     Graph,
+    GraphTable,
     Role,
     Root,
     Run,
+    RunRow,
     RunStart,
     RunStatus,
     ScanState,
@@ -138,8 +141,15 @@ _CHANGE_TO_PB = {
     ChangeKind.RUN: pb.CHANGE_KIND_RUN,
     ChangeKind.EXTERNAL: pb.CHANGE_KIND_EXTERNAL,
 }
+# Graph columns send "still current" as UNSPECIFIED.
+_CLOSED_TO_PB: dict[ChangeKind | None, pb.ChangeKind.ValueType] = dict(_CHANGE_TO_PB.items())
+_CLOSED_TO_PB[None] = pb.CHANGE_KIND_UNSPECIFIED
 _MODE_TO_PB = {AccessMode.READ: pb.ACCESS_MODE_READ, AccessMode.WRITE: pb.ACCESS_MODE_WRITE}
-_HOW_TO_PB = {"declared": pb.ACCESS_HOW_DECLARED, "traced": pb.ACCESS_HOW_TRACED}
+_HOW_TO_PB = {
+    "declared": pb.ACCESS_HOW_DECLARED,
+    "traced": pb.ACCESS_HOW_TRACED,
+    "digest": pb.ACCESS_HOW_DIGEST,
+}
 _ACCESS_ROLE_TO_PB = {"data": pb.ACCESS_ROLE_DATA, "code": pb.ACCESS_ROLE_CODE}
 _STATUS_TO_PB = {
     RunStatus.RUNNING: pb.RUN_STATUS_RUNNING,
@@ -152,7 +162,11 @@ _DIRECTION_TO_PB = {
     Direction.DOWNSTREAM: pb.DIRECTION_DOWNSTREAM,
     Direction.BOTH: pb.DIRECTION_BOTH,
 }
-_EDGE_TO_PB = {"read": pb.EDGE_KIND_READ, "wrote": pb.EDGE_KIND_WROTE}
+_EDGE_TO_PB = {
+    "read": pb.EDGE_KIND_READ,
+    "wrote": pb.EDGE_KIND_WROTE,
+    "same_digest": pb.EDGE_KIND_SAME_DIGEST,
+}
 _VERIFY_TO_PB = {
     VerifyState.MATCH: pb.VERIFY_STATE_MATCH,
     VerifyState.CHANGED: pb.VERIFY_STATE_CHANGED,
@@ -172,6 +186,11 @@ _ROLE_FROM_PB = _invert(_ROLE_TO_PB)
 _CHANGE_FROM_PB = _invert(_CHANGE_TO_PB)
 _MODE_FROM_PB = _invert(_MODE_TO_PB)
 _HOW_FROM_PB = _invert(_HOW_TO_PB)
+# How a client may say it knew of an access ("digest" is for graph edges only).
+_REPORTED_HOW_FROM_PB: dict[int, str] = {
+    pb.ACCESS_HOW_DECLARED: "declared",
+    pb.ACCESS_HOW_TRACED: "traced",
+}
 _ACCESS_ROLE_FROM_PB = _invert(_ACCESS_ROLE_TO_PB)
 _STATUS_FROM_PB = _invert(_STATUS_TO_PB)
 _DIRECTION_FROM_PB = _invert(_DIRECTION_TO_PB)
@@ -729,10 +748,10 @@ def parse_access(message: pb.Access, field: str, *, now: int) -> Access:
     last_at = _time_ns(message.last_at, "last_at") if has("last_at") else first_at
     if last_at < first_at:
         raise InvalidArgument(f"{field}.last_at is before {field}.first_at")
-    how = _HOW_FROM_PB.get(message.how) or (
+    how = _REPORTED_HOW_FROM_PB.get(message.how) or (
         "traced"
         if message.how == pb.ACCESS_HOW_UNSPECIFIED
-        else _enum(_HOW_FROM_PB, message.how, f"{field}.how", pb.AccessHow)
+        else _enum(_REPORTED_HOW_FROM_PB, message.how, f"{field}.how", pb.AccessHow)
     )
     role = _ACCESS_ROLE_FROM_PB.get(message.role) or (
         "data"
@@ -873,53 +892,283 @@ def parse_lineage(request: pb.GetLineageRequest) -> LineageQuery:
     return LineageQuery(start, direction, depth, nodes)
 
 
-def _edge_from_pb(message: pb.Edge) -> Edge:
-    # Positional (source, target, kind, how, role, changed_during_run): graphs decode
-    # hundreds of edges, and keywords cost a third more.
-    return Edge(
-        message.source,
-        message.target,
-        _EDGE_FROM_PB.get(message.kind, "read"),
-        _HOW_FROM_PB.get(message.how, "traced"),
-        _ACCESS_ROLE_FROM_PB.get(message.role, "data"),
-        message.changed_during_run,
-    )
+def graph_to_pb(graph: Graph | GraphTable) -> pb.Graph:
+    """The wire form of a lineage graph, column by column (run diffs left out: GetRun has them).
 
-
-def graph_to_pb(graph: Graph) -> pb.Graph:
-    """The wire form of a lineage graph (run diffs left out: GetRun carries them)."""
-    # Every node is built in place inside its repeated field: building separate messages and
-    # handing them over copies each one again, which doubled the cost of a large graph.
-    message = pb.Graph(truncated=graph.truncated, start=graph.start)
-    add_version = message.versions.add
-    for version in graph.versions:
-        _fill_version(add_version(), version)
-    add_run = message.runs.add
-    encoded: dict[int, Any] = {}
-    for run in graph.runs:
-        _fill_run(add_run(), run, with_diff=False, encoded=encoded)
-    add_edge = message.edges.add
-    for edge in graph.edges:
-        add_edge(
-            source=edge.source,
-            target=edge.target,
-            kind=_EDGE_TO_PB.get(edge.kind, pb.EDGE_KIND_UNSPECIFIED),
-            how=_HOW_TO_PB.get(edge.how, pb.ACCESS_HOW_UNSPECIFIED),
-            role=_ACCESS_ROLE_TO_PB.get(edge.role, pb.ACCESS_ROLE_UNSPECIFIED),
-            changed_during_run=edge.changed_during_run,
+    A ``GraphTable`` (what the store walks out) is encoded straight from its rows: each column
+    is one slice of the transposed rows, with no value built per node.
+    """
+    table = graph if isinstance(graph, GraphTable) else _table(graph)
+    message = pb.Graph(truncated=table.truncated, start=table.start)
+    if table.versions:
+        (ids, paths, digests, sizes, mtimes, froms, untils, seen, closed_by, external) = zip(
+            *table.versions, strict=True
         )
+        columns = message.versions
+        columns.id.extend(ids)
+        columns.path.extend(paths)
+        columns.digest.extend(digests)
+        columns.size.extend(sizes)
+        columns.mtime_ns.extend(mtimes)
+        columns.valid_from_ns.extend(froms)
+        columns.valid_until_ns.extend([until or 0 for until in untils])
+        columns.closed.extend([until is not None for until in untils])
+        change = _CLOSED_TO_PB.get
+        unknown = pb.CHANGE_KIND_UNSPECIFIED
+        columns.seen.extend([change(kind, unknown) for kind in seen])
+        columns.closed_by.extend([change(kind, unknown) for kind in closed_by])
+        columns.external.extend(external)
+    if table.runs:
+        _runs_to_columns(message, table.runs)
+    if table.edges:
+        sources, targets, kinds, hows, roles, changed = zip(*table.edges, strict=True)
+        edge_columns = message.edges
+        edge_columns.source.extend(sources)
+        edge_columns.target.extend(targets)
+        edge_columns.kind.extend([_EDGE_TO_PB.get(k, pb.EDGE_KIND_UNSPECIFIED) for k in kinds])
+        edge_columns.how.extend([_HOW_TO_PB.get(h, pb.ACCESS_HOW_UNSPECIFIED) for h in hows])
+        edge_columns.role.extend(
+            [_ACCESS_ROLE_TO_PB.get(r, pb.ACCESS_ROLE_UNSPECIFIED) for r in roles]
+        )
+        edge_columns.changed_during_run.extend(changed)
     return message
 
 
+def _table(graph: Graph) -> GraphTable:
+    """A graph of values as rows (the fields of each value in order)."""
+    return GraphTable(
+        versions=tuple(
+            (v.id, v.path, v.digest, v.size, v.mtime_ns, v.valid_from, v.valid_until, v.seen,
+             v.closed_by, v.external)
+            for v in graph.versions
+        ),
+        runs=tuple(
+            (r.run_id, r.name, r.argv, r.cwd, r.host, r.user, r.pid, r.started_at, r.ended_at,
+             r.status, r.exit_code, r.params, r.parent_run_id, r.code, r.env, r.warnings, r.id)
+            for r in graph.runs
+        ),
+        edges=tuple(
+            (e.source, e.target, e.kind, e.how, e.role, e.changed_during_run) for e in graph.edges
+        ),
+        truncated=graph.truncated,
+        start=graph.start,
+    )  # fmt: skip
+
+
+def _runs_to_columns(message: pb.Graph, runs: Sequence[RunRow]) -> None:
+    (
+        run_ids, names, argvs, cwds, hosts, users, pids, started, ended, statuses, exit_codes,
+        params, parents, codes, envs, warnings, ids,
+    ) = zip(*runs, strict=True)  # fmt: skip
+    columns = message.runs
+    columns.id.extend(ids)
+    columns.run_id.extend(run_ids)
+    columns.name.extend(names)
+    columns.argv_count.extend(map(len, argvs))
+    columns.argv.extend(itertools.chain.from_iterable(argvs))
+    columns.cwd.extend(cwds)
+    columns.host.extend(hosts)
+    columns.user.extend(users)
+    columns.pid.extend(pids)
+    columns.started_at_ns.extend(started)
+    columns.ended_at_ns.extend([at or 0 for at in ended])
+    columns.ended.extend([at is not None for at in ended])
+    columns.status.extend([_STATUS_TO_PB.get(s, pb.RUN_STATUS_UNSPECIFIED) for s in statuses])
+    columns.exited.extend([code is not None for code in exit_codes])
+    columns.exit_code.extend([code or 0 for code in exit_codes])
+    columns.param_count.extend(map(len, params))
+    columns.param_key.extend(itertools.chain.from_iterable(params))
+    columns.param_value.extend(itertools.chain.from_iterable(p.values() for p in params))
+    columns.parent_run_id.extend(parents)
+    columns.warning_count.extend(map(len, warnings))
+    columns.warning.extend(itertools.chain.from_iterable(warnings))
+    # Runs of one pipeline mostly share their code and environment (the store builds equal
+    # values once): each distinct value is sent once and the runs name it by position.
+    columns.code.extend(
+        _refs(codes, lambda code: _fill_code(message.codes.add(), code, with_diff=False))
+    )
+    columns.env.extend(_refs(envs, lambda env: _fill_env(message.envs.add(), env)))
+
+
+def _refs(values: Iterable[_T | None], add: Callable[[_T], object]) -> list[int]:
+    """1 + the position of each value among the distinct ones (by identity), 0 for None;
+    ``add`` is called once for each distinct value, in order."""
+    seen: dict[int, int] = {}
+    refs = []
+    for value in values:
+        if value is None:
+            refs.append(0)
+            continue
+        ref = seen.get(id(value))
+        if ref is None:
+            add(value)
+            ref = seen[id(value)] = len(seen) + 1
+        refs.append(ref)
+    return refs
+
+
+def _malformed(what: str) -> LineageError:
+    return LineageError(f"malformed lineage graph from the daemon: {what}")
+
+
+def _same_lengths(kind: str, columns: Sequence[Sized]) -> int:
+    count = len(columns[0])
+    if any(len(column) != count for column in columns):
+        raise _malformed(f"its {kind} columns differ in length")
+    return count
+
+
+def _split(values: Sequence[_T], counts: Sequence[int], what: str) -> list[tuple[_T, ...]]:
+    """Undo the flattening of a list per run: ``counts[i]`` values each, in order."""
+    if sum(counts) != len(values):
+        raise _malformed(f"{what} counts do not add up")
+    items = iter(values)
+    return [tuple(itertools.islice(items, count)) if count else () for count in counts]
+
+
 def graph_from_pb(message: pb.Graph) -> Graph:
-    """A lineage graph read back from the wire."""
-    memo: dict[tuple[Any, bytes], Any] = {}
+    """A lineage graph read back from the wire (LineageError when its columns disagree)."""
     return Graph(
-        versions=tuple(map(version_from_pb, message.versions)),
-        runs=tuple([run_from_pb(run, memo) for run in message.runs]),
-        edges=tuple(map(_edge_from_pb, message.edges)),
+        versions=_versions_from_columns(message.versions),
+        runs=_runs_from_columns(message),
+        edges=_edges_from_columns(message.edges),
         truncated=message.truncated,
         start=tuple(message.start),
+    )
+
+
+def _versions_from_columns(columns: pb.VersionColumns) -> tuple[Version, ...]:
+    ids = columns.id
+    if not ids:
+        return ()
+    fields = (
+        ids,
+        columns.path,
+        columns.digest,
+        columns.size,
+        columns.mtime_ns,
+        columns.valid_from_ns,
+        columns.valid_until_ns,
+        columns.seen,
+        columns.closed_by,
+        columns.external,
+        columns.closed,
+    )
+    _same_lengths("version", fields)
+    change = _CHANGE_FROM_PB.get
+    return tuple(
+        map(
+            Version,
+            ids,
+            columns.path,
+            columns.digest,
+            columns.size,
+            columns.mtime_ns,
+            columns.valid_from_ns,
+            [
+                until if closed else None
+                for until, closed in zip(columns.valid_until_ns, columns.closed, strict=True)
+            ],
+            [change(seen, ChangeKind.SCAN) for seen in columns.seen],
+            [change(closed) for closed in columns.closed_by],
+            columns.external,
+        )
+    )
+
+
+def _runs_from_columns(message: pb.Graph) -> tuple[Run, ...]:
+    columns = message.runs
+    ids = columns.id
+    if not ids:
+        return ()
+    _same_lengths(
+        "run",
+        (
+            ids,
+            columns.run_id,
+            columns.name,
+            columns.argv_count,
+            columns.cwd,
+            columns.host,
+            columns.user,
+            columns.pid,
+            columns.started_at_ns,
+            columns.ended_at_ns,
+            columns.status,
+            columns.exited,
+            columns.exit_code,
+            columns.param_count,
+            columns.parent_run_id,
+            columns.code,
+            columns.env,
+            columns.warning_count,
+            columns.ended,
+        ),
+    )
+    # Each distinct code and environment is decoded once; the runs share the values.
+    codes = [None, *map(_code_from_pb, message.codes)]
+    envs = [None, *map(_env_from_pb, message.envs)]
+    if max(columns.code) >= len(codes) or max(columns.env) >= len(envs):
+        raise _malformed("a run names a code or environment the graph does not carry")
+    keys = _split(columns.param_key, columns.param_count, "param")
+    values = _split(columns.param_value, columns.param_count, "param")
+    status = _STATUS_FROM_PB.get
+    return tuple(
+        map(
+            Run,
+            columns.run_id,
+            columns.name,
+            _split(columns.argv, columns.argv_count, "argv"),
+            columns.cwd,
+            columns.host,
+            columns.user,
+            columns.pid,
+            columns.started_at_ns,
+            [
+                at if ended else None
+                for at, ended in zip(columns.ended_at_ns, columns.ended, strict=True)
+            ],
+            [status(number, RunStatus.RUNNING) for number in columns.status],
+            [
+                code if exited else None
+                for code, exited in zip(columns.exit_code, columns.exited, strict=True)
+            ],
+            [dict(zip(k, v, strict=True)) if k else {} for k, v in zip(keys, values, strict=True)],
+            columns.parent_run_id,
+            [codes[index] for index in columns.code],
+            [envs[index] for index in columns.env],
+            _split(columns.warning, columns.warning_count, "warning"),
+            ids,
+        )
+    )
+
+
+def _edges_from_columns(columns: pb.EdgeColumns) -> tuple[Edge, ...]:
+    sources = columns.source
+    if not sources:
+        return ()
+    _same_lengths(
+        "edge",
+        (
+            sources,
+            columns.target,
+            columns.kind,
+            columns.how,
+            columns.role,
+            columns.changed_during_run,
+        ),
+    )
+    kind, how, role = _EDGE_FROM_PB.get, _HOW_FROM_PB.get, _ACCESS_ROLE_FROM_PB.get
+    return tuple(
+        map(
+            Edge,
+            sources,
+            columns.target,
+            [kind(number, "read") for number in columns.kind],
+            [how(number, "traced") for number in columns.how],
+            [role(number, "data") for number in columns.role],
+            columns.changed_during_run,
+        )
     )
 
 

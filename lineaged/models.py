@@ -6,6 +6,7 @@ Times are integers of nanoseconds since the Unix epoch (``time.time_ns()``). Dig
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -22,12 +23,15 @@ __all__ = [
     "Counts",
     "Direction",
     "Edge",
+    "EdgeRow",
     "EnvState",
     "Event",
     "Graph",
+    "GraphTable",
     "Role",
     "Root",
     "Run",
+    "RunRow",
     "RunStart",
     "RunStatus",
     "ScanState",
@@ -38,6 +42,7 @@ __all__ = [
     "VerifyItem",
     "VerifyState",
     "Version",
+    "VersionRow",
     "run_node_id",
     "version_node_id",
 ]
@@ -282,6 +287,38 @@ class Graph:
     edges: tuple[Edge, ...]
     truncated: bool
     start: tuple[str, ...] = ()  # node ids the walk started from
+
+
+# A node or an edge of a lineage graph as a plain row: the fields of Version, Run and Edge, in
+# their order. Graphs are built and encoded as rows (see GraphTable).
+VersionRow = tuple[int, str, str, int, int, int, int | None, ChangeKind, ChangeKind | None, bool]
+RunRow = tuple[
+    str, str, tuple[str, ...], str, str, str, int, int, int | None, RunStatus, int | None,
+    Mapping[str, str], str, CodeState | None, EnvState | None, tuple[str, ...], int,
+]  # fmt: skip
+EdgeRow = tuple[str, str, str, str, str, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphTable:
+    """A lineage graph as rows (see ``VersionRow``): what the store walks out and the service
+    encodes, column by column, with no value built per node; ``graph()`` builds the values."""
+
+    versions: tuple[VersionRow, ...]
+    runs: tuple[RunRow, ...]
+    edges: tuple[EdgeRow, ...]
+    truncated: bool
+    start: tuple[str, ...] = ()
+
+    def graph(self) -> Graph:
+        """The same graph as values."""
+        return Graph(
+            versions=tuple(itertools.starmap(Version, self.versions)),
+            runs=tuple(itertools.starmap(Run, self.runs)),
+            edges=tuple(itertools.starmap(Edge, self.edges)),
+            truncated=self.truncated,
+            start=self.start,
+        )
 
 
 @dataclass(frozen=True, slots=True)

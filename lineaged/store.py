@@ -50,12 +50,14 @@ from lineaged.models import (
     CodeState,
     Counts,
     Direction,
-    Edge,
+    EdgeRow,
     EnvState,
     Graph,
+    GraphTable,
     Role,
     Root,
     Run,
+    RunRow,
     RunStart,
     RunStatus,
     SourceFile,
@@ -64,6 +66,7 @@ from lineaged.models import (
     VerifyItem,
     VerifyState,
     Version,
+    VersionRow,
     is_new_run_id,
     new_run_id,
     run_node_id,
@@ -72,6 +75,7 @@ from lineaged.models import (
 
 __all__ = [
     "APP_ID",
+    "CACHE_KIB",
     "DB_NAME",
     "SCHEMA_VERSION",
     "CacheEntry",
@@ -91,6 +95,7 @@ SCHEMA_VERSION = 1
 SQLITE_HEADER = b"SQLite format 3\x00"
 DIGEST_BYTES = 32
 MIN_PREFIX = 8
+CACHE_KIB = 32768  # SQLite's page cache per connection (its default is 2 MiB)
 
 T = TypeVar("T")
 
@@ -387,6 +392,13 @@ def _env_from_json(body: str | None) -> EnvState | None:
 def _runs(
     rows: Sequence[Sequence[Any]], sources: Mapping[int, tuple[SourceFile, ...]]
 ) -> list[Run]:
+    """Decode run rows into values (see ``_run_rows``)."""
+    return [Run(*row) for row in _run_rows(rows, sources)]
+
+
+def _run_rows(
+    rows: Sequence[Sequence[Any]], sources: Mapping[int, tuple[SourceFile, ...]]
+) -> list[RunRow]:
     """Decode run rows: one JSON parse for every row's argv, params, code and warnings (a
     lineage graph or a listing decodes many runs; one call per field would dominate)."""
     texts: list[str] = []
@@ -394,9 +406,10 @@ def _runs(
         texts += (row[3] or "[]", row[12] or "{}", row[14] or "null", row[17] or "[]")
     decoded = json.loads("[" + ",".join(texts) + "]")
     # Runs of one pipeline mostly ran the same code: equal code is one value, built once
-    # (and encoded once by graph_to_pb, which copies a value it has seen).
+    # (and sent once in a graph, which names a value it has seen by position).
     codes: dict[tuple[str | None, bytes | None, tuple[SourceFile, ...]], CodeState | None] = {}
-    runs = []
+    statuses = _RUN_STATUSES
+    runs: list[RunRow] = []
     for i, row in enumerate(rows):
         argv, params, code_raw, warnings = decoded[4 * i : 4 * i + 4]
         run_sources = sources.get(row[0], ())
@@ -405,7 +418,27 @@ def _runs(
             code = codes[key]
         else:
             code = codes[key] = _run_code(code_raw, row[15], run_sources)
-        runs.append(_run(row, argv, params, code, warnings))
+        runs.append(
+            (
+                row[1],
+                row[2],
+                tuple(argv),
+                row[4] or "",
+                row[5] or "",
+                row[6] or "",
+                row[7] or 0,
+                row[8],
+                row[9],
+                statuses[row[10]],
+                row[11],
+                params,
+                row[13] or "",
+                code,
+                _env_from_json(row[16]),
+                tuple(warnings),
+                row[0],
+            )
+        )
     return runs
 
 
@@ -418,34 +451,6 @@ def _run_code(
     if code is not None and sources and not code.sources:
         return CodeState(**{**_code_fields(code), "sources": sources})
     return code
-
-
-def _run(
-    row: Sequence[Any],
-    argv: list[str],
-    params: dict[str, str],
-    code: CodeState | None,
-    warnings: list[str],
-) -> Run:
-    return Run(
-        id=row[0],
-        run_id=row[1],
-        name=row[2],
-        argv=tuple(argv),
-        cwd=row[4] or "",
-        host=row[5] or "",
-        user=row[6] or "",
-        pid=row[7] or 0,
-        started_at=row[8],
-        ended_at=row[9],
-        status=_RUN_STATUSES[row[10]],
-        exit_code=row[11],
-        params=params,
-        parent_run_id=row[13] or "",
-        code=code,
-        env=_env_from_json(row[16]),
-        warnings=tuple(warnings),
-    )
 
 
 def _code_fields(code: CodeState) -> dict[str, Any]:
@@ -528,7 +533,7 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
         else:
             conn.execute("PRAGMA query_only=ON")
-        conn.execute("PRAGMA cache_size=-32768")
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         return conn
 
     def _migrate(self) -> None:
@@ -1405,6 +1410,14 @@ class Store:
         ``max_depth`` counts run levels: upstream of a model, depth 1 is the run that wrote
         it and the versions that run read; depth 2 the runs that wrote those, and so on.
         """
+        return self.lineage_table(
+            start, direction, max_depth=max_depth, max_nodes=max_nodes
+        ).graph()
+
+    def lineage_table(
+        self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
+    ) -> GraphTable:
+        """:meth:`lineage` as rows, for encoding without a value per node."""
         start_versions, start_runs = self.start_versions(start)
         ways = (
             (Direction.UPSTREAM, Direction.DOWNSTREAM)
@@ -1412,32 +1425,10 @@ class Store:
             else (direction,)
         )
         with self._reading() as conn:
-            graph = _GraphBuilder(conn, start_versions)
+            walk = _Walk(conn, start_versions, start_runs)
             for way in ways:
-                graph.walk(
-                    way, [r.id for r in start_runs], max_depth=max_depth, max_nodes=max_nodes
-                )
-            run_ids = sorted(graph.run_ids | {r.id for r in start_runs})
-            # One query loads every edge of the walked runs; their code edges are the runs'
-            # sources, so the runs need no query of their own for them.
-            sources = graph.load_edges(run_ids)
-            rows = conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs r LEFT JOIN envs e ON e.id=r.env_id "
-                "WHERE r.id IN (SELECT value FROM json_each(?))",
-                (json.dumps(run_ids),),
-            ).fetchall()
-            runs = _runs(rows, sources)
-            versions, edges = graph.finish({r.id: r.run_id for r in runs})
-        return Graph(
-            versions=tuple(versions),
-            runs=tuple(sorted(runs, key=lambda r: r.id)),
-            edges=tuple(edges),
-            truncated=graph.truncated,
-            start=tuple(
-                [version_node_id(v.id) for v in start_versions]
-                + [run_node_id(r.run_id) for r in start_runs]
-            ),
-        )
+                walk.walk(way, max_depth=max_depth, max_nodes=max_nodes)
+            return walk.table()
 
     def verify(self, start: StartNode, *, max_nodes: int = 10_000) -> list[VerifyItem]:
         """Every input on the upstream closure of ``start`` and what its path holds now."""
@@ -1524,165 +1515,261 @@ class Store:
         return str(hasher.hexdigest())
 
 
-# One recursive query finds every node of a walk. Nodes are digests ('d') and runs ('r'):
-# going through digests is what bridges copies (same bytes, another path). Depth counts run
-# levels; UNION drops repeated (kind, node, depth) rows, and the LIMIT bounds the work.
+# One recursive query walks the graph and returns the edges it crosses. Nodes are digests ('d')
+# and runs ('r'): going through digests is what bridges copies (same bytes, another path). Each
+# row carries the edge it was reached by, so the edges need no second pass; a node reached by
+# several edges has a row for each (UNION drops repeated rows, so each is expanded once per
+# distinct row). Depth counts run levels; the LIMIT bounds the work.
 _WALK_SQL = """
-WITH RECURSIVE walk(kind, node, depth) AS (
-    SELECT 'd', v.digest, 0 FROM versions v WHERE v.id IN (SELECT value FROM json_each(:versions))
+WITH RECURSIVE walk(kind, node, depth, edge) AS (
+    SELECT 'd', v.digest, 0, NULL FROM versions v
+     WHERE v.id IN (SELECT value FROM json_each(:versions))
     UNION
-    SELECT 'r', value, 1 FROM json_each(:runs)
+    SELECT 'r', value, 1, NULL FROM json_each(:runs)
     UNION
-    SELECT 'r', e.run_id, w.depth + 1
+    SELECT 'r', e.run_id, w.depth + 1, e.id
       FROM walk w JOIN versions same ON w.kind = 'd' AND same.digest = w.node
       JOIN edges e ON e.version_id = same.id AND e.kind = :to_run
      WHERE w.depth < :max_depth
     UNION
-    SELECT 'd', v.digest, w.depth
+    SELECT 'd', v.digest, w.depth, e.id
       FROM walk w JOIN edges e ON w.kind = 'r' AND e.run_id = w.node AND e.kind = :from_run
       JOIN versions v ON v.id = e.version_id
     LIMIT :row_cap
 )
-SELECT kind, node, min(depth) AS depth FROM walk GROUP BY kind, node ORDER BY depth
+SELECT w.kind, w.node, w.depth, e.run_id, e.version_id, e.kind, e.how, e.role,
+       e.changed_during_run
+  FROM walk w LEFT JOIN edges e ON e.id = w.edge
 """
 
+# The rows of a walk's nodes in one statement: runs (kind 'r') and versions ('v', digests as
+# hex: SQLite makes the strings), each padded to the width of the other.
+_NODES_SQL = f"""
+SELECT 'r', {_RUN_COLUMNS} FROM runs r LEFT JOIN envs e ON e.id = r.env_id
+ WHERE r.id IN (SELECT value FROM json_each(:runs))
+UNION ALL
+SELECT 'v', v.id, a.path, lower(hex(v.digest)), v.size, v.mtime_ns, v.valid_from,
+       v.valid_until, v.seen, v.closed_by, a.root_id IS NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  FROM versions v JOIN artifacts a ON a.id = v.artifact_id
+ WHERE v.id IN (SELECT value FROM json_each(:versions))
+"""
 
-class _GraphBuilder:
-    """Collects the nodes of one or two walks, then loads versions and edges in bulk."""
+# An edge as the walk keeps it: (run row id, version id, kind, how, role, changed_during_run).
+_EdgeRow = tuple[int, int, str, str | None, str | None, int | None]
 
-    def __init__(self, conn: sqlite3.Connection, start_versions: Sequence[Version]) -> None:
+
+class _Walk:
+    """One or two walks from the same start, then the graph: nodes loaded in one statement."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, start_versions: Sequence[Version], start_runs: Sequence[Run]
+    ) -> None:
         self.conn = conn
         self.start_versions = list(start_versions)
-        self.run_ids: set[int] = set()
+        self.start_runs = list(start_runs)
         self.truncated = False
-        self._kept: list[tuple[Direction, set[int], set[bytes]]] = []
-        self._edges: list[tuple[Any, ...]] = []
+        # (run row id, version id, kind) -> the edge; each walk adds the edges it keeps.
+        self.edges: dict[tuple[int, int, str], _EdgeRow] = {}
+        # Kept edges that are only known to be on the walk once their versions' digests are
+        # (a walk cut by max_nodes): (edge, the digests that walk kept).
+        self.pending: list[tuple[_EdgeRow, set[bytes]]] = []
+        self.run_ids: set[int] = {run.id for run in start_runs}
+        self.upstream_runs: set[int] = set()  # runs whose every read edge was crossed
 
-    def walk(
-        self, direction: Direction, start_runs: Sequence[int], *, max_depth: int, max_nodes: int
-    ) -> None:
+    def walk(self, direction: Direction, *, max_depth: int, max_nodes: int) -> None:
         upstream = direction is Direction.UPSTREAM
+        to_run, from_run = ("wrote", "read") if upstream else ("read", "wrote")
         row_cap = max_nodes * 8 + 64
         rows = self.conn.execute(
             _WALK_SQL,
             {
                 "versions": json.dumps([v.id for v in self.start_versions]),
-                "runs": json.dumps(list(start_runs)),
-                "to_run": "wrote" if upstream else "read",
-                "from_run": "read" if upstream else "wrote",
+                "runs": json.dumps([r.id for r in self.start_runs]),
+                "to_run": to_run,
+                "from_run": from_run,
                 "max_depth": max_depth,
                 "row_cap": row_cap,
             },
         ).fetchall()
-        if len(rows) >= row_cap:
+        cut = len(rows) >= row_cap
+        depths: dict[tuple[str, Any], int] = {}
+        for row in rows:
+            key = (row[0], row[1])
+            known = depths.get(key)
+            if known is None or row[2] < known:
+                depths[key] = row[2]
+        if len(depths) > max_nodes:
+            cut = True
+            nearest = sorted(depths, key=depths.__getitem__)[:max_nodes]  # nearest first
+            depths = {key: depths[key] for key in nearest}
+        runs = {node for kind, node in depths if kind == "r"}
+        digests = {node for kind, node in depths if kind == "d"}
+        crossed = [row[3:] for row in rows if row[3] is not None and row[3] in runs]
+        if cut:
             self.truncated = True
-        if len(rows) > max_nodes:
-            self.truncated = True
-            rows = rows[:max_nodes]  # ordered by depth: the nearest nodes are kept
-        runs = {node for kind, node, _ in rows if kind == "r"}
-        digests = {bytes(node) for kind, node, _ in rows if kind == "d"}
-        frontier = [bytes(node) for kind, node, depth in rows if kind == "d" and depth >= max_depth]
-        if frontier and not self.truncated and self._leads_on(frontier, upstream):
-            self.truncated = True
+            # A crossed edge whose version's digest was cut away is off the walk: decided once
+            # the versions are loaded.
+            self.pending += [(edge, digests) for edge in crossed]
+        else:
+            for edge in crossed:
+                self.edges[(edge[0], edge[1], edge[2])] = edge
+        frontier = [
+            node for (kind, node), depth in depths.items() if kind == "d" and depth >= max_depth
+        ]
+        if frontier:
+            self._frontier(frontier, to_run, runs)
         self.run_ids |= runs
-        self._kept.append((direction, runs, digests))
+        if upstream and not cut:
+            self.upstream_runs |= runs
 
-    def _leads_on(self, digests: list[bytes], upstream: bool) -> bool:
-        """Whether the walk stopped by depth with more runs beyond."""
-        kind = "wrote" if upstream else "read"
+    def _frontier(self, digests: list[bytes], to_run: str, runs: set[int]) -> None:
+        """Digests at the depth limit: edges from runs on the walk into them belong to the
+        graph; an edge from any other run means the walk stopped with more beyond."""
         for chunk in _chunks(digests, 500):
             marks = ",".join("?" * len(chunk))
-            if self.conn.execute(
-                f"SELECT 1 FROM versions v JOIN edges e ON e.version_id = v.id AND e.kind = ? "
-                f"WHERE v.digest IN ({marks}) LIMIT 1",
-                [kind, *chunk],
-            ).fetchone():
-                return True
-        return False
+            for edge in self.conn.execute(
+                "SELECT e.run_id, e.version_id, e.kind, e.how, e.role, e.changed_during_run "
+                f"FROM versions v JOIN edges e ON e.version_id = v.id AND e.kind = ? "
+                f"WHERE v.digest IN ({marks})",
+                [to_run, *chunk],
+            ):
+                if edge[0] in runs:
+                    self.edges[(edge[0], edge[1], edge[2])] = edge
+                else:
+                    self.truncated = True
 
-    def load_edges(self, run_ids: Sequence[int]) -> dict[int, tuple[SourceFile, ...]]:
-        """Load every edge of ``run_ids`` once; returns each run's code sources by path."""
-        # The path is looked up for code edges only: they are the sources; data edges' versions
-        # are loaded whole later, for those that lie on the walk.
-        self._edges = self.conn.execute(
-            "SELECT e.run_id, e.version_id, e.kind, e.how, e.role, e.changed_during_run, "
-            "v.digest, CASE WHEN e.role = 'code' "
-            "THEN (SELECT a.path FROM artifacts a WHERE a.id = v.artifact_id) END "
-            "FROM edges e JOIN versions v ON v.id = e.version_id "
-            "WHERE e.run_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(run_ids)),),
-        ).fetchall()
-        found: dict[int, list[SourceFile]] = {}
-        for run_id, _, kind, _, role, _, digest, path in self._edges:
-            if role == "code" and kind == "read":
-                found.setdefault(run_id, []).append(SourceFile(path, digest.hex()))
-        return {
-            run_id: tuple(sorted(files, key=lambda s: s.path)) for run_id, files in found.items()
-        }
-
-    def finish(self, run_uids: Mapping[int, str]) -> tuple[list[Version], list[Edge]]:
-        """Keep the loaded edges that lie on a walk, and load their versions."""
-        kept: dict[tuple[int, int, str], tuple[str, str, int]] = {}
-        walks = [(runs, digests) for _, runs, digests in self._kept if runs]
-        for run_id, version_id, kind, how, role, changed, digest, _ in self._edges:
-            # Only edges that lie on the walk: a run's other outputs (going up) or
-            # other inputs (going down) are not part of this lineage.
-            for runs, digests in walks:
-                if run_id in runs and digest in digests:
-                    kept[(run_id, version_id, kind)] = (how, role, changed)
-                    break
-        version_ids = {v for _, v, _ in kept} | {v.id for v in self.start_versions}
-        versions = {v.id: v for v in self.start_versions}
+    def table(self) -> GraphTable:
+        version_ids = {edge[1] for edge in self.edges.values()}
+        version_ids |= {edge[1] for edge, _ in self.pending}
+        versions: dict[int, VersionRow] = {v.id: _version_row(v) for v in self.start_versions}
+        start_ids = set(versions)
+        run_rows: list[Sequence[Any]] = []
+        kinds = _CHANGE_KINDS
         for row in self.conn.execute(
-            f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id = v.artifact_id "
-            "WHERE v.id IN (SELECT value FROM json_each(?))",
-            (json.dumps(sorted(version_ids - versions.keys())),),
+            _NODES_SQL,
+            {
+                "runs": json.dumps(sorted(self.run_ids)),
+                "versions": json.dumps(sorted(version_ids - start_ids)),
+            },
         ):
-            versions[row[0]] = _version(row)
-        run_nodes = {run_id: run_node_id(uid) for run_id, uid in run_uids.items()}
-        # Positional: a graph builds hundreds of edges, and keywords cost a third more.
-        edges = [
-            Edge(
+            if row[0] == "r":
+                run_rows.append(row[1:])
+            else:
+                closed = row[9]
+                versions[row[1]] = (
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4],
+                    row[5],
+                    row[6],
+                    row[7],
+                    kinds[row[8]],
+                    kinds[closed] if closed else None,
+                    bool(row[10]),
+                )
+        for edge, digests in self.pending:
+            version = versions.get(edge[1])
+            if version is not None and bytes.fromhex(version[2]) in digests:
+                self.edges[(edge[0], edge[1], edge[2])] = edge
+        kept_ids = {edge[1] for edge in self.edges.values()} | start_ids
+        versions = {vid: versions[vid] for vid in sorted(kept_ids) if vid in versions}
+        runs = _run_rows(run_rows, self._sources(versions))
+        runs.sort(key=_ROW_ID)
+        run_nodes = {run[16]: "run:" + run[0] for run in runs}
+        edges: list[EdgeRow] = [
+            (
                 run_nodes[run_id],
-                version_node_id(version_id),
+                f"version:{version_id}",
                 kind,
                 how or "traced",
                 role or "data",
                 bool(changed),
             )
-            for (run_id, version_id, kind), (how, role, changed) in kept.items()
+            for run_id, version_id, kind, how, role, changed in self.edges.values()
             if run_id in run_nodes
         ]
-        edges += _bridges(versions, kept)
-        edges.sort(key=_EDGE_ORDER)
-        return sorted(versions.values(), key=lambda v: v.id), edges
+        edges += _bridges(versions, self.edges)
+        edges.sort()  # by source, target, kind
+        return GraphTable(
+            versions=tuple(versions.values()),
+            runs=tuple(runs),
+            edges=tuple(edges),
+            truncated=self.truncated,
+            start=tuple(
+                [version_node_id(v.id) for v in self.start_versions]
+                + [run_node_id(r.run_id) for r in self.start_runs]
+            ),
+        )
+
+    def _sources(self, versions: Mapping[int, VersionRow]) -> dict[int, tuple[SourceFile, ...]]:
+        """Each run's code inputs (``CodeState.sources``), by run row id."""
+        found: dict[int, list[SourceFile]] = {}
+        # An upstream walk crossed every read edge of its runs: their sources are among the
+        # kept edges. Other runs' are looked up.
+        for run_id, version_id, kind, _, role, _ in self.edges.values():
+            if role == "code" and kind == "read" and run_id in self.upstream_runs:
+                version = versions[version_id]
+                found.setdefault(run_id, []).append(SourceFile(version[1], version[2]))
+        others = sorted(self.run_ids - self.upstream_runs)
+        if others:
+            for run_id, path, digest in self.conn.execute(
+                "SELECT e.run_id, a.path, v.digest FROM edges e "
+                "JOIN versions v ON v.id = e.version_id JOIN artifacts a ON a.id = v.artifact_id "
+                "WHERE e.run_id IN (SELECT value FROM json_each(?)) AND e.kind = 'read' "
+                "AND e.role = 'code'",
+                (json.dumps(others),),
+            ):
+                found.setdefault(run_id, []).append(SourceFile(path, digest.hex()))
+        return {
+            run_id: tuple(sorted(files, key=lambda s: s.path)) for run_id, files in found.items()
+        }
 
 
-_EDGE_ORDER = operator.attrgetter("source", "target", "kind")
+_ROW_ID = operator.itemgetter(16)  # a RunRow's run row id
+
+
+def _version_row(version: Version) -> VersionRow:
+    return (
+        version.id,
+        version.path,
+        version.digest,
+        version.size,
+        version.mtime_ns,
+        version.valid_from,
+        version.valid_until,
+        version.seen,
+        version.closed_by,
+        version.external,
+    )
 
 
 def _bridges(
-    versions: Mapping[int, Version], kept: Mapping[tuple[int, int, str], object]
-) -> list[Edge]:
-    """``same_digest`` edges from a version a run wrote to another version with its bytes."""
+    versions: Mapping[int, VersionRow], kept: Mapping[tuple[int, int, str], object]
+) -> list[EdgeRow]:
+    """``same_digest`` edges from a version a run wrote to another version with its bytes
+    (``versions`` in id order: the caps keep the oldest)."""
     written = {version_id for (_, version_id, kind) in kept if kind == "wrote"}
-    by_digest: dict[str, list[Version]] = {}
+    by_digest: dict[str, list[int]] = {}
     for version in versions.values():
-        by_digest.setdefault(version.digest, []).append(version)
-    bridges = []
+        by_digest.setdefault(version[2], []).append(version[0])
+    bridges: list[EdgeRow] = []
     for group in by_digest.values():
         if len(group) < 2:
             continue
-        sources = [v for v in group if v.id in written][:20]
+        sources = [v for v in group if v in written][:20]
         for source in sources:
             for target in group[:50]:
-                if target.id != source.id and target.id not in written:
+                if target != source and target not in written:
                     bridges.append(
-                        Edge(
-                            source=version_node_id(source.id),
-                            target=version_node_id(target.id),
-                            kind="same_digest",
-                            how="digest",
+                        (
+                            version_node_id(source),
+                            version_node_id(target),
+                            "same_digest",
+                            "digest",
+                            "data",
+                            False,
                         )
                     )
     return bridges

@@ -215,6 +215,25 @@ def test_run_records_inputs_outputs_and_lineage(client: Client, area: dict[str, 
     assert client.lineage(at, Direction.UPSTREAM).runs[0].run_id == result.run_id
 
 
+def test_a_copy_under_a_root_is_bridged_by_digest(client: Client, area: dict[str, Path]) -> None:
+    """The model copied into another root: tracing the copy reaches the run that wrote the
+    original, through a same_digest edge that keeps its kind over the wire."""
+    with client.run("train") as run:
+        model = write(area["models"] / "model.pkl", b"bridged weights")
+        run.output(area["models"] / "model.pkl")
+    assert run.result is not None
+    copy = area["data"] / "model-copy.pkl"
+    shutil.copy(area["models"] / "model.pkl", copy)
+    copied = wait_version(client, copy, model)
+    graph = client.trace(str(copy))
+    assert [r.run_id for r in graph.runs] == [run.result.run_id]
+    original = next(v for v in graph.versions if v.path == str(area["models"] / "model.pkl"))
+    bridges = [e for e in graph.edges if e.kind == "same_digest"]
+    assert [(e.source, e.target, e.how) for e in bridges] == [
+        (version_node_id(original.id), version_node_id(copied.id), "digest")
+    ]
+
+
 @pytest.mark.parametrize(
     ("error", "status", "exit_code"),
     [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import filecmp
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 from lineaged import _protogen, convert
 from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-from lineaged.errors import InvalidArgument
+from lineaged.errors import InvalidArgument, LineageError
 from lineaged.models import (
     Access,
     AccessMode,
@@ -91,7 +93,7 @@ segments = st.text(
 ).filter(lambda s: s not in (".", ".."))
 paths = st.lists(segments, min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts))
 digests = st.binary(min_size=32, max_size=32).map(bytes.hex)
-times = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+times = st.just(0) | st.integers(min_value=-(2**63), max_value=2**63 - 1)
 small = st.integers(min_value=0, max_value=2**62)
 
 versions = st.builds(
@@ -168,8 +170,8 @@ def test_run_round_trip(run: Run) -> None:
     assert convert.run_from_pb(wire) == run
 
 
-@settings(max_examples=30)
-@given(st.lists(versions, max_size=3), st.lists(runs, max_size=2), st.booleans())
+@settings(max_examples=60)
+@given(st.lists(versions, max_size=3), st.lists(runs, max_size=3), st.booleans())
 def test_graph_round_trip_leaves_diffs_out(
     graph_versions: list[Version], graph_runs: list[Run], truncated: bool
 ) -> None:
@@ -183,6 +185,11 @@ def test_graph_round_trip_leaves_diffs_out(
             ("data", "code", "data"),
             strict=False,
         )
+    )
+    # A copy: the first version's bytes elsewhere (an edge only a graph has).
+    edges += tuple(
+        Edge(f"version:{a.id}", f"version:{b.id}", "same_digest", "digest")
+        for a, b in itertools.pairwise(graph_versions)
     )
     graph = Graph(tuple(graph_versions), tuple(graph_runs), edges, truncated, ("version:1",))
     back = convert.graph_from_pb(
@@ -422,3 +429,38 @@ def test_run_id_and_names() -> None:
     too_many = pb.BeginRunRequest(name="t", argv=["a"] * (convert.MAX_REPEATED + 1))
     with pytest.raises(InvalidArgument, match="at most 10000"):
         convert.parse_begin_run(too_many, now=NOW)
+
+
+def test_runs_of_a_graph_share_one_code_and_environment() -> None:
+    code, env = CodeState(commit="c0ffee"), EnvState(packages=("numpy==2.1",))
+    shared = [
+        Run(f"{i:032x}", "stage", (), "/", "", "", 0, i, None, RunStatus.RUNNING, None, {}, "",
+            code, env)
+        for i in range(3)
+    ]  # fmt: skip
+    message = convert.graph_to_pb(Graph((), tuple(shared), (), False))
+    assert (len(message.codes), len(message.envs)) == (1, 1)
+    back = convert.graph_from_pb(pb.Graph.FromString(message.SerializeToString()))
+    assert back.runs == tuple(shared)
+    assert back.runs[0].env is back.runs[2].env  # decoded once
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda g: g.versions.path.append("/extra"),
+        lambda g: g.runs.argv.append("extra"),
+        lambda g: g.runs.code.__setitem__(0, 7),
+        lambda g: g.edges.kind.append(pb.EDGE_KIND_READ),
+    ],
+    ids=["version column", "argv count", "code index", "edge column"],
+)
+def test_a_graph_whose_columns_disagree_is_refused(damage: Callable[[pb.Graph], None]) -> None:
+    version = Version(1, "/d/x", "ab" * 32, 1, 0, 0, None, ChangeKind.SCAN)
+    run = Run("f" * 32, "s", ("a",), "/", "", "", 0, 0, None, RunStatus.RUNNING, None, {}, "",
+              CodeState(), None)  # fmt: skip
+    edge = Edge(f"run:{run.run_id}", "version:1", "read")
+    message = convert.graph_to_pb(Graph((version,), (run,), (edge,), False))
+    damage(message)
+    with pytest.raises(LineageError, match="malformed lineage graph"):
+        convert.graph_from_pb(message)
