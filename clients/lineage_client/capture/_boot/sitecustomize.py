@@ -339,19 +339,7 @@ def _install(trace_dir: str) -> None:
             if "\\" in path or "\n" in path or "\t" in path:
                 path = _escape(path)
             stamp = str(now)
-            line = f"r\t{stamp}\t{stamp}\t{path}\n"
-            try:
-                data = line.encode("utf-8", "surrogateescape")
-            except UnicodeEncodeError:
-                data = line.encode("utf-8", "backslashreplace")
-            current = mapping
-            if current is not None:
-                try:
-                    current.write(data)
-                    return
-                except ValueError:
-                    pass
-            grow(current, data)
+            put(f"r\t{stamp}\t{stamp}\t{path}\n")
         except Exception:
             pass
 
