@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from typing import Any
+
+from lineaged.runid import is_new_run_id, new_run_id, run_id_time_ns
 
 __all__ = [
     "Access",
@@ -43,6 +43,9 @@ __all__ = [
     "VerifyState",
     "Version",
     "VersionRow",
+    "is_new_run_id",
+    "new_run_id",
+    "run_id_time_ns",
     "run_node_id",
     "version_node_id",
 ]
@@ -332,25 +335,6 @@ class VerifyItem:
     version_id: int = 0
     run_id: str = ""
     changed_during_run: bool = False
-
-
-_HEX_DIGITS = frozenset("0123456789abcdef")
-
-
-def new_run_id() -> str:
-    """A time-ordered, unique run id (48-bit ms timestamp + 80 random bits, as 32 hex)."""
-    millis = time.time_ns() // 1_000_000
-    return f"{millis:012x}{uuid.uuid4().hex[:20]}"
-
-
-def is_new_run_id(text: str) -> bool:
-    """Whether ``text`` has the form ``new_run_id`` makes: 32 lowercase hex characters."""
-    return len(text) == 32 and _HEX_DIGITS.issuperset(text)
-
-
-def run_id_time_ns(run_id: str) -> int | None:
-    """When ``new_run_id`` made ``run_id`` (millisecond precision); None for another form."""
-    return int(run_id[:12], 16) * 1_000_000 if is_new_run_id(run_id) else None
 
 
 def version_node_id(version_id: int) -> str:

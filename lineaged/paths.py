@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pathlib is imported where a Path is made: `lineage run` starts sooner
+    from pathlib import Path
 
 __all__ = [
     "SYSTEM_SOCKET",
+    "candidate_socket_paths",
     "candidate_sockets",
     "default_socket",
     "default_state_dir",
@@ -34,6 +38,8 @@ def is_normal_path(value: str) -> bool:
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     """``$STATE_DIRECTORY`` (systemd), else ``$XDG_STATE_HOME/lineaged``, else ``~/.local/state/lineaged``."""
+    from pathlib import Path
+
     env = os.environ if environ is None else environ
     if env.get("STATE_DIRECTORY"):
         # systemd may pass several colon-separated directories; the first is ours.
@@ -52,16 +58,25 @@ def candidate_sockets(
     environ: Mapping[str, str] | None = None, *, uid: int | None = None
 ) -> list[Path]:
     """Socket paths in the order clients try them; the daemon binds the first."""
+    from pathlib import Path
+
+    return list(dict.fromkeys(Path(path) for path in candidate_socket_paths(environ, uid=uid)))
+
+
+def candidate_socket_paths(
+    environ: Mapping[str, str] | None = None, *, uid: int | None = None
+) -> list[str]:
+    """:func:`candidate_sockets` as strings."""
     env = os.environ if environ is None else environ
     uid = os.getuid() if uid is None else uid
-    found: list[Path] = []
+    found: list[str] = []
     if env.get("LINEAGE_SOCKET"):
-        found.append(Path(env["LINEAGE_SOCKET"]))
+        found.append(env["LINEAGE_SOCKET"])
     if env.get("RUNTIME_DIRECTORY"):
-        found.append(Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / SOCKET_NAME)
+        found.append(os.path.join(env["RUNTIME_DIRECTORY"].split(":")[0], SOCKET_NAME))
     if env.get("XDG_RUNTIME_DIR"):
-        found.append(Path(env["XDG_RUNTIME_DIR"]) / "lineaged" / SOCKET_NAME)
-    found.append(Path(SYSTEM_SOCKET) if uid == 0 else Path(f"/tmp/lineaged-{uid}") / SOCKET_NAME)
-    if Path(SYSTEM_SOCKET) not in found:
-        found.append(Path(SYSTEM_SOCKET))  # the system service, tried last by clients
+        found.append(os.path.join(env["XDG_RUNTIME_DIR"], "lineaged", SOCKET_NAME))
+    found.append(SYSTEM_SOCKET if uid == 0 else f"/tmp/lineaged-{uid}/{SOCKET_NAME}")
+    if SYSTEM_SOCKET not in found:
+        found.append(SYSTEM_SOCKET)  # the system service, tried last by clients
     return found

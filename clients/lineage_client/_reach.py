@@ -10,10 +10,13 @@ from __future__ import annotations
 import errno
 import os
 import socket as socket_module
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lineaged.errors import DaemonUnavailable, PermissionDenied
-from lineaged.paths import candidate_sockets
+from lineaged.paths import candidate_socket_paths
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "PARENT_ENV",
@@ -52,9 +55,9 @@ def find_socket(socket: str | os.PathLike[str] | None = None) -> str:
     """
     if socket is not None:
         return os.path.abspath(os.fspath(socket).removeprefix("unix:"))
-    candidates = candidate_sockets()
+    candidates = candidate_socket_paths()
     for path in candidates:
-        if path.exists():
+        if os.path.exists(path):
             return os.path.abspath(path)
     looked = ", ".join(str(path) for path in candidates)
     raise DaemonUnavailable(f"lineaged is not running (no socket at {looked}); {START_HINT}")

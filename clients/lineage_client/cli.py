@@ -7,7 +7,7 @@ Errors print ``Error: <message>`` on stderr and exit with the exception's ``exit
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,12 +15,14 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from lineaged.errors import LineageError, PermissionDenied
-from lineaged.models import Direction, RunStatus, StartNode, VerifyState
 
 if TYPE_CHECKING:
     from types import ModuleType
 
     from lineage_client.client import Client
+
+    # lineaged.models is imported by the commands that use it: `lineage run` starts its command
+    # without it (building its dataclasses takes tens of milliseconds).
 
     Handler = Callable[[argparse.Namespace, Client], int]
 
@@ -71,8 +73,11 @@ def _where(args: argparse.Namespace, client: Client) -> int:
     )
 
 
-def _lineage(direction: Direction) -> Handler:
+def _lineage(way: str) -> Handler:
     def command(args: argparse.Namespace, client: Client) -> int:
+        from lineaged.models import Direction
+
+        direction = Direction(way)
         render = _render()
         graph = client.lineage(
             args.target, direction, max_depth=args.depth, max_nodes=args.max_nodes
@@ -109,6 +114,8 @@ def _runs(args: argparse.Namespace, client: Client) -> int:
 
 
 def _show(args: argparse.Namespace, client: Client) -> int:
+    from lineaged.models import Direction, StartNode
+
     render = _render()
     run = client.get_run(args.run)
     graph = client.lineage(StartNode(run_id=run.run_id), Direction.BOTH, max_depth=1)
@@ -120,6 +127,8 @@ def _show(args: argparse.Namespace, client: Client) -> int:
 
 
 def _verify(args: argparse.Namespace, client: Client) -> int:
+    from lineaged.models import VerifyState
+
     render = _render()
     items = client.verify(args.target)
     _emit(
@@ -204,18 +213,16 @@ def _lineage_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    """Seam for ``lineage run``: registered only when ``lineage_client.runcmd`` imports.
+    """Seam for ``lineage run``: registered only when ``lineage_client.runcmd`` is installed.
 
     ``runcmd.main_run(args, connect) -> int`` receives ``args.name``, ``args.param``
     (["k=v", ...]) and ``args.command`` (the argv after ``--``, without the ``--``), and
     ``connect()``, which opens the client when the command needs it: ``lineage run``
     starts its command before it imports grpc.
     """
-    try:
-        runcmd = importlib.import_module("lineage_client.runcmd")
-    except ModuleNotFoundError as exc:
-        if exc.name != "lineage_client.runcmd":
-            raise
+    if "lineage_client.runcmd" not in sys.modules and (
+        importlib.util.find_spec("lineage_client.runcmd") is None
+    ):
         return
     parser = subparsers.add_parser(
         "run", parents=[common], help="run a command and record its lineage"
@@ -231,6 +238,7 @@ def _add_run_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
     def run(args: argparse.Namespace) -> int:
+        runcmd = importlib.import_module("lineage_client.runcmd")  # imported once it runs
         if args.command[:1] == ["--"]:
             args.command = args.command[1:]
         result: int = runcmd.main_run(args, lambda: _client(args))
@@ -239,8 +247,27 @@ def _add_run_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run_handler=run)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``lineage`` argument parser."""
+# Options of the common parser that take a value (``--tls`` takes one only as --tls=FILE or
+# when the next word is no command): what _command_word skips to find the command.
+_VALUE_OPTIONS = frozenset(("--socket", "--target", "--token-file"))
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (its first word that is no option or option value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            return None
+        if word in _VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
+    """The ``lineage`` argument parser (``only_run``: with the ``run`` command alone, which
+    is all ``lineage run`` needs; the others' choices need lineaged.models)."""
     common = _common()
     parser = argparse.ArgumentParser(
         prog="lineage",
@@ -250,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
         " invalid argument, 3 not found, 4 daemon not running, 5 not allowed",
     )
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+    if only_run:
+        _add_run_command(sub, common)
+        return parser
+    from lineaged.models import RunStatus
 
     sub.add_parser(
         "status", parents=[common], help="daemon version, roots, counts, scan state"
@@ -269,11 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     trace = sub.add_parser("trace", parents=[common], help="upstream: what made TARGET")
     _lineage_options(trace)
-    trace.set_defaults(handler=_lineage(Direction.UPSTREAM))
+    trace.set_defaults(handler=_lineage("upstream"))
 
     impact = sub.add_parser("impact", parents=[common], help="downstream: what used TARGET")
     _lineage_options(impact)
-    impact.set_defaults(handler=_lineage(Direction.DOWNSTREAM))
+    impact.set_defaults(handler=_lineage("downstream"))
 
     runs = sub.add_parser("runs", parents=[common], help="recent runs, newest first")
     runs.add_argument("--name", help="only runs with this name")
@@ -322,8 +353,9 @@ def _client(args: argparse.Namespace) -> Client:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lineage`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only_run=_command_word(words) == "run")
+    args = parser.parse_args(words)
     for name in ("json", "full"):
         setattr(args, name, getattr(args, name, False))
     try:

@@ -12,33 +12,28 @@ the command's exit status, which ``lineage run`` exits with — also when record
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import getpass
 import os
 import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lineage_client._reach import PARENT_ENV, find_socket, probe_socket
-from lineage_client.capture.runner import CapturedRun, capture_command, python_interpreter
+from lineage_client.capture.runner import capture_command, python_interpreter
 from lineaged.errors import InvalidArgument, LineageError
-from lineaged.models import (
-    Access,
-    AccessMode,
-    CodeState,
-    EnvState,
-    Root,
-    RunStart,
-    RunStatus,
-    Status,
-    new_run_id,
-)
+from lineaged.runid import new_run_id
 
 if TYPE_CHECKING:
+    import argparse
+
+    from lineage_client.capture.result import CapturedRun
     from lineage_client.client import Client
+    from lineaged.models import Access, CodeState, EnvState, Root, RunStatus, Status
+
+# lineaged.models (tens of milliseconds of dataclass building) and the client (grpc) are
+# imported beside the running command, never before it starts.
 
 __all__ = ["PARENT_ENV", "main_run", "run_name"]
 
@@ -110,6 +105,8 @@ def _environment(command: Sequence[str], cwd: str, warnings: list[str]) -> EnvSt
 
 
 def _status(captured: CapturedRun) -> RunStatus:
+    from lineaged.models import RunStatus
+
     if captured.interrupted:
         return RunStatus.INTERRUPTED
     return RunStatus.SUCCEEDED if captured.exit_code == 0 else RunStatus.FAILED
@@ -118,7 +115,10 @@ def _status(captured: CapturedRun) -> RunStatus:
 def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
     """The traced accesses, with files outside every root hashed here (as the user), and
     the sources the command executed or imported as code inputs."""
+    import dataclasses
+
     from lineage_client.capture.digest import hash_external
+    from lineaged.models import Access, AccessMode
 
     # Traced paths are canonical already (capture resolves links): a prefix test per path,
     # no realpath.
@@ -165,24 +165,30 @@ def _check_daemon(args: argparse.Namespace) -> None:
     probe_socket(find_socket(getattr(args, "socket", None)))
 
 
-@dataclasses.dataclass(slots=True)
 class _Begun:
     """What the thread beside the command produced: the client, the daemon's status, the run."""
 
-    client: Client | None = None
-    status: Status | None = None
-    error: BaseException | None = None
-    warnings: list[str] = dataclasses.field(default_factory=list)  # recorded with the run
-    notes: list[str] = dataclasses.field(default_factory=list)  # printed once it has ended
+    __slots__ = ("client", "error", "notes", "status", "warnings")
+
+    def __init__(self) -> None:
+        self.client: Client | None = None
+        self.status: Status | None = None
+        self.error: BaseException | None = None
+        self.warnings: list[str] = []  # recorded with the run
+        self.notes: list[str] = []  # printed once it has ended
 
 
 def _begin(
-    connect: Callable[[], Client], start: RunStart, command: Sequence[str], begun: _Begun
+    connect: Callable[[], Client], fields: dict[str, Any], command: Sequence[str], begun: _Begun
 ) -> None:
     """Runs beside the command: connect, capture git and the environment, BeginRun."""
-    from lineage_client.capture.git import git_state
-
     try:
+        import dataclasses
+
+        from lineage_client.capture.git import git_state
+        from lineaged.models import RunStart
+
+        start = RunStart(**fields)
         client = begun.client = connect()
         begun.status = client.status()
         code: CodeState | None = git_state(start.cwd, diff_cap=_diff_cap())
@@ -215,24 +221,27 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
     _check_diff_cap()  # a bad LINEAGE_DIFF_CAP stops us before the command runs, as it did
     _check_daemon(args)
     cwd = os.getcwd()
-    start = RunStart(
-        name=args.name or run_name(command),
-        argv=tuple(command),
-        cwd=cwd,
-        host=socket.gethostname(),
-        user=getpass.getuser(),
-        pid=os.getpid(),
-        params=params,
-        parent_run_id=os.environ.get(PARENT_ENV, ""),
-        run_id=new_run_id(),
-    )
+    run_id = new_run_id()
+    name = args.name or run_name(command)
+    # RunStart's fields: the value itself is built beside the running command.
+    start = {
+        "name": name,
+        "argv": tuple(command),
+        "cwd": cwd,
+        "host": socket.gethostname(),
+        "user": getpass.getuser(),
+        "pid": os.getpid(),
+        "params": params,
+        "parent_run_id": os.environ.get(PARENT_ENV, ""),
+        "run_id": run_id,
+    }
     begun = _Begun()
     worker: list[threading.Thread] = []
 
     def started(started_at: int) -> None:
         thread = threading.Thread(
             target=_begin,
-            args=(connect, dataclasses.replace(start, started_at=started_at), command, begun),
+            args=(connect, {**start, "started_at": started_at}, command, begun),
             name="lineage-begin-run",
             daemon=True,
         )
@@ -245,19 +254,19 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         status = begun.status
         return [status.state_dir, os.path.dirname(status.socket)] if status else []
 
-    print(f"lineage: run {start.run_id} ({start.name}) started", file=sys.stderr)
+    print(f"lineage: run {run_id} ({name}) started", file=sys.stderr)
     try:
         captured = capture_command(
             command,
             cwd=cwd,
-            extra_env={PARENT_ENV: start.run_id},
+            extra_env={PARENT_ENV: run_id},
             on_started=started,
             more_excluded=daemon_dirs,
         )
         daemon_dirs()  # the command could not start: the thread still ran
         for warning in [*begun.notes, *captured.warnings]:
             print(f"lineage: warning: {warning}", file=sys.stderr)
-        return _record(start.run_id, begun, captured)
+        return _record(run_id, begun, captured)
     finally:
         if begun.client is not None:
             begun.client.close()
@@ -286,8 +295,8 @@ def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
         # The command ran; its exit status is what the caller's pipeline depends on.
         print(f"lineage: error: the run was not fully recorded: {exc.message}", file=sys.stderr)
         return captured.exit_code
-    reads = sum(1 for a in accesses if a.mode is AccessMode.READ and a.role == "data")
-    writes = sum(1 for a in accesses if a.mode is AccessMode.WRITE)
+    reads = sum(1 for a in accesses if a.mode == "read" and a.role == "data")
+    writes = sum(1 for a in accesses if a.mode == "write")
     print(
         f"lineage: run {ended.run_id} {ended.status.value} (exit {captured.exit_code}): "
         f"{reads} inputs, {writes} outputs, {len(captured.sources)} source files, "

@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     from lineage_client.capture.digest import hash_external
     from lineage_client.capture.environment import DEFAULT_ALLOWLIST, env_state, looks_secret
     from lineage_client.capture.git import DEFAULT_DIFF_CAP, git_state, strip_credentials
+    from lineage_client.capture.result import CapturedRun
     from lineage_client.capture.runner import (
         METHOD_AUDIT_HOOK,
         METHOD_NONE,
         METHOD_STRACE,
         MODES,
-        CapturedRun,
         capture_command,
         python_interpreter,
     )
@@ -42,7 +42,7 @@ _HOMES = {
     "METHOD_NONE": "runner",
     "METHOD_STRACE": "runner",
     "MODES": "runner",
-    "CapturedRun": "runner",
+    "CapturedRun": "result",
     "capture_command": "runner",
     "python_interpreter": "runner",
     "STRACE_MISSING_WARNING": "strace",

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import gc
-import importlib.util
 import os
-import py_compile
-import re
+import sys
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from lineage_client.capture.events import RawEvents
+if TYPE_CHECKING:
+    from lineage_client.capture.raw import RawEvents
 
 __all__ = [
     "BOOT_DIR",
@@ -31,7 +31,6 @@ BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
 TRACE_SUFFIX = ".trace"
 CHUNK = 1 << 18  # the hook grows its files by this much: keep equal to _boot's _CHUNK
 
-_ESCAPES = re.compile(r"\\(.)")
 _UNESCAPED = {"\\": "\\", "n": "\n", "t": "\t"}
 
 
@@ -45,10 +44,20 @@ def compile_boot() -> bool:
     left alone (its installer compiled it).
     """
     source = os.path.join(BOOT_DIR, "sitecustomize.py")
+    tag = sys.implementation.cache_tag
+    if tag is None:
+        return False  # this interpreter keeps no bytecode cache
+    # importlib.util.cache_from_source's answer, without importing importlib.util.
+    level = f".opt-{sys.flags.optimize}" if sys.flags.optimize else ""
+    cached = os.path.join(BOOT_DIR, "__pycache__", f"sitecustomize.{tag}{level}.pyc")
     try:
-        cached = importlib.util.cache_from_source(source)
         if os.path.exists(cached) and os.stat(cached).st_mtime_ns >= os.stat(source).st_mtime_ns:
             return True
+    except OSError:
+        return False
+    import py_compile
+
+    try:
         py_compile.compile(source, cfile=cached, doraise=True)
     except (OSError, py_compile.PyCompileError, NotImplementedError):
         return False
@@ -71,7 +80,9 @@ def hook_environment(
 def _unescape(field: str) -> str:
     if "\\" not in field:
         return field
-    return _ESCAPES.sub(lambda match: _UNESCAPED.get(match.group(1), match.group(1)), field)
+    import re  # a path with a backslash is rare; re is not loaded before the command starts
+
+    return re.sub(r"\\(.)", lambda match: _UNESCAPED.get(match.group(1), match.group(1)), field)
 
 
 def _parse(data: bytes, events: RawEvents) -> None:
@@ -162,9 +173,18 @@ class TraceTail:
     """
 
     def __init__(self, trace_dir: str, events: RawEvents | None = None) -> None:
-        self.events = RawEvents() if events is None else events
+        self._events = events  # made at the first poll: the command is running by then
         self._dir = trace_dir
         self._offsets: dict[str, int] = {}
+
+    @property
+    def events(self) -> RawEvents:
+        """What the trace files said so far."""
+        if self._events is None:
+            from lineage_client.capture.raw import RawEvents
+
+            self._events = RawEvents()
+        return self._events
 
     def poll(self) -> None:
         """Parse what the running processes have completely written so far."""

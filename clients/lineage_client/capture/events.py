@@ -15,10 +15,10 @@ import os
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 
+from lineage_client.capture.raw import RawEvents, widen
 from lineaged.models import Access, AccessMode
 
 __all__ = [
@@ -47,51 +47,6 @@ SYSTEM_PREFIXES: tuple[str, ...] = (
 # Matched as plain string prefixes, not folders: /lib, /lib64, /libx32 ...; and
 # multiprocessing's scratch folders.
 _NAME_PREFIXES: tuple[str, ...] = ("/lib", "/tmp/pymp-")
-
-
-@dataclass(slots=True)
-class RawEvents:
-    """What tracers saw, before the rules of :func:`resolve_accesses` (a builder, not a value)."""
-
-    reads: dict[str, list[int]] = field(default_factory=dict)
-    writes: dict[str, list[int]] = field(default_factory=dict)
-    renames: list[tuple[int, str, str]] = field(default_factory=list)
-    removes: list[tuple[int, str]] = field(default_factory=list)
-    sources: dict[str, int] = field(default_factory=dict)
-    # Interpreters that ran the hook, and programs a traced Python process started.
-    executables: set[str] = field(default_factory=set)
-    programs: set[str] = field(default_factory=set)
-
-    def add_read(self, path: str, first: int, last: int) -> None:
-        """Note that ``path`` was opened for reading between ``first`` and ``last``."""
-        _widen(self.reads, path, first, last)
-
-    def add_write(self, path: str, first: int, last: int) -> None:
-        """Note that ``path`` was opened for writing between ``first`` and ``last``."""
-        _widen(self.writes, path, first, last)
-
-    def add_rename(self, when: int, source: str, target: str) -> None:
-        """Note a rename of ``source`` to ``target``."""
-        self.renames.append((when, source, target))
-
-    def add_remove(self, when: int, path: str) -> None:
-        """Note a removal of ``path``."""
-        self.removes.append((when, path))
-
-    def add_source(self, path: str, when: int) -> None:
-        """Note a source file (script, module, executed program) first used at ``when``."""
-        previous = self.sources.get(path)
-        if previous is None or when < previous:
-            self.sources[path] = when
-
-
-def _widen(table: dict[str, list[int]], path: str, first: int, last: int) -> None:
-    span = table.get(path)
-    if span is None:
-        table[path] = [first, max(first, last)]
-    else:
-        span[0] = min(span[0], first)
-        span[1] = max(span[1], last)
 
 
 _COMPILED = (".pyc", ".pyo")
@@ -255,7 +210,7 @@ def _normalized(events: RawEvents) -> RawEvents:
         if _unnormal("\0".join(table)) and any(_norm(path) is not path for path in table):
             clean: dict[str, list[int]] = {}
             for path, (first, last) in table.items():
-                _widen(clean, _norm(path), first, last)
+                widen(clean, _norm(path), first, last)
             table = clean
         setattr(out, name, table)
     out.renames = sorted((t, _norm(a), _norm(b)) for t, a, b in events.renames)
@@ -281,19 +236,19 @@ def _apply_renames(events: RawEvents) -> tuple[set[str], dict[str, int]]:
         span = writes.get(source)
         if span is not None and span[0] <= when:
             del writes[source]
-            _widen(writes, target, span[0], max(span[1], when))
+            widen(writes, target, span[0], max(span[1], when))
             moved = True
         # A folder renamed into place (checkpoint dirs) carries the files written in it.
         inside = source + "/"
         for path in [p for p in writes if p.startswith(inside)]:
             span = writes.pop(path)
             moved_to = target + "/" + path[len(inside) :]
-            _widen(writes, moved_to, span[0], max(span[1], when))
+            widen(writes, moved_to, span[0], max(span[1], when))
             arrived.setdefault(moved_to, when)
             moved = True
         if not moved:
             # The run made the target hold this content even if it never wrote the bytes.
-            _widen(writes, target, when, when)
+            widen(writes, target, when, when)
     return renamed_away, arrived
 
 

@@ -14,35 +14,32 @@ Ctrl-Z stops the command and then the wrapper, and ``fg`` resumes both.
 
 from __future__ import annotations
 
-import fnmatch
 import gc
 import os
 import select
-import shutil
 import signal
 import site
 import subprocess
 import sys
-import sysconfig
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from types import FrameType
+from typing import TYPE_CHECKING
 
 from lineage_client.capture.audit import BOOT_DIR, TraceTail, compile_boot, hook_environment
-from lineage_client.capture.events import RawEvents, build_accesses, resolve_spans
-from lineage_client.capture.strace import (
-    STRACE_MISSING_WARNING,
-    find_strace,
-    parse_strace_file,
-    strace_command,
-    strace_problem,
-)
 from lineaged.errors import InvalidArgument
-from lineaged.models import Access, SourceFile
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from lineage_client.capture.raw import RawEvents
+    from lineage_client.capture.result import CapturedRun
+    from lineaged.models import Access, SourceFile
+
+# Imported where they are used, once the command runs: everything here is on the way from
+# `lineage run` to the start of its command (lineaged.models alone builds its dataclasses
+# for tens of milliseconds).
 
 __all__ = [
     "METHOD_AUDIT_HOOK",
@@ -63,26 +60,6 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How often the wait loop wakes up: to read traces as they grow and to notice Ctrl-Z.
 _TICK = 0.05
 _UNTRACED = "only declared I/O was captured for this run"
-
-
-@dataclass(frozen=True, slots=True)
-class CapturedRun:
-    """What a traced command did.
-
-    ``exit_code`` follows the shell: the command's exit status, or 128+N when signal N
-    ended it (``killed_by`` is then N), 127 when the command was not found and 126 when
-    it could not be executed — so ``lineage run`` can exit with it unchanged.
-    """
-
-    exit_code: int
-    interrupted: bool
-    accesses: tuple[Access, ...]
-    sources: tuple[SourceFile, ...]
-    warnings: tuple[str, ...]
-    method: str
-    started_at: int
-    ended_at: int
-    killed_by: int = 0
 
 
 def capture_command(
@@ -117,6 +94,8 @@ def capture_command(
         message = f"command not found: {argv[0]}" if missing else f"cannot execute: {argv[0]}"
         if on_started is not None:
             on_started(started_at)
+        from lineage_client.capture.result import CapturedRun
+
         return CapturedRun(
             exit_code=127 if missing else 126,
             interrupted=False,
@@ -129,7 +108,7 @@ def capture_command(
         )
 
     method, strace, warnings = _choose_method(mode, argv, program, env)
-    trace_dir = tempfile.mkdtemp(prefix="lineage-trace-")
+    trace_dir = _trace_dir()
     try:
         excluded = _excluded_dirs(exclude_dirs, trace_dir)
         command = list(argv)
@@ -138,6 +117,8 @@ def capture_command(
             env = hook_environment(env, trace_dir, excluded)
         strace_output = os.path.join(trace_dir, "strace.out")
         if method == METHOD_STRACE and strace is not None:
+            from lineage_client.capture.strace import strace_command
+
             command = strace_command(strace, argv, strace_output)
         tail = TraceTail(trace_dir)
         notify = _Once(on_started, started_at)
@@ -150,17 +131,26 @@ def capture_command(
             warnings.append(f"cannot execute {argv[0]}: {exc.strerror or exc}")
         ended_at = time.time_ns()
         notify()  # the command could not start: the caller still hears of it
-        if more_excluded is not None:
-            excluded = _excluded_dirs([*exclude_dirs, *more_excluded()], trace_dir)
+        excluded = _excluded_dirs(
+            [*exclude_dirs, *(more_excluded() if more_excluded is not None else ())],
+            trace_dir,
+            thorough=True,
+        )
 
         events = tail.finish()
         if method == METHOD_STRACE and os.path.exists(strace_output):
+            from lineage_client.capture.strace import parse_strace_file
+
             parse_strace_file(strace_output, initial_cwd=workdir, events=events)
         elif method == METHOD_AUDIT_HOOK:
             warnings.extend(_untraced_programs(events.programs))
         accesses, sources = _collect(events, excluded)
     finally:
+        import shutil
+
         shutil.rmtree(trace_dir, ignore_errors=True)
+
+    from lineage_client.capture.result import CapturedRun
 
     killed_by = -returncode if returncode < 0 else 0
     return CapturedRun(
@@ -196,7 +186,17 @@ def _which(program: str, env: Mapping[str, str], cwd: str) -> str | None:
     if "/" in program:
         path = os.path.join(cwd, program)
         return path if os.path.exists(path) else None
-    return shutil.which(program, path=env.get("PATH", os.defpath))
+    return _on_path(program, env.get("PATH", os.defpath))
+
+
+def _on_path(program: str, search: str) -> str | None:
+    """``shutil.which(program, path=search)`` for a bare name (shutil imports re and fnmatch,
+    which `lineage run` need not load before its command starts)."""
+    for folder in search.split(os.pathsep):
+        candidate = os.path.join(folder or os.curdir, program)
+        if os.access(candidate, os.F_OK | os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
 
 
 def _shebang(path: str) -> list[str]:
@@ -212,7 +212,7 @@ def _shebang(path: str) -> list[str]:
 
 
 def _is_python_name(path: str) -> bool:
-    return fnmatch.fnmatchcase(os.path.basename(path), "python*")
+    return os.path.basename(path).startswith("python")  # fnmatch's "python*"
 
 
 def _hook_blocked(options: Sequence[str]) -> bool:
@@ -307,6 +307,8 @@ def _choose_method(
                 f"{os.path.basename(launch[0])} runs with -I, -E or -S, which skips the "
                 "capture hook: tracing with strace instead"
             )
+    from lineage_client.capture.strace import STRACE_MISSING_WARNING, find_strace, strace_problem
+
     strace = find_strace(env.get("PATH", os.defpath))
     if strace is None:
         warnings.append(STRACE_MISSING_WARNING)
@@ -333,17 +335,46 @@ def _untraced_programs(programs: set[str]) -> list[str]:
 # --- what is not data --------------------------------------------------------------------
 
 
-def _excluded_dirs(exclude_dirs: Sequence[str], trace_dir: str) -> list[str]:
-    """Directories whose files are never data inputs: ours, the interpreter's, the caller's."""
+def _trace_dir() -> str:
+    """A new private folder for the hook's trace files (``tempfile.mkdtemp``'s result, without
+    importing tempfile before the command starts)."""
+    base = os.environ.get("TMPDIR") or "/tmp"
+    for _ in range(16):
+        path = os.path.join(base, "lineage-trace-" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        except OSError:
+            break  # not writable: tempfile knows where else to look
+        return path
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="lineage-trace-")
+
+
+def _excluded_dirs(
+    exclude_dirs: Sequence[str], trace_dir: str, *, thorough: bool = False
+) -> list[str]:
+    """Directories whose files are never data inputs: ours, the interpreter's, the caller's.
+
+    ``thorough`` adds the interpreter's install paths as sysconfig names them; in the usual
+    layouts they lie in the prefixes already, so the hook's list, made before the command
+    starts, goes without (the wrapper filters with the thorough one after).
+    """
     dirs = [os.path.abspath(path) for path in exclude_dirs]
     dirs += [trace_dir, BOOT_DIR, sys.prefix, sys.exec_prefix, sys.base_prefix]
     dirs.append(sys.base_exec_prefix)
     dirs += site.getsitepackages()
     with suppress(Exception):
         dirs.append(site.getusersitepackages())
-    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
-        with suppress(KeyError):
-            dirs.append(sysconfig.get_paths()[name])
+    if thorough:
+        import sysconfig
+
+        paths = sysconfig.get_paths()
+        dirs += [
+            paths[name] for name in ("stdlib", "platstdlib", "purelib", "platlib") if name in paths
+        ]
     return sorted({os.path.normpath(path) for path in dirs if path}, key=len)
 
 
@@ -371,6 +402,8 @@ def _collect_now(
     # Imported here: hashing loads blake3, which `lineage run` need not load before its
     # command starts.
     from lineage_client.capture.digest import _digest_file
+    from lineage_client.capture.events import build_accesses, resolve_spans
+    from lineaged.models import SourceFile
 
     spans, source_times = resolve_spans(events, excluded=excluded)
     code: dict[str, tuple[int, str, int, int]] = {}
@@ -514,3 +547,13 @@ def _follow_stops(pid: int, tty: int) -> None:
         os.kill(0, signal.SIGTSTP)  # the shell sees this job stop; "fg" continues here
         _set_foreground(tty, pid)
         os.killpg(pid, signal.SIGCONT)
+
+
+def __getattr__(name: str) -> object:
+    # CapturedRun lives in .result: dataclasses (and inspect, which it imports) load once the
+    # command has run, not on the way to starting it.
+    if name == "CapturedRun":
+        from lineage_client.capture.result import CapturedRun
+
+        return CapturedRun
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

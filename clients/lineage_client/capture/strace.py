@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from lineage_client.capture.events import RawEvents
+from lineage_client.capture.raw import RawEvents
 
 __all__ = [
     "STRACE_MISSING_WARNING",
