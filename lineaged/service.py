@@ -130,16 +130,19 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
     ) -> pb.RecordAccessesResponse:
         """Record file accesses of a running run (at most 10,000 per call)."""
         run_id = convert.parse_run_id(request.run_id)
-        if len(request.accesses) > convert.MAX_ACCESSES:
+        rows, columns = request.accesses, request.columns
+        count = len(rows) + len(columns.path)
+        if count > convert.MAX_ACCESSES:
             raise InvalidArgument(
-                f"accesses has {len(request.accesses)} entries; send at most"
+                f"accesses and columns hold {count} accesses; send at most"
                 f" {convert.MAX_ACCESSES} per call (the Python client batches for you)"
             )
         now = self._clock()
         accesses = [
             convert.parse_access(access, f"accesses[{index}]", now=now)
-            for index, access in enumerate(request.accesses)
+            for index, access in enumerate(rows)
         ]
+        accesses += convert.parse_access_columns(columns, offset=len(rows))
         _check_deadline(context)
         recorded = self._engine.record_accesses(run_id, accesses)
         return pb.RecordAccessesResponse(recorded=recorded)

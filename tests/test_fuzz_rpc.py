@@ -208,6 +208,20 @@ def _accesses(count: int, path: str, mode: int, digest: str) -> pb.RecordAccesse
     return pb.RecordAccessesRequest(run_id=uuid.uuid4().hex, accesses=[access] * count)
 
 
+def _columns(
+    paths: list[str], modes: list[int], firsts: list[int], lasts: list[int], digests: list[str]
+) -> pb.RecordAccessesRequest:
+    """Columns of any lengths: ragged, empty, mismatched against the paths."""
+    columns = pb.AccessColumns(
+        path=paths,
+        mode=modes,
+        first_at_ns=firsts,
+        last_at_ns=lasts,
+        digest=digests,  # type: ignore[arg-type]
+    )
+    return pb.RecordAccessesRequest(run_id=uuid.uuid4().hex, columns=columns)
+
+
 structured: dict[str, Any] = {
     "GetHistory": st.builds(pb.GetHistoryRequest, path=any_strings, page_size=int32s, page_token=any_strings),
     "FindDigest": st.builds(pb.FindDigestRequest, digest=any_strings, page_size=int32s),
@@ -222,7 +236,24 @@ structured: dict[str, Any] = {
         _accesses, st.just(convert.MAX_ACCESSES + 1), any_strings.filter(lambda p: len(p) < 100),
         enum_numbers, st.sampled_from(["", "ab" * 32]),
     )
-    | st.builds(pb.RecordAccessesRequest, run_id=run_ids),
+    | st.builds(pb.RecordAccessesRequest, run_id=run_ids)
+    | st.builds(
+        _columns, st.lists(any_strings, max_size=3), st.lists(enum_numbers, max_size=3),
+        st.lists(int64s, max_size=3), st.lists(int64s, max_size=3),
+        st.lists(st.sampled_from(["", "xyz", "ab" * 32]), max_size=3),
+    )
+    | st.builds(  # the cap counts rows and columns together
+        lambda n: pb.RecordAccessesRequest(
+            run_id=uuid.uuid4().hex,
+            accesses=[pb.Access(path="/tmp/x", mode=pb.ACCESS_MODE_READ)] * n,
+            columns=pb.AccessColumns(
+                path=["/tmp/y"] * (convert.MAX_ACCESSES + 1 - n),
+                mode=[pb.ACCESS_MODE_READ] * (convert.MAX_ACCESSES + 1 - n),
+                first_at_ns=[1] * (convert.MAX_ACCESSES + 1 - n),
+            ),
+        ),
+        st.sampled_from([0, 1, 5000]),
+    ),
     "EndRun": st.builds(
         pb.EndRunRequest, run_id=run_ids, status=enum_numbers, ended_at=timestamps,
         warnings=st.lists(any_strings, max_size=3),
@@ -258,4 +289,4 @@ def test_huge_repeated_fields_are_refused_with_a_reason(
     request = _accesses(convert.MAX_ACCESSES + 1, "/tmp/x", pb.ACCESS_MODE_READ, "")
     code, details = call(channel, "RecordAccesses", request.SerializeToString())
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "at most 10000 per call" in details
+    assert "send at most 10000 per call" in details

@@ -252,24 +252,80 @@ def test_begin_run_request_round_trip(start: RunStart) -> None:
     assert convert.parse_begin_run(wire, now=NOW) == start
 
 
-@settings(max_examples=40)
-@given(
-    st.builds(
-        Access,
-        path=paths,
-        mode=st.sampled_from(AccessMode),
-        first_at=st.integers(0, 2**62),
-        last_at=st.just(2**62),
-        how=st.sampled_from(["declared", "traced"]),
-        role=st.sampled_from(["data", "code"]),
-        digest=st.just("") | digests,
-        size=small,
-        mtime_ns=st.integers(1, 2**62),
-    )
+accesses = st.builds(
+    Access,
+    path=paths,
+    mode=st.sampled_from(AccessMode),
+    first_at=st.integers(0, 2**62),
+    last_at=st.just(2**62),
+    how=st.sampled_from(["declared", "traced"]),
+    role=st.sampled_from(["data", "code"]),
+    digest=st.just("") | digests,
+    size=small,
+    mtime_ns=st.integers(1, 2**62),
 )
+# As lineage run reports them: the defaults everywhere, so optional columns stay empty.
+traced_reads = st.builds(
+    Access,
+    path=paths,
+    mode=st.just(AccessMode.READ),
+    first_at=st.integers(0, 2**62),
+    last_at=st.integers(0, 2**62),
+).map(lambda a: Access(a.path, a.mode, min(a.first_at, a.last_at), max(a.first_at, a.last_at)))
+
+
+@settings(max_examples=40)
+@given(accesses)
 def test_access_round_trip(access: Access) -> None:
     wire = pb.Access.FromString(convert.access_to_pb(access).SerializeToString())
     assert convert.parse_access(wire, "accesses[0]", now=NOW) == access
+
+
+@settings(max_examples=60)
+@given(st.lists(accesses | traced_reads, max_size=6))
+def test_access_columns_round_trip(batch: list[Access]) -> None:
+    columns = pb.AccessColumns()
+    convert.add_access_columns(columns, batch)
+    wire = pb.AccessColumns.FromString(columns.SerializeToString())
+    assert convert.parse_access_columns(wire) == batch
+
+
+def test_access_columns_leave_default_columns_empty() -> None:
+    columns = pb.AccessColumns()
+    convert.add_access_columns(
+        columns, [Access(f"/d/f{i}", AccessMode.READ, 10 + i, 10 + i) for i in range(3)]
+    )
+    assert [name for name, value in ((f.name, v) for f, v in columns.ListFields())] == [
+        "path", "mode", "first_at_ns",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda c: c.path.append("relative"), "columns.mode has 2 entries for 3 paths"),
+        (lambda c: c.path.__setitem__(1, "/a/../b"), r"columns.path\[1\] must be normalised"),
+        (lambda c: c.path.__setitem__(0, "/a\x00b"), r"columns.path\[0\] contains a NUL"),
+        (lambda c: c.mode.__setitem__(1, 9), r"columns.mode\[1\] has an unknown value 9"),
+        (lambda c: c.last_at_ns.extend([20, 5]), r"columns.last_at_ns\[1\] is before"),
+        (lambda c: c.how.extend([1, pb.ACCESS_HOW_DIGEST]), r"columns.how\[1\] has an unknown"),
+        (lambda c: c.digest.extend(["", "xyz"]), r"columns.digest\[1\]"),
+        (lambda c: c.size.extend([0]), "columns.size has 1 entries for 2 paths"),
+        (lambda c: c.size.extend([0, -1]), r"columns.size\[1\] must be between"),
+    ],
+    ids=["lengths", "unnormalised", "nul", "mode", "last before first", "how", "digest",
+         "short column", "negative size"],
+)  # fmt: skip
+def test_bad_access_columns_are_refused_by_name(
+    damage: Callable[[pb.AccessColumns], None], message: str
+) -> None:
+    columns = pb.AccessColumns()
+    convert.add_access_columns(
+        columns, [Access("/d/a", AccessMode.READ, 10, 10), Access("/d/b", AccessMode.READ, 10, 10)]
+    )
+    damage(columns)
+    with pytest.raises(InvalidArgument, match=message):
+        convert.parse_access_columns(columns)
 
 
 def test_status_verify_event_round_trip() -> None:

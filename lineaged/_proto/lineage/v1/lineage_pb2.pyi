@@ -1425,25 +1425,88 @@ class BeginRunResponse(_message.Message):
 Global___BeginRunResponse: _TypeAlias = BeginRunResponse  # noqa: Y015
 
 @_typing.final
+class AccessColumns(_message.Message):
+    """Accesses column by column, as Graph's columns: element i of each column is access i. An
+    optional column left empty means the default for every access: last_at_ns = first_at_ns,
+    how TRACED, role DATA, no digest, size and mtime_ns 0.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    FIRST_AT_NS_FIELD_NUMBER: _builtins.int
+    LAST_AT_NS_FIELD_NUMBER: _builtins.int
+    HOW_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MTIME_NS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def mode(self) -> _containers.RepeatedScalarFieldContainer[Global___AccessMode.ValueType]: ...
+    @_builtins.property
+    def first_at_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def last_at_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def how(self) -> _containers.RepeatedScalarFieldContainer[Global___AccessHow.ValueType]: ...
+    @_builtins.property
+    def role(self) -> _containers.RepeatedScalarFieldContainer[Global___AccessRole.ValueType]: ...
+    @_builtins.property
+    def digest(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def size(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def mtime_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        path: _abc.Iterable[_builtins.str] | None = ...,
+        mode: _abc.Iterable[Global___AccessMode.ValueType] | None = ...,
+        first_at_ns: _abc.Iterable[_builtins.int] | None = ...,
+        last_at_ns: _abc.Iterable[_builtins.int] | None = ...,
+        how: _abc.Iterable[Global___AccessHow.ValueType] | None = ...,
+        role: _abc.Iterable[Global___AccessRole.ValueType] | None = ...,
+        digest: _abc.Iterable[_builtins.str] | None = ...,
+        size: _abc.Iterable[_builtins.int] | None = ...,
+        mtime_ns: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "first_at_ns", b"first_at_ns", "how", b"how", "last_at_ns", b"last_at_ns", "mode", b"mode", "mtime_ns", b"mtime_ns", "path", b"path", "role", b"role", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessColumns: _TypeAlias = AccessColumns  # noqa: Y015
+
+@_typing.final
 class RecordAccessesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     ACCESSES_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     @_builtins.property
     def accesses(self) -> _containers.RepeatedCompositeFieldContainer[Global___Access]:
-        """at most 10,000 per call"""
+        """one message per access"""
+
+    @_builtins.property
+    def columns(self) -> Global___AccessColumns:
+        """or column by column (what lineage run sends); 10,000 in all"""
 
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         accesses: _abc.Iterable[Global___Access] | None = ...,
+        columns: Global___AccessColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "columns", b"columns", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
