@@ -4,6 +4,7 @@ answers the one-by-one rules gave, and a client's waits skip the writer's batchi
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from importlib import metadata
 from pathlib import Path
@@ -126,6 +127,43 @@ def test_two_reads_of_a_path_in_one_call_find_the_version_of_each_first_open(
         )
         reads = {e.target for e in graph.edges if e.kind == "read"}
         assert reads == {f"version:{oldest.id}", f"version:{newest.id}"}
+    finally:
+        harness.stop()
+
+
+def test_a_read_is_kept_as_its_edge_or_else_as_a_raw_access(tmp_path: Path) -> None:
+    """A read tied to a version is stored as the edge alone; reads the daemon cannot tie to a
+    version (an ignored file under a root, a file gone) stay as raw accesses, as writes do."""
+    harness = EngineHarness(tmp_path)
+    tracked = harness.data / "train.csv"
+    tracked.write_bytes(b"a,b\n")
+    ignored = harness.data / "scratch.tmp"  # *.tmp is ignored everywhere
+    ignored.write_bytes(b"temp")
+    harness.start()
+    try:
+        engine = harness.engine
+        run = engine.begin_run(_start())
+        now = time.time_ns()
+        gone = harness.data / "gone.csv"
+        output = harness.models / "model.pkl"
+        output.write_bytes(b"weights")
+        accesses = [
+            _read(tracked, now),
+            _read(ignored, now),
+            _read(gone, now),
+            Access(str(output), AccessMode.WRITE, now, now),
+        ]
+        assert engine.record_accesses(run.run_id, accesses) == 4
+        engine.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
+        assert set(_read_digests(harness, run.run_id)) == {str(tracked)}
+        with sqlite3.connect(harness.db) as conn:
+            raw = conn.execute(
+                "SELECT a.path, a.mode FROM accesses a JOIN runs r ON r.id = a.run_id "
+                "WHERE r.run_id = ? ORDER BY a.path",
+                (run.run_id,),
+            ).fetchall()
+        conn.close()
+        assert raw == [(str(gone), "read"), (str(ignored), "read"), (str(output), "write")]
     finally:
         harness.stop()
 

@@ -254,10 +254,11 @@ def half_written(db: Path) -> list[str]:
             "SELECT r.run_id FROM runs r WHERE r.status <> 'running' AND "
             "(SELECT count(*) FROM edges e WHERE e.run_id = r.id AND e.kind = 'wrote') <> 1"
         ),
-        "read accesses and read edges recorded apart": (
-            "SELECT r.run_id FROM runs r WHERE "
-            "(SELECT count(*) FROM accesses a WHERE a.run_id = r.id AND a.mode = 'read') <> "
-            "(SELECT count(*) FROM edges e WHERE e.run_id = r.id AND e.kind = 'read')"
+        "a read recorded both as an edge and as an unresolved access": (
+            "SELECT r.run_id FROM runs r JOIN accesses a ON a.run_id = r.id AND a.mode = 'read' "
+            "JOIN edges e ON e.run_id = r.id AND e.kind = 'read' "
+            "JOIN versions v ON v.id = e.version_id JOIN artifacts t ON t.id = v.artifact_id "
+            "WHERE t.path = a.path"
         ),
         "artifact with more than one current version": (
             "SELECT artifact_id FROM versions WHERE valid_until IS NULL "
