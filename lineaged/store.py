@@ -998,11 +998,14 @@ class Store:
         """:meth:`link` for many (version id, access) pairs: one statement, run looked up once."""
         conn = self._wc
         row_id, _, _ = self._run_row_id(conn, run_id)
+        # A repeated access widens the edge's times; a source file reported first as data
+        # (lineage run sends reads while the command runs) becomes code when it is known as one.
         conn.executemany(
             "INSERT INTO edges(run_id, version_id, kind, how, role, first_at, last_at, "
             "changed_during_run) VALUES (?,?,?,?,?,?,?,0) "
             "ON CONFLICT(run_id, kind, version_id) DO UPDATE SET "
-            "first_at=min(first_at, excluded.first_at), last_at=max(last_at, excluded.last_at)",
+            "first_at=min(first_at, excluded.first_at), last_at=max(last_at, excluded.last_at), "
+            "role=CASE WHEN excluded.role = 'code' THEN 'code' ELSE role END",
             [
                 (row_id, version_id, kind, a.how, a.role, a.first_at, a.last_at)
                 for version_id, a in links

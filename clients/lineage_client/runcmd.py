@@ -28,7 +28,9 @@ from lineaged.runid import new_run_id
 if TYPE_CHECKING:
     import argparse
 
+    from lineage_client.capture.raw import RawEvents
     from lineage_client.capture.result import CapturedRun
+    from lineage_client.capture.stream import ReadStreamer
     from lineage_client.client import Client
     from lineaged.models import Access, CodeState, EnvState, Root, RunStatus, Status
 
@@ -168,7 +170,7 @@ def _check_daemon(args: argparse.Namespace) -> None:
 class _Begun:
     """What the thread beside the command produced: the client, the daemon's status, the run."""
 
-    __slots__ = ("client", "error", "notes", "status", "warnings")
+    __slots__ = ("client", "error", "notes", "status", "streamer", "warnings")
 
     def __init__(self) -> None:
         self.client: Client | None = None
@@ -176,6 +178,17 @@ class _Begun:
         self.error: BaseException | None = None
         self.warnings: list[str] = []  # recorded with the run
         self.notes: list[str] = []  # printed once it has ended
+        self.streamer: ReadStreamer | None = None  # once the run is begun
+
+    def offer(self, events: RawEvents, polled_at: int, excluded: Sequence[str]) -> None:
+        """Hand a poll's reads to the streamer (the main thread, while the command runs)."""
+        streamer = self.streamer
+        if streamer is None or streamer.error is not None:
+            return
+        try:
+            streamer.offer(events, polled_at, excluded)
+        except Exception as exc:  # never let streaming break the run: the end sends all
+            streamer.error = exc
 
 
 def _begin(
@@ -203,6 +216,14 @@ def _begin(
             begun.notes.append(note)
         env = _environment(command, start.cwd, begun.warnings)
         client.begin_run(dataclasses.replace(start, code=code, env=env))
+        from lineage_client.capture.stream import ReadStreamer
+
+        run_id = start.run_id
+        begun.streamer = ReadStreamer(
+            lambda batch: client.record_accesses(run_id, batch),
+            roots=[root.path for root in begun.status.roots],
+            excluded=[begun.status.state_dir],
+        )
     except BaseException as exc:  # reported once the command has ended
         begun.error = exc
 
@@ -252,7 +273,7 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         for thread in worker:
             thread.join()
         status = begun.status
-        return [status.state_dir, os.path.dirname(status.socket)] if status else []
+        return [status.state_dir] if status else []
 
     print(f"lineage: run {run_id} ({name}) started", file=sys.stderr)
     try:
@@ -262,6 +283,7 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
             extra_env={PARENT_ENV: run_id},
             on_started=started,
             more_excluded=daemon_dirs,
+            on_poll=begun.offer,
         )
         daemon_dirs()  # the command could not start: the thread still ran
         for warning in [*begun.notes, *captured.warnings]:
@@ -280,10 +302,16 @@ def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
         reason = error.message if isinstance(error, LineageError) else repr(error)
         print(f"lineage: error: the run was not recorded: {reason}", file=sys.stderr)
         return captured.exit_code
+    from lineage_client.capture.stream import unsent
+
+    # What went to the daemon while the command ran, and the daemon confirmed; the rest
+    # (and any read whose final form differs) goes now.
+    sent = begun.streamer.finish() if begun.streamer is not None else {}
     try:
         accesses = _accesses(status.roots, captured)
-        if accesses:
-            client.record_accesses(run_id, accesses)
+        rest = unsent(accesses, sent)
+        if rest:
+            client.record_accesses(run_id, rest)
         ended = client.end_run(
             run_id,
             status=_status(captured),
@@ -299,8 +327,8 @@ def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
     writes = sum(1 for a in accesses if a.mode == "write")
     print(
         f"lineage: run {ended.run_id} {ended.status.value} (exit {captured.exit_code}): "
-        f"{reads} inputs, {writes} outputs, {len(captured.sources)} source files, "
-        f"traced with {captured.method}",
+        f"{reads} inputs ({len(sent)} recorded while it ran), {writes} outputs, "
+        f"{len(captured.sources)} source files, traced with {captured.method}",
         file=sys.stderr,
     )
     return captured.exit_code

@@ -23,6 +23,7 @@ from lineaged.models import Access, AccessMode
 
 __all__ = [
     "SYSTEM_PREFIXES",
+    "FileSurvey",
     "RawEvents",
     "Spans",
     "build_accesses",
@@ -82,7 +83,7 @@ _S_IFMT, _S_IFREG, _S_IFLNK = 0o170000, 0o100000, 0o120000
 _LISTING_MIN = 64
 
 
-class _Files:
+class FileSurvey:
     """What each path is now (file, missing, other) and its canonical form, cached.
 
     About one system call per path; for folders holding many of the paths, a single
@@ -167,6 +168,15 @@ class _Files:
             real_dir = os.path.realpath(directory)
             self._real_dirs[directory] = real_dir
         return real_dir
+
+    def is_canonical(self, path: str) -> bool:
+        """Whether ``path`` is its own canonical form: no symlink in its folders or its name
+        (for a path :meth:`survey` saw)."""
+        if path in self._links:
+            return False
+        cut = path.rfind("/")
+        directory = path[:cut] or "/"
+        return self._real_dir(directory) == directory
 
     def real(self, path: str) -> str:
         """The canonical path: symlinks resolved, in the folders and in the name."""
@@ -295,7 +305,7 @@ def resolve_spans(
         else:
             del reads[path]
 
-    files = _Files()
+    files = FileSurvey()
     regular = files.survey([*writes, *reads])
     spans: Spans = {AccessMode.WRITE: {}, AccessMode.READ: {}}
     if files.canonical():
@@ -332,7 +342,7 @@ def resolve_spans(
 
 
 def _resolve_sources(
-    found: Mapping[str, int], files: _Files, prefixes: tuple[str, ...]
+    found: Mapping[str, int], files: FileSurvey, prefixes: tuple[str, ...]
 ) -> dict[str, int]:
     """Source files that still exist, by canonical path, with their first use."""
     sources: dict[str, int] = {}

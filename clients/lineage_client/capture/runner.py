@@ -71,6 +71,7 @@ def capture_command(
     mode: str = "auto",
     on_started: Callable[[int], None] | None = None,
     more_excluded: Callable[[], Sequence[str]] | None = None,
+    on_poll: Callable[[RawEvents, int, Sequence[str]], None] | None = None,
 ) -> CapturedRun:
     """Run ``argv`` to completion, tracing the files it reads and writes (see module doc).
 
@@ -78,6 +79,8 @@ def capture_command(
     runs (or failed to start), so slow work can go on beside it; ``more_excluded()`` is
     called once the command has ended and names more directories that are never data
     (known only then: they are left out after the run rather than by the hook).
+    ``on_poll(events, polled_at_ns, excluded)`` is called after each read of the traces
+    while the command runs (``lineage run`` sends the reads that are final from there).
     """
     if not argv:
         raise InvalidArgument("no command to run")
@@ -122,9 +125,17 @@ def capture_command(
             command = strace_command(strace, argv, strace_output)
         tail = TraceTail(trace_dir)
         notify = _Once(on_started, started_at)
+        hook_excluded = excluded
+
+        def tick() -> None:
+            polled_at = time.time_ns()
+            tail.poll()
+            if on_poll is not None:
+                on_poll(tail.events, polled_at, hook_excluded)
+
         try:
             returncode, forwarded = _run(
-                command, cwd=workdir, env=env, on_tick=tail.poll, on_start=notify
+                command, cwd=workdir, env=env, on_tick=tick, on_start=notify
             )
         except OSError as exc:
             returncode, forwarded = 126, False
