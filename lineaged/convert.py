@@ -1115,6 +1115,11 @@ def _split(values: Sequence[_T], counts: Sequence[int], what: str) -> list[tuple
     return [tuple(itertools.islice(items, count)) if count else () for count in counts]
 
 
+def _present(values: Sequence[_T], present: Sequence[bool]) -> list[_T | None]:
+    """A column of values that may be absent, with its presence column: None where absent."""
+    return [value if there else None for value, there in zip(values, present, strict=True)]
+
+
 def graph_from_pb(message: pb.Graph) -> Graph:
     """A lineage graph read back from the wire (LineageError when its columns disagree)."""
     return Graph(
@@ -1154,10 +1159,7 @@ def _versions_from_columns(columns: pb.VersionColumns) -> tuple[Version, ...]:
             columns.size,
             columns.mtime_ns,
             columns.valid_from_ns,
-            [
-                until if closed else None
-                for until, closed in zip(columns.valid_until_ns, columns.closed, strict=True)
-            ],
+            _present(columns.valid_until_ns, columns.closed),
             [change(seen, ChangeKind.SCAN) for seen in columns.seen],
             [change(closed) for closed in columns.closed_by],
             columns.external,
@@ -1213,15 +1215,9 @@ def _runs_from_columns(message: pb.Graph) -> tuple[Run, ...]:
             columns.user,
             columns.pid,
             columns.started_at_ns,
-            [
-                at if ended else None
-                for at, ended in zip(columns.ended_at_ns, columns.ended, strict=True)
-            ],
+            _present(columns.ended_at_ns, columns.ended),
             [status(number, RunStatus.RUNNING) for number in columns.status],
-            [
-                code if exited else None
-                for code, exited in zip(columns.exit_code, columns.exited, strict=True)
-            ],
+            _present(columns.exit_code, columns.exited),
             [dict(zip(k, v, strict=True)) if k else {} for k, v in zip(keys, values, strict=True)],
             columns.parent_run_id,
             [codes[index] for index in columns.code],
