@@ -47,6 +47,7 @@ from lineaged.models import (
     VerifyItem,
     VerifyState,
     Version,
+    build_many,
     is_new_run_id,
 )
 from lineaged.paths import is_normal_path
@@ -1151,8 +1152,9 @@ def _versions_from_columns(columns: pb.VersionColumns) -> tuple[Version, ...]:
     _same_lengths("version", fields)
     change = _CHANGE_FROM_PB.get
     return tuple(
-        map(
+        build_many(
             Version,
+            len(ids),
             ids,
             columns.path,
             columns.digest,
@@ -1205,8 +1207,9 @@ def _runs_from_columns(message: pb.Graph) -> tuple[Run, ...]:
     values = _split(columns.param_value, columns.param_count, "param")
     status = _STATUS_FROM_PB.get
     return tuple(
-        map(
+        build_many(
             Run,
+            len(ids),
             columns.run_id,
             columns.name,
             _split(columns.argv, columns.argv_count, "argv"),
@@ -1245,8 +1248,9 @@ def _edges_from_columns(columns: pb.EdgeColumns) -> tuple[Edge, ...]:
     )
     kind, how, role = _EDGE_FROM_PB.get, _HOW_FROM_PB.get, _ACCESS_ROLE_FROM_PB.get
     return tuple(
-        map(
+        build_many(
             Edge,
+            len(sources),
             sources,
             columns.target,
             [kind(number, "read") for number in columns.kind],

@@ -6,12 +6,13 @@ Times are integers of nanoseconds since the Unix epoch (``time.time_ns()``). Dig
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from lineaged.runid import is_new_run_id, new_run_id, run_id_time_ns
 
@@ -43,6 +44,7 @@ __all__ = [
     "VerifyState",
     "Version",
     "VersionRow",
+    "build_many",
     "is_new_run_id",
     "new_run_id",
     "run_id_time_ns",
@@ -429,6 +431,30 @@ def _store_through_slots(*classes: type) -> None:
         init = namespace["__init__"]
         init.__qualname__ = f"{cls.__qualname__}.__init__"
         setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses a direct assignment
+
+
+_V = TypeVar("_V")
+_SETTERS: dict[type, list[Any]] = {}
+
+
+def build_many(cls: type[_V], count: int, *columns: Sequence[Any]) -> list[_V]:
+    """``count`` values of the slotted dataclass ``cls``, field ``i`` of each taken from
+    ``columns[i]`` (every field, in order: no defaults apply).
+
+    The same values as ``list(map(cls, *columns))``, built slot by slot: each slot is filled
+    for all values at once by mapping its own descriptor over them (a loop in C), where the
+    ``__init__`` pays a Python call per field of each value. A lineage graph's client builds
+    hundreds of values from its columns at once.
+    """
+    setters = _SETTERS.get(cls)
+    if setters is None:
+        setters = _SETTERS[cls] = [cls.__dict__[item.name].__set__ for item in fields(cls)]  # type: ignore[arg-type]
+    if len(columns) != len(setters) or any(len(column) != count for column in columns):
+        raise ValueError(f"{cls.__name__}: {len(setters)} columns of {count} values each needed")
+    made: list[_V] = list(map(object.__new__, itertools.repeat(cls, count)))
+    for setter, column in zip(setters, columns, strict=True):
+        collections.deque(map(setter, made, column), maxlen=0)
+    return made
 
 
 _MISSING = object()  # the default of a field with a default_factory

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pickle
+from dataclasses import FrozenInstanceError
 
 import pytest
 
 from lineaged import models
+from lineaged.models import Edge, build_many
 
 MODELS = [
     value
@@ -107,3 +109,17 @@ def test_what_the_faster_init_does_not_do_is_refused(extra: dict[str, object]) -
     cls = dataclasses.dataclass(frozen=True, slots=True)(type("Value", (), namespace))
     with pytest.raises(TypeError, match="need care"):
         models._store_through_slots(cls)
+
+
+def test_build_many_makes_the_values_the_constructor_makes() -> None:
+    columns = (["run:a", "run:b"], ["version:1", "version:2"], ["read", "wrote"],
+               ["traced", "declared"], ["data", "code"], [False, True])  # fmt: skip
+    built = build_many(Edge, 2, *columns)
+    assert built == list(map(Edge, *columns))
+    assert all(type(edge) is Edge for edge in built)
+    with pytest.raises(FrozenInstanceError):
+        built[0].kind = "wrote"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="6 columns of 2 values"):
+        build_many(Edge, 2, *columns[:5])
+    with pytest.raises(ValueError, match="6 columns of 3 values"):
+        build_many(Edge, 3, *columns)

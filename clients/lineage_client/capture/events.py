@@ -13,13 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from bisect import bisect_left
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from itertools import repeat
-from operator import itemgetter
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
 from lineage_client.capture.raw import RawEvents, widen
-from lineaged.models import Access, AccessMode
+from lineaged.models import Access, AccessMode, build_many
 
 __all__ = [
     "SYSTEM_PREFIXES",
@@ -357,54 +355,18 @@ def _resolve_sources(
     return sources
 
 
-def _access_builder() -> Callable[[list[str], list[AccessMode], list[list[int]]], list[Access]]:
-    """A fast constructor of many data accesses, equal to ``Access(path, mode, first, last)``.
-
-    A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once per field,
-    which made building 10,000 accesses cost as much as tracing them. Here each slot is
-    filled for all accesses at once, by mapping its descriptor over them (a loop in C),
-    with the defaults taken from the dataclass itself so a new field cannot be missed.
-    """
-    defaults = [
-        (Access.__dict__[f.name].__set__, f.default)
-        for f in dataclasses.fields(Access)
-        if f.name not in ("path", "mode", "first_at", "last_at")
-    ]
-    if any(value is dataclasses.MISSING for _, value in defaults):
-        # A new required field: take the plain road.
-        def plain(
-            paths: list[str], modes: list[AccessMode], spans: list[list[int]]
-        ) -> list[Access]:
-            return [
-                Access(path, mode, first, last)
-                for path, mode, (first, last) in zip(paths, modes, spans, strict=True)
-            ]
-
-        return plain
-    set_path, set_mode, set_first, set_last = (
-        Access.__dict__[name].__set__ for name in ("path", "mode", "first_at", "last_at")
-    )
-    new = object.__new__
-
-    def build(paths: list[str], modes: list[AccessMode], spans: list[list[int]]) -> list[Access]:
-        count = len(paths)
-        accesses: list[Access] = list(map(new, repeat(Access, count)))
-        _consume(map(set_path, accesses, paths))
-        _consume(map(set_mode, accesses, modes))
-        _consume(map(set_first, accesses, map(itemgetter(0), spans)))
-        _consume(map(set_last, accesses, map(itemgetter(1), spans)))
-        for setter, value in defaults:
-            _consume(map(setter, accesses, repeat(value, count)))
-        return accesses
-
-    return build
-
-
-def _consume(calls: Iterator[object]) -> None:
-    deque(calls, maxlen=0)
-
-
-_new_accesses = _access_builder()
+def _new_accesses(
+    paths: list[str], modes: list[AccessMode], spans: list[list[int]]
+) -> list[Access]:
+    """``[Access(path, mode, first, last) ...]``, built slot by slot (``models.build_many``):
+    a run's tens of thousands of accesses would otherwise cost a Python call per field."""
+    count = len(paths)
+    firsts = [span[0] for span in spans]
+    lasts = [span[1] for span in spans]
+    rest = [item.default for item in dataclasses.fields(Access)[4:]]
+    if any(value is dataclasses.MISSING for value in rest):  # a new field without a default
+        return list(map(Access, paths, modes, firsts, lasts))
+    return build_many(Access, count, paths, modes, firsts, lasts, *([v] * count for v in rest))
 
 
 def build_accesses(
