@@ -1001,8 +1001,7 @@ def graph_to_pb(graph: Graph | GraphTable) -> pb.Graph:
         columns.size.extend(sizes)
         columns.mtime_ns.extend(mtimes)
         columns.valid_from_ns.extend(froms)
-        columns.valid_until_ns.extend([until or 0 for until in untils])
-        columns.closed.extend([until is not None for until in untils])
+        _put_optional(columns.valid_until_ns, columns.closed, untils)
         change = _CLOSED_TO_PB.get
         unknown = pb.CHANGE_KIND_UNSPECIFIED
         columns.seen.extend([change(kind, unknown) for kind in seen])
@@ -1022,6 +1021,13 @@ def graph_to_pb(graph: Graph | GraphTable) -> pb.Graph:
         )
         edge_columns.changed_during_run.extend(changed)
     return message
+
+
+def _put_optional(values: Any, present: Any, column: Sequence[int | None]) -> None:
+    """A column that may lack values: 0 where absent, and its presence column (the reverse
+    of ``_present``)."""
+    values.extend([value or 0 for value in column])
+    present.extend([value is not None for value in column])
 
 
 def _table(graph: Graph) -> GraphTable:
@@ -1061,11 +1067,9 @@ def _runs_to_columns(message: pb.Graph, runs: Sequence[RunRow]) -> None:
     columns.user.extend(users)
     columns.pid.extend(pids)
     columns.started_at_ns.extend(started)
-    columns.ended_at_ns.extend([at or 0 for at in ended])
-    columns.ended.extend([at is not None for at in ended])
+    _put_optional(columns.ended_at_ns, columns.ended, ended)
     columns.status.extend([_STATUS_TO_PB.get(s, pb.RUN_STATUS_UNSPECIFIED) for s in statuses])
-    columns.exited.extend([code is not None for code in exit_codes])
-    columns.exit_code.extend([code or 0 for code in exit_codes])
+    _put_optional(columns.exit_code, columns.exited, exit_codes)
     columns.param_count.extend(map(len, params))
     columns.param_key.extend(itertools.chain.from_iterable(params))
     columns.param_value.extend(itertools.chain.from_iterable(p.values() for p in params))
