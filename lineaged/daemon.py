@@ -13,9 +13,9 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -154,25 +154,51 @@ def _prepare_state_dir(state_dir: Path) -> None:
 
 
 class _Signals:
-    """Signal handlers only set events; the main thread acts on them."""
+    """Signal handlers only note what arrived; the main thread acts on it.
+
+    The handlers take no lock. They used to set ``threading.Event``s, which deadlocks when the
+    signal is handled while the main thread holds that event's lock (entering
+    ``Event.wait``, say): a SIGTERM sent just after a watchdog ping then left the daemon
+    hanging for good, and the notify test caught it twice in ten suites. Now the handlers
+    set flags, and ``signal.set_wakeup_fd`` has the interpreter write each signal to a pipe
+    the moment it arrives (in C), which :meth:`wait` watches.
+    """
 
     def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        self.wake = threading.Event()
+        self.stop = False
+        self._reloads = 0  # incremented by the handler only; the main thread only reads
+        self._reloads_seen = 0
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def install(self) -> None:
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stop.set()
-        self.wake.set()
+        self.stop = True
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
-        self.reload.set()
-        self.wake.set()
+        self._reloads += 1
+
+    def take_reload(self) -> bool:
+        """Whether a SIGHUP arrived since the last call (several count as one)."""
+        reloads = self._reloads
+        if reloads == self._reloads_seen:
+            return False
+        self._reloads_seen = reloads
+        return True
+
+    def wait(self, timeout: float) -> None:
+        """Return after ``timeout`` seconds, or as soon as a signal arrives."""
+        if self.stop or self._reloads != self._reloads_seen:
+            return
+        with contextlib.suppress(InterruptedError):
+            select.select([self._read], [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 512):
+                pass
 
 
 def _describe(config: Config) -> str:
@@ -226,16 +252,14 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         notifier.ready(status="serving; initial scan running")
         interval = notifier.watchdog_interval()
         was_serving = False
-        while not signals.stop.is_set():
-            signals.wake.wait(timeout=interval if interval else 1.0)
-            signals.wake.clear()
+        while not signals.stop:
+            signals.wait(interval if interval else 1.0)
             if interval:
                 notifier.watchdog()
             if engine.serving and not was_serving:
                 was_serving = True
                 notifier.status("serving; initial scan done")
-            if signals.reload.is_set():
-                signals.reload.clear()
+            if not signals.stop and signals.take_reload():
                 notifier.reloading()
                 try:
                     engine.reload(load_config(args))
