@@ -717,15 +717,15 @@ def add_access_columns(columns: pb.AccessColumns, accesses: Sequence[Access]) ->
         columns.mtime_ns.extend([a.mtime_ns for a in accesses])
 
 
-def _column(values: Sequence[_T], count: int, name: str) -> Sequence[_T] | None:
-    """An optional column: None when empty (the default for all), else exactly ``count``."""
+def _column(values: Sequence[_T], count: int, name: str, default: _T) -> list[_T]:
+    """An optional column: ``default`` for every access when empty, else exactly ``count``."""
     if not values:
-        return None
+        return [default] * count
     if len(values) != count:
         raise InvalidArgument(
             f"columns.{name} has {len(values)} entries for {count} paths; give one per path or none"
         )
-    return values
+    return list(values)
 
 
 def parse_access_columns(columns: pb.AccessColumns, *, offset: int = 0) -> list[Access]:
@@ -756,33 +756,26 @@ def parse_access_columns(columns: pb.AccessColumns, *, offset: int = 0) -> list[
         index = modes.index(None)
         _enum(_MODE_FROM_PB, columns.mode[index], f"columns.mode[{offset + index}]", pb.AccessMode)
     firsts = list(columns.first_at_ns)
-    lasts_given = _column(columns.last_at_ns, count, "last_at_ns")
-    lasts = firsts if lasts_given is None else list(lasts_given)
-    if lasts is not firsts:
-        for index, (first, last) in enumerate(zip(firsts, lasts, strict=True)):
-            if last < first:
-                raise InvalidArgument(
-                    f"columns.last_at_ns[{offset + index}] is before its first_at_ns"
-                )
+    # Left empty, every last access is the first.
+    lasts = _column(columns.last_at_ns, count, "last_at_ns", 0) if columns.last_at_ns else firsts
+    for index, (first, last) in enumerate(zip(firsts, lasts, strict=True)):
+        if last < first:
+            raise InvalidArgument(f"columns.last_at_ns[{offset + index}] is before its first_at_ns")
     hows = _enum_column(
         columns.how, count, "how", _REPORTED_HOW_FROM_PB, "traced", pb.AccessHow, offset
     )
     roles = _enum_column(
         columns.role, count, "role", _ACCESS_ROLE_FROM_PB, "data", pb.AccessRole, offset
     )
-    digests_given = _column(columns.digest, count, "digest")
-    digests: Sequence[str] = [""] * count if digests_given is None else list(digests_given)
-    if digests_given is not None:
-        for index, digest in enumerate(digests):
-            if digest:
-                _check_digest(digest, f"columns.digest[{offset + index}]")
-    sizes_given = _column(columns.size, count, "size")
-    sizes: Sequence[int] = [0] * count if sizes_given is None else list(sizes_given)
-    if sizes_given is not None and min(sizes) < 0:
-        index = next(i for i, size in enumerate(sizes) if size < 0)
-        _check_int(sizes[index], f"columns.size[{offset + index}]", 0, _MAX_NS)
-    mtimes_given = _column(columns.mtime_ns, count, "mtime_ns")
-    mtimes: Sequence[int] = [0] * count if mtimes_given is None else list(mtimes_given)
+    digests = _column(columns.digest, count, "digest", "")
+    for index, digest in enumerate(digests):
+        if digest:
+            _check_digest(digest, f"columns.digest[{offset + index}]")
+    sizes = _column(columns.size, count, "size", 0)
+    for index, size in enumerate(sizes):
+        if size < 0:
+            _check_int(size, f"columns.size[{offset + index}]", 0, _MAX_NS)
+    mtimes = _column(columns.mtime_ns, count, "mtime_ns", 0)
     return list(map(Access, paths, modes, firsts, lasts, hows, roles, digests, sizes, mtimes))
 
 
@@ -795,9 +788,7 @@ def _enum_column(
     enum: Any,
     offset: int,
 ) -> Sequence[str]:
-    given = _column(values, count, name)
-    if given is None:
-        return [default] * count
+    given = _column(values, count, name, 0)  # 0: UNSPECIFIED, the default
     answers = [mapping.get(number, default if number == 0 else None) for number in given]
     if None in answers:
         index = answers.index(None)
@@ -988,7 +979,7 @@ def graph_to_pb(graph: Graph | GraphTable) -> pb.Graph:
     A ``GraphTable`` (what the store walks out) is encoded straight from its rows: each column
     is one slice of the transposed rows, with no value built per node.
     """
-    table = graph if isinstance(graph, GraphTable) else _table(graph)
+    table = graph if isinstance(graph, GraphTable) else GraphTable.of(graph)
     message = pb.Graph(truncated=table.truncated, start=table.start)
     if table.versions:
         (ids, paths, digests, sizes, mtimes, froms, untils, seen, closed_by, external) = zip(
@@ -1028,27 +1019,6 @@ def _put_optional(values: Any, present: Any, column: Sequence[int | None]) -> No
     of ``_present``)."""
     values.extend([value or 0 for value in column])
     present.extend([value is not None for value in column])
-
-
-def _table(graph: Graph) -> GraphTable:
-    """A graph of values as rows (the fields of each value in order)."""
-    return GraphTable(
-        versions=tuple(
-            (v.id, v.path, v.digest, v.size, v.mtime_ns, v.valid_from, v.valid_until, v.seen,
-             v.closed_by, v.external)
-            for v in graph.versions
-        ),
-        runs=tuple(
-            (r.run_id, r.name, r.argv, r.cwd, r.host, r.user, r.pid, r.started_at, r.ended_at,
-             r.status, r.exit_code, r.params, r.parent_run_id, r.code, r.env, r.warnings, r.id)
-            for r in graph.runs
-        ),
-        edges=tuple(
-            (e.source, e.target, e.kind, e.how, e.role, e.changed_during_run) for e in graph.edges
-        ),
-        truncated=graph.truncated,
-        start=graph.start,
-    )  # fmt: skip
 
 
 def _runs_to_columns(message: pb.Graph, runs: Sequence[RunRow]) -> None:

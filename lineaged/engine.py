@@ -182,8 +182,8 @@ def _is_clean_abs(path: str) -> bool:
 
 
 def _check_fields(accesses: Sequence[Access]) -> None:
-    """What :meth:`Engine._check_access` checks of an access besides its path, for a whole
-    batch at once (each value set is small: a run reports a handful of distinct ones)."""
+    """An access's fields besides its path, checked for a whole batch at once (each value set
+    is small: a run reports a handful of distinct ones)."""
     if not accesses:
         return
     hows = {access.how for access in accesses} - {"declared", "traced"}
@@ -855,8 +855,9 @@ class Engine:
         return linked
 
     def _check_access(self, access: Access, facts: _PathFacts) -> tuple[Access, bool, bool]:
-        """The access checked (path normalised, last_at not before first_at), whether its
-        path is under a root, and whether it is tracked there (:meth:`RootSet.tracked`)."""
+        """The access's path checked (normalised; last_at not before first_at), whether it
+        is under a root, and whether it is tracked there (:meth:`RootSet.tracked`). The other
+        fields are checked for the whole batch by :func:`_check_fields`."""
         path = access.path
         if not _is_clean_abs(path):
             path = _check_abs(path)
@@ -885,14 +886,6 @@ class Engine:
                     f"{path} goes through a symbolic link (it resolves to {real}); lineaged "
                     "never follows links under its roots: send the resolved path"
                 )
-        if access.how not in ("declared", "traced"):
-            raise InvalidArgument(f"access 'how' is declared or traced, got {access.how!r}")
-        if access.role not in ("data", "code"):
-            raise InvalidArgument(f"access role is data or code, got {access.role!r}")
-        if access.digest:
-            digest_to_blob(access.digest)
-        if access.size < 0 or access.first_at < 0 or access.last_at < 0:
-            raise InvalidArgument("sizes and times cannot be negative")
         if path != access.path or access.last_at < access.first_at:
             access = replace(access, path=path, last_at=max(access.last_at, access.first_at))
         return access, root is not None, tracked

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import operator
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -50,6 +51,7 @@ __all__ = [
     "run_id_time_ns",
     "run_node_id",
     "version_node_id",
+    "version_row",
 ]
 
 
@@ -304,6 +306,20 @@ RunRow = tuple[
 EdgeRow = tuple[str, str, str, str, str, bool]
 
 
+def _row_of(cls: type) -> Any:
+    """A getter of a value's fields, in order: the value as a row."""
+    return operator.attrgetter(*(item.name for item in fields(cls)))
+
+
+_VERSION_ROW, _RUN_ROW, _EDGE_ROW = _row_of(Version), _row_of(Run), _row_of(Edge)
+
+
+def version_row(version: Version) -> VersionRow:
+    """``version`` as a ``VersionRow``."""
+    row: VersionRow = _VERSION_ROW(version)
+    return row
+
+
 @dataclass(frozen=True, slots=True)
 class GraphTable:
     """A lineage graph as rows (see ``VersionRow``): what the store walks out and the service
@@ -314,6 +330,17 @@ class GraphTable:
     edges: tuple[EdgeRow, ...]
     truncated: bool
     start: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, graph: Graph) -> GraphTable:
+        """A graph of values as rows."""
+        return cls(
+            versions=tuple(map(_VERSION_ROW, graph.versions)),
+            runs=tuple(map(_RUN_ROW, graph.runs)),
+            edges=tuple(map(_EDGE_ROW, graph.edges)),
+            truncated=graph.truncated,
+            start=graph.start,
+        )
 
     def graph(self) -> Graph:
         """The same graph as values."""

@@ -71,6 +71,7 @@ from lineaged.models import (
     new_run_id,
     run_node_id,
     version_node_id,
+    version_row,
 )
 
 __all__ = [
@@ -1645,7 +1646,7 @@ class _Walk:
     def table(self) -> GraphTable:
         version_ids = {edge[1] for edge in self.edges.values()}
         version_ids |= {edge[1] for edge, _ in self.pending}
-        versions: dict[int, VersionRow] = {v.id: _version_row(v) for v in self.start_versions}
+        versions: dict[int, VersionRow] = {v.id: version_row(v) for v in self.start_versions}
         start_ids = set(versions)
         run_rows: list[Sequence[Any]] = []
         kinds = _CHANGE_KINDS
@@ -1680,11 +1681,11 @@ class _Walk:
         versions = {vid: versions[vid] for vid in sorted(kept_ids) if vid in versions}
         runs = _run_rows(run_rows, self._sources(versions))
         runs.sort(key=_ROW_ID)
-        run_nodes = {run[16]: "run:" + run[0] for run in runs}
+        run_nodes = {run[16]: run_node_id(run[0]) for run in runs}
         edges: list[EdgeRow] = [
             (
                 run_nodes[run_id],
-                f"version:{version_id}",
+                version_node_id(version_id),
                 kind,
                 how or "traced",
                 role or "data",
@@ -1731,21 +1732,6 @@ class _Walk:
 
 
 _ROW_ID = operator.itemgetter(16)  # a RunRow's run row id
-
-
-def _version_row(version: Version) -> VersionRow:
-    return (
-        version.id,
-        version.path,
-        version.digest,
-        version.size,
-        version.mtime_ns,
-        version.valid_from,
-        version.valid_until,
-        version.seen,
-        version.closed_by,
-        version.external,
-    )
 
 
 def _bridges(
