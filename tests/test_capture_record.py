@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import time
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-from lineage_client.capture._envprobe import installed
+from lineage_client.capture._envprobe import installed, scanned
 
 from lineaged.config import DEFAULT_IGNORE, Config, IgnoreRules
 from lineaged.engine import Engine, _PathFacts
@@ -258,6 +260,54 @@ def test_installed_distributions_match_importlib_metadata() -> None:
             seen[name.lower()] = f"{name}=={dist.version}"
     assert installed() == sorted(seen.values(), key=str.lower)
     assert any(item.startswith("grpcio==") for item in installed())
+    assert scanned(sys.path) is not None  # the test's own venv took the folder scan
+
+
+def _dist(folder: Path, entry: str, name: str, version: str, filename: str = "METADATA") -> None:
+    (folder / entry).mkdir(parents=True)
+    (folder / entry / filename).write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nlong text\nName: x\n"
+    )
+
+
+def test_the_folder_scan_finds_what_importlib_metadata_finds(tmp_path: Path) -> None:
+    first, second, missing = tmp_path / "first", tmp_path / "second", tmp_path / "missing"
+    _dist(first, "alpha-1.0.dist-info", "alpha", "1.0")
+    _dist(first, "Beta_Pkg-2.0.DIST-INFO", "Beta.Pkg", "2.0")
+    _dist(first, "gamma-0.1.egg-info", "gamma", "0.1", filename="PKG-INFO")
+    _dist(first, "noversion-1.dist-info", "noversion", "", filename="OTHER")  # no METADATA
+    (first / "delta-3.egg-info").write_text("Name: delta\nVersion: 3\n")  # a file
+    (first / "not-a-dist").mkdir()
+    # Found later on the path: alpha 9.0 is shadowed by alpha 1.0, as an import would be.
+    _dist(second, "alpha-9.0.dist-info", "alpha", "9.0")
+    _dist(second, "epsilon-5.dist-info", "epsilon", "5")
+    # One folder, two entries of one name: the order inside the folder decides.
+    _dist(second, "zeta-1.dist-info", "zeta", "1")
+    _dist(second, "ZETA-2.dist-info", "zeta", "2")
+    # Entries are taken group by group (the name before the first "-"), not in folder order:
+    # a name listed in two groups resolves as importlib.metadata resolves it. Several
+    # spellings, so that some folder order (the file system's) sets the groups apart.
+    for n in range(20):
+        _dist(second, f"theta{n}-1.dist-info", f"other{n}", "1")
+        _dist(second, f"iota{n}-1.dist-info", f"iota{n}", "1")
+        _dist(second, f"theta{n}-2.dist-info", f"iota{n}", "2")
+    path = [str(first), str(missing), str(second)]
+    folders = scanned(path)
+    assert folders is not None
+    got = installed(folders)
+    assert got == installed(metadata.distributions(path=path))
+    assert "alpha==1.0" in got and "epsilon==5" in got and "Beta.Pkg==2.0" in got
+
+
+def test_the_folder_scan_leaves_zips_and_eggs_to_importlib_metadata(tmp_path: Path) -> None:
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("inzip-1.dist-info/METADATA", "Name: inzip\nVersion: 1\n")
+    egg = tmp_path / "legacy-1.0.egg"
+    (egg / "EGG-INFO").mkdir(parents=True)
+    assert scanned([str(archive)]) is None
+    assert scanned([str(egg)]) is None
+    assert installed(metadata.distributions(path=[str(archive)])) == ["inzip==1"]
 
 
 def test_per_folder_answers_equal_the_root_set_path_by_path(tmp_path: Path) -> None:
