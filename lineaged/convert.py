@@ -756,11 +756,14 @@ def parse_access_columns(columns: pb.AccessColumns, *, offset: int = 0) -> list[
         index = modes.index(None)
         _enum(_MODE_FROM_PB, columns.mode[index], f"columns.mode[{offset + index}]", pb.AccessMode)
     firsts = list(columns.first_at_ns)
-    # Left empty, every last access is the first.
+    # Left empty, every last access is the first (and nothing to compare).
     lasts = _column(columns.last_at_ns, count, "last_at_ns", 0) if columns.last_at_ns else firsts
-    for index, (first, last) in enumerate(zip(firsts, lasts, strict=True)):
-        if last < first:
-            raise InvalidArgument(f"columns.last_at_ns[{offset + index}] is before its first_at_ns")
+    if lasts is not firsts:
+        for index, (first, last) in enumerate(zip(firsts, lasts, strict=True)):
+            if last < first:
+                raise InvalidArgument(
+                    f"columns.last_at_ns[{offset + index}] is before its first_at_ns"
+                )
     hows = _enum_column(
         columns.how, count, "how", _REPORTED_HOW_FROM_PB, "traced", pb.AccessHow, offset
     )
@@ -772,9 +775,9 @@ def parse_access_columns(columns: pb.AccessColumns, *, offset: int = 0) -> list[
         if digest:
             _check_digest(digest, f"columns.digest[{offset + index}]")
     sizes = _column(columns.size, count, "size", 0)
-    for index, size in enumerate(sizes):
-        if size < 0:
-            _check_int(size, f"columns.size[{offset + index}]", 0, _MAX_NS)
+    if count and min(sizes) < 0:  # one pass in C; the index is looked for only to name it
+        index = next(i for i, size in enumerate(sizes) if size < 0)
+        _check_int(sizes[index], f"columns.size[{offset + index}]", 0, _MAX_NS)
     mtimes = _column(columns.mtime_ns, count, "mtime_ns", 0)
     return list(map(Access, paths, modes, firsts, lasts, hows, roles, digests, sizes, mtimes))
 

@@ -646,13 +646,10 @@ class Store:
         (0: never; the :class:`Writer` checkpoints beside the writes instead)."""
         self._wc.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
 
-    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
-        """``PRAGMA wal_checkpoint(mode)`` on the write connection, outside a transaction:
-        (busy, frames in the WAL, frames copied into the database)."""
-        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
-            raise ValueError(f"no checkpoint mode {mode!r}")
-        busy, frames, copied = self._wc.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        return int(busy), int(frames), int(copied)
+    def checkpoint(self) -> None:
+        """A passive WAL checkpoint on the write connection, outside a transaction: it copies
+        what no reader still needs and makes nobody wait."""
+        self._wc.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def rollback(self) -> None:
         """Roll the write transaction back."""
@@ -2057,8 +2054,6 @@ class Writer:
             log.warning("store writes succeed again (after %d attempts)", attempt)
             self._problem = ""
         lost, self._lost = self._lost, 0
-        self._checkpointer.poke()
-        self._bound_wal()
         outputs = []
         for future, value, error in results:
             if error is not None:
@@ -2076,6 +2071,9 @@ class Writer:
                 self.on_recovered(lost)
             except Exception:
                 log.exception("store-recovered hook failed")
+        # After the callers have their answers: a forced checkpoint delays the next batch only.
+        self._checkpointer.poke()
+        self._bound_wal()
 
     def _bound_wal(self) -> None:
         """A WAL over ``wal_force_bytes`` is checkpointed here, after the commit, as SQLite's
@@ -2087,7 +2085,7 @@ class Writer:
             return
         if size > self.wal_force_bytes:
             try:
-                self.store.checkpoint("PASSIVE")
+                self.store.checkpoint()
             except sqlite3.Error as exc:
                 log.warning("store checkpoint of a %d MB WAL failed: %s", size >> 20, exc)
 

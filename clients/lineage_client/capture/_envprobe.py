@@ -13,15 +13,14 @@ import platform
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from importlib import metadata
+from typing import Protocol
 
 __all__ = ["describe", "installed", "scanned"]
 
 
 class _Readable(Protocol):
+    """What is read of a distribution (``importlib.metadata.Distribution`` or a ``_Folder``)."""
+
     def read_text(self, filename: str) -> str | None: ...
 
 
@@ -37,7 +36,9 @@ class _Folder:
         try:
             with open(os.path.join(self.path, filename), encoding="utf-8") as stream:
                 return stream.read()
-        except (OSError, UnicodeDecodeError):  # importlib.metadata suppresses the same
+        # Missing or unreadable: None, as importlib.metadata says. Undecodable: skipped too,
+        # where importlib.metadata would raise.
+        except (OSError, UnicodeDecodeError):
             return None
 
 
@@ -96,9 +97,7 @@ def _name_version(dist: _Readable) -> tuple[str | None, str | None]:
     return name, version
 
 
-def installed(
-    distributions: Iterable[metadata.Distribution | _Readable] | None = None,
-) -> list[str]:
+def installed(distributions: Iterable[_Readable] | None = None) -> list[str]:
     """``name==version`` of each distribution on sys.path, sorted case-insensitively."""
     if distributions is None:
         distributions = scanned(sys.path)
