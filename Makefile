@@ -3,19 +3,36 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/dev.txt
+TOOLS_LOCK := requirements/tools.txt
+UV := $(BIN)/uv
+# The lock is one resolution for every platform and Python >= 3.11; "make lock" keeps the
+# pins it already has, "make lock-upgrade" moves every package to its newest allowed release.
+LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock" --quiet
 PROTO_SRC := proto/lineage/v1/lineage.proto
 PROTO_OUT := lineaged/_proto
 
-.PHONY: all run test lint typecheck pytest proto proto-check bench clean
+.PHONY: all run test lint typecheck pytest proto proto-check bench clean lock lock-upgrade \
+	test-latest smoke-wheel
 
 all: test
 
-# (Re)create the virtualenv when it is missing or pyproject.toml is newer than the install.
-$(STAMP): pyproject.toml
+# (Re)create the virtualenv when it is missing or the lock is newer than the install. Every
+# version installed comes from the committed, hash-checked lock: nothing depends on what the
+# package index serves that day.
+$(STAMP): pyproject.toml $(LOCK) $(TOOLS_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(TOOLS_LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r $(LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
+
+lock: $(STAMP)
+	$(UV) pip compile $(LOCK_ARGS) -o $(LOCK)
+
+lock-upgrade: $(STAMP)
+	$(UV) pip compile $(LOCK_ARGS) --upgrade -o $(LOCK)
 
 run: $(STAMP)
 	@mkdir -p data models
@@ -50,5 +67,24 @@ bench: $(STAMP)
 	$(BIN)/python -m compileall -q lineaged clients bench
 	$(BIN)/python -m bench
 
+# The installed product, not the checkout: build the wheel, install it (not editable) into a
+# fresh venv beside the locked dependencies, and run a daemon and a lineage run from there.
+smoke-wheel: $(STAMP)
+	bash tests/smoke_wheel.sh $(BIN)/python $(UV) $(LOCK)
+
+# The same suite against the newest releases pyproject.toml allows, in a venv of its own, to
+# catch an upstream release before a user does. Not part of CI: CI must not depend on the
+# index. The stubs are not compared here (a newer generator writes its own version into them).
+LATEST := .venv-latest
+test-latest: $(STAMP)
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(TOOLS_LOCK)
+	$(LATEST)/bin/uv pip install --quiet --python $(LATEST)/bin/python --upgrade --refresh \
+		-e '.[dev,mlflow,openlineage]'
+	$(LATEST)/bin/uv pip list --python $(LATEST)/bin/python > $(LATEST)/versions.txt
+	@grep -iE '^(grpcio|protobuf|watchdog|blake3|sqlite-utils|pandas|pyarrow|polars|h5py|mlflow|openlineage-python) ' \
+		$(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache
