@@ -38,7 +38,7 @@ run: $(STAMP)
 	@mkdir -p data models
 	$(BIN)/lineaged --state-dir ./.lineaged --watch ./data:data --watch ./models:model
 
-test: $(STAMP) proto-check lint typecheck pytest
+test: $(STAMP) proto-check lint typecheck pytest smoke-wheel
 
 lint: $(STAMP)
 	$(BIN)/ruff check lineaged clients tests bench

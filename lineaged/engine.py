@@ -49,7 +49,15 @@ from lineaged.models import (
 from lineaged.paths import is_normal_path
 from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat
-from lineaged.watcher import POLL_SECONDS, OverflowDetector, Pipeline, RootWatcher, root_identity
+from lineaged.watcher import (
+    BLIND_SCAN_INTERVAL,
+    POLL_SECONDS,
+    Pipeline,
+    RootWatcher,
+    WatchFailures,
+    lost_event_problem,
+    root_identity,
+)
 
 __all__ = ["MAX_ACCESSES", "MAX_DEPTH", "MAX_NODES", "MAX_PAGE", "Engine", "Subscription"]
 
@@ -295,10 +303,11 @@ class Engine:
         self._scan_thread = threading.Thread(
             target=self._scan_loop, name="lineaged-scan", daemon=True
         )
-        self._overflow = OverflowDetector(self._on_overflow)
+        self._watch_failures = WatchFailures()
         self._progress_listeners: list[Callable[[ScanState], None]] = []
         self._counts_cache: tuple[float, Counts] | None = None
         self._progress_base = ScanStats()
+        self._watch_problem = ""  # set when lost events cannot be detected
 
     # -- lifecycle
 
@@ -307,7 +316,11 @@ class Engine:
         self.writer.start()
         self._register_roots(self.config.roots)
         if watch:
-            self._overflow.__enter__()
+            self._watch_problem = lost_event_problem()
+            if self._watch_problem:
+                log.warning("%s", self._watch_problem)
+                self._shorten_scan_interval()
+            self._watch_failures.__enter__()
             self.pipeline.start()
             for root in self.roots.roots:
                 self._start_watcher(root)
@@ -325,7 +338,7 @@ class Engine:
         if self._scan_thread.is_alive():
             self._scan_thread.join()
         self.pipeline.stop()
-        self._overflow.__exit__()
+        self._watch_failures.__exit__()
         self.writer.stop()
 
     def run_once(self) -> ScanStats:
@@ -348,6 +361,8 @@ class Engine:
             with self._problems_lock:
                 self._problems.pop(path, None)
         self.config = replace(self.config, roots=config.roots, scan_interval=config.scan_interval)
+        if self._watch_problem:
+            self._shorten_scan_interval()
         added = self._register_roots(config.roots)
         for root in added:
             self._start_watcher(root)
@@ -359,6 +374,11 @@ class Engine:
         )
         if added:
             self.request_scan("roots added by reload")
+
+    def _shorten_scan_interval(self) -> None:
+        interval = self.config.scan_interval
+        if interval <= 0 or interval > BLIND_SCAN_INTERVAL:
+            self.config = replace(self.config, scan_interval=BLIND_SCAN_INTERVAL)
 
     def _register_roots(self, roots: Sequence[Root]) -> list[WatchedRoot]:
         def job(store: Store) -> list[int]:
@@ -380,6 +400,8 @@ class Engine:
             force_polling=force_polling,
             poll_interval=self.poll_interval,
             on_trouble=self._on_root_trouble,
+            on_lost=self._on_overflow,
+            failures=self._watch_failures,
         )
         try:
             watcher.start()
@@ -694,6 +716,8 @@ class Engine:
             degraded.extend(f"{r.path}: {reason}" for reason in reasons)
         if self.writer.problem:
             degraded.append(f"store: {self.writer.problem}")
+        if self._watch_problem:
+            degraded.append(f"watcher: {self._watch_problem}")
         return Status(
             version=__version__,
             pid=os.getpid(),

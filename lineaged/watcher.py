@@ -24,12 +24,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -46,13 +46,15 @@ from lineaged.indexer import Indexer, WatchedRoot
 from lineaged.models import ChangeKind
 
 __all__ = [
+    "BLIND_SCAN_INTERVAL",
     "NETWORK_FILESYSTEMS",
     "POLL_SECONDS",
     "Change",
-    "OverflowDetector",
     "Pipeline",
     "RootWatcher",
+    "WatchFailures",
     "filesystem_type",
+    "lost_event_problem",
     "root_identity",
 ]
 
@@ -101,6 +103,8 @@ _WANTED_EVENTS: list[type[FileSystemEvent]] = [
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    # watchdog >= 7.1.1 queues this when the kernel's inotify queue overflowed.
+    EventsLostEvent,
 ]
 
 
@@ -117,12 +121,18 @@ class Change:
 class _Handler(FileSystemEventHandler):
     """Runs on watchdog's thread: translate and enqueue, nothing else."""
 
-    def __init__(self, put: Callable[[Change], None]) -> None:
+    def __init__(
+        self, put: Callable[[Change], None], on_lost: Callable[[str], None] | None = None
+    ) -> None:
         self.put = put
+        self.on_lost = on_lost
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         src = _text(event.src_path)
-        if isinstance(event, DirMovedEvent):
+        if isinstance(event, EventsLostEvent):
+            if self.on_lost is not None:
+                self.on_lost(f"inotify queue overflowed below {src}")
+        elif isinstance(event, DirMovedEvent):
             self.put(Change(src, ChangeKind.MOVED, is_dir=True, gone_tree=True))
             self.put(Change(_text(event.dest_path), ChangeKind.MOVED, is_dir=True))
         elif isinstance(event, FileMovedEvent):
@@ -188,6 +198,8 @@ class RootWatcher:
     subdirectory; ``on_trouble`` is then called (from watchdog's thread, so it must only
     set a flag) and the owner restarts the watcher with ``force_polling=wants_polling``.
     The owner reports and logs ``problem`` (this class logs at info level only).
+    ``on_lost`` is called (from watchdog's thread) when the kernel dropped events of this
+    root; ``failures`` tells the watcher of subdirectories inotify could not watch later.
     """
 
     def __init__(
@@ -198,6 +210,8 @@ class RootWatcher:
         force_polling: str = "",
         poll_interval: float = POLL_SECONDS,
         on_trouble: Callable[[str], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+        failures: WatchFailures | None = None,
     ) -> None:
         self.root = root
         self.put = put
@@ -207,6 +221,8 @@ class RootWatcher:
         self.wants_polling = ""
         self._poll_interval = poll_interval
         self._on_trouble = on_trouble
+        self._on_lost = on_lost
+        self._failures = failures
         self._observer: BaseObserver | None = None
         self._watch_failures: list[str] = []
 
@@ -230,15 +246,22 @@ class RootWatcher:
 
     def _start_inotify(self) -> None:
         observer: BaseObserver | None = None
+        if self._failures is not None:
+            self._failures.add(self)
         try:
-            # Constructing the observer creates the inotify instance: EMFILE happens here.
+            # schedule() creates the inotify instance and watches the whole tree: the limits
+            # (EMFILE, and ENOSPC anywhere in the tree) are raised here.
             observer = InotifyObserver()
-            self._count_watch_failures(observer)
             observer.schedule(
-                _Handler(self.put), self.root.path, recursive=True, event_filter=_WANTED_EVENTS
+                _Handler(self.put, self._on_lost),
+                self.root.path,
+                recursive=True,
+                event_filter=_WANTED_EVENTS,
             )
             observer.start()
         except OSError as exc:
+            if self._failures is not None:
+                self._failures.remove(self)
             if observer is not None:
                 _stop_quietly(observer)
             if exc.errno == errno.ENOENT or root_identity(self.root.path) is None:
@@ -247,16 +270,12 @@ class RootWatcher:
             self._fall_back(_inotify_problem(exc.errno, exc.strerror or str(exc)))
             return
         except Exception as exc:  # an unexpected watchdog failure must not stop the daemon
+            if self._failures is not None:
+                self._failures.remove(self)
             if observer is not None:
                 _stop_quietly(observer)
             log.exception("%s: inotify failed", self.root.path)
             self._fall_back(f"inotify failed ({exc}); polling instead")
-            return
-        if self._watch_failures:
-            # watchdog skips subdirectories it cannot watch without a word: those would be
-            # blind, so poll the whole root instead.
-            _stop_quietly(observer)
-            self._fall_back(self._limit_problem())
             return
         self._observer = observer
         self.problem = ""
@@ -275,30 +294,17 @@ class RootWatcher:
             + " (raise fs.inotify.max_user_watches); polling instead"
         )
 
-    def _count_watch_failures(self, observer: BaseObserver) -> None:
-        """Note every directory inotify could not watch for lack of watches (ENOSPC).
+    def watch_failed(self, path: str, problem: str = "") -> None:
+        """inotify could not watch ``path`` (a directory made after start): poll instead.
 
-        watchdog 7 swallows the OSError of a subdirectory's ``inotify_add_watch`` (only the
-        root's reaches the caller), both at start and for directories created later.
+        Called from watchdog's thread, through ``WatchFailures``: only notes and signals.
+        ``problem`` replaces the watch-limit wording when the cause is another.
         """
-        fd: Any = getattr(observer, "_inotify_fd", None)
-        add_callback = getattr(fd, "add_callback", None)
-        if add_callback is None:  # a watchdog without this internal: cannot tell
-            return
-
-        def counted(path: bytes, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return add_callback(path, *args, **kwargs)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.ENOMEM):
-                    self._watch_failures.append(_text(path))
-                    if self._observer is not None and not self.wants_polling:
-                        self.wants_polling = self._limit_problem()
-                        if self._on_trouble is not None:
-                            self._on_trouble(self.root.path)
-                raise
-
-        fd.add_callback = counted
+        self._watch_failures.append(path)
+        if self._observer is not None and not self.wants_polling:
+            self.wants_polling = problem or self._limit_problem()
+            if self._on_trouble is not None:
+                self._on_trouble(self.root.path)
 
     def _start_polling(self) -> None:
         observer = PollingObserver(timeout=self._poll_interval)
@@ -327,11 +333,6 @@ class RootWatcher:
         observer = self._observer
         if observer is None or not observer.is_alive():
             return False
-        # inotify events are read by a thread of their own: if it dies (an exception in
-        # watchdog), the observer runs on, blind.
-        reader = getattr(observer, "_inotify_fd", None)
-        if isinstance(reader, threading.Thread) and not reader.is_alive():
-            return False
         return all(emitter.is_alive() for emitter in list(observer.emitters))
 
     @property
@@ -341,6 +342,8 @@ class RootWatcher:
 
     def stop(self) -> None:
         """Stop and join the observer."""
+        if self._failures is not None:
+            self._failures.remove(self)
         if self._observer is not None:
             _stop_quietly(self._observer)
             self._observer = None
@@ -380,39 +383,93 @@ def _stop_quietly(observer: BaseObserver) -> None:
         log.debug("observer stop failed", exc_info=True)
 
 
-class OverflowDetector(logging.Handler):
-    """watchdog reports a lost-event overflow only as a WARNING log line: catch it.
+# Where lost events cannot be detected, the reconcile scan is what finds them: this often.
+BLIND_SCAN_INTERVAL = 60.0
+# The watchdog releases whose lost-event and watch-failure reports were tested: pyproject.toml
+# allows these only; an install forced outside them is reported, never silently trusted.
+_TESTED_WATCHDOG = ((7, 1, 1), (8, 0, 0))
 
-    watchdog 7.1 logs "Inotify queue overflowed" (and "Unable to rebuild recursive inotify
-    watches") on the ``watchdog.observers.inotify*`` loggers and delivers no event; the
-    callback asks for a reconcile scan.
+
+def lost_event_problem(version: str | None = None) -> str:
+    """Why this watchdog may lose events without telling us ("" when it is a tested one)."""
+    if version is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            version = installed("watchdog")
+        except PackageNotFoundError:
+            version = "unknown"
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    low, high = _TESTED_WATCHDOG
+    if len(numbers) == 3 and low <= numbers < high:
+        return ""
+    return (
+        f"watchdog {version} is not a release lineaged was tested with (>=7.1.1,<8): lost "
+        f"events may go unnoticed, so every root is rescanned every {BLIND_SCAN_INTERVAL:.0f} s"
+    )
+
+
+class WatchFailures(logging.Handler):
+    """Route watchdog's "cannot watch this directory" reports to the root watcher concerned.
+
+    watchdog 7.1.1 tells of a subdirectory it could not watch after start (inotify's watch
+    or instance limit) only as a WARNING on its ``watchdog.observers.inotify`` logger, and of
+    a tree it could not rewatch after an overflow only as an ERROR there; that directory
+    would then be blind. Each record names the path: the watcher of the root holding it
+    switches to polling. The messages are pinned by tests/test_blindness.py, and
+    pyproject.toml allows only the watchdog releases that were tested (<8).
     """
 
-    LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+    LOGGER = "watchdog.observers.inotify"
+    _MESSAGES = ("Unable to watch", "Unable to rebuild recursive inotify watches")
 
-    def __init__(self, on_overflow: Callable[[str], None]) -> None:
+    def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
-        self.on_overflow = on_overflow
+        self._watchers: list[RootWatcher] = []
+        self._watchers_lock = threading.Lock()
+
+    def add(self, watcher: RootWatcher) -> None:
+        """Send ``watcher`` the failures below its root."""
+        with self._watchers_lock:
+            if watcher not in self._watchers:
+                self._watchers.append(watcher)
+
+    def remove(self, watcher: RootWatcher) -> None:
+        """Stop sending ``watcher`` failures."""
+        with self._watchers_lock:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "overflow" in message.lower() or "unable to" in message.lower():
-            try:
-                self.on_overflow(message)
-            except Exception:  # a logging handler must not raise
-                self.handleError(record)
+        try:
+            if not isinstance(record.msg, str) or not record.msg.startswith(self._MESSAGES):
+                return
+            args = record.args if isinstance(record.args, tuple) else ()
+            if not args or not isinstance(args[0], bytes | str):
+                return
+            path = _text(args[0])
+            problem = ""
+            if record.msg.startswith(self._MESSAGES[1]):
+                problem = f"inotify could not rewatch {path} after lost events; polling instead"
+            with self._watchers_lock:
+                watchers = list(self._watchers)
+            for watcher in watchers:
+                root = watcher.root.path.rstrip("/")
+                if path == root or path.startswith(root + "/"):
+                    watcher.watch_failed(path, problem)
+        except Exception:  # a logging handler must not raise
+            self.handleError(record)
 
-    def __enter__(self) -> OverflowDetector:
-        for name in self.LOGGERS:
-            logger = logging.getLogger(name)
-            logger.addHandler(self)
-            if logger.getEffectiveLevel() > logging.WARNING:
-                logger.setLevel(logging.WARNING)
+    def __enter__(self) -> WatchFailures:
+        logger = logging.getLogger(self.LOGGER)
+        logger.addHandler(self)
+        if logger.getEffectiveLevel() > logging.WARNING:
+            logger.setLevel(logging.WARNING)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for name in self.LOGGERS:
-            logging.getLogger(name).removeHandler(self)
+        logging.getLogger(self.LOGGER).removeHandler(self)
 
 
 class Pipeline:

@@ -151,7 +151,7 @@ def test_watch_limit_below_the_root_is_not_silent(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """watchdog skips a subdirectory it cannot watch without a word; lineaged polls instead."""
+    """A subdirectory inotify cannot watch at start makes the whole root polled, and says so."""
     caplog.set_level(logging.WARNING)
     deep = tmp_path / "data" / "deep" / "er"
     deep.mkdir(parents=True)
@@ -160,9 +160,11 @@ def test_watch_limit_below_the_root_is_not_silent(
     assert failed, "the fault was not reached"
     status = h.root(h.data)
     assert status.polling
-    assert status.health.startswith(f"inotify watch limit reached at {tmp_path / 'data' / 'deep'}")
-    assert "polling instead" in status.health
-    assert "inotify watch limit reached at" in caplog.text
+    assert status.health == (
+        "inotify watch limit reached (raise fs.inotify.max_user_watches); polling instead"
+    )
+    assert f"root {h.data}: inotify watch limit reached" in caplog.text
+    assert not h.root(h.models).polling
     record_changes_through(h, deep)
     h.assert_working()
 
@@ -186,6 +188,7 @@ def test_watch_limit_reached_later_switches_to_polling(
     wait_for(lambda: h.root(h.data).polling, what="the root switched to polling")
     assert failed
     assert h.root(h.data).health.startswith(f"inotify watch limit reached at {later}")
+    assert f"root {h.data}: inotify watch limit reached at {later}" in caplog.text
     h.expect(early, b"written before anyone polled")
     record_changes_through(h, later)
     assert not h.root(h.models).polling
@@ -466,3 +469,36 @@ def test_root_replaced_at_once_is_watched_again(make_harness: Callable[..., Harn
     h.expect(h.data / "old.csv", None)
     wait_for(lambda: h.root(h.data).health == "ok", what="healthy again")
     record_changes_through(h, h.data)
+
+
+# --- a watchdog that cannot tell of lost events ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "tested"),
+    [("7.1.1", True), ("7.9.0", True), ("7.1.0", False), ("6.0.0", False), ("8.0.0", False)],
+)
+def test_lost_event_problem_names_untested_watchdog_releases(version: str, tested: bool) -> None:
+    problem = watcher_module.lost_event_problem(version)
+    assert (problem == "") is tested
+    if not tested:
+        assert f"watchdog {version}" in problem and "rescanned every 60 s" in problem
+
+
+def test_installed_watchdog_is_a_tested_release() -> None:
+    """The bounds in pyproject.toml keep the installed watchdog inside the tested range."""
+    assert watcher_module.lost_event_problem() == ""
+
+
+def test_untested_watchdog_is_reported_and_rescanned_often(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installing watchdog outside the bounds is forced here: the daemon must say so."""
+    real = watcher_module.lost_event_problem
+    monkeypatch.setattr(watcher_module, "lost_event_problem", lambda: real("6.0.0"))
+    monkeypatch.setattr("lineaged.engine.lost_event_problem", lambda: real("6.0.0"))
+    h = make_harness()
+    degraded = h.engine.status().degraded
+    assert any(d.startswith("watcher: watchdog 6.0.0 is not a release") for d in degraded)
+    assert h.engine.config.scan_interval == watcher_module.BLIND_SCAN_INTERVAL
+    h.assert_working()
