@@ -65,7 +65,6 @@ __all__ = [
     "MAX_REPEATED",
     "LineageQuery",
     "ListRunsQuery",
-    "access_to_pb",
     "add_access_columns",
     "begin_run_to_pb",
     "check_digest_prefix",
@@ -670,25 +669,6 @@ def check_new_run_id(value: str, field: str = "run_id") -> str:
             f" millisecond timestamp then 80 random bits), or empty; not {value[:80]!r}"
         )
     return value
-
-
-def access_to_pb(access: Access) -> pb.Access:
-    """The wire form of a reported access."""
-    message = pb.Access()
-    _fill_access(message, access)
-    return message
-
-
-def _fill_access(message: pb.Access, access: Access) -> None:
-    message.path = access.path
-    message.mode = _MODE_TO_PB[access.mode]
-    message.how = _HOW_TO_PB.get(access.how, pb.ACCESS_HOW_UNSPECIFIED)
-    message.role = _ACCESS_ROLE_TO_PB.get(access.role, pb.ACCESS_ROLE_UNSPECIFIED)
-    message.digest = access.digest
-    message.size = access.size
-    _set_time(message, "first_at", access.first_at)
-    _set_time(message, "last_at", access.last_at)
-    _set_time(message, "mtime", access.mtime_ns or None)
 
 
 def add_access_columns(columns: pb.AccessColumns, accesses: Sequence[Access]) -> None:

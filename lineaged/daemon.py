@@ -23,7 +23,7 @@ from types import FrameType
 from lineaged import __version__
 from lineaged.config import Config, load_config
 from lineaged.engine import Engine
-from lineaged.errors import AlreadyRunning, ConfigError, LineageError, StoreError
+from lineaged.errors import AlreadyRunning, ConfigError, LineageError
 from lineaged.models import ScanState
 from lineaged.sdnotify import Notifier
 from lineaged.store import DB_NAME, Store
@@ -342,8 +342,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LineageError as exc:
         print(f"lineaged: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except StoreError as exc:  # pragma: no cover - covered by LineageError
-        print(f"lineaged: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130

@@ -14,9 +14,8 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from lineaged import __version__, hasher
@@ -1043,18 +1042,3 @@ class Engine:
                 )
         if events:
             self._bus.publish(events)
-
-    # -- maintenance
-
-    @staticmethod
-    @contextlib.contextmanager
-    def opened(config: Config) -> Iterator[Engine]:
-        """Open the store in the state directory and yield a started engine (tests, tools)."""
-        store = Store.open(Path(config.state_dir) / "lineaged.db")
-        engine = Engine(config, store)
-        try:
-            engine.start()
-            yield engine
-        finally:
-            engine.stop()
-            store.close()

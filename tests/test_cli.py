@@ -6,7 +6,6 @@ to pin what a shell sees (exit status, stderr).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -271,13 +270,11 @@ def test_shell_sees_exit_codes_and_messages(module_daemon: DaemonProcess, socket
     )
 
 
-def test_run_command_is_registered_only_when_runcmd_exists() -> None:
+def test_every_command_is_registered() -> None:
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command_name").choices
     assert commands is not None
-    expected = {"status", "log", "where", "trace", "impact", "runs", "show", "verify"}
-    if importlib.util.find_spec("lineage_client.runcmd") is not None:
-        expected.add("run")
+    expected = {"status", "log", "where", "trace", "impact", "runs", "show", "verify", "run"}
     assert set(commands) == expected
 
 

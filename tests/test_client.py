@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import blake3
@@ -330,8 +331,14 @@ def test_record_accesses_batches_beyond_the_per_call_cap(
                digest="ab" * 32, size=1, mtime_ns=now)
         for i in range(10_001)
     ]  # fmt: skip
-    assert client.record_accesses(run.run_id, accesses) >= 10_001
+    # The first and the last access (one in each batch) carry digests of their own.
+    accesses[0] = replace(accesses[0], digest="ef" * 32)
+    accesses[-1] = replace(accesses[-1], digest="cd" * 32)
+    assert client.record_accesses(run.run_id, accesses) == 10_001
     client.end_run(run.run_id, status="succeeded", exit_code=0)
+    # Both batches were stored, not only counted: each end's version leads to the run.
+    for digest in ("ef" * 32, "cd" * 32):
+        assert run.run_id in {r.run_id for r in client.impact(digest).runs}
 
 
 def test_subscribe_streams_new_versions(client: Client, area: dict[str, Path]) -> None:

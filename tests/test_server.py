@@ -61,6 +61,7 @@ class TinyEngine:
         self._listeners: list[Callable[[bool], None]] = []
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.subscribed = threading.Event()
 
     def add_health_listener(self, listener: Callable[[bool], None]) -> None:
         self._listeners.append(listener)
@@ -87,6 +88,7 @@ class TinyEngine:
         return [VERSION]
 
     def subscribe(self, path_prefix: str = "") -> _Subscription:
+        self.subscribed.set()
         return _Subscription()
 
 
@@ -264,12 +266,13 @@ def test_stop_lets_in_flight_calls_finish_then_removes_the_socket(serve, engine)
     assert not path.exists()
 
 
-def test_stop_ends_subscribe_streams_instead_of_waiting_out_the_grace(serve) -> None:
+def test_stop_ends_subscribe_streams_instead_of_waiting_out_the_grace(
+    serve, engine: TinyEngine
+) -> None:
     server = serve()
     channel, lineage = stub(server.address)
     stream = lineage.Subscribe(pb.SubscribeRequest(path_prefix="/data/"), timeout=60)
-    # The stream is open once the call has its initial metadata from the servicer.
-    assert stream.initial_metadata() is not None
+    assert engine.subscribed.wait(10), "the servicer never opened the subscription"
     stopper = threading.Thread(target=server.stop, kwargs={"grace": 60})
     stopper.start()
     assert list(stream) == []  # ended by the server with OK, not cancelled after the grace
