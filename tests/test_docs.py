@@ -18,7 +18,8 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 
 def _markdown_files() -> list[Path]:
-    return [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pages = [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return pages + sorted((ROOT / "bench" / "results").glob("*.md"))
 
 
 def _prose_lines(text: str, *, keep_code: bool = False) -> list[str]:
