@@ -105,7 +105,7 @@ __all__ = [
 
 ERROR_CLASS_KEY = "lineage-error-class"  # trailing metadata: the lineaged.errors class name
 
-# Limits of the wire contract (documented in lineage.proto and the README).
+# Limits of the wire contract (documented in lineage.proto and docs/grpc-api.md).
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000  # == lineaged.engine.MAX_PAGE; kept here so the client needs no engine
 DEFAULT_MAX_DEPTH = 100

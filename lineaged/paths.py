@@ -1,4 +1,4 @@
-"""Where state and the socket live by default (DESIGN.md "Running"), for daemon and clients."""
+"""Where state and the socket live by default (docs/design.md "Running"), for daemon and clients."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def default_socket(environ: Mapping[str, str] | None = None, *, uid: int | None = None) -> Path:
-    """The socket path a daemon binds when not told: see DESIGN.md for the order."""
+    """The socket path a daemon binds when not told: see docs/design.md for the order."""
     return candidate_sockets(environ, uid=uid)[0]
 
 

@@ -3,7 +3,7 @@
 Every method returns the frozen dataclasses of ``lineaged.models`` (never protobuf messages) and
 raises the same exception classes the daemon raised. Paths may be relative: they are made
 absolute against the current directory. Files outside every watched root are hashed here,
-as the calling user, because the daemon never opens them (DESIGN.md, invariant 5).
+as the calling user, because the daemon never opens them (docs/design.md, invariant 6).
 """
 
 from __future__ import annotations

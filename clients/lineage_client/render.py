@@ -1,7 +1,7 @@
 """What the ``lineage`` CLI prints: human tables and trees, stable ``--json`` objects, dot, mermaid.
 
-The ``*_json`` functions define the documented ``--json`` keys (README "JSON output"); change
-them only together with the README. Times in JSON are RFC 3339 UTC strings (microseconds), or
+The ``*_json`` functions define the documented ``--json`` keys (docs/json.md); change
+them only together with docs/json.md. Times in JSON are RFC 3339 UTC strings (microseconds), or
 null; digests are full 64-hex strings.
 """
 

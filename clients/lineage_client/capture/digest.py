@@ -20,8 +20,8 @@ def _digest_file(path: str) -> tuple[str, int, int]:
 def hash_external(access: Access) -> Access:
     """Return ``access`` with digest, size and mtime_ns of the file as it is now.
 
-    For files outside every watched root, which the daemon never opens (DESIGN.md,
-    invariant 5). A file that is gone or unreadable is returned unchanged (no digest).
+    For files outside every watched root, which the daemon never opens (docs/design.md,
+    invariant 6). A file that is gone or unreadable is returned unchanged (no digest).
     """
     try:
         digest, size, mtime_ns = _digest_file(access.path)
