@@ -151,7 +151,7 @@ def _common() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="print JSON (stable keys, see README)",
+        help="print JSON (stable keys, see docs/json.md)",
     )
     group.add_argument(
         "--full",
