@@ -1,0 +1,68 @@
+"""The public surface of ``lineage_client``: complete, sorted, documented."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import typing
+
+import lineage_client
+from lineage_client.client import Client
+
+from lineaged import errors, models
+
+
+def _public_methods() -> list[str]:
+    return [name for name, _ in inspect.getmembers(Client, inspect.isfunction) if name[0] != "_"]
+
+
+def _classes_in(annotation: object) -> set[type]:
+    found: set[type] = set()
+    if isinstance(annotation, type):
+        found.add(annotation)
+    for argument in typing.get_args(annotation):
+        found |= _classes_in(argument)
+    return found
+
+
+def test_all_is_sorted_and_every_name_resolves() -> None:
+    assert lineage_client.__all__ == sorted(lineage_client.__all__)
+    assert len(set(lineage_client.__all__)) == len(lineage_client.__all__)
+    for name in lineage_client.__all__:
+        assert getattr(lineage_client, name) is not None, name
+
+
+def test_every_value_the_client_takes_or_returns_is_exported() -> None:
+    """A caller never has to reach into the daemon's modules for a type of the API."""
+    exported = {getattr(lineage_client, name) for name in lineage_client.__all__}
+    needed: set[type] = set()
+    for name in _public_methods():
+        hints = typing.get_type_hints(getattr(Client, name))
+        for annotation in hints.values():
+            needed |= {
+                cls
+                for cls in _classes_in(annotation)
+                if cls.__module__ in (models.__name__, errors.__name__)
+            }
+    assert needed, "no model type found in the client's signatures: the check is broken"
+    assert needed <= exported, sorted(c.__name__ for c in needed - exported)
+
+
+def test_every_error_a_caller_can_catch_is_exported() -> None:
+    """The client raises the very class the daemon raised: any of the tree."""
+    for name in errors.__all__:
+        found = getattr(errors, name)
+        if isinstance(found, type) and issubclass(found, errors.LineageError):
+            assert name in lineage_client.__all__, name
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    for name in lineage_client.__all__:
+        value = getattr(lineage_client, name)
+        if isinstance(value, type) and issubclass(value, enum.Enum):
+            doc = value.__doc__
+        else:
+            doc = inspect.getdoc(value)
+        assert doc and doc.strip(), f"{name} has no docstring"
+    for name in _public_methods():
+        assert inspect.getdoc(getattr(Client, name)), f"Client.{name} has no docstring"
