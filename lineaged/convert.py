@@ -47,7 +47,6 @@ from lineaged.models import (
     VerifyItem,
     VerifyState,
     Version,
-    build_many,
     is_new_run_id,
 )
 from lineaged.paths import is_normal_path
@@ -1109,9 +1108,8 @@ def _versions_from_columns(columns: pb.VersionColumns) -> tuple[Version, ...]:
     _same_lengths("version", fields)
     change = _CHANGE_FROM_PB.get
     return tuple(
-        build_many(
+        map(
             Version,
-            len(ids),
             ids,
             columns.path,
             columns.digest,
@@ -1164,9 +1162,8 @@ def _runs_from_columns(message: pb.Graph) -> tuple[Run, ...]:
     values = _split(columns.param_value, columns.param_count, "param")
     status = _STATUS_FROM_PB.get
     return tuple(
-        build_many(
+        map(
             Run,
-            len(ids),
             columns.run_id,
             columns.name,
             _split(columns.argv, columns.argv_count, "argv"),
@@ -1205,9 +1202,8 @@ def _edges_from_columns(columns: pb.EdgeColumns) -> tuple[Edge, ...]:
     )
     kind, how, role = _EDGE_FROM_PB.get, _HOW_FROM_PB.get, _ACCESS_ROLE_FROM_PB.get
     return tuple(
-        build_many(
+        map(
             Edge,
-            len(sources),
             sources,
             columns.target,
             [kind(number, "read") for number in columns.kind],

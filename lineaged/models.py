@@ -6,14 +6,13 @@ Times are integers of nanoseconds since the Unix epoch (``time.time_ns()``). Dig
 
 from __future__ import annotations
 
-import collections
 import itertools
 import operator
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 from lineaged.runid import is_new_run_id, new_run_id, run_id_time_ns
 
@@ -45,7 +44,6 @@ __all__ = [
     "VerifyState",
     "Version",
     "VersionRow",
-    "build_many",
     "is_new_run_id",
     "new_run_id",
     "run_id_time_ns",
@@ -414,81 +412,3 @@ class Event:
     kind: str  # "version" or "run"
     version: Version | None = None
     run: Run | None = None
-
-
-def _store_through_slots(*classes: type) -> None:
-    """Give frozen slotted dataclasses an ``__init__`` that stores through the slots.
-
-    The ``__init__`` generated for a frozen dataclass assigns each field through
-    ``object.__setattr__`` (the class's own ``__setattr__`` refuses), which made building an
-    ``Edge`` four times the cost of building the same non-frozen slotted class. A lineage
-    graph builds hundreds of values on each side of the wire. This ``__init__`` has the same
-    parameters and defaults and calls each slot's own descriptor; instances stay frozen.
-    """
-    for cls in classes:
-        options = cls.__dataclass_params__  # type: ignore[attr-defined]
-        if not (options.frozen and "__slots__" in cls.__dict__):
-            raise TypeError(f"{cls.__name__}: domain values are frozen, slotted dataclasses")
-        if hasattr(cls, "__post_init__") or any(
-            not item.init or item.kw_only is True for item in fields(cls)
-        ):
-            # What this __init__ does not do: say so at import rather than build values wrong.
-            raise TypeError(f"{cls.__name__}: __post_init__, init=False and kw_only need care")
-        namespace: dict[str, Any] = {"_MISSING": _MISSING}
-        params: list[str] = []
-        body: list[str] = []
-        for item in fields(cls):
-            name = item.name
-            namespace[f"_set_{name}"] = cls.__dict__[name].__set__
-            if item.default is not MISSING:
-                namespace[f"_default_{name}"] = item.default
-                params.append(f"{name}=_default_{name}")
-                body.append(f"_set_{name}(self, {name})")
-            elif item.default_factory is not MISSING:
-                namespace[f"_factory_{name}"] = item.default_factory
-                params.append(f"{name}=_MISSING")
-                body.append(
-                    f"_set_{name}(self, _factory_{name}() if {name} is _MISSING else {name})"
-                )
-            else:
-                params.append(name)
-                body.append(f"_set_{name}(self, {name})")
-        source = f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body)
-        exec(source, namespace)  # the source is built above from the field names alone
-        init = namespace["__init__"]
-        init.__qualname__ = f"{cls.__qualname__}.__init__"
-        setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses a direct assignment
-
-
-_V = TypeVar("_V")
-_SETTERS: dict[type, list[Any]] = {}
-
-
-def build_many(cls: type[_V], count: int, *columns: Sequence[Any]) -> list[_V]:
-    """``count`` values of the slotted dataclass ``cls``, field ``i`` of each taken from
-    ``columns[i]`` (every field, in order: no defaults apply).
-
-    The same values as ``list(map(cls, *columns))``, built slot by slot: each slot is filled
-    for all values at once by mapping its own descriptor over them (a loop in C), where the
-    ``__init__`` pays a Python call per field of each value. A lineage graph's client builds
-    hundreds of values from its columns at once.
-    """
-    setters = _SETTERS.get(cls)
-    if setters is None:
-        setters = _SETTERS[cls] = [cls.__dict__[item.name].__set__ for item in fields(cls)]  # type: ignore[arg-type]
-    if len(columns) != len(setters) or any(len(column) != count for column in columns):
-        raise ValueError(f"{cls.__name__}: {len(setters)} columns of {count} values each needed")
-    made: list[_V] = list(map(object.__new__, itertools.repeat(cls, count)))
-    for setter, column in zip(setters, columns, strict=True):
-        collections.deque(map(setter, made, column), maxlen=0)
-    return made
-
-
-_MISSING = object()  # the default of a field with a default_factory
-_store_through_slots(
-    *[
-        value
-        for value in list(globals().values())
-        if isinstance(value, type) and is_dataclass(value) and value.__module__ == __name__
-    ]
-)

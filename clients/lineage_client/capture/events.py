@@ -10,14 +10,13 @@ merge.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from lineage_client.capture.raw import RawEvents, widen
-from lineaged.models import Access, AccessMode, build_many
+from lineaged.models import Access, AccessMode
 
 __all__ = [
     "SYSTEM_PREFIXES",
@@ -358,15 +357,10 @@ def _resolve_sources(
 def _new_accesses(
     paths: list[str], modes: list[AccessMode], spans: list[list[int]]
 ) -> list[Access]:
-    """``[Access(path, mode, first, last) ...]``, built slot by slot (``models.build_many``):
-    a run's tens of thousands of accesses would otherwise cost a Python call per field."""
-    count = len(paths)
+    """``[Access(path, mode, first, last) ...]``."""
     firsts = [span[0] for span in spans]
     lasts = [span[1] for span in spans]
-    rest = [item.default for item in dataclasses.fields(Access)[4:]]
-    if any(value is dataclasses.MISSING for value in rest):  # a new field without a default
-        return list(map(Access, paths, modes, firsts, lasts))
-    return build_many(Access, count, paths, modes, firsts, lasts, *([v] * count for v in rest))
+    return list(map(Access, paths, modes, firsts, lasts))
 
 
 def build_accesses(
