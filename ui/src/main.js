@@ -1,0 +1,64 @@
+// Entry point of the bundle: every page loads it; pages with a graph carry their data as a
+// JSON block (<script type="application/json" id="lineage-data">), never as code.
+import { GraphView } from "./graph.js";
+import { showDetails } from "./details.js";
+import { wireCopyButtons } from "./dom.js";
+import { watchStatus } from "./status.js";
+
+function readData() {
+  const block = document.getElementById("lineage-data");
+  return block ? JSON.parse(block.textContent) : null;
+}
+
+function startGraph(data) {
+  const container = document.getElementById("graph");
+  const panel = document.getElementById("details");
+  if (!container || !panel || !data || !data.nodes) return;
+  const list = document.getElementById("node-list");
+  const view = new GraphView(container, data, (node) => {
+    showDetails(panel, node, data);
+    if (list) {
+      for (const item of list.querySelectorAll("li.current")) item.classList.remove("current");
+      const item = node && list.querySelector(`li[data-node="${CSS.escape(node.id)}"]`);
+      if (item) item.classList.add("current");
+    }
+    const hash = node ? `#${encodeURIComponent(node.id)}` : " ";
+    history.replaceState(null, "", hash === " " ? location.pathname + location.search : hash);
+  });
+  view.render();
+  document.getElementById("zoom-in")?.addEventListener("click", () => view.zoom(1.25));
+  document.getElementById("zoom-out")?.addEventListener("click", () => view.zoom(0.8));
+  document.getElementById("zoom-fit")?.addEventListener("click", () => view.fit());
+  if (list) {
+    list.addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-select]");
+      if (!button) return;
+      const id = button.getAttribute("data-select");
+      view.select(id);
+      view.center(id);
+      container.scrollIntoView({ block: "nearest" });
+    });
+  }
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  if (wanted && view.byId.has(wanted)) {
+    view.select(wanted);
+    view.center(wanted);
+  } else {
+    showDetails(panel, null, data);
+  }
+  const root = document.documentElement;
+  root.dataset.layoutMs = view.layoutMs.toFixed(1);
+  root.dataset.drawMs = view.drawMs.toFixed(1);
+  root.dataset.nodes = String(data.nodes.length);
+}
+
+function start() {
+  wireCopyButtons(document.body);
+  startGraph(readData());
+  watchStatus();
+  performance.mark("lineage:interactive");
+  document.documentElement.dataset.ready = "true";
+}
+
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+else start();
