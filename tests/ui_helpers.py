@@ -173,3 +173,42 @@ def page(name: str, **params: object) -> str:
 
 def run_page(run_id: str) -> str:
     return "/run/" + quote(run_id, safe="")
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+)
+
+
+def browser_missing() -> str:
+    """Why headless Chromium cannot run here, or "" when it can."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).exists()]
+    if missing:
+        return (
+            f"{' and '.join(missing)} not installed (Debian: apt-get install chromium"
+            " chromium-driver)"
+        )
+    return ""
+
+
+def start_chromium(profile: Path) -> Any:
+    """Headless Chromium driven by Selenium, with a fresh profile in ``profile``."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
