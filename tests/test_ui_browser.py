@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,12 @@ import pytest
 from lineage_client.ui.server import UiServer
 
 from tests.conftest import DaemonProcess
-from tests.helpers import wait_for
+from tests.helpers import b3, wait_for
 from tests.ui_helpers import (
     HOSTILE_NAME,
     Pipeline,
     browser_missing,
+    current_version,
     make_pipeline,
     page,
     start_chromium,
@@ -87,7 +89,7 @@ def test_trace_of_a_two_stage_pipeline_is_drawn(
     assert "raw.csv" in node_text(browser, raw["id"])
     assert pipeline.raw_digest[:12] in node_text(browser, raw["id"])
     assert "train" in node_text(browser, train["id"])
-    drawn = browser.find_elements(By.CSS_SELECTOR, "svg.graph g.node")
+    drawn = browser.find_elements(By.CSS_SELECTOR, "svg.graph g.node:not(.ghost)")
     assert len(drawn) == len(data["nodes"])
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.graph path.edge")) >= 5
     # The full digest is in the text list beside the drawing, for a screen reader or a copy.
@@ -177,3 +179,47 @@ def test_a_deep_link_to_a_node_opens_its_details(browser: Any, ui: str, pipeline
     open_page(browser, ui + page("trace", path=pipeline.model) + f"#{raw['id']}")
     details = browser.find_element(By.ID, "details")
     assert pipeline.raw_digest in details.text and "Data version" in details.text
+
+
+def test_a_script_every_run_read_is_drawn_beside_each_run(
+    browser: Any, ui: str, pipeline: Pipeline
+) -> None:
+    """A chain whose runs all read one code file: the file is drawn once per run (so no
+    edge spans the whole chain), and each drawing of it selects the same node."""
+    from selenium.webdriver.common.by import By
+
+    client = pipeline.client
+    folder = pipeline.daemon.data / f"ui-chain-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    code = folder / "step.py"
+    code.write_bytes(b"print('step')\n")
+    current = folder / "v0.csv"
+    current.write_bytes(b"0\n")
+    current_version(client, code, b3(code.read_bytes()))
+    current_version(client, current, b3(current.read_bytes()))
+    for step in range(1, 4):
+        output = folder / f"v{step}.csv"
+        with client.run(f"step-{step}") as run:
+            run.input(current)
+            run.input(code, role="code")
+            output.write_bytes(f"{step}\n".encode())
+            run.output(output)
+        current = output
+    open_page(browser, ui + page("trace", path=current))
+    data = browser.execute_script(
+        "return JSON.parse(document.getElementById('lineage-data').textContent)"
+    )
+    script = next(n for n in data["nodes"] if n.get("path") == str(code))
+    drawings = browser.find_elements(
+        By.CSS_SELECTOR, f"svg.graph g.node[data-node='{script['id']}']"
+    )
+    assert len(drawings) == 3
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.graph g.node.ghost")) == 2
+    ghost = browser.find_element(
+        By.CSS_SELECTOR, f"svg.graph g.node.ghost[data-node='{script['id']}']"
+    )
+    ghost.click()
+    details = browser.find_element(By.ID, "details")
+    wait_for(lambda: script["digest"] in details.text, what="the script's details")
+    selected = browser.find_elements(By.CSS_SELECTOR, "svg.graph g.node.selected")
+    assert len(selected) == 3 and {n.get_attribute("data-node") for n in selected} == {script["id"]}

@@ -5,32 +5,67 @@ import { svg, clear, basename, shortDigest, truncate, humanSize } from "./dom.js
 
 const VERSION_SIZE = { width: 210, height: 46 };
 const RUN_SIZE = { width: 190, height: 46 };
-// network-simplex ranks best but costs most; lineage graphs past this size rank well enough
-// with tight-tree, which keeps a 2,000-node graph well inside its time budget.
-const SIMPLEX_LIMIT = 600;
+// network-simplex ranks best but costs most: above this many drawn nodes the tight-tree
+// ranker keeps a 2,000-node graph well inside its time budget.
+const SIMPLEX_LIMIT = 120;
 
 // An edge in the direction data flows: input version -> run -> output version -> copy.
 export function flow(edge) {
   return edge.kind === "read" ? [edge.target, edge.source] : [edge.source, edge.target];
 }
 
-export function layout(graph) {
-  const g = new dagre.graphlib.Graph({ multigraph: false });
-  const count = graph.nodes.length;
-  g.setGraph({
-    rankdir: "LR", nodesep: 14, ranksep: 60, edgesep: 8, marginx: 24, marginy: 24,
-    ranker: count > SIMPLEX_LIMIT ? "tight-tree" : "network-simplex",
-  });
-  g.setDefaultEdgeLabel(() => ({}));
+// What is drawn: every node once, except an input that nothing in the graph made (a raw
+// file, a script) read by several runs: it is drawn again beside each further reader, as a
+// "ghost" that stands for the same node. One code file read by every run of a 50-run chain
+// would otherwise pull 50 edges across up to 100 ranks, which costs dagre seconds (a dummy
+// node per rank crossed) and draws a fan of long lines.
+export function drawable(graph) {
+  const made = new Set();
+  const readers = new Map();
+  for (const edge of graph.edges) {
+    const [from, to] = flow(edge);
+    made.add(to);
+    if (!readers.has(from)) readers.set(from, []);
+    readers.get(from).push(to);
+  }
+  const nodes = graph.nodes.map((node) => ({ id: node.id, node, ghost: false }));
+  const edges = [];
+  const ghosts = new Map();
   for (const node of graph.nodes) {
-    g.setNode(node.id, { ...(node.kind === "run" ? RUN_SIZE : VERSION_SIZE) });
+    const outs = readers.get(node.id) || [];
+    if (node.kind !== "version" || node.start || made.has(node.id) || outs.length < 2) continue;
+    outs.slice(1).forEach((reader, index) => {
+      const id = `${node.id}~${index + 1}`;
+      nodes.push({ id, node, ghost: true });
+      ghosts.set(`${node.id}>${reader}`, id);
+    });
   }
   for (const edge of graph.edges) {
     const [from, to] = flow(edge);
-    if (g.hasNode(from) && g.hasNode(to) && from !== to) g.setEdge(from, to);
+    edges.push({ from: ghosts.get(`${from}>${to}`) || from, to, edge, fromNode: from });
+  }
+  return { nodes, edges, ghosts: ghosts.size };
+}
+
+export function layout(graph) {
+  const drawn = drawable(graph);
+  const g = new dagre.graphlib.Graph({ multigraph: false });
+  g.setGraph({
+    rankdir: "LR", nodesep: 14, ranksep: 60, edgesep: 8, marginx: 24, marginy: 24,
+    ranker: drawn.nodes.length > SIMPLEX_LIMIT ? "tight-tree" : "network-simplex",
+    // Ghosts sit beside their reader; balanced alignment would step a chain down by half a
+    // node at each run. Aligning up-left keeps it straight.
+    align: drawn.ghosts ? "UL" : undefined,
+  });
+  g.setDefaultEdgeLabel(() => ({}));
+  for (const item of drawn.nodes) {
+    g.setNode(item.id, { ...(item.node.kind === "run" ? RUN_SIZE : VERSION_SIZE) });
+  }
+  for (const item of drawn.edges) {
+    if (g.hasNode(item.from) && g.hasNode(item.to) && item.from !== item.to) g.setEdge(item.from, item.to);
   }
   dagre.layout(g);
-  return g;
+  return { g, drawn };
 }
 
 function nodeClasses(node) {
@@ -73,7 +108,7 @@ export class GraphView {
 
   render() {
     const started = performance.now();
-    const g = layout(this.graph);
+    const { g, drawn } = layout(this.graph);
     this.layoutMs = performance.now() - started;
     const drawStarted = performance.now();
     const size = g.graph();
@@ -87,40 +122,41 @@ export class GraphView {
     const edgeLayer = svg("g", { class: "edges" });
     const nodeLayer = svg("g", { class: "nodes" });
     const edgeFragment = document.createDocumentFragment();
-    for (const edge of this.graph.edges) {
-      const [from, to] = flow(edge);
+    for (const { from, to, edge, fromNode } of drawn.edges) {
       const laid = g.edge(from, to);
       if (!laid) continue;
       const d = laid.points.map((p, i) => `${i ? "L" : "M"}${p.x.toFixed(1)},${p.y.toFixed(1)}`).join(" ");
       const classes = ["edge", edge.kind === "same_digest" ? "same-digest" : edge.kind];
       if (edge.changed_during_run) classes.push("changed");
       if (edge.role === "code") classes.push("code");
-      const path = svg("path", { d, class: classes.join(" "), "marker-end": "url(#arrow)", "data-from": from, "data-to": to });
+      const path = svg("path", { d, class: classes.join(" "), "marker-end": "url(#arrow)", "data-from": fromNode, "data-to": to });
       if (edge.changed_during_run) path.append(svg("title", null, "this input changed while the run was using it"));
       else if (edge.kind === "same_digest") path.append(svg("title", null, "a copy: the same bytes at another path"));
       edgeFragment.append(path);
     }
     edgeLayer.append(edgeFragment);
     const nodeFragment = document.createDocumentFragment();
-    for (const node of this.graph.nodes) {
-      const laid = g.node(node.id);
+    for (const { id, node, ghost } of drawn.nodes) {
+      const laid = g.node(id);
       const [first, second] = nodeLabel(node);
       const w = laid.width;
       const h = laid.height;
-      const shape = node.kind === "run"
-        ? svg("rect", { x: -w / 2, y: -h / 2, width: w, height: h, rx: 22, ry: 22 })
-        : svg("rect", { x: -w / 2, y: -h / 2, width: w, height: h, rx: 4, ry: 4 });
+      const radius = node.kind === "run" ? 22 : 4;
       const item = svg("g", {
-        class: nodeClasses(node), transform: `translate(${laid.x.toFixed(1)},${laid.y.toFixed(1)})`, "data-node": node.id,
+        class: nodeClasses(node) + (ghost ? " ghost" : ""),
+        transform: `translate(${laid.x.toFixed(1)},${laid.y.toFixed(1)})`,
+        "data-node": node.id,
       },
-      svg("title", null, nodeTitle(node)),
-      shape,
+      svg("title", null, ghost ? `${nodeTitle(node)}\n(drawn again beside each run that read it)` : nodeTitle(node)),
+      svg("rect", { x: -w / 2, y: -h / 2, width: w, height: h, rx: radius, ry: radius }),
       svg("text", { class: "label", x: 0, y: -4, "text-anchor": "middle" }, first),
       svg("text", { class: "sub", x: 0, y: 13, "text-anchor": "middle" }, second));
       if (node.kind === "run" && node.partial) {
         item.append(svg("text", { class: "badge", x: w / 2 - 12, y: -h / 2 + 12, "text-anchor": "middle" }, "!"));
       }
-      this.elements.set(node.id, item);
+      if (!this.elements.has(node.id)) this.elements.set(node.id, []);
+      if (ghost) this.elements.get(node.id).push(item);
+      else this.elements.get(node.id).unshift(item);
       nodeFragment.append(item);
     }
     nodeLayer.append(nodeFragment);
@@ -166,7 +202,7 @@ export class GraphView {
   }
 
   center(id) {
-    const item = this.elements.get(id);
+    const item = (this.elements.get(id) || [])[0];
     if (!item) return;
     const match = /translate\(([-\d.]+),([-\d.]+)\)/.exec(item.getAttribute("transform"));
     const box = this.svg.getBoundingClientRect();
@@ -177,14 +213,13 @@ export class GraphView {
 
   select(id) {
     if (this.selected) {
-      const previous = this.elements.get(this.selected);
-      if (previous) previous.classList.remove("selected");
+      for (const previous of this.elements.get(this.selected) || []) previous.classList.remove("selected");
       for (const path of this.viewport.querySelectorAll("path.edge.lit")) path.classList.remove("lit");
     }
     this.selected = this.byId.has(id) ? id : null;
-    const item = this.selected && this.elements.get(this.selected);
-    if (item) {
-      item.classList.add("selected");
+    const items = this.selected ? this.elements.get(this.selected) || [] : [];
+    if (items.length) {
+      for (const item of items) item.classList.add("selected");
       for (const path of this.viewport.querySelectorAll("path.edge")) {
         if (path.getAttribute("data-from") === id || path.getAttribute("data-to") === id) path.classList.add("lit");
       }

@@ -172,6 +172,7 @@ _LEGEND = """<ul class="legend" aria-label="legend">
 <li><span class="swatch run"></span>run</li>
 <li><span class="swatch copy"></span>copy (same bytes elsewhere)</li>
 <li><span class="swatch changed"></span>changed during the run / partial capture</li>
+<li><span class="swatch ghost"></span>an input read by several runs, drawn again beside each</li>
 </ul>"""
 
 
@@ -457,7 +458,7 @@ def home_page(view: Mapping[str, Any]) -> str:
 <dt>version</dt><dd>lineaged {esc(status["version"])}, pid {status["pid"]}, {"serving" if status["serving"] else "starting (initial scan)"}</dd>
 <dt>socket</dt><dd><code>{esc(status["socket"])}</code></dd>
 <dt>scan</dt><dd id="scan-state">{esc(scan_text)}</dd>
-<dt>queue</dt><dd id="queue-depth">{status["queue_depth"]}</dd>
+<dt>backlog</dt><dd id="queue-depth">{status["queue_depth"]}</dd>
 <dt>store</dt><dd>{counts["artifacts"]} files, <span id="count-versions">{counts["versions"]}</span> versions, <span id="count-runs">{counts["runs"]}</span> runs, {counts["edges"]} edges</dd>
 </dl>
 {degraded}
