@@ -6,6 +6,7 @@ copied elsewhere, and the trace of that copy in `lineage ui`, shot by headless C
 
 from __future__ import annotations
 
+import base64
 import shutil
 import signal
 import subprocess
@@ -50,15 +51,19 @@ def main() -> None:
     (base / "prepare.py").write_text(PREPARE)
     (base / "features.py").write_text(FEATURES)
     (base / "train.py").write_text(TRAIN)
+    (base / ".gitignore").write_text("data/\nmodels/\ndeploy/\n__pycache__/\n")
     subprocess.run(["git", "init", "-q"], cwd=base, check=True)
-    subprocess.run(["git", "add", "prepare.py", "features.py", "train.py"], cwd=base, check=True)
+    subprocess.run(
+        ["git", "add", ".gitignore", "prepare.py", "features.py", "train.py"], cwd=base, check=True
+    )
     subprocess.run(
         ["git", "-c", "user.name=tour", "-c", "user.email=tour@example.org", "commit", "-qm",
          "pipeline"], cwd=base, check=True,
     )  # fmt: skip
-    socket = base / "run" / "lineaged.sock"
+    state = Path(tempfile.mkdtemp(prefix="tour-state-", dir="/tmp"))  # outside the work tree
+    socket = state / "run" / "lineaged.sock"
     daemon = subprocess.Popen(
-        [BIN / "lineaged", "--state-dir", base / "state", "--socket", socket,
+        [BIN / "lineaged", "--state-dir", state / "state", "--socket", socket,
          "--watch", f"{base / 'data'}:data", "--watch", f"{base / 'models'}:model",
          "--watch", f"{base / 'deploy'}:model", "--log-level", "warning"],
     )  # fmt: skip
@@ -89,6 +94,7 @@ def main() -> None:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def shoot(url: str) -> None:
@@ -98,7 +104,7 @@ def shoot(url: str) -> None:
     profile = Path(tempfile.mkdtemp(prefix="chromium-"))
     browser = start_chromium(profile)
     try:
-        browser.set_window_size(1280, 760)
+        browser.set_window_size(1280, 860)
         browser.get(url)
         while browser.execute_script("return document.documentElement.dataset.ready") != "true":
             time.sleep(0.05)
@@ -108,7 +114,14 @@ def shoot(url: str) -> None:
         )
         browser.find_element("css selector", f"svg.graph g.node[data-node='{train}']").click()
         time.sleep(0.3)
-        browser.save_screenshot(str(OUT))
+        # Down to the end of the drawing and its details panel: the text list follows below.
+        bottom = browser.execute_script(
+            "return document.querySelector('.layout').getBoundingClientRect().bottom"
+        )
+        width = browser.execute_script("return document.documentElement.clientWidth")
+        clip = {"x": 0, "y": 0, "width": width, "height": bottom + 14, "scale": 1}
+        shot = browser.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "clip": clip})
+        OUT.write_bytes(base64.b64decode(shot["data"]))
     finally:
         browser.quit()
         shutil.rmtree(profile, ignore_errors=True)
