@@ -10,7 +10,9 @@ A real daemon records, through the client's declared-run API:
 A ``lineage ui`` server (in process, on loopback) serves both; Chromium (Selenium) loads each
 page ``ROUNDS`` times. Measured in the page: from the end of the server's answer
 (``responseEnd`` of the navigation) to the ``lineage:interactive`` mark the bundle sets once
-the graph is drawn and its handlers are wired; and the dagre layout alone. The server's own
+the graph is drawn and its handlers are wired ("interactive"); on the way, until the bundle
+starts ("to script": parsing the page, its styles and the script), the dagre layout, and the
+drawing. The server's own
 time (request start to response end: the RPC, the HTML and the JSON) is shown beside them.
 
 Targets (issue 17): the 50-run chain is interactive within 300 ms of the answer; the
@@ -50,10 +52,12 @@ LAYOUT_TARGET_MS = 2000.0
 _TIMINGS = """
 const nav = performance.getEntriesByType('navigation')[0];
 const mark = performance.getEntriesByName('lineage:interactive')[0];
+const start = performance.getEntriesByName('lineage:start')[0];
 const root = document.documentElement.dataset;
 return {
   server_ms: nav.responseEnd - nav.requestStart,
   interactive_ms: mark ? mark.startTime - nav.responseEnd : null,
+  script_ms: start ? start.startTime - nav.responseEnd : null,
   layout_ms: Number(root.layoutMs),
   draw_ms: Number(root.drawMs),
   nodes: Number(root.nodes),
@@ -186,6 +190,7 @@ def main() -> None:
                     name,
                     int(rounds[0]["nodes"]),
                     mid("server_ms"),
+                    mid("script_ms"),
                     mid("layout_ms"),
                     mid("draw_ms"),
                     mid("interactive_ms"),
@@ -194,18 +199,19 @@ def main() -> None:
             )
         print(f"\nmedians of {ROUNDS} loads in headless Chromium, milliseconds")
         print_table(
-            ["page", "nodes", "server", "layout", "draw", "interactive", "interactive max"], rows
+            ["page", "nodes", "server", "to script", "layout", "draw", "interactive", "max"],
+            rows,
         )
         chain_row, big_row = rows
         print(
-            f"\nchain interactive after the answer: {chain_row[5]:.0f} ms (target <"
+            f"\nchain interactive after the answer: {chain_row[6]:.0f} ms (target <"
             f" {INTERACTIVE_TARGET_MS:.0f}): "
-            + ("PASS" if chain_row[5] < INTERACTIVE_TARGET_MS else "MISS")
+            + ("PASS" if chain_row[6] < INTERACTIVE_TARGET_MS else "MISS")
         )
         print(
-            f"{big_row[1]}-node layout: {big_row[3]:.0f} ms (target < {LAYOUT_TARGET_MS:.0f}): "
-            + ("PASS" if big_row[3] < LAYOUT_TARGET_MS else "MISS")
-            + f"; interactive after the answer {big_row[5]:.0f} ms"
+            f"{big_row[1]}-node layout: {big_row[4]:.0f} ms (target < {LAYOUT_TARGET_MS:.0f}): "
+            + ("PASS" if big_row[4] < LAYOUT_TARGET_MS else "MISS")
+            + f"; interactive after the answer {big_row[6]:.0f} ms"
         )
         sys.stdout.flush()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from lineage_client.ui import _views
+from lineage_client.ui._assets import asset_url
 from lineage_client.ui.server import CSP, UiServer
 
 from lineaged.errors import ConfigError
@@ -80,8 +81,8 @@ def assert_safe_page(text: str) -> _Markup:
     parsed = markup(text)
     assert parsed.inline == []
     for script in parsed.scripts:
-        assert script.get("src") == "/static/app.js" or script.get("type") == "application/json"
-    assert {"src": "/static/app.js", "defer": None} in parsed.scripts
+        assert script.get("src") == asset_url("app.js") or script.get("type") == "application/json"
+    assert {"src": asset_url("app.js"), "defer": None} in parsed.scripts
     return parsed
 
 
@@ -333,6 +334,11 @@ def test_assets_ship_in_the_package(ui: str) -> None:
     script = fetch(ui, "/static/app.js")
     assert script.status == 200 and script.headers["Content-Type"].startswith("text/javascript")
     assert script.body == static.joinpath("app.js").read_bytes()
+    assert script.headers["Cache-Control"] == "no-cache"
+    # Pages link assets by content: those addresses may be kept for good.
+    versioned = fetch(ui, asset_url("app.js"))
+    assert versioned.body == script.body and "immutable" in versioned.headers["Cache-Control"]
+    assert "immutable" not in fetch(ui, "/static/app.js?v=0000").headers["Cache-Control"]
     style = fetch(ui, "/static/style.css")
     assert style.body == static.joinpath("style.css").read_bytes()
     for asset in (script.text, style.text):

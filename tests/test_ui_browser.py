@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lineage_client.ui._assets import asset_url
 from lineage_client.ui.server import UiServer
 
 from tests.conftest import DaemonProcess
@@ -123,7 +124,7 @@ def test_a_file_named_with_html_shows_as_text(browser: Any, ui: str, pipeline: P
     scripts = browser.execute_script(
         "return [...document.scripts].map(s => s.getAttribute('src') || s.type)"
     )
-    assert sorted(scripts) == ["/static/app.js", "application/json"]
+    assert sorted(scripts) == [asset_url("app.js"), "application/json"]
     assert browser.find_elements(By.CSS_SELECTOR, "img") == []
     data = browser.execute_script(
         "return JSON.parse(document.getElementById('lineage-data').textContent)"

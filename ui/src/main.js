@@ -53,6 +53,7 @@ function startGraph(data) {
 }
 
 function start() {
+  performance.mark("lineage:start");
   wireCopyButtons(document.body);
   startGraph(readData());
   watchStatus();

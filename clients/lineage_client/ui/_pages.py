@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from lineage_client import render
+from lineage_client.ui._assets import asset_url
 
 __all__ = [
     "error_page",
@@ -81,8 +82,8 @@ def layout(title: str, body: str, *, data: Mapping[str, Any] | None = None, quer
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <title>{esc(title)} \u00b7 lineage</title>
-<link rel="stylesheet" href="/static/style.css">
-<script src="/static/app.js" defer></script>
+<link rel="stylesheet" href="{esc(asset_url("style.css"))}">
+<script src="{esc(asset_url("app.js"))}" defer></script>
 </head>
 <body>
 <header class="top">

@@ -26,12 +26,11 @@ from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from lineage_client.client import Client
-from lineage_client.ui import _pages, _views
+from lineage_client.ui import _assets, _pages, _views
 from lineaged.errors import ConfigError, InvalidArgument, LineageError, NotFound
 from lineaged.models import Direction
 
@@ -46,11 +45,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
     " connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-_STATIC = {
-    "app.js": "text/javascript; charset=utf-8",
-    "style.css": "text/css; charset=utf-8",
-    "THIRD-PARTY-LICENSES.txt": "text/plain; charset=utf-8",
-}
 _HTTP_STATUS = {
     "INVALID_ARGUMENT": HTTPStatus.BAD_REQUEST,
     "NOT_FOUND": HTTPStatus.NOT_FOUND,
@@ -87,10 +81,6 @@ def read_token(path: str) -> str:
     from lineaged.server import _read_token  # the daemon's rules, shared rather than copied
 
     return _read_token(path)
-
-
-def _static(name: str) -> bytes:
-    return resources.files("lineage_client.ui").joinpath("static", name).read_bytes()
 
 
 class _Response(Exception):
@@ -331,9 +321,11 @@ class _Handler(BaseHTTPRequestHandler):
         page = path[len("/api") :] if api else path
         if not api and page.startswith("/static/"):
             name = page[len("/static/") :]
-            if name not in _STATIC:
+            if name not in _assets.TYPES:
                 raise _Response(HTTPStatus.NOT_FOUND)
-            self._send(HTTPStatus.OK, _static(name), _STATIC[name], cache="no-cache")
+            versioned = "v" in query and _assets.asset_url(name).endswith(f"?v={query['v']}")
+            cache = "public, max-age=31536000, immutable" if versioned else "no-cache"
+            self._send(HTTPStatus.OK, _assets.asset(name), _assets.TYPES[name], cache=cache)
             return
         if page == "/favicon.ico":
             raise _Response(HTTPStatus.NO_CONTENT)
