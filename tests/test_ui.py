@@ -16,11 +16,12 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from lineage_client.ui import _views
+from lineage_client.ui import _pages, _views
 from lineage_client.ui._assets import asset_url
 from lineage_client.ui.server import CSP, UiServer
 
 from lineaged.errors import ConfigError
+from lineaged.models import Run
 from tests.conftest import DaemonProcess
 from tests.helpers import b3
 from tests.ui_helpers import (
@@ -451,3 +452,35 @@ def test_a_capture_marker_is_shown_whatever_its_field(run: object, partial: bool
     assert "run_id" not in capture
     if isinstance(run, _MarkedRun) and run.capture_reasons:
         assert capture["capture_reasons"] == list(run.capture_reasons)
+
+
+def test_a_partial_run_is_marked_on_the_page(pipeline: Pipeline) -> None:
+    """A run carrying a capture field (as ``lineage run`` will record) is drawn and listed as
+    partial; the marker is read from the field, whatever the field is called."""
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class CapturedRun(Run):
+        capture: str = "partial"
+        capture_reasons: tuple[str, ...] = ("a static binary ran: its reads are not seen",)
+
+    graph = pipeline.client.trace(str(pipeline.model))
+    train = next(run for run in graph.runs if run.name == "train")
+    fields = {f.name: getattr(train, f.name) for f in dataclasses.fields(Run)}
+    marked = dataclasses.replace(
+        graph, runs=tuple(CapturedRun(**fields) if r is train else r for r in graph.runs)
+    )
+    view = _views.graph_json(marked)
+    node = next(n for n in view["nodes"] if n["kind"] == "run" and n["name"] == "train")
+    assert node["partial"] is True
+    assert node["capture"]["capture_reasons"] == ["a static binary ran: its reads are not seen"]
+    others = [n for n in view["nodes"] if n["kind"] == "run" and n["name"] != "train"]
+    assert [n["partial"] for n in others] == [False]
+    view.update(
+        page="trace", direction="upstream", start={"path": str(pipeline.model)}, max_depth=100,
+        max_nodes=1000, link="/trace", expand=None, cli="lineage trace x",
+        counts={"runs": 2, "versions": 5, "code": 2, "copies": 0, "partial_runs": 1,
+                "changed_during_run": 0},
+    )  # fmt: skip
+    text = _pages.graph_page(view)
+    assert "partial capture" in text and "1 runs have a partial capture" not in text
+    assert "1 run has a partial capture" in text

@@ -195,9 +195,13 @@ def graph_page(view: Mapping[str, Any]) -> str:
             f" ({counts['runs'] + counts['versions']} nodes)."
         )
     if counts["changed_during_run"]:
-        summary += f" {counts['changed_during_run']} inputs changed during their run."
+        changed = counts["changed_during_run"]
+        summary += f" {_count(changed, 'input')} changed while {'its run' if changed == 1 else 'their runs'} used {'it' if changed == 1 else 'them'}."
     if counts["partial_runs"]:
-        summary += f" {counts['partial_runs']} runs have a partial capture."
+        partial = counts["partial_runs"]
+        summary += (
+            f" {_count(partial, 'run')} {'has' if partial == 1 else 'have'} a partial capture."
+        )
     notice = ""
     if view["truncated"]:
         more = (

@@ -6,6 +6,7 @@ graphs, the drawing (embedded in the page as a JSON block). Nothing here talks H
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import os
@@ -210,9 +211,9 @@ def _ordered(graph: Graph, nodes: dict[str, dict[str, Any]]) -> list[dict[str, A
         if first in seen or first not in nodes:
             continue
         seen.add(first)
-        queue = [first]
+        queue = collections.deque([first])
         while queue:
-            node = queue.pop(0)
+            node = queue.popleft()
             order.append(node)
             for other in neighbours.get(node, ()):
                 if other not in seen and other in nodes:
