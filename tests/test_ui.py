@@ -21,7 +21,7 @@ from lineage_client.ui._assets import asset_url
 from lineage_client.ui.server import CSP, UiServer
 
 from lineaged.errors import ConfigError
-from lineaged.models import Run
+from lineaged.models import CodeState, Run
 from tests.conftest import DaemonProcess
 from tests.helpers import b3
 from tests.ui_helpers import (
@@ -484,3 +484,26 @@ def test_a_partial_run_is_marked_on_the_page(pipeline: Pipeline) -> None:
     text = _pages.graph_page(view)
     assert "partial capture" in text and "1 runs have a partial capture" not in text
     assert "1 run has a partial capture" in text
+
+
+def test_the_run_page_renders_the_code_diff(ui: str, pipeline: Pipeline) -> None:
+    diff = (
+        b"diff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n"
+        b"-lr = 0.1\n+lr = 0.2  # <script>window.pwned=1</script>\n context\n"
+    )
+    code = CodeState(
+        commit="a" * 40, branch="main", dirty=True, diff=diff, diff_digest=b3(diff),
+        diff_size=len(diff),
+    )  # fmt: skip
+    with pipeline.client.run("with-diff", code=code, params={"lr": "0.2"}) as run:
+        pass
+    view = fetch(ui, "/api" + run_page(run.run_id)).json()
+    assert view["diff"] == diff.decode()
+    assert view["run"]["code"]["commit"] == "a" * 40 and view["run"]["code"]["dirty"] is True
+    text = fetch(ui, run_page(run.run_id)).text
+    assert '<span class="del">-lr = 0.1</span>' in text
+    assert (
+        '<span class="add">+lr = 0.2  # &lt;script&gt;window.pwned=1&lt;/script&gt;</span>' in text
+    )
+    assert '<span class="hunk">@@ -1,2 +1,2 @@</span>' in text
+    assert "<script>window.pwned" not in text
