@@ -352,7 +352,10 @@ def test_a_token_guards_every_page(pipeline: Pipeline) -> None:
     token = "s3cret-" + uuid.uuid4().hex
     with UiServer(pipeline.daemon.client(), "127.0.0.1", 0, token=token).start() as server:
         url = server.url
-        assert fetch(url, "/api/status").status == 401
+        refused = fetch(url, "/api/status")
+        assert refused.status == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+        assert "needs its token" in refused.json()["error"]["message"]
+        assert fetch(url, "/static/style.css").status == 200  # no data in the package's assets
         assert fetch(url, "/", headers={"Authorization": "Bearer wrong"}).status == 401
         ok = fetch(url, "/api/status", headers={"Authorization": f"Bearer {token}"})
         assert ok.status == 200
@@ -382,7 +385,8 @@ def test_other_addresses_need_a_token(pipeline: Pipeline, tmp_path: Path) -> Non
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
 
 
-def test_lineage_ui_prints_its_url_and_serves(pipeline: Pipeline) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_lineage_ui_prints_its_url_and_serves(pipeline: Pipeline, stop: signal.Signals) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "lineage_client.cli", "--socket", str(pipeline.daemon.socket),
          "ui", "--port", "0"],
@@ -398,7 +402,7 @@ def test_lineage_ui_prints_its_url_and_serves(pipeline: Pipeline) -> None:
         assert {n["name"] for n in view["nodes"] if n["kind"] == "run"} == {"prepare", "train"}
         assert fetch(url, "/").status == 200
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         assert process.wait(timeout=30) == 0
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -155,6 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads
     timeout = 30
+    _extra_headers: dict[str, str]
+
+    def setup(self) -> None:
+        super().setup()
+        self._extra_headers = {}
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -180,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cross-Origin-Opener-Policy", "same-origin")
         self.send_header("Cross-Origin-Resource-Policy", "same-origin")
         self.send_header("Cache-Control", cache)
-        for key, value in (headers or {}).items():
+        for key, value in {**self._extra_headers, **(headers or {})}.items():
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
@@ -237,11 +243,11 @@ class _Handler(BaseHTTPRequestHandler):
         expected = self.server.token
         if self.server.loopback and not expected and not self._host_allowed():
             raise _Response(HTTPStatus.FORBIDDEN)
-        if not expected:
-            return
+        if not expected or path.startswith("/static/"):
+            return  # the package's own assets hold no data: an error page keeps its style
         presented = self._presented_token(query)
         if not hmac.compare_digest(presented.encode(), expected.encode()):
-            raise _Response(HTTPStatus.UNAUTHORIZED)
+            raise _Response(HTTPStatus.UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
         if "token" in query:
             # Keep the token in a cookie and take it out of the address bar and history.
             rest = "&".join(
@@ -293,6 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
         if status in (HTTPStatus.SEE_OTHER, HTTPStatus.NO_CONTENT):
             self._send(status, b"", "text/plain; charset=utf-8", answer.headers)
             return
+        self._extra_headers.update(answer.headers)
         messages = {
             HTTPStatus.FORBIDDEN: "this server answers only requests addressed to a loopback"
             " host (localhost, 127.0.0.1 or [::1])",
@@ -374,7 +381,7 @@ def serve(
     open_browser: bool = False,
     out: Callable[[str], None] = print,
 ) -> int:
-    """Serve until Ctrl-C or SIGTERM; prints the URL first. Returns the exit code."""
+    """Serve until Ctrl-C or SIGTERM (from the main thread); prints the URL first. Returns 0."""
     client.status()  # the daemon answers, or the command fails at once with a clear error
     with UiServer(client, host, port, token=token) as server:
         out(f"lineage ui: {server.url}")
@@ -389,6 +396,11 @@ def serve(
             import webbrowser
 
             webbrowser.open(server.url)
-        with contextlib.suppress(KeyboardInterrupt):
-            server.serve_forever()
+        # SIGTERM stops it as Ctrl-C does: KeyboardInterrupt in the main thread, no lock taken.
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                server.serve_forever()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return 0
