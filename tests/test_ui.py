@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import html.parser
+import os
 import re
 import shutil
 import signal
@@ -23,7 +24,7 @@ from lineage_client.ui.server import CSP, UiServer
 from lineaged.errors import ConfigError
 from lineaged.models import CodeState, Run
 from tests.conftest import DaemonProcess
-from tests.helpers import b3
+from tests.helpers import b3, wait_for
 from tests.ui_helpers import (
     HOSTILE_NAME,
     Pipeline,
@@ -511,3 +512,27 @@ def test_the_run_page_renders_the_code_diff(ui: str, pipeline: Pipeline) -> None
     )
     assert '<span class="hunk">@@ -1,2 +1,2 @@</span>' in text
     assert "<script>window.pwned" not in text
+
+
+def test_open_hands_the_url_to_the_browser(pipeline: Pipeline, tmp_path: Path) -> None:
+    """``--open`` asks the user's browser ($BROWSER here: a script noting what it was given)."""
+    seen = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {seen}\n')
+    browser.chmod(0o755)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lineage_client.cli", "--socket", str(pipeline.daemon.socket),
+         "ui", "--port", "0", "--open"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "BROWSER": str(browser)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().removeprefix("lineage ui: ").strip()
+        assert url.startswith("http://127.0.0.1:")
+        wait_for(lambda: seen.exists() and seen.read_text().strip() == url, what="the browser")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
