@@ -22,8 +22,9 @@ function startGraph(data) {
       const item = node && list.querySelector(`li[data-node="${CSS.escape(node.id)}"]`);
       if (item) item.classList.add("current");
     }
-    const hash = node ? `#${encodeURIComponent(node.id)}` : " ";
-    history.replaceState(null, "", hash === " " ? location.pathname + location.search : hash);
+    // The address names the selected node, so a copied link opens with it selected.
+    const here = location.pathname + location.search;
+    history.replaceState(null, "", node ? `${here}#${encodeURIComponent(node.id)}` : here);
   });
   view.render();
   document.getElementById("zoom-in")?.addEventListener("click", () => view.zoom(1.25));
