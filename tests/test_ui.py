@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from lineage_client import Client
 from lineage_client.ui import _pages, _views
 from lineage_client.ui._assets import asset_url
 from lineage_client.ui.server import CSP, UiServer
@@ -536,3 +537,26 @@ def test_open_hands_the_url_to_the_browser(pipeline: Pipeline, tmp_path: Path) -
         assert process.wait(timeout=30) == 0
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
+
+
+def test_a_daemon_that_stops_gives_a_clear_error(socket_dir: Path) -> None:
+    daemon = DaemonProcess(socket_dir)
+    try:
+        daemon.wait_serving()
+        # A client of its own: stop() closes the clients the daemon handed out.
+        with (
+            Client(socket=daemon.socket) as client,
+            UiServer(client, "127.0.0.1", 0).start() as server,
+        ):
+            assert fetch(server.url, "/api/status").status == 200
+            assert daemon.stop() == 0
+            page_answer = fetch(server.url, "/")
+            assert page_answer.status == 503
+            assert "lineaged is not running" in page_answer.text
+            assert "Traceback" not in page_answer.text
+            error = fetch(server.url, "/api/status").json()["error"]
+            assert error["class"] == "DaemonUnavailable" and error["status"] == 503
+    finally:
+        if daemon.alive():
+            daemon.proc.kill()
+            daemon.proc.wait()
