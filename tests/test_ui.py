@@ -170,9 +170,12 @@ def test_impact_counts_what_a_version_reached(ui: str, pipeline: Pipeline) -> No
     assert view["counts"]["versions"] == len(
         [n for n in view["nodes"] if n["kind"] == "version" and not n["start"]]
     )
+    # Of the versions reached, the model is the one under a root of role "model".
+    models = [n["path"] for n in view["nodes"] if n.get("root_role") == "model"]
+    assert models == [str(pipeline.model)] and view["counts"]["models"] == 1
     answer = fetch(ui, page("impact", path=pipeline.raw))
     assert answer.status == 200
-    assert "reached 2 runs and" in answer.text
+    assert "reached 2 runs and" in answer.text and "1 of them under model roots" in answer.text
 
 
 def test_run_page_shows_code_env_io_and_verify(ui: str, pipeline: Pipeline) -> None:

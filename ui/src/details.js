@@ -30,7 +30,7 @@ export function showDetails(panel, node, graph) {
   }
   const items = [];
   if (node.kind === "version") {
-    panel.append(el("h2", null, node.role === "code" ? "Code input" : "Data version"));
+    panel.append(el("h2", null, node.role === "code" ? "Code input" : node.root_role === "model" ? "Model version" : "Data version"));
     items.push(
       row("path", el("span", { class: "path" }, node.path)),
       row("digest", ...copyable(node.digest)),

@@ -72,6 +72,7 @@ function nodeClasses(node) {
   const classes = ["node", node.kind];
   if (node.kind === "version") {
     if (node.role === "code") classes.push("code");
+    else if (node.root_role === "model") classes.push("model");
     if (node.copy) classes.push("copy");
     if (node.external) classes.push("external");
   } else {

@@ -111,7 +111,12 @@ def _cli(command: str) -> str:
 
 
 def _version_item(node: Mapping[str, Any]) -> str:
-    kind = "code" if node["role"] == "code" else ("copy" if node["copy"] else "data")
+    if node["role"] == "code":
+        kind = "code"
+    elif node["copy"]:
+        kind = "copy"
+    else:
+        kind = "model" if node.get("root_role") == "model" else "data"
     until = "now" if node["valid_until"] is None else _time(node["valid_until"])
     marks = " <strong>(start)</strong>" if node["start"] else ""
     marks += " (outside every root)" if node["external"] else ""
@@ -169,11 +174,12 @@ def _node_list(view: Mapping[str, Any]) -> str:
 
 _LEGEND = """<ul class="legend" aria-label="legend">
 <li><span class="swatch data"></span>data version</li>
+<li><span class="swatch model"></span>model version</li>
 <li><span class="swatch code"></span>code input</li>
 <li><span class="swatch run"></span>run</li>
-<li><span class="swatch copy"></span>copy (same bytes elsewhere)</li>
-<li><span class="swatch changed"></span>changed during the run / partial capture</li>
-<li><span class="swatch ghost"></span>an input read by several runs, drawn again beside each</li>
+<li><span class="swatch copy"></span>copy (same bytes)</li>
+<li><span class="swatch changed"></span>changed during its run / partial run</li>
+<li><span class="swatch ghost"></span>input drawn again per reader</li>
 </ul>"""
 
 
@@ -191,8 +197,9 @@ def graph_page(view: Mapping[str, Any]) -> str:
     else:
         title = f"Impact of {label}"
         summary = (
-            f"Downstream: reached {_count(counts['runs'], 'run')} and {_count(counts['versions'], 'version')}"
-            f" ({counts['runs'] + counts['versions']} nodes)."
+            f"Downstream: reached {_count(counts['runs'], 'run')} and"
+            f" {_count(counts['versions'], 'version')}"
+            f" ({_count(counts['models'], 'of them', 'of them')} under model roots)."
         )
     if counts["changed_during_run"]:
         changed = counts["changed_during_run"]

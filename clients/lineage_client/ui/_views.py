@@ -258,6 +258,17 @@ def graph_view(client: Client, direction: Direction, query: GraphQuery) -> dict[
     graph = client.lineage(target, direction, max_depth=query.max_depth, max_nodes=query.max_nodes)
     value = graph_json(graph)
     nodes = value["nodes"]
+    roots = sorted(client.roots(), key=lambda root: len(root.path), reverse=True)
+    for node in nodes:
+        if node["kind"] == "version":
+            node["root_role"] = next(
+                (
+                    str(root.role)
+                    for root in roots
+                    if node["path"].startswith(root.path.rstrip("/") + "/")
+                ),
+                None,
+            )
     reached = [node for node in nodes if not node["start"]]
     value.update(
         page=page,
@@ -268,6 +279,7 @@ def graph_view(client: Client, direction: Direction, query: GraphQuery) -> dict[
         counts={
             "runs": sum(node["kind"] == "run" for node in reached),
             "versions": sum(node["kind"] == "version" for node in reached),
+            "models": sum(node.get("root_role") == "model" for node in reached),
             "code": sum(node.get("role") == "code" for node in nodes),
             "copies": sum(bool(node.get("copy")) for node in nodes),
             "partial_runs": sum(bool(node.get("partial")) for node in nodes),
