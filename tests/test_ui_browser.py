@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lineage_client.ui import _pages
 from lineage_client.ui._assets import asset_url
 from lineage_client.ui.server import UiServer
 
@@ -224,3 +225,29 @@ def test_a_script_every_run_read_is_drawn_beside_each_run(
     wait_for(lambda: script["digest"] in details.text, what="the script's details")
     selected = browser.find_elements(By.CSS_SELECTOR, "svg.graph g.node.selected")
     assert len(selected) == 3 and {n.get_attribute("data-node") for n in selected} == {script["id"]}
+
+
+def test_a_graph_past_the_draw_limit_waits_to_be_asked(
+    browser: Any, ui: str, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the limit the page is usable at once (the list, the details) and the drawing
+    comes when asked for; the limit is lowered here to the size of the pipeline's graph."""
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.setattr(_pages, "DRAW_LIMIT", 3)
+    open_page(browser, ui + page("trace", path=pipeline.model))
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.graph") == []
+    note = browser.find_element(By.ID, "draw-note")
+    assert "laying it out takes several seconds" in note.text
+    item = browser.find_element(By.CSS_SELECTOR, "#node-list li[data-node] button[data-select]")
+    item.click()
+    details = browser.find_element(By.ID, "details")
+    wait_for(
+        lambda: pipeline.model_version.digest in details.text, what="details without a drawing"
+    )
+    browser.find_element(By.ID, "draw-anyway").click()
+    wait_for(
+        lambda: len(browser.find_elements(By.CSS_SELECTOR, "svg.graph g.node")) >= 8,
+        what="the drawing",
+    )
+    assert browser.find_elements(By.ID, "draw-note") == []

@@ -2,7 +2,7 @@
 // JSON block (<script type="application/json" id="lineage-data">), never as code.
 import { GraphView } from "./graph.js";
 import { showDetails } from "./details.js";
-import { wireCopyButtons } from "./dom.js";
+import { el, wireCopyButtons } from "./dom.js";
 import { watchStatus } from "./status.js";
 
 function readData() {
@@ -26,31 +26,52 @@ function startGraph(data) {
     const here = location.pathname + location.search;
     history.replaceState(null, "", node ? `${here}#${encodeURIComponent(node.id)}` : here);
   });
-  view.render();
-  document.getElementById("zoom-in")?.addEventListener("click", () => view.zoom(1.25));
-  document.getElementById("zoom-out")?.addEventListener("click", () => view.zoom(0.8));
-  document.getElementById("zoom-fit")?.addEventListener("click", () => view.fit());
+  const draw = () => {
+    view.render();
+    const wanted = decodeURIComponent(location.hash.slice(1));
+    if (wanted && view.byId.has(wanted)) {
+      view.select(wanted);
+      view.center(wanted);
+    }
+    const root = document.documentElement;
+    root.dataset.layoutMs = view.layoutMs.toFixed(1);
+    root.dataset.drawMs = view.drawMs.toFixed(1);
+    root.dataset.nodes = String(data.nodes.length);
+  };
+  showDetails(panel, null, data);
+  document.getElementById("zoom-in")?.addEventListener("click", () => view.svg && view.zoom(1.25));
+  document.getElementById("zoom-out")?.addEventListener("click", () => view.svg && view.zoom(0.8));
+  document.getElementById("zoom-fit")?.addEventListener("click", () => view.svg && view.fit());
   if (list) {
     list.addEventListener("click", (event) => {
       const button = event.target.closest("button[data-select]");
       if (!button) return;
       const id = button.getAttribute("data-select");
+      if (!view.svg) {
+        showDetails(panel, view.byId.get(id), data);
+        return;
+      }
       view.select(id);
       view.center(id);
       container.scrollIntoView({ block: "nearest" });
     });
   }
-  const wanted = decodeURIComponent(location.hash.slice(1));
-  if (wanted && view.byId.has(wanted)) {
-    view.select(wanted);
-    view.center(wanted);
-  } else {
-    showDetails(panel, null, data);
+  // A graph past the limit would hold the page for seconds while dagre lays it out: the
+  // text list is there at once, and the drawing waits to be asked for.
+  const limit = Number(container.getAttribute("data-draw-limit") || "0");
+  if (limit && data.nodes.length > limit) {
+    const button = el("button", { type: "button", id: "draw-anyway" }, "Draw it");
+    const note = el("p", { class: "hint", id: "draw-note" },
+      `This graph has ${data.nodes.length} nodes: laying it out takes several seconds. `, button,
+      " — or read the list of every node below.");
+    container.append(note);
+    button.addEventListener("click", () => {
+      note.remove();
+      draw();
+    });
+    return;
   }
-  const root = document.documentElement;
-  root.dataset.layoutMs = view.layoutMs.toFixed(1);
-  root.dataset.drawMs = view.drawMs.toFixed(1);
-  root.dataset.nodes = String(data.nodes.length);
+  draw();
 }
 
 function start() {

@@ -18,12 +18,16 @@ from lineage_client import render
 from lineage_client.ui._assets import asset_url
 
 __all__ = [
+    "DRAW_LIMIT",
     "error_page",
     "graph_page",
     "home_page",
     "path_page",
     "run_page",
 ]
+
+
+DRAW_LIMIT = 4000  # nodes drawn at once; a bigger graph is drawn when asked (about 1 s a 1,000)
 
 
 def esc(value: object) -> str:
@@ -230,7 +234,7 @@ def graph_page(view: Mapping[str, Any]) -> str:
 <div class="layout">
 <div class="canvas">
 <div class="toolbar"><button type="button" id="zoom-in" aria-label="zoom in">+</button><button type="button" id="zoom-out" aria-label="zoom out">\u2212</button><button type="button" id="zoom-fit">fit</button></div>
-<div id="graph"><noscript><p class="hint">The drawing needs JavaScript; every node is listed below.</p></noscript></div>
+<div id="graph" data-draw-limit="{DRAW_LIMIT}"><noscript><p class="hint">The drawing needs JavaScript; every node is listed below.</p></noscript></div>
 </div>
 <aside id="details" class="details" aria-live="polite"><p class="hint">Select a node in the drawing or in the list to see its details.</p></aside>
 </div>
