@@ -14,7 +14,7 @@ PROTO_SRC := proto/lineage/v1/lineage.proto
 PROTO_OUT := lineaged/_proto
 
 .PHONY: all run test lint typecheck pytest proto proto-check bench clean lock lock-upgrade \
-	test-latest smoke-wheel
+	test-latest smoke-wheel ui ui-check
 
 all: test
 
@@ -38,7 +38,7 @@ run: $(STAMP)
 	@mkdir -p data models
 	$(BIN)/lineaged --state-dir ./.lineaged --watch ./data:data --watch ./models:model
 
-test: $(STAMP) proto-check lint typecheck pytest smoke-wheel
+test: $(STAMP) proto-check ui-check lint typecheck pytest smoke-wheel
 
 lint: $(STAMP)
 	$(BIN)/ruff check lineaged clients tests bench
@@ -60,6 +60,26 @@ proto-check: $(STAMP)
 	$(BIN)/python -m lineaged._protogen $(PROTO_SRC) $$scratch && \
 	diff -r -x __pycache__ $$scratch $(PROTO_OUT) && rm -rf $$scratch && \
 	echo "proto stubs are up to date"
+
+# The web view's bundle (lineage ui): ui/src/*.js and the npm packages pinned by
+# ui/package-lock.json, built by the locked esbuild into the Python package, committed.
+UI_STATIC := clients/lineage_client/ui/static
+UI_DEPS := ui/node_modules/.installed
+
+$(UI_DEPS): ui/package.json ui/package-lock.json
+	cd ui && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
+ui: $(UI_DEPS)
+	cd ui && node build.mjs ../$(UI_STATIC)
+
+# Rebuild into a scratch folder and fail when the committed bundle differs.
+ui-check: $(UI_DEPS)
+	@scratch=$$(mktemp -d) && \
+	(cd ui && node build.mjs $$scratch) && \
+	cmp $$scratch/app.js $(UI_STATIC)/app.js && \
+	cmp $$scratch/THIRD-PARTY-LICENSES.txt $(UI_STATIC)/THIRD-PARTY-LICENSES.txt && \
+	rm -rf $$scratch && echo "ui bundle is up to date"
 
 # Byte-compiled first, as pip compiles an installed package: where PYTHONDONTWRITEBYTECODE is
 # set, every timed lineaged process would otherwise compile its sources again.

@@ -274,7 +274,9 @@ def test_every_command_is_registered() -> None:
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command_name").choices
     assert commands is not None
-    expected = {"status", "log", "where", "trace", "impact", "runs", "show", "verify", "run"}
+    expected = {
+        "status", "log", "where", "trace", "impact", "runs", "show", "verify", "run", "ui",
+    }  # fmt: skip
     assert set(commands) == expected
 
 

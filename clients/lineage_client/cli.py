@@ -140,6 +140,17 @@ def _verify(args: argparse.Namespace, client: Client) -> int:
     return 1 if bad else 0
 
 
+def _ui(args: argparse.Namespace, client: Client) -> int:
+    from lineage_client.ui import server
+
+    if args.listen:
+        host, port = server.parse_listen(args.listen)
+    else:
+        host, port = "127.0.0.1", args.port
+    token = server.read_token(args.listen_token_file) if args.listen_token_file else ""
+    return server.serve(client, host, port, token=token, open_browser=args.open)
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -332,6 +343,29 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
         "target", help="PATH, PATH@TIME, a digest or prefix, a run id, or version:N"
     )
     verify.set_defaults(handler=_verify)
+
+    ui = sub.add_parser(
+        "ui", parents=[common], help="a local web view: graphs, runs, histories (read-only)"
+    )
+    ui.add_argument(
+        "--port",
+        type=int,
+        default=8765,
+        metavar="N",
+        help="port on 127.0.0.1 (default 8765; 0: any)",
+    )
+    ui.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="listen elsewhere; an address that is not loopback needs --listen-token-file",
+    )
+    ui.add_argument(
+        "--listen-token-file",
+        metavar="FILE",
+        help="token browsers must present (the daemon's --token-file rules)",
+    )
+    ui.add_argument("--open", action="store_true", help="open the page in a browser")
+    ui.set_defaults(handler=_ui)
 
     _add_run_command(sub, common)
     return parser
