@@ -47,6 +47,7 @@ from lineaged.models import (
     Version,
 )
 from lineaged.paths import is_normal_path
+from lineaged.redact import Redactor, load_or_create_key
 from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat
 from lineaged.watcher import POLL_SECONDS, OverflowDetector, Pipeline, RootWatcher, root_identity
@@ -299,6 +300,14 @@ class Engine:
         self._progress_listeners: list[Callable[[ScanState], None]] = []
         self._counts_cache: tuple[float, Counts] | None = None
         self._progress_base = ScanStats()
+        # The daemon trusts no client to have redacted: every run is redacted again here.
+        self._redaction_key = load_or_create_key(config.state_dir)
+        self.redactor = self._make_redactor(config)
+
+    def _make_redactor(self, config: Config) -> Redactor:
+        return Redactor(
+            key=self._redaction_key, names=config.redact_names, values=config.redact_values
+        )
 
     # -- lifecycle
 
@@ -347,7 +356,14 @@ class Engine:
                 watcher.stop()
             with self._problems_lock:
                 self._problems.pop(path, None)
-        self.config = replace(self.config, roots=config.roots, scan_interval=config.scan_interval)
+        self.config = replace(
+            self.config,
+            roots=config.roots,
+            scan_interval=config.scan_interval,
+            redact_names=config.redact_names,
+            redact_values=config.redact_values,
+        )
+        self.redactor = self._make_redactor(config)
         added = self._register_roots(config.roots)
         for root in added:
             self._start_watcher(root)
@@ -738,6 +754,7 @@ class Engine:
             raise InvalidArgument("argv has at most 10000 arguments without NUL bytes")
         if start.cwd:
             _check_abs(start.cwd)
+        start = self.redactor.run_start(start)
         run_id = self.writer.call(lambda store: store.begin_run(start))
         run = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=run)])
@@ -904,6 +921,7 @@ class Engine:
             raise InvalidArgument("a run cannot end with status running")
         if len(warnings) > 100 or any(len(w) > 4096 or "\x00" in w for w in warnings):
             raise InvalidArgument("at most 100 warnings of at most 4096 characters")
+        warnings = self.redactor.texts(warnings)
         run = self.store.get_run(run_id)
         if run.status is not RunStatus.RUNNING:
             raise FailedPrecondition(f"run {run.run_id} already ended ({run.status.value})")
