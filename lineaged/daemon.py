@@ -25,6 +25,8 @@ from lineaged.config import Config, load_config
 from lineaged.engine import Engine
 from lineaged.errors import AlreadyRunning, ConfigError, LineageError, StoreError
 from lineaged.models import ScanState
+from lineaged.privacy import PRIVATE_UMASK, secure_state_dir
+from lineaged.redact import KEY_FILE
 from lineaged.sdnotify import Notifier
 from lineaged.store import DB_NAME, Store
 
@@ -145,10 +147,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _prepare_state_dir(state_dir: Path) -> None:
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise ConfigError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
+    # Private whatever it was: the store is every path, digest and command line of the host.
+    secure_state_dir(state_dir, DB_NAME, (LOCK_NAME, KEY_FILE))
     if not os.access(state_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"state directory {state_dir} is not writable")
 
@@ -318,6 +318,8 @@ def _backup(config: Config, dest: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lineaged`` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    # Everything the daemon creates (store, WAL, markers, key, backups) is its user's only.
+    os.umask(PRIVATE_UMASK)
     try:
         if arguments and arguments[0] in ("check", "backup"):
             command = arguments[0]
