@@ -76,17 +76,9 @@ def test_a_state_dir_owned_by_another_user_is_refused_in_one_line(tmp_path: Path
     os.chown(state, 65534, 65534)
     root = tmp_path / "data"
     root.mkdir()
+    command = [sys.executable, "-m", "lineaged", "--once", "--state-dir", str(state)]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lineaged",
-            "--once",
-            "--state-dir",
-            str(state),
-            "--watch",
-            f"{root}:data",
-        ],  # fmt: skip
+        [*command, "--watch", f"{root}:data"],
         capture_output=True,
         text=True,
         cwd=REPO,
