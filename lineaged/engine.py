@@ -22,10 +22,12 @@ from typing import Any
 from lineaged import __version__, hasher
 from lineaged.config import Config
 from lineaged.errors import (
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     PathOutsideRoots,
     ResourceExhausted,
+    StoreError,
 )
 from lineaged.indexer import RACY_NS, Indexer, RootSet, WatchedRoot
 from lineaged.models import (
@@ -300,14 +302,46 @@ class Engine:
         self._progress_listeners: list[Callable[[ScanState], None]] = []
         self._counts_cache: tuple[float, Counts] | None = None
         self._progress_base = ScanStats()
-        # The daemon trusts no client to have redacted: every run is redacted again here.
-        self._redaction_key = load_or_create_key(config.state_dir)
-        self.redactor = self._make_redactor(config)
+        # The daemon trusts no client to have redacted: every run is redacted again here,
+        # with the store's key (made when the first run arrives).
+        self._redactor: Redactor | None = None
+        self._redactor_lock = threading.Lock()
+        store.on_damage = self._on_row_damage
 
-    def _make_redactor(self, config: Config) -> Redactor:
-        return Redactor(
-            key=self._redaction_key, names=config.redact_names, values=config.redact_values
+    def _on_row_damage(self, version_id: int, path: str) -> None:
+        """A version row failed its checksum (any thread, maybe the writer's): the stat cache
+        no longer vouches for the path, and the file is hashed again right after."""
+        if self.roots.tracked(path) is None:
+            return  # outside every root: nothing here to hash again
+        future = self.writer.submit(lambda store: store.distrust(path))
+
+        def rehash() -> None:
+            try:
+                self.indexer.observe({path: ChangeKind.SCAN})
+            except Exception:
+                log.exception("re-hashing %s after store damage failed", path)
+
+        # Hashed on a thread of its own: the callback runs on the writer, which must not hash.
+        future.add_done_callback(
+            lambda _: threading.Thread(target=rehash, name="lineaged-rehash", daemon=True).start()
         )
+
+    @property
+    def redactor(self) -> Redactor:
+        """The daemon's redaction rules, keyed with the store's secret key."""
+        with self._redactor_lock:
+            if self._redactor is None:
+                config = self.config
+                try:
+                    key = load_or_create_key(config.state_dir)
+                except ConfigError as exc:  # the daemon's state, not the caller's request
+                    raise StoreError(exc.message) from None
+                self._redactor = Redactor(
+                    key=key,
+                    names=config.redact_names,
+                    values=config.redact_values,
+                )
+            return self._redactor
 
     # -- lifecycle
 
@@ -363,7 +397,8 @@ class Engine:
             redact_names=config.redact_names,
             redact_values=config.redact_values,
         )
-        self.redactor = self._make_redactor(config)
+        with self._redactor_lock:
+            self._redactor = None  # rebuilt with the new [redact] rules on the next run
         added = self._register_roots(config.roots)
         for root in added:
             self._start_watcher(root)
@@ -710,6 +745,15 @@ class Engine:
             degraded.extend(f"{r.path}: {reason}" for reason in reasons)
         if self.writer.problem:
             degraded.append(f"store: {self.writer.problem}")
+        degraded.extend(f"store: {warning}" for warning in self.store.open_warnings)
+        damaged = self.store.damaged_rows()
+        if damaged:
+            shown = ", ".join(f"{vid} ({path})" for vid, path in sorted(damaged.items())[:5])
+            more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+            degraded.append(
+                f"store: {len(damaged)} damaged version rows refused (failing their checksum): "
+                f"{shown}{more}; restore a backup ('lineaged check' lists them)"
+            )
         return Status(
             version=__version__,
             pid=os.getpid(),
