@@ -102,7 +102,10 @@ class StateLock:
 
     def acquire(self) -> None:
         """Take the lock or raise AlreadyRunning naming the holder's pid."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open the state lock {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -114,8 +117,12 @@ class StateLock:
             raise AlreadyRunning(
                 f"lineaged is already running (pid {holder}) on state directory {self.path.parent}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the lock is ours, the pid note is not written
+            os.close(fd)
+            raise StoreError(f"cannot write the state lock {self.path}: {exc.strerror}") from None
         self._fd = fd
 
     def release(self) -> None:
@@ -342,10 +349,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_once(config)
         return _serve(args, config)
     except LineageError as exc:
-        print(f"lineaged: error: {exc.message}", file=sys.stderr)
+        print(f"lineaged: error: {_one_line(exc.message)}", file=sys.stderr)
         return exc.exit_code
-    except StoreError as exc:  # pragma: no cover - covered by LineageError
-        print(f"lineaged: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a full disk, a directory that cannot be read, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"lineaged: error: {_one_line(exc.strerror or str(exc))}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # Never a traceback on stderr: one line, and the traceback for whoever asks (debug).
+        log.debug("lineaged failed", exc_info=True)
+        print(f"lineaged: error: {_one_line(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
+        return 1
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "failed"

@@ -332,6 +332,30 @@ def _prefix_range(prefix: str) -> tuple[bytes, bytes | None]:
     return low, bytes.fromhex(high_hex)
 
 
+_warned_names: set[str] = set()
+
+
+def _storable(path: str) -> bool:
+    """Whether a path can be stored: its name is valid UTF-8 (SQLite text, protobuf strings).
+
+    A file or directory name that is not (``os.fsdecode`` gives it lone surrogates) is
+    skipped with one warning per path, never a traceback: docs/security.md.
+    """
+    if path.isascii():
+        return True
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        if path not in _warned_names and len(_warned_names) < 10_000:
+            _warned_names.add(path)
+            log.warning(
+                "skipping %r: its name is not valid UTF-8 (lineaged stores paths as text)",
+                os.fsencode(path),
+            )
+        return False
+    return True
+
+
 def _check_path(path: str) -> str:
     if not path or "\x00" in path:
         raise InvalidArgument("a path must be non-empty and free of NUL bytes")
@@ -559,6 +583,8 @@ class Store:
         except sqlite3.DatabaseError as exc:
             store.close()
             _remove_created(absent)
+            if _is_io_error(exc):  # a full disk or an I/O error: not a verdict on the file
+                raise StoreError(f"cannot open the store {path}: {exc}") from exc
             raise CorruptStore(
                 f"{path} is not a usable lineaged database ({exc}); refusing to start and "
                 "leaving it untouched: restore a backup or move it away"
@@ -779,7 +805,8 @@ class Store:
         conn = self._wc
         latest: dict[str, VersionWrite] = {}
         for write in writes:
-            latest[write.path] = write  # the last observation of a path in the batch wins
+            if _storable(write.path):
+                latest[write.path] = write  # the last observation of a path in the batch wins
         existing = self._existing_artifacts(latest)
         current: dict[int, tuple[int, bytes, int]] = {}
         for chunk in _chunks(list(existing.values()), 20_000):
@@ -893,6 +920,8 @@ class Store:
 
     def touch_stat(self, path: str, stat_key: StatKey, checked_at: int) -> None:
         """Remember a new stat key for unchanged content (no new version)."""
+        if not _storable(path):
+            return
         self._wc.execute(
             "UPDATE artifacts SET cache_key=?, cache_mtime_ns=?, checked_at=? "
             "WHERE path=? AND cache_key IS NOT NULL",
@@ -904,6 +933,8 @@ class Store:
         conn = self._wc
         closed: list[str] = []
         for path in paths:
+            if not _storable(path):
+                continue
             row = conn.execute("SELECT id FROM artifacts WHERE path=?", (path,)).fetchone()
             if row is None:
                 continue
@@ -1212,6 +1243,8 @@ class Store:
 
     def cache_entry(self, path: str) -> CacheEntry | None:
         """The stat cache entry of one live path."""
+        if not _storable(path):
+            return None
         r = self._rc.execute(
             "SELECT id, cache_key, cache_digest, checked_at, hash_format FROM artifacts "
             "WHERE path=? AND cache_key IS NOT NULL",
@@ -1286,6 +1319,8 @@ class Store:
 
     def live_paths_under(self, directory: str) -> list[str]:
         """Every path with a current version at or below ``directory``."""
+        if not _storable(directory):
+            return []  # nothing below a name that cannot be stored was ever stored
         prefix = directory.rstrip("/") + "/"
         rows = self._rc.execute(
             "SELECT a.path FROM artifacts a JOIN versions v ON v.artifact_id=a.id "

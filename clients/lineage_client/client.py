@@ -254,7 +254,16 @@ class Client:
     def _abspath(path: str | os.PathLike[str]) -> str:
         # The daemon stores canonical paths (its roots are resolved, and it never follows a
         # link on a client's behalf), so links are resolved here, where the user's rights apply.
-        return os.path.realpath(os.path.expanduser(os.fspath(path)))
+        resolved = os.path.realpath(os.path.expanduser(os.fspath(path)))
+        if not resolved.isascii():
+            try:
+                resolved.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgument(
+                    f"{os.fsencode(resolved)!r} is not valid UTF-8: lineaged records no such "
+                    "name (it skips them with a warning; see docs/security.md)"
+                ) from None
+        return resolved
 
     def roots(self) -> tuple[Root, ...]:
         """The daemon's watched roots (asked once per client)."""
