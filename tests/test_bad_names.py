@@ -103,6 +103,14 @@ def test_names_that_are_not_utf8_are_skipped_with_a_warning(daemon: DaemonProces
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("Error: ") and "not valid UTF-8" in done.stderr
     assert done.stderr.count("\n") == 1
+    # A run that read such a file: recorded, with a warning, and no traceback.
+    script = f"open({data + b'/name' + bytes([0xFE]) + b'.txt'!r}).read(); print('done')"
+    run = daemon.run_cli("run", "--", sys.executable, "-c", script)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "1 accessed files have names that are not UTF-8" in run.stderr
+    recorded = daemon.client().list_runs(page_size=1).items[0]
+    assert any("not UTF-8" in warning for warning in recorded.warnings)
     assert daemon.client().status().degraded == ()
 
 
