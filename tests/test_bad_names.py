@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -231,3 +232,36 @@ def test_other_start_up_failures_are_one_line(tmp_path: Path) -> None:
         done = _lineaged(*args)
         assert done.returncode != 0, label
         _assert_one_line_error(done)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start lineaged as nobody")
+def test_an_unreadable_state_dir_is_one_line() -> None:
+    from tests.test_blindness import _nobody, _python_for
+
+    ids = _nobody()
+    found = _python_for(ids[0]) if ids is not None else None
+    if ids is None or found is None:
+        pytest.skip("no user 'nobody' that can run lineaged here")
+    uid, gid = ids
+    python, env = found
+    base = Path(tempfile.mkdtemp(prefix="lg-unread-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        data = base / "data"
+        data.mkdir()
+        closed = base / "closed"  # nobody may not enter it
+        closed.mkdir(mode=0o700)
+        locked = base / "locked"  # nobody's own, but mode 000
+        locked.mkdir()
+        os.chown(locked, uid, gid)
+        locked.chmod(0)
+        for state in (closed / "state", locked):
+            done = subprocess.run(
+                [python, "-m", "lineaged", "--once", "--state-dir", str(state),
+                 "--watch", f"{data}:data"],
+                env=env, cwd="/", user=uid, group=gid, extra_groups=[],
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            _assert_one_line_error(done, str(state))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
