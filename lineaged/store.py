@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import sqlite_utils
 
+    from lineaged.redact import Redactor
+
 
 import blake3
 
@@ -95,7 +97,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "lineaged.db"
 APP_ID = 0x4C494E45  # "LINE": PRAGMA application_id marks a lineaged database
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
 DIGEST_BYTES = 32
 MIN_PREFIX = 8
@@ -298,9 +300,67 @@ def _migration_row_checksum(db: sqlite_utils.Database) -> None:
         last = rows[-1][0]
 
 
+def _migration_redact_secrets(db: sqlite_utils.Database) -> None:
+    """Secrets recorded before redaction existed (issue 13) are replaced by ``<redacted>``.
+
+    The same rules as for new runs (``lineaged.redact``) over argv, params, the git remote,
+    warnings and environment variables. The store's key lives outside the database, so old
+    values get the plain marker. ``secure_delete`` zeroes the freed bytes in the file.
+    """
+    from lineaged.redact import Redactor
+
+    conn = db.conn
+    secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]
+    conn.execute("PRAGMA secure_delete=ON")
+    try:
+        _redact_stored_runs(conn, Redactor())
+    finally:
+        conn.execute(f"PRAGMA secure_delete={int(secure_delete)}")
+
+
+def _redact_stored_runs(conn: sqlite3.Connection, redactor: Redactor) -> None:
+    rows = conn.execute("SELECT id, argv, params, code, warnings FROM runs").fetchall()
+    for row_id, argv, params, code, warnings in rows:
+        new_argv = json.dumps(list(redactor.argv(json.loads(argv)))) if argv else argv
+        new_params = (
+            json.dumps(redactor.params(json.loads(params)), sort_keys=True) if params else params
+        )
+        new_code = code
+        if code:
+            raw = json.loads(code)
+            remote = redactor.text(raw.get("remote", ""))
+            if remote != raw.get("remote", ""):
+                raw["remote"] = remote
+                new_code = json.dumps(raw, sort_keys=True)
+        new_warnings = (
+            json.dumps(list(redactor.texts(json.loads(warnings)))) if warnings else warnings
+        )
+        if (new_argv, new_params, new_code, new_warnings) != (argv, params, code, warnings):
+            conn.execute(
+                "UPDATE runs SET argv=?, params=?, code=?, warnings=? WHERE id=?",
+                (new_argv, new_params, new_code, new_warnings, row_id),
+            )
+    for env_id, body in conn.execute("SELECT id, body FROM envs").fetchall():
+        raw = json.loads(body)
+        variables = raw.get("variables", {})
+        redacted = redactor.variables(variables, drop_secret=False)
+        if redacted == variables:
+            continue
+        raw["variables"] = redacted
+        new_body = json.dumps(raw, sort_keys=True)
+        digest = _blake3(new_body.encode())
+        same = conn.execute("SELECT id FROM envs WHERE digest=?", (digest,)).fetchone()
+        if same is not None:  # another stored environment already reads the same once redacted
+            conn.execute("UPDATE runs SET env_id=? WHERE env_id=?", (same[0], env_id))
+            conn.execute("DELETE FROM envs WHERE id=?", (env_id,))
+        else:
+            conn.execute("UPDATE envs SET body=?, digest=? WHERE id=?", (new_body, digest, env_id))
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migration_1,
     _migration_row_checksum,
+    _migration_redact_secrets,
 )
 
 

@@ -248,3 +248,39 @@ def test_the_daemon_redacts_what_a_client_did_not(daemon: DaemonProcess) -> None
         warnings = conn.execute("SELECT warnings FROM runs WHERE run_id=?", (first.run_id,))
         assert "token=<redacted:" in warnings.fetchone()[0]
     conn.close()
+
+
+def test_secrets_stored_before_are_scrubbed_by_the_migration(tmp_path: Path) -> None:
+    """A store that already holds secrets (written before redaction existed) is cleaned when
+    it is opened by this lineaged: the values are gone from the file, the runs stay."""
+    from lineaged.store import Store
+
+    db = tmp_path / DB_NAME
+    store = Store.open(db)
+    start = RunStart(
+        name="old",
+        argv=("train", f"--password={SECRETS['argv_eq']}", "--token", SECRETS["argv_next"]),
+        params={"api_key": SECRETS["param"], "lr": "0.1"},
+        code=CodeState(remote=f"https://h/r.git?private_token={SECRETS['query']}"),
+        env=EnvState(variables={"MYSQL_PWD": SECRETS["mysql"], "LANG": "C"}),
+    )
+    store.begin()
+    run_id = store.begin_run(start)  # the store itself, as an old daemon wrote it
+    store.commit()
+    store.close()
+    assert SECRETS["argv_eq"].encode() in db.read_bytes()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version=2")  # as the schema before this migration
+    conn.close()
+    store = Store.open(db)
+    try:
+        run = store.get_run(run_id)
+    finally:
+        store.close()
+    assert run.argv == ("train", "--password=<redacted>", "--token", "<redacted>")
+    assert run.params == {"api_key": "<redacted>", "lr": "0.1"}
+    assert run.code is not None and run.code.remote.endswith("private_token=<redacted>")
+    assert run.env is not None and run.env.variables == {"MYSQL_PWD": "<redacted>", "LANG": "C"}
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(DB_NAME))
+    for label, secret in SECRETS.items():
+        assert secret.encode() not in data, label
