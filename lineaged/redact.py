@@ -134,8 +134,8 @@ _TOKEN_SHAPES = (
     r"\bxox[abposr]-[A-Za-z0-9\-]{10,}",  # Slack
     r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
     r"\bhf_[A-Za-z0-9]{30,}",  # Hugging Face
-    r"\bsk-[A-Za-z0-9_\-]{20,}",  # OpenAI-style keys
-    r"\b(?i:bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}",
+    r"\bsk-(?:proj-)?[A-Za-z0-9_]{20,}",  # OpenAI-style keys (not "sk-learn-...")
+    r"\b(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}",
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
 )
 # Programs whose short options carry a secret: mysql -pSECRET (attached only: "-p x" prompts),

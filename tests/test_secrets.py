@@ -73,6 +73,10 @@ def _store_bytes(state_dir: Path) -> bytes:
             ["curl", "-H", "Authorization: <redacted>"],
         ),
         (["x", "--hf", "hf_" + "a" * 34], ["x", "--hf", "<redacted>"]),
+        (["x", "--key-id", "k1", "--keep", "3"], ["x", "--key-id", "k1", "--keep", "3"]),
+        (["x", "/m/sk-learn-pipeline-version-2.pkl"], ["x", "/m/sk-learn-pipeline-version-2.pkl"]),
+        (["x", "--desc=Basic trainingloop"], ["x", "--desc=Basic trainingloop"]),
+        (["x", "--note", "a=b&c=d"], ["x", "--note", "a=b&c=d"]),
     ],
 )
 def test_client_rules_redact_argv(argv: list[str], expected: list[str]) -> None:
