@@ -96,6 +96,13 @@ _REFERENCE_WORDS = frozenset(
         "helper",
         "cmd",
         "command",
+        "column",
+        "col",
+        "field",
+        "format",
+        "prefix",
+        "bits",
+        "algorithm",
     }
 )
 # Variables named so hold no secret, although a word says otherwise (PWD is the directory).
