@@ -155,8 +155,39 @@ def _words(name: str) -> list[str]:
     return [w for w in _WORD_SPLIT.split(_CAMEL.sub(r"\1_\2", name).lower()) if w]
 
 
+# "key" after one of these is a data key, not a secret: --sort-key, --label-key, join_key.
+_DATA_KEY_WORDS = frozenset(
+    {
+        "sort",
+        "primary",
+        "partition",
+        "group",
+        "join",
+        "merge",
+        "foreign",
+        "cache",
+        "dict",
+        "map",
+        "label",
+        "target",
+        "hash",
+        "shard",
+        "index",
+        "lookup",
+        "row",
+        "unique",
+        "dedup",
+    }
+)
+
+
 def _secret_words(words: Sequence[str]) -> bool:
-    return any(w in _SECRET_WORDS or any(p in w for p in _SECRET_PARTS) for w in words)
+    for index, word in enumerate(words):
+        if word == "key" and index and words[index - 1] in _DATA_KEY_WORDS:
+            continue
+        if word in _SECRET_WORDS or any(part in word for part in _SECRET_PARTS):
+            return True
+    return False
 
 
 def secret_name(name: str) -> bool:

@@ -74,6 +74,11 @@ def _store_bytes(state_dir: Path) -> bytes:
         ),
         (["x", "--hf", "hf_" + "a" * 34], ["x", "--hf", "<redacted>"]),
         (["x", "--key-id", "k1", "--keep", "3"], ["x", "--key-id", "k1", "--keep", "3"]),
+        (["x", "--sort-key", "ts", "--label_key=y"], ["x", "--sort-key", "ts", "--label_key=y"]),
+        (
+            ["x", "--ssh-key", "k", "--api_key=k"],
+            ["x", "--ssh-key", "<redacted>", "--api_key=<redacted>"],
+        ),
         (["x", "/m/sk-learn-pipeline-version-2.pkl"], ["x", "/m/sk-learn-pipeline-version-2.pkl"]),
         (["x", "--desc=Basic trainingloop"], ["x", "--desc=Basic trainingloop"]),
         (["x", "--note", "a=b&c=d"], ["x", "--note", "a=b&c=d"]),
