@@ -119,6 +119,9 @@ class Config:
     max_concurrent_rpcs: int = 64
     once: bool = False
     config_file: str = ""
+    # [redact] names / values: extra secret names (fnmatch) and value regexes (docs/security.md)
+    redact_names: tuple[str, ...] = ()
+    redact_values: tuple[str, ...] = ()
 
     def ignore_rules(self, root: Root) -> IgnoreRules:
         """The default ignore patterns plus the root's own."""
@@ -170,6 +173,7 @@ _TOML_KEYS = {
     "max_message_bytes",
     "max_concurrent_rpcs",
     "roots",
+    "redact",
 }
 
 
@@ -237,9 +241,33 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         max_concurrent_rpcs=int(pick("max_concurrent_rpcs", "max_concurrent_rpcs", 64)),
         once=bool(getattr(args, "once", False)),
         config_file=str(getattr(args, "config", "") or ""),
+        **_redact_from_toml(data.get("redact", {})),
     )
     _validate(config)
     return config
+
+
+def _redact_from_toml(table: Any) -> dict[str, tuple[str, ...]]:
+    """``[redact]`` with ``names`` (fnmatch patterns) and ``values`` (regular expressions)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError("[redact] must be a table with 'names' and/or 'values' lists")
+    unknown = set(table) - {"names", "values"}
+    if unknown:
+        raise ConfigError(f"[redact]: unknown keys {', '.join(sorted(unknown))}")
+    found: dict[str, tuple[str, ...]] = {}
+    for key in ("names", "values"):
+        items = table.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise ConfigError(f"[redact] {key} must be a list of non-empty strings")
+        found[f"redact_{key}"] = tuple(items)
+    for pattern in found["redact_values"]:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"[redact] values: {pattern!r} is not a regular expression: {exc}"
+            ) from None
+    return found
 
 
 def _check_nesting(roots: Sequence[Root]) -> None:

@@ -23,8 +23,10 @@ from types import FrameType
 from lineaged import __version__
 from lineaged.config import Config, load_config
 from lineaged.engine import Engine
-from lineaged.errors import AlreadyRunning, ConfigError, LineageError
+from lineaged.errors import AlreadyRunning, ConfigError, LineageError, StoreError
 from lineaged.models import ScanState
+from lineaged.privacy import PRIVATE_UMASK, secure_state_dir
+from lineaged.redact import KEY_FILE
 from lineaged.sdnotify import Notifier
 from lineaged.store import DB_NAME, Store
 
@@ -100,7 +102,10 @@ class StateLock:
 
     def acquire(self) -> None:
         """Take the lock or raise AlreadyRunning naming the holder's pid."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open the state lock {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -112,8 +117,12 @@ class StateLock:
             raise AlreadyRunning(
                 f"lineaged is already running (pid {holder}) on state directory {self.path.parent}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the lock is ours, the pid note is not written
+            os.close(fd)
+            raise StoreError(f"cannot write the state lock {self.path}: {exc.strerror}") from None
         self._fd = fd
 
     def release(self) -> None:
@@ -145,10 +154,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _prepare_state_dir(state_dir: Path) -> None:
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise ConfigError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
+    # Private whatever it was: the store is every path, digest and command line of the host.
+    secure_state_dir(state_dir, DB_NAME, (LOCK_NAME, KEY_FILE))
     if not os.access(state_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"state directory {state_dir} is not writable")
 
@@ -318,6 +325,8 @@ def _backup(config: Config, dest: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lineaged`` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    # Everything the daemon creates (store, WAL, markers, key, backups) is its user's only.
+    os.umask(PRIVATE_UMASK)
     try:
         if arguments and arguments[0] in ("check", "backup"):
             command = arguments[0]
@@ -340,7 +349,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_once(config)
         return _serve(args, config)
     except LineageError as exc:
-        print(f"lineaged: error: {exc.message}", file=sys.stderr)
+        print(f"lineaged: error: {_one_line(exc.message)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a full disk, a directory that cannot be read, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"lineaged: error: {_one_line(exc.strerror or str(exc))}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # Never a traceback on stderr: one line, and the traceback for whoever asks (debug).
+        log.debug("lineaged failed", exc_info=True)
+        print(f"lineaged: error: {_one_line(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
+        return 1
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) or "failed"

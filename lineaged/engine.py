@@ -21,10 +21,12 @@ from typing import Any
 from lineaged import __version__, hasher
 from lineaged.config import Config
 from lineaged.errors import (
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     PathOutsideRoots,
     ResourceExhausted,
+    StoreError,
 )
 from lineaged.indexer import RACY_NS, Indexer, RootSet, WatchedRoot
 from lineaged.models import (
@@ -46,6 +48,7 @@ from lineaged.models import (
     Version,
 )
 from lineaged.paths import is_normal_path
+from lineaged.redact import Redactor, load_or_create_key
 from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat
 from lineaged.watcher import (
@@ -307,6 +310,46 @@ class Engine:
         self._counts_cache: tuple[float, Counts] | None = None
         self._progress_base = ScanStats()
         self._watch_problem = ""  # set when lost events cannot be detected
+        # The daemon trusts no client to have redacted: every run is redacted again here,
+        # with the store's key (made when the first run arrives).
+        self._redactor: Redactor | None = None
+        self._redactor_lock = threading.Lock()
+        store.on_damage = self._on_row_damage
+
+    def _on_row_damage(self, version_id: int, path: str) -> None:
+        """A version row failed its checksum (any thread, maybe the writer's): the stat cache
+        no longer vouches for the path, and the file is hashed again right after."""
+        if self.roots.tracked(path) is None:
+            return  # outside every root: nothing here to hash again
+        future = self.writer.submit(lambda store: store.distrust(path))
+
+        def rehash() -> None:
+            try:
+                self.indexer.observe({path: ChangeKind.SCAN})
+            except Exception:
+                log.exception("re-hashing %s after store damage failed", path)
+
+        # Hashed on a thread of its own: the callback runs on the writer, which must not hash.
+        future.add_done_callback(
+            lambda _: threading.Thread(target=rehash, name="lineaged-rehash", daemon=True).start()
+        )
+
+    @property
+    def redactor(self) -> Redactor:
+        """The daemon's redaction rules, keyed with the store's secret key."""
+        with self._redactor_lock:
+            if self._redactor is None:
+                config = self.config
+                try:
+                    key = load_or_create_key(config.state_dir)
+                except ConfigError as exc:  # the daemon's state, not the caller's request
+                    raise StoreError(exc.message) from None
+                self._redactor = Redactor(
+                    key=key,
+                    names=config.redact_names,
+                    values=config.redact_values,
+                )
+            return self._redactor
 
     # -- lifecycle
 
@@ -359,7 +402,15 @@ class Engine:
                 watcher.stop()
             with self._problems_lock:
                 self._problems.pop(path, None)
-        self.config = replace(self.config, roots=config.roots, scan_interval=config.scan_interval)
+        self.config = replace(
+            self.config,
+            roots=config.roots,
+            scan_interval=config.scan_interval,
+            redact_names=config.redact_names,
+            redact_values=config.redact_values,
+        )
+        with self._redactor_lock:
+            self._redactor = None  # rebuilt with the new [redact] rules on the next run
         if self._watch_problem:
             self._shorten_scan_interval()
         added = self._register_roots(config.roots)
@@ -717,6 +768,15 @@ class Engine:
             degraded.append(f"store: {self.writer.problem}")
         if self._watch_problem:
             degraded.append(f"watcher: {self._watch_problem}")
+        degraded.extend(f"store: {warning}" for warning in self.store.open_warnings)
+        damaged = self.store.damaged_rows()
+        if damaged:
+            shown = ", ".join(f"{vid} ({path})" for vid, path in sorted(damaged.items())[:5])
+            more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+            degraded.append(
+                f"store: {len(damaged)} damaged version rows refused (failing their checksum): "
+                f"{shown}{more}; restore a backup ('lineaged check' lists them)"
+            )
         return Status(
             version=__version__,
             pid=os.getpid(),
@@ -761,6 +821,7 @@ class Engine:
             raise InvalidArgument("argv has at most 10000 arguments without NUL bytes")
         if start.cwd:
             _check_abs(start.cwd)
+        start = self.redactor.run_start(start)
         run_id = self.writer.call(lambda store: store.begin_run(start))
         run = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=run)])
@@ -927,6 +988,7 @@ class Engine:
             raise InvalidArgument("a run cannot end with status running")
         if len(warnings) > 100 or any(len(w) > 4096 or "\x00" in w for w in warnings):
             raise InvalidArgument("at most 100 warnings of at most 4096 characters")
+        warnings = self.redactor.texts(warnings)
         run = self.store.get_run(run_id)
         if run.status is not RunStatus.RUNNING:
             raise FailedPrecondition(f"run {run.run_id} already ended ({run.status.value})")

@@ -20,6 +20,7 @@ codes; the client maps status codes back to the same classes.
     ├── DeadlineExceeded              DEADLINE_EXCEEDED    exit 1
     ├── StoreError                    INTERNAL             exit 1
     │   └── CorruptStore              INTERNAL             exit 1
+    │       └── DamagedRow            DATA_LOSS            exit 1
     └── HashError                     INTERNAL             exit 1
         └── UnstableFile              INTERNAL             exit 1
 """
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigError",
     "CorruptStore",
     "DaemonUnavailable",
+    "DamagedRow",
     "DeadlineExceeded",
     "FailedPrecondition",
     "HashError",
@@ -153,6 +155,12 @@ class CorruptStore(StoreError):
     """The database file is corrupt or is not a lineaged store; it is left untouched."""
 
 
+class DamagedRow(CorruptStore):
+    """A stored row fails its checksum: it is not served (never a wrong digest)."""
+
+    grpc_status = "DATA_LOSS"
+
+
 class HashError(LineageError):
     """A file could not be hashed."""
 
@@ -171,6 +179,7 @@ _BY_STATUS: dict[str, type[LineageError]] = {
     "FAILED_PRECONDITION": FailedPrecondition,
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
+    "DATA_LOSS": DamagedRow,
 }
 
 

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from lineaged.errors import LineageError, PermissionDenied
+from lineage_client._terminal import escape, terminal_safe
+from lineaged.errors import InvalidArgument, LineageError, PermissionDenied
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -37,7 +38,8 @@ def _render() -> ModuleType:
 
 
 def _emit(args: argparse.Namespace, human: Callable[[], str], data: Callable[[], Any]) -> int:
-    print(_render().dumps(data()) if args.json else human())
+    # Human text: names are escaped field by field; this pass catches anything left over.
+    print(_render().dumps(data()) if args.json else terminal_safe(human()))
     return 0
 
 
@@ -85,11 +87,11 @@ def _lineage(way: str) -> Handler:
         if args.json:
             print(render.dumps(render.graph_json(graph)))
         elif args.format == "dot":
-            print(render.graph_dot(graph, full=args.full))
+            print(terminal_safe(render.graph_dot(graph, full=args.full)))
         elif args.format == "mermaid":
-            print(render.graph_mermaid(graph, full=args.full))
+            print(terminal_safe(render.graph_mermaid(graph, full=args.full)))
         else:
-            print(render.graph_tree(graph, direction, full=args.full))
+            print(terminal_safe(render.graph_tree(graph, direction, full=args.full)))
         return 0
 
     return command
@@ -400,13 +402,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler: Handler = args.handler
             return handler(args, client)
     except LineageError as exc:
-        print(f"Error: {exc.message}", file=sys.stderr)
+        print(f"Error: {terminal_safe(exc.message)}", file=sys.stderr)
         return exc.exit_code
+    except UnicodeError as exc:  # a name that is not UTF-8 cannot go over the wire
+        print(f"Error: not valid UTF-8 text: {escape(str(exc))}", file=sys.stderr)
+        return InvalidArgument.exit_code
     except PermissionError as exc:
         print(f"Error: {PermissionDenied(str(exc)).message}", file=sys.stderr)
         return PermissionDenied.exit_code
     except OSError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {terminal_safe(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -55,6 +55,7 @@ from lineaged.models import (
     Version,
     run_id_time_ns,
 )
+from lineaged.redact import Redactor
 
 __all__ = [
     "Client",
@@ -253,7 +254,16 @@ class Client:
     def _abspath(path: str | os.PathLike[str]) -> str:
         # The daemon stores canonical paths (its roots are resolved, and it never follows a
         # link on a client's behalf), so links are resolved here, where the user's rights apply.
-        return os.path.realpath(os.path.expanduser(os.fspath(path)))
+        resolved = os.path.realpath(os.path.expanduser(os.fspath(path)))
+        if not resolved.isascii():
+            try:
+                resolved.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgument(
+                    f"{os.fsencode(resolved)!r} is not valid UTF-8: lineaged records no such "
+                    "name (it skips them with a warning; see docs/security.md)"
+                ) from None
+        return resolved
 
     def roots(self) -> tuple[Root, ...]:
         """The daemon's watched roots (asked once per client)."""
@@ -488,8 +498,12 @@ class Client:
         until ``PARENT_WAIT`` seconds after its id was made (the id carries the time) before
         the daemon's NotFound is raised: a parent whose BeginRun failed, or a stale variable,
         costs the runs nested later nothing.
+
+        Secrets in argv, params, the git remote and variables are redacted here, before
+        sending (docs/security.md; ``$LINEAGE_REDACT_NAMES`` adds names); the daemon redacts
+        again.
         """
-        request = convert.begin_run_to_pb(start)
+        request = convert.begin_run_to_pb(client_redactor().run_start(start))
         pause = 0.01
         while True:
             try:
@@ -580,6 +594,15 @@ class Client:
         # The daemon sends headers once it is subscribed: after this, no event can be missed.
         call.initial_metadata()
         return EventStream(call, self)
+
+
+REDACT_NAMES_ENV = "LINEAGE_REDACT_NAMES"  # extra comma-separated secret names (fnmatch)
+
+
+def client_redactor() -> Redactor:
+    """The client's redaction rules: the built-in ones plus ``$LINEAGE_REDACT_NAMES``."""
+    extra = os.environ.get(REDACT_NAMES_ENV, "")
+    return Redactor(names=tuple(n.strip() for n in extra.split(",") if n.strip()))
 
 
 class RunRecorder:

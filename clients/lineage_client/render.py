@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lineage_client._terminal import escape
 from lineaged.models import (
     CodeState,
     Direction,
@@ -355,8 +356,8 @@ def status_text(status: Status, *, now: int | None = None) -> str:
         f"lineaged {status.version}  pid {status.pid}  up"
         f" {duration((current - status.started_at) / 1e9)}"
         f"  {'serving' if status.serving else 'starting (initial scan)'}",
-        f"state   {status.state_dir}",
-        f"socket  {status.socket}",
+        f"state   {escape(status.state_dir)}",
+        f"socket  {escape(status.socket)}",
         f"store   {counts.artifacts} files, {counts.versions} versions, {counts.runs} runs,"
         f" {counts.edges} edges",
         f"scan    {scan_line} ({human_size(scan.bytes_hashed)} hashed)",
@@ -364,11 +365,15 @@ def status_text(status: Status, *, now: int | None = None) -> str:
         "roots",
     ]
     rows = [
-        ("  " + str(root.role), root.path, root.health + (" (polling)" if root.polling else ""))
+        (
+            "  " + str(root.role),
+            escape(root.path),
+            escape(root.health) + (" (polling)" if root.polling else ""),
+        )
         for root in status.roots
     ]
     lines.append(table(None, rows) if rows else "  (none)")
-    lines.extend(f"degraded: {reason}" for reason in status.degraded)
+    lines.extend(f"degraded: {escape(reason)}" for reason in status.degraded)
     return "\n".join(lines)
 
 
@@ -388,7 +393,7 @@ def versions_table(
     rows = [
         [
             str(v.id),
-            *([v.path] if with_path else []),
+            *([escape(v.path)] if with_path else []),
             local(v.valid_from),
             local(v.valid_until) if v.valid_until is not None else "now",
             human_size(v.size),
@@ -409,11 +414,11 @@ def runs_table(runs: Sequence[Run], *, full: bool = False) -> str:
     rows = [
         [
             _short_id(r.run_id, full),
-            r.name,
+            escape(r.name),
             str(r.status) + ("" if r.exit_code is None else f" ({r.exit_code})"),
             local(r.started_at),
             duration((r.ended_at - r.started_at) / 1e9) if r.ended_at else "-",
-            shlex.join(r.argv)[:60],
+            escape(shlex.join(r.argv))[:60],
         ]
         for r in runs
     ]
@@ -427,7 +432,7 @@ def _code_line(code: CodeState | None, full: bool) -> str:
         git = "not a git work tree"
     else:
         git = f"{code.commit if full else code.commit[:12]}"
-        git += f" ({code.branch})" if code.branch else " (detached)"
+        git += f" ({escape(code.branch)})" if code.branch else " (detached)"
         if code.dirty:
             git += f" dirty, diff {short(code.diff_digest, full)}"
     return f"code    {git}, {len(code.sources)} source files"
@@ -437,7 +442,8 @@ def _env_line(env: EnvState | None, full: bool) -> str:
     if env is None:
         return "env     unknown"
     return (
-        f"env     {env.implementation} {env.python_version} on {env.platform},"
+        f"env     {escape(env.implementation)} {escape(env.python_version)}"
+        f" on {escape(env.platform)},"
         f" {len(env.packages)} packages {short(env.packages_digest, full)}"
     )
 
@@ -445,27 +451,32 @@ def _env_line(env: EnvState | None, full: bool) -> str:
 def run_detail_text(run: Run, graph: Graph, *, full: bool = False, diff: bool = False) -> str:
     """``lineage show RUN``."""
     lines = [
-        f"run     {run.run_id}  {run.name}",
+        f"run     {run.run_id}  {escape(run.name)}",
         f"status  {run.status}" + ("" if run.exit_code is None else f" (exit {run.exit_code})"),
         f"started {local(run.started_at)}  ended {local(run.ended_at)}",
-        f"command {shlex.join(run.argv)}",
-        f"cwd     {run.cwd}",
-        f"by      {run.user}@{run.host} pid {run.pid}",
+        f"command {escape(shlex.join(run.argv))}",
+        f"cwd     {escape(run.cwd)}",
+        f"by      {escape(run.user)}@{escape(run.host)} pid {run.pid}",
         _code_line(run.code, full),
         _env_line(run.env, full),
     ]
     if run.parent_run_id:
-        lines.append(f"parent  {run.parent_run_id}")
-    lines.extend(f"params  {key}={value}" for key, value in sorted(run.params.items()))
-    lines.extend(f"warning {warning}" for warning in run.warnings)
+        lines.append(f"parent  {escape(run.parent_run_id)}")
+    lines.extend(
+        f"params  {escape(key)}={escape(value)}" for key, value in sorted(run.params.items())
+    )
+    lines.extend(f"warning {escape(warning)}" for warning in run.warnings)
     inputs, outputs = _split_io(run.run_id, graph)
     for title, pairs in (("inputs", inputs), ("outputs", outputs)):
         lines.append(f"{title} ({len(pairs)})")
         for version, edge in sorted(pairs, key=lambda pair: pair[0].path):
             note = " (changed during the run)" if edge.changed_during_run else ""
-            lines.append(f"  {short(version.digest, full)}  {version.path}  [{edge.how}]{note}")
+            lines.append(
+                f"  {short(version.digest, full)}  {escape(version.path)}  [{edge.how}]{note}"
+            )
     if diff and run.code is not None and run.code.diff:
-        lines.extend(["diff", run.code.diff.decode("utf-8", "replace").rstrip("\n")])
+        text = run.code.diff.decode("utf-8", "replace").rstrip("\n")
+        lines.extend(["diff", *(escape(line) for line in text.split("\n"))])
     return "\n".join(lines)
 
 
@@ -476,7 +487,7 @@ def verify_text(items: Sequence[VerifyItem], *, full: bool = False) -> str:
     rows = [
         [
             str(i.state).upper(),
-            i.path,
+            escape(i.path),
             short(i.recorded_digest, full),
             short(i.current_digest, full) if i.state is VerifyState.CHANGED else "",
         ]
@@ -493,7 +504,7 @@ def verify_text(items: Sequence[VerifyItem], *, full: bool = False) -> str:
 def _version_label(version: Version, full: bool) -> str:
     until = "" if version.valid_until is None else f" until {local(version.valid_until)}"
     return (
-        f"{version.path}  {short(version.digest, full)}  {human_size(version.size)}"
+        f"{escape(version.path)}  {short(version.digest, full)}  {human_size(version.size)}"
         f"  [version {version.id}, {local(version.valid_from)}{until}]"
     )
 
@@ -506,8 +517,8 @@ def _run_label(run: Run, full: bool) -> str:
         else ""
     )
     return (
-        f"run {_short_id(run.run_id, full)} {run.name!r} {run.status}{exit_text}"
-        f"  {local(run.started_at)}{commit}  $ {shlex.join(run.argv)[:80]}"
+        f"run {_short_id(run.run_id, full)} {escape(repr(run.name))} {run.status}{exit_text}"
+        f"  {local(run.started_at)}{commit}  $ {escape(shlex.join(run.argv))[:80]}"
     )
 
 
@@ -578,10 +589,14 @@ def graph_tree(graph: Graph, direction: Direction, *, full: bool = False) -> str
 def _nodes(graph: Graph, full: bool) -> list[tuple[str, str, str]]:
     """(node id, kind, label) for every node."""
     return [
-        (version_node_id(v.id), "version", f"{v.path}\n{short(v.digest, full)}")
+        (version_node_id(v.id), "version", f"{escape(v.path)}\n{short(v.digest, full)}")
         for v in graph.versions
     ] + [
-        (run_node_id(r.run_id), "run", f"{r.name} ({r.status})\nrun {_short_id(r.run_id, full)}")
+        (
+            run_node_id(r.run_id),
+            "run",
+            f"{escape(r.name)} ({r.status})\nrun {_short_id(r.run_id, full)}",
+        )
         for r in graph.runs
     ]
 

@@ -159,6 +159,20 @@ def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
     return accesses
 
 
+def _text_paths(accesses: list[Access]) -> tuple[list[Access], int]:
+    """The accesses whose paths are UTF-8 (the others cannot be sent), and how many were not."""
+    kept = [a for a in accesses if a.path.isascii() or _is_utf8(a.path)]
+    return kept, len(accesses) - len(kept)
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_daemon(args: argparse.Namespace) -> None:
     """Raise what the first call would when no daemon listens on the Unix socket, before the
     command starts (as when ``lineage run`` connected first); TCP targets are not probed."""
@@ -286,8 +300,10 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
             on_poll=begun.offer,
         )
         daemon_dirs()  # the command could not start: the thread still ran
+        from lineage_client._terminal import escape
+
         for warning in [*begun.notes, *captured.warnings]:
-            print(f"lineage: warning: {warning}", file=sys.stderr)
+            print(f"lineage: warning: {escape(warning)}", file=sys.stderr)
         return _record(run_id, begun, captured)
     finally:
         if begun.client is not None:
@@ -308,7 +324,14 @@ def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
     # (and any read whose final form differs) goes now.
     sent = begun.streamer.finish() if begun.streamer is not None else {}
     try:
-        accesses = _accesses(status.roots, captured)
+        accesses, undecodable = _text_paths(_accesses(status.roots, captured))
+        if undecodable:
+            note = (
+                f"{undecodable} accessed files have names that are not UTF-8 and were not "
+                "recorded (see docs/security.md)"
+            )
+            print(f"lineage: warning: {note}", file=sys.stderr)
+            begun.warnings.append(note)
         rest = unsent(accesses, sent)
         if rest:
             client.record_accesses(run_id, rest)

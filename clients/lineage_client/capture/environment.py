@@ -18,6 +18,7 @@ import blake3
 
 from lineage_client.capture import _envprobe
 from lineaged.models import EnvState
+from lineaged.redact import SECRET_VARIABLE_MARKERS, Redactor, secret_variable
 
 __all__ = ["DEFAULT_ALLOWLIST", "SECRET_MARKERS", "env_state", "looks_secret"]
 
@@ -56,24 +57,13 @@ DEFAULT_ALLOWLIST: tuple[str, ...] = (
     "TZ",
 )
 
-SECRET_MARKERS: tuple[str, ...] = (
-    "TOKEN",
-    "SECRET",
-    "KEY",
-    "PASSWORD",
-    "PASSWD",
-    "CREDENTIAL",
-    "AUTH",
-    "PRIVATE",
-    "SESSION",
-    "COOKIE",
-)
+SECRET_MARKERS: tuple[str, ...] = SECRET_VARIABLE_MARKERS
 
 
 def looks_secret(name: str) -> bool:
-    """Whether a variable name looks like it holds a secret (never recorded)."""
-    upper = name.upper()
-    return any(marker in upper for marker in SECRET_MARKERS)
+    """Whether a variable name looks like it holds a secret (never recorded): a marker of
+    ``SECRET_MARKERS`` or a word such as ``PWD`` or ``JWT`` (``lineaged.redact``)."""
+    return secret_variable(name)
 
 
 def _variables(allowlist: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
@@ -83,7 +73,8 @@ def _variables(allowlist: Sequence[str], environ: Mapping[str, str]) -> dict[str
             continue
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in allowlist):
             chosen[name] = value
-    return dict(sorted(chosen.items()))
+    # Values too: DATABASE_URL=postgres://u:PASSWORD@..., HTTPS_PROXY=http://u:p@proxy.
+    return Redactor().variables(dict(sorted(chosen.items())), drop_secret=True)
 
 
 def _describe(python: str | None, environ: Mapping[str, str]) -> dict[str, object]:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import blake3
 
 from lineaged.models import CodeState
+from lineaged.redact import Redactor
 
 __all__ = ["DEFAULT_DIFF_CAP", "git_state", "strip_credentials"]
 
@@ -89,7 +90,10 @@ def _remote_url(top: str) -> str:
     if not names:
         return ""
     name = "origin" if "origin" in names else names[0]
-    return strip_credentials(_text(_git(top, "remote", "get-url", name, check=False)))
+    # Userinfo is dropped; a token in the query (?private_token=...) is redacted.
+    return Redactor().text(
+        strip_credentials(_text(_git(top, "remote", "get-url", name, check=False)))
+    )
 
 
 def _diff(top: str, base: str, cap: int) -> tuple[bytes, int, str]:
