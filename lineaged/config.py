@@ -119,6 +119,7 @@ class Config:
     max_concurrent_rpcs: int = 64
     once: bool = False
     config_file: str = ""
+    openlineage: Mapping[str, Any] | None = None  # the [openlineage] table (ol_delivery.py)
 
     def ignore_rules(self, root: Root) -> IgnoreRules:
         """The default ignore patterns plus the root's own."""
@@ -170,6 +171,7 @@ _TOML_KEYS = {
     "max_message_bytes",
     "max_concurrent_rpcs",
     "roots",
+    "openlineage",
 }
 
 
@@ -237,6 +239,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         max_concurrent_rpcs=int(pick("max_concurrent_rpcs", "max_concurrent_rpcs", 64)),
         once=bool(getattr(args, "once", False)),
         config_file=str(getattr(args, "config", "") or ""),
+        openlineage=data.get("openlineage"),
     )
     _validate(config)
     return config

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineaged import __version__, hasher
 from lineaged.config import Config
@@ -50,6 +50,9 @@ from lineaged.paths import is_normal_path
 from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat
 from lineaged.watcher import POLL_SECONDS, OverflowDetector, Pipeline, RootWatcher, root_identity
+
+if TYPE_CHECKING:
+    from lineaged.ol_delivery import OpenLineageDelivery
 
 __all__ = ["MAX_ACCESSES", "MAX_DEPTH", "MAX_NODES", "MAX_PAGE", "Engine", "Subscription"]
 
@@ -299,6 +302,16 @@ class Engine:
         self._progress_listeners: list[Callable[[ScanState], None]] = []
         self._counts_cache: tuple[float, Counts] | None = None
         self._progress_base = ScanStats()
+        self.openlineage = self._openlineage_delivery(config)
+
+    def _openlineage_delivery(self, config: Config) -> OpenLineageDelivery | None:
+        """The OpenLineage sender when something configures one (ol_delivery.py)."""
+        from lineaged.ol_delivery import OpenLineageDelivery, settings_from
+
+        settings = settings_from(config.openlineage, os.environ)
+        if settings is None:
+            return None
+        return OpenLineageDelivery(self.store, self.writer, settings)
 
     # -- lifecycle
 
@@ -306,6 +319,9 @@ class Engine:
         """Start the writer, register the roots, start watching and the initial scan."""
         self.writer.start()
         self._register_roots(self.config.roots)
+        if self.openlineage is not None:
+            self.store.openlineage_outbox = True
+            self.openlineage.start()
         if watch:
             self._overflow.__enter__()
             self.pipeline.start()
@@ -326,6 +342,8 @@ class Engine:
             self._scan_thread.join()
         self.pipeline.stop()
         self._overflow.__exit__()
+        if self.openlineage is not None:
+            self.openlineage.stop()  # before the writer: it marks what it delivered
         self.writer.stop()
 
     def run_once(self) -> ScanStats:
@@ -694,6 +712,10 @@ class Engine:
             degraded.extend(f"{r.path}: {reason}" for reason in reasons)
         if self.writer.problem:
             degraded.append(f"store: {self.writer.problem}")
+        openlineage, backlog, error = "", 0, ""
+        if self.openlineage is not None:
+            openlineage = self.openlineage.transport
+            backlog, error = self.openlineage.backlog()
         return Status(
             version=__version__,
             pid=os.getpid(),
@@ -706,6 +728,26 @@ class Engine:
             queue_depth=self.pipeline.depth + self.writer.depth,
             serving=self._serving,
             degraded=tuple(degraded),
+            openlineage=openlineage,
+            openlineage_backlog=backlog,
+            openlineage_error=error,
+        )
+
+    def export_openlineage(self, run_ids: Sequence[str], since: int | None) -> Iterator[str]:
+        """The OpenLineage events (JSON) of the named runs, or of every run started at or
+        after ``since`` (all runs when neither is given), oldest first: START, then the end."""
+        from lineaged.ol_delivery import export_events
+
+        if run_ids:
+            wanted = [self.store.get_run(run_id).run_id for run_id in run_ids]
+        else:
+            wanted = self.store.openlineage_runs(since)
+        delivery = self.openlineage
+        return export_events(
+            self.store,
+            delivery.settings.namespace if delivery is not None else "",
+            wanted,
+            client=delivery.client if delivery is not None else None,
         )
 
     # -- versions
@@ -739,6 +781,8 @@ class Engine:
         if start.cwd:
             _check_abs(start.cwd)
         run_id = self.writer.call(lambda store: store.begin_run(start))
+        if self.openlineage is not None:
+            self.openlineage.wake()
         run = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=run)])
         return run
@@ -928,6 +972,8 @@ class Engine:
             )
 
         self.writer.call(job)
+        if self.openlineage is not None:
+            self.openlineage.wake()
         finished = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=finished)])
         return finished

@@ -105,8 +105,9 @@ def test_status_human_and_json_before_or_after_the_command(lineage, module_daemo
         assert code == 0 and data["pid"] == module_daemon.proc.pid and data["serving"] is True
         assert set(data) == {
             "version", "pid", "started_at", "uptime_seconds", "serving", "state_dir", "socket",
-            "roots", "counts", "scan", "queue_depth", "degraded",
+            "roots", "counts", "scan", "queue_depth", "degraded", "openlineage",
         }  # fmt: skip
+        assert data["openlineage"] == {"transport": None, "backlog": 0, "last_error": None}
         assert {r["role"] for r in data["roots"]} == {"data", "model"}
         assert RFC3339.fullmatch(data["started_at"])
 
@@ -275,7 +276,7 @@ def test_run_command_is_registered_only_when_runcmd_exists() -> None:
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command_name").choices
     assert commands is not None
-    expected = {"status", "log", "where", "trace", "impact", "runs", "show", "verify"}
+    expected = {"status", "log", "where", "trace", "impact", "runs", "show", "verify", "export"}
     if importlib.util.find_spec("lineage_client.runcmd") is not None:
         expected.add("run")
     assert set(commands) == expected

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from lineaged.errors import LineageError, PermissionDenied
+from lineaged.errors import InvalidArgument, LineageError, PermissionDenied
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -138,6 +138,16 @@ def _verify(args: argparse.Namespace, client: Client) -> int:
     )
     bad = any(i.state in (VerifyState.CHANGED, VerifyState.MISSING) for i in items)
     return 1 if bad else 0
+
+
+def _export(args: argparse.Namespace, client: Client) -> int:
+    if not args.openlineage:
+        raise InvalidArgument("say what to export: lineage export --openlineage")
+    out = sys.stdout
+    for line in client.export_openlineage(args.runs, since=args.since):
+        out.write(line + "\n")
+    out.flush()
+    return 0
 
 
 # --- parser ------------------------------------------------------------------------------
@@ -332,6 +342,18 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
         "target", help="PATH, PATH@TIME, a digest or prefix, a run id, or version:N"
     )
     verify.set_defaults(handler=_verify)
+
+    export = sub.add_parser(
+        "export", parents=[common], help="recorded runs in another format (a backfill)"
+    )
+    export.add_argument(
+        "--openlineage",
+        action="store_true",
+        help="OpenLineage RunEvents (spec 2-0-2) as NDJSON, as the daemon sends them",
+    )
+    export.add_argument("--since", metavar="TIME", help="runs started at or after TIME")
+    export.add_argument("runs", nargs="*", metavar="RUN", help="run ids or unique prefixes")
+    export.set_defaults(handler=_export)
 
     _add_run_command(sub, common)
     return parser

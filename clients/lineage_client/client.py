@@ -569,6 +569,23 @@ class Client:
         )
         return RunRecorder(self, start)
 
+    def export_openlineage(
+        self, run_ids: Sequence[str] = (), *, since: int | str | dt.datetime | None = None
+    ) -> Iterator[str]:
+        """The OpenLineage events (one JSON document each) of the named runs, else of the runs
+        started at or after ``since``, else of every run; oldest first (no deadline)."""
+        request = pb.ExportOpenLineageRequest(run_ids=list(run_ids))
+        if since is not None:
+            request.since.seconds, request.since.nanos = divmod(parse_time(since), 1_000_000_000)
+        call = self._stub.ExportOpenLineage(request, metadata=self._metadata)
+        try:
+            for message in call:
+                yield message.json
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            call.cancel()
+
     def subscribe(self, path_prefix: str = "") -> EventStream:
         """Stream new versions and run events under ``path_prefix`` (no deadline)."""
         prefix = self._abspath(path_prefix) if path_prefix else ""
