@@ -441,6 +441,10 @@ class Client:
         if not text or "\x00" in text:
             raise InvalidArgument(f"{target!r} is not a path, digest or run id")
         kind, _, rest = text.partition(":")
+        if kind in ("mlflow", "runs", "models") and rest:
+            from lineage_client import mlflow_bridge  # imports MLflow: only for its names
+
+            return [StartNode(run_id=mlflow_bridge.lineage_run_id(text))]
         if kind == "run" and rest:
             return [StartNode(run_id=rest)]
         if kind == "version" and rest.isdigit():
