@@ -838,6 +838,8 @@ class Engine:
             elif access.digest and not under_root:
                 external.append(access)
         self.store.get_run(run_id)  # NotFound early, before hashing anything
+        if self.openlineage is not None:
+            self.openlineage.busy()
         linked = self._read_versions(reads, facts)
 
         # A read tied to a version is its edge; only what is not (writes, resolved at the run's

@@ -138,6 +138,7 @@ class OutboxEntry:
     run_id: str
     phase: str
     attempts: int
+    queued_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -1593,7 +1594,7 @@ class Store:
         """The oldest undelivered outbox entries, in the order they were queued."""
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT o.id, r.run_id, o.phase, o.attempts FROM openlineage_outbox o "
+                "SELECT o.id, r.run_id, o.phase, o.attempts, o.queued_at FROM openlineage_outbox o "
                 "JOIN runs r ON r.id=o.run_id WHERE o.delivered_at IS NULL ORDER BY o.id LIMIT ?",
                 (limit,),
             ).fetchall()

@@ -419,3 +419,24 @@ def test_the_daemon_refuses_a_bad_openlineage_section(tmp_path: Path) -> None:
             Engine(config, store)
     finally:
         store.close()
+
+
+def test_sending_waits_for_a_pause_in_recording_but_not_forever(tmp_path: Path) -> None:
+    import time
+
+    from lineaged.ol_delivery import QUIET_SECONDS, OpenLineageDelivery, OpenLineageSettings
+    from lineaged.store import Store, Writer
+
+    store = Store.open(tmp_path / "lineaged.db")
+    try:
+        settings = OpenLineageSettings(source="test", max_delay_seconds=60)
+        delivery = OpenLineageDelivery(store, Writer(store), settings, client=object())
+        now = time.time_ns()
+        assert delivery._may_send(now)  # nothing recorded yet: idle
+        delivery.busy()
+        assert not delivery._may_send(now)  # a run is being recorded: wait
+        assert delivery._may_send(now - 61 * 10**9)  # but not past max_delay_seconds
+        delivery._last_activity -= QUIET_SECONDS  # recording paused
+        assert delivery._may_send(now)
+    finally:
+        store.close()
