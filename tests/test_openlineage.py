@@ -440,3 +440,28 @@ def test_sending_waits_for_a_pause_in_recording_but_not_forever(tmp_path: Path) 
         assert delivery._may_send(now)
     finally:
         store.close()
+
+
+def test_configured_as_openlineage_python_is_file_transport(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No lineaged config at all: OPENLINEAGE_CONFIG names an openlineage.yml (file transport)."""
+    events = tmp_path / "events.ndjson"
+    yml = tmp_path / "openlineage.yml"
+    yml.write_text(f"transport:\n  type: file\n  log_file_path: {events}\n  append: true\n")
+    monkeypatch.setenv("OPENLINEAGE_CONFIG", str(yml))
+    monkeypatch.setenv("OPENLINEAGE_NAMESPACE", "team-a")
+    daemon = make_daemon()
+    client = daemon.client()
+    run = client.begin_run(RunStart(name="step", argv=("true",)))
+    client.end_run(run.run_id, status=RunStatus.SUCCEEDED, exit_code=0)
+    lines = wait_for(
+        lambda: events.exists() and len(events.read_text().splitlines()) >= 2 and events,
+        what="two events in the file",
+    )
+    sent = [json.loads(line) for line in Path(str(lines)).read_text().splitlines()]
+    assert [e["eventType"] for e in sent] == ["START", "COMPLETE"]
+    assert {e["job"]["namespace"] for e in sent} == {"team-a"}
+    for event in sent:
+        check_event(event)
+    assert client.status().openlineage == "file"
