@@ -465,3 +465,29 @@ def test_configured_as_openlineage_python_is_file_transport(
     for event in sent:
         check_event(event)
     assert client.status().openlineage == "file"
+
+
+def test_a_store_of_schema_1_gets_the_outbox(tmp_path: Path) -> None:
+    import sqlite3
+
+    from lineaged.store import SCHEMA_VERSION, Store
+
+    db = tmp_path / "lineaged.db"
+    Store.open(db).close()
+    with sqlite3.connect(db) as conn:  # as lineaged before this migration left it
+        conn.execute("DROP TABLE openlineage_outbox")
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    store = Store.open(db)
+    try:
+        store.openlineage_outbox = True
+        store.begin()
+        run_id = store.begin_run(RunStart(name="x", started_at=1))
+        store.commit()
+        assert [(e.run_id, e.phase) for e in store.openlineage_pending(10)] == [(run_id, "start")]
+        assert store.openlineage_backlog() == (1, "")
+    finally:
+        store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()
