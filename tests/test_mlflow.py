@@ -10,24 +10,26 @@ whole flow is one test.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sklearn")
-pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
-
-from lineaged.errors import InvalidArgument, NotFound
 from tests.conftest import DaemonProcess, short_tmp_dir
 from tests.helpers import b3
 from tests.test_pipeline import git, write_raw
+
+pytest.importorskip("sklearn")
+# Not importorskip: importing MLflow changes the process (see CHECK); it runs in subprocesses.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed"
+)
 
 TRAIN = """
 import csv
@@ -80,7 +82,7 @@ def project() -> Iterator[tuple[DaemonProcess, Path]]:
 
 @pytest.mark.timeout(1200)  # MLflow starts slowly on a busy 2-core machine (4.5 min seen)
 def test_mlflow_run_under_lineage_run_and_trace_of_the_registered_model(
-    project: tuple[DaemonProcess, Path], monkeypatch: pytest.MonkeyPatch
+    project: tuple[DaemonProcess, Path],
 ) -> None:
     daemon, repo = project
     write_raw(repo / "data" / "train.csv", drop_every=13)
@@ -98,26 +100,19 @@ def test_mlflow_run_under_lineage_run_and_trace_of_the_registered_model(
     mlflow_id = result.stdout.split("MLFLOW_RUN ", 1)[1].split()[0]
     assert f"lineage: MLflow run {mlflow_id}" in result.stderr
 
-    from mlflow import MlflowClient
-
-    with warnings.catch_warnings():  # MLflow's own deprecation notices are not ours to fail on
-        warnings.simplefilter("ignore")
-        run = MlflowClient(tracking_uri=tracking).get_run(mlflow_id)
-    tags = run.data.tags
+    found = json.loads(_in_subprocess(CHECK, repo, env, str(daemon.socket), mlflow_id))
+    tags = found["tags"]
     assert tags["lineage.run_id"] == lineage_id
     assert tags["lineage.git.commit"] == git(repo, "rev-parse", "HEAD")
     assert tags["lineage.git.dirty"] == "true"
     assert tags["lineage.status"] == "succeeded"
     model_digest = b3((repo / "models" / "model.pkl").read_bytes())
     assert f"blake3:{model_digest} {repo / 'models' / 'model.pkl'}" in tags["lineage.outputs"]
-    inputs = {
-        d.dataset.name: (d.dataset, {t.key: t.value for t in d.tags})
-        for d in run.inputs.dataset_inputs
-    }
-    dataset, input_tags = inputs[str(repo / "data" / "train.csv")]
-    assert dataset.digest == data_digest[:32]  # MLflow caps digests at 36 characters
-    assert input_tags["lineage.digest"] == f"blake3:{data_digest}"
-    assert json.loads(dataset.source) == {"uri": str(repo / "data" / "train.csv")}
+    inputs = {d["name"]: d for d in found["inputs"]}
+    dataset = inputs[str(repo / "data" / "train.csv")]
+    assert dataset["digest"] == data_digest[:32]  # MLflow caps digests at 36 characters
+    assert dataset["tags"]["lineage.digest"] == f"blake3:{data_digest}"
+    assert json.loads(dataset["source"]) == {"uri": str(repo / "data" / "train.csv")}
     assert all(not name.endswith(".py") for name in inputs)  # code is not a dataset
 
     # From the other side: the registered model traces to the data (the CLI, as a user would).
@@ -128,23 +123,57 @@ def test_mlflow_run_under_lineage_run_and_trace_of_the_registered_model(
     )  # fmt: skip
     assert traced.returncode == 0, traced.stderr
     graph = json.loads(traced.stdout)
-    found = {n["path"]: n["digest"] for n in graph["nodes"] if n["kind"] == "version"}
-    assert found[str(repo / "data" / "train.csv")] == data_digest
+    versions = {n["path"]: n["digest"] for n in graph["nodes"] if n["kind"] == "version"}
+    assert versions[str(repo / "data" / "train.csv")] == data_digest
     assert any(n["kind"] == "run" and n["run_id"] == lineage_id for n in graph["nodes"])
+    # The MLflow run by id, through the Python client, and names that resolve to nothing.
+    assert data_digest in found["traced_run"]
+    assert found["errors"] == {
+        "models:/iris/7": ["NotFound", True],
+        "mlflow:0123456789abcdef0123456789abcdef": ["NotFound", True],
+        "models:/iris": ["InvalidArgument", True],
+    }
 
-    # The MLflow run by id, and names that resolve to nothing (MLflow imported once, here).
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    client = daemon.client()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph_of_run = client.trace(f"mlflow:{mlflow_id}")
-        assert data_digest in {v.digest for v in graph_of_run.versions}
-        with pytest.raises(NotFound, match="no registered model version"):
-            client.trace("models:/iris/7")
-        with pytest.raises(NotFound, match="no MLflow run"):
-            client.trace("mlflow:0123456789abcdef0123456789abcdef")
-        with pytest.raises(InvalidArgument):
-            client.trace("models:/iris")
+
+# What the test reads from MLflow, in a process of its own: importing MLflow installs an
+# importlib.metadata finder of its own (the importlib_metadata backport) and logging handlers
+# that other tests of this session must not inherit.
+CHECK = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+from mlflow import MlflowClient
+from lineage_client import Client
+from lineaged.errors import LineageError
+
+socket, run_id = sys.argv[1:]
+run = MlflowClient().get_run(run_id)
+inputs = [
+    {"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source,
+     "tags": {t.key: t.value for t in d.tags}}
+    for d in run.inputs.dataset_inputs
+]
+expected = {"models:/iris/7": "no registered model version",
+            "mlflow:0123456789abcdef0123456789abcdef": "no MLflow run", "models:/iris": "VERSION"}
+errors = {}
+with Client(socket=socket) as client:
+    traced_run = [v.digest for v in client.trace("mlflow:" + run_id).versions]
+    for target, words in expected.items():
+        try:
+            client.trace(target)
+        except LineageError as exc:
+            errors[target] = [type(exc).__name__, words in exc.message]
+print(json.dumps({"tags": run.data.tags, "inputs": inputs, "traced_run": traced_run,
+                  "errors": errors}))
+"""
+
+
+def _in_subprocess(script: str, cwd: Path, env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True, text=True, timeout=900, cwd=cwd, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
 
 
 def test_mlflow_names_need_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
