@@ -113,12 +113,18 @@ class LineageServer:
         self.failed = 0
         self.fail_first = fail_first
         self.down = False
+        self.hold = threading.Event()  # cleared: requests wait for it (a slow server)
+        self.hold.set()
+        self.waiting = threading.Event()  # set while a request waits on hold
         self.lock = threading.Lock()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if not server.hold.is_set():
+                    server.waiting.set()
+                    server.hold.wait(60)
                 with server.lock:
                     refuse = server.down or server.fail_first > 0
                     if refuse:
@@ -143,6 +149,7 @@ class LineageServer:
             return list(self.events)
 
     def close(self) -> None:
+        self.hold.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join()
@@ -155,7 +162,7 @@ def lineage_server() -> Iterator[LineageServer]:
     server.close()
 
 
-def ol_config(base: Path, url: str, **extra: str) -> Path:
+def ol_config(base: Path, url: str, *, timeout: int = 5, **extra: str) -> Path:
     """A lineaged TOML config sending events over HTTP to ``url`` (no retries inside the
     transport: the daemon's own backoff is what is tested)."""
     base.mkdir(parents=True, exist_ok=True)
@@ -167,7 +174,7 @@ def ol_config(base: Path, url: str, **extra: str) -> Path:
         "[openlineage.transport]",
         'type = "http"',
         f'url = "{url}"',
-        "timeout = 5",
+        f"timeout = {timeout}",
         "retry = { total = 0 }",
     ]
     path = base / "lineaged.toml"
@@ -347,6 +354,28 @@ def test_server_down_then_flaky_retries_in_order_once_across_restart(
             first.proc.kill()
             first.proc.wait()
         server.close()
+
+
+def test_a_slow_server_never_holds_recording_up(
+    make_daemon: Callable[..., DaemonProcess], lineage_server: LineageServer, tmp_path: Path
+) -> None:
+    lineage_server.hold.clear()  # every request waits until the test lets it go
+    # A transport timeout longer than the hold: a request the server answers after the
+    # client gave up would be sent again (see docs/openlineage.md), and counted twice here.
+    config = ol_config(tmp_path, lineage_server.url, timeout=120, max_delay_seconds="0")
+    daemon = make_daemon("--config", str(config))
+    client = daemon.client()
+    first = client.begin_run(RunStart(name="first", argv=("true",)))
+    assert lineage_server.waiting.wait(30)  # the daemon is stuck sending first's START
+    runs = _record_pipeline(daemon)  # four more runs, recorded while it is stuck
+    client.end_run(first.run_id, status=RunStatus.SUCCEEDED, exit_code=0)
+    assert all(run.status is not RunStatus.RUNNING for run in runs.values())
+    assert lineage_server.received() == []
+    assert client.status().openlineage_backlog >= 9
+    lineage_server.hold.set()
+    events = wait_for(lambda: len(lineage_server.received()) >= 10 and lineage_server.received())
+    assert isinstance(events, list) and len(events) == 10
+    assert events[0]["job"]["name"] == "first" and events[0]["eventType"] == "START"
 
 
 def test_recording_goes_on_with_a_dead_endpoint(
