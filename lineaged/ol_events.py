@@ -110,6 +110,8 @@ class LineagedCodeJobFacet(JobFacet):
     """The code a run ran that sourceCodeLocation cannot say: dirty flag, diff, sources."""
 
     dirty: bool
+    commit: str | None = attr.field(default=None)
+    branch: str | None = attr.field(default=None)
     diffDigest: str | None = attr.field(default=None)
     untracked: int = attr.field(default=0)
     sources: list[SourceFileDigest] = attr.field(factory=list)
@@ -174,6 +176,8 @@ def _job(run: Run, namespace: str, phase: str) -> event_v2.Job:
     if code is not None:
         facets["lineaged_code"] = LineagedCodeJobFacet(
             dirty=code.dirty,
+            commit=code.commit or None,  # also without a remote (no sourceCodeLocation then)
+            branch=code.branch or None,
             diffDigest=f"blake3:{code.diff_digest}" if code.diff_digest else None,
             untracked=len(code.untracked),
             sources=[SourceFileDigest(s.path, f"blake3:{s.digest}") for s in code.sources],

@@ -278,6 +278,7 @@ def test_daemon_sends_valid_events_of_every_run(
     assert "secret" not in json.dumps(parent)
     assert location["version"] == "0" * 40
     assert parent["job"]["facets"]["lineaged_code"]["dirty"] is True
+    assert parent["job"]["facets"]["lineaged_code"]["commit"] == "0" * 40
     assert parent["job"]["facets"]["jobType"]["integration"] == "LINEAGED"
     assert parent["run"]["facets"]["executionParameters"]["parameters"] == [
         {"key": "epochs", "value": "3"}
