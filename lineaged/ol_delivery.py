@@ -168,6 +168,11 @@ def make_client(settings: OpenLineageSettings) -> Any:
     config["facets"] = facets
     try:
         return OpenLineageClient(config=config)
+    except ImportError as exc:  # a transport's own dependency, e.g. confluent-kafka for kafka
+        raise ConfigError(
+            f"OpenLineage configuration ({settings.source}): the transport needs a package "
+            f"that is not installed ({exc}); e.g. pip install 'openlineage-python[kafka]'"
+        ) from None
     except Exception as exc:  # its factories raise ValueError, TypeError, KeyError, ...
         raise ConfigError(f"OpenLineage configuration ({settings.source}): {exc}") from None
 

@@ -433,19 +433,25 @@ def test_a_status_nobody_mapped_ends_as_abort() -> None:
     assert ol_events.run_uuid("1" * 32, run.started_at) != event["run"]["runId"]
 
 
-def test_the_daemon_refuses_a_bad_openlineage_section(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("transport", "words"),
+    [
+        ({"type": "no-such-transport"}, "OpenLineage configuration"),
+        ({"type": "http", "url": "not a url"}, "OpenLineage configuration"),
+    ],
+)
+def test_the_daemon_refuses_a_bad_openlineage_section(
+    tmp_path: Path, transport: dict[str, str], words: str
+) -> None:
     from lineaged.engine import Engine
     from lineaged.store import Store
 
     config = Config(
-        roots=(),
-        state_dir=tmp_path,
-        socket=tmp_path / "s",
-        openlineage={"transport": {"type": "no-such-transport"}},
+        roots=(), state_dir=tmp_path, socket=tmp_path / "s", openlineage={"transport": transport}
     )
     store = Store.open(tmp_path / "lineaged.db")
     try:
-        with pytest.raises(ConfigError, match="OpenLineage"):
+        with pytest.raises(ConfigError, match=words):
             Engine(config, store)
     finally:
         store.close()
@@ -521,3 +527,20 @@ def test_a_store_of_schema_1_gets_the_outbox(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     conn.close()
+
+
+def test_lineaged_says_why_it_will_not_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "lineaged.toml"
+    config.write_text('[openlineage]\nnamespace = 3\n[openlineage.transport]\ntype = "console"\n')
+    (tmp_path / "data").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "lineaged", "--config", str(config), "--watch",
+         str(tmp_path / "data"), "--state-dir", str(tmp_path / "state"), "--socket",
+         str(tmp_path / "s.sock")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("[openlineage] namespace must be a string")
