@@ -544,3 +544,19 @@ def test_lineaged_says_why_it_will_not_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().endswith("[openlineage] namespace must be a string")
+
+
+def test_openlineage_url_alone_turns_it_on(
+    make_daemon: Callable[..., DaemonProcess],
+    lineage_server: LineageServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENLINEAGE_URL", lineage_server.url)
+    daemon = make_daemon()
+    client = daemon.client()
+    run = client.begin_run(RunStart(name="step", argv=("true",)))
+    client.end_run(run.run_id, status=RunStatus.FAILED, exit_code=1)
+    events = wait_for(lambda: len(lineage_server.received()) >= 2 and lineage_server.received())
+    assert isinstance(events, list)
+    assert [e["eventType"] for e in events] == ["START", "FAIL"]
+    assert client.status().openlineage == "http"
