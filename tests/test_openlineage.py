@@ -559,4 +559,6 @@ def test_openlineage_url_alone_turns_it_on(
     events = wait_for(lambda: len(lineage_server.received()) >= 2 and lineage_server.received())
     assert isinstance(events, list)
     assert [e["eventType"] for e in events] == ["START", "FAIL"]
+    for event in events:
+        check_event(event)
     assert client.status().openlineage == "http"
