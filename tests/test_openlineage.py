@@ -503,17 +503,21 @@ def test_configured_as_openlineage_python_is_file_transport(
     assert client.status().openlineage == "file"
 
 
-def test_a_store_of_schema_1_gets_the_outbox(tmp_path: Path) -> None:
+def test_a_store_from_before_the_outbox_gets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import sqlite3
 
-    from lineaged.store import SCHEMA_VERSION, Store
+    from lineaged import store as store_module
+    from lineaged.store import Store
 
     db = tmp_path / "lineaged.db"
-    Store.open(db).close()
-    with sqlite3.connect(db) as conn:  # as lineaged before this migration left it
-        conn.execute("DROP TABLE openlineage_outbox")
-        conn.execute("PRAGMA user_version=1")
-    conn.close()
+    everything = store_module.MIGRATIONS
+    before = everything[: everything.index(store_module._migration_openlineage)]
+    with monkeypatch.context() as older:  # lineaged as it was before this migration
+        older.setattr(store_module, "MIGRATIONS", before)
+        older.setattr(store_module, "SCHEMA_VERSION", len(before))
+        Store.open(db).close()
     store = Store.open(db)
     try:
         store.openlineage_outbox = True
@@ -525,7 +529,7 @@ def test_a_store_of_schema_1_gets_the_outbox(tmp_path: Path) -> None:
     finally:
         store.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(everything)
     conn.close()
 
 
