@@ -393,8 +393,19 @@ def test_recording_goes_on_with_a_dead_endpoint(
     assert status.openlineage_backlog == 8
 
 
-def test_settings_follow_the_client_configuration(tmp_path: Path) -> None:
-    assert settings_from(None, {}) is None or (Path.home() / ".openlineage").exists()
+def test_settings_follow_the_client_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert settings_from(None, {}) is None
+    (tmp_path / ".openlineage").mkdir()
+    (tmp_path / ".openlineage" / "openlineage.yml").write_text("transport:\n  type: console\n")
+    found = settings_from(None, {})
+    assert found is not None and found.source.endswith(".openlineage/openlineage.yml")
+    (tmp_path / "openlineage.yml").write_text("transport:\n  type: console\n")
+    found = settings_from(None, {})
+    assert found is not None and found.source == str(tmp_path / "openlineage.yml")
     assert settings_from(None, {"OPENLINEAGE_URL": "http://x"}) is not None
     assert settings_from(None, {"OPENLINEAGE__TRANSPORT__TYPE": "console"}) is not None
     assert (
