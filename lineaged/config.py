@@ -122,6 +122,7 @@ class Config:
     # [redact] names / values: extra secret names (fnmatch) and value regexes (docs/security.md)
     redact_names: tuple[str, ...] = ()
     redact_values: tuple[str, ...] = ()
+    openlineage: Mapping[str, Any] | None = None  # the [openlineage] table (ol_delivery.py)
 
     def ignore_rules(self, root: Root) -> IgnoreRules:
         """The default ignore patterns plus the root's own."""
@@ -174,6 +175,7 @@ _TOML_KEYS = {
     "max_concurrent_rpcs",
     "roots",
     "redact",
+    "openlineage",
 }
 
 
@@ -242,6 +244,7 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         once=bool(getattr(args, "once", False)),
         config_file=str(getattr(args, "config", "") or ""),
         **_redact_from_toml(data.get("redact", {})),
+        openlineage=data.get("openlineage"),
     )
     _validate(config)
     return config

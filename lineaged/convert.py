@@ -1283,6 +1283,9 @@ def status_to_pb(status: Status) -> pb.GetStatusResponse:
         queue_depth=status.queue_depth,
         serving=status.serving,
         degraded=list(status.degraded),
+        openlineage_transport=status.openlineage,
+        openlineage_backlog=status.openlineage_backlog,
+        openlineage_last_error=status.openlineage_error,
     )
     _set_time(response, "started_at", status.started_at)
     return response
@@ -1329,6 +1332,9 @@ def status_from_pb(message: pb.GetStatusResponse) -> Status:
         queue_depth=message.queue_depth,
         serving=message.serving,
         degraded=tuple(message.degraded),
+        openlineage=message.openlineage_transport,
+        openlineage_backlog=message.openlineage_backlog,
+        openlineage_error=message.openlineage_last_error,
     )
 
 

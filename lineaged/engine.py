@@ -14,9 +14,9 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineaged import __version__, hasher
 from lineaged.config import Config
@@ -60,6 +60,9 @@ from lineaged.watcher import (
     lost_event_problem,
     root_identity,
 )
+
+if TYPE_CHECKING:
+    from lineaged.ol_delivery import OpenLineageDelivery
 
 __all__ = ["MAX_ACCESSES", "MAX_DEPTH", "MAX_NODES", "MAX_PAGE", "Engine", "Subscription"]
 
@@ -315,6 +318,7 @@ class Engine:
         self._redactor: Redactor | None = None
         self._redactor_lock = threading.Lock()
         store.on_damage = self._on_row_damage
+        self.openlineage = self._openlineage_delivery(config)
 
     def _on_row_damage(self, version_id: int, path: str) -> None:
         """A version row failed its checksum (any thread, maybe the writer's): the stat cache
@@ -351,12 +355,24 @@ class Engine:
                 )
             return self._redactor
 
+    def _openlineage_delivery(self, config: Config) -> OpenLineageDelivery | None:
+        """The OpenLineage sender when something configures one (ol_delivery.py)."""
+        from lineaged.ol_delivery import OpenLineageDelivery, settings_from
+
+        settings = settings_from(config.openlineage, os.environ)
+        if settings is None:
+            return None
+        return OpenLineageDelivery(self.store, self.writer, settings)
+
     # -- lifecycle
 
     def start(self, *, watch: bool = True) -> None:
         """Start the writer, register the roots, start watching and the initial scan."""
         self.writer.start()
         self._register_roots(self.config.roots)
+        if self.openlineage is not None:
+            self.store.openlineage_outbox = True
+            self.openlineage.start()
         if watch:
             self._watch_problem = lost_event_problem()
             if self._watch_problem:
@@ -381,6 +397,8 @@ class Engine:
             self._scan_thread.join()
         self.pipeline.stop()
         self._watch_failures.__exit__()
+        if self.openlineage is not None:
+            self.openlineage.stop()  # before the writer: it marks what it delivered
         self.writer.stop()
 
     def run_once(self) -> ScanStats:
@@ -777,6 +795,10 @@ class Engine:
                 f"store: {len(damaged)} damaged version rows refused (failing their checksum): "
                 f"{shown}{more}; restore a backup ('lineaged check' lists them)"
             )
+        openlineage, backlog, error = "", 0, ""
+        if self.openlineage is not None:
+            openlineage = self.openlineage.transport
+            backlog, error = self.openlineage.backlog()
         return Status(
             version=__version__,
             pid=os.getpid(),
@@ -789,6 +811,26 @@ class Engine:
             queue_depth=self.pipeline.depth + self.writer.depth,
             serving=self._serving,
             degraded=tuple(degraded),
+            openlineage=openlineage,
+            openlineage_backlog=backlog,
+            openlineage_error=error,
+        )
+
+    def export_openlineage(self, run_ids: Sequence[str], since: int | None) -> Iterator[str]:
+        """The OpenLineage events (JSON) of the named runs, or of every run started at or
+        after ``since`` (all runs when neither is given), oldest first: START, then the end."""
+        from lineaged.ol_delivery import export_events
+
+        if run_ids:
+            wanted = [self.store.get_run(run_id).run_id for run_id in run_ids]
+        else:
+            wanted = self.store.openlineage_runs(since)
+        delivery = self.openlineage
+        return export_events(
+            self.store,
+            delivery.settings.namespace if delivery is not None else "",
+            wanted,
+            client=delivery.client if delivery is not None else None,
         )
 
     # -- versions
@@ -823,6 +865,8 @@ class Engine:
             _check_abs(start.cwd)
         start = self.redactor.run_start(start)
         run_id = self.writer.call(lambda store: store.begin_run(start))
+        if self.openlineage is not None:
+            self.openlineage.wake()
         run = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=run)])
         return run
@@ -878,6 +922,8 @@ class Engine:
             elif access.digest and not under_root:
                 external.append(access)
         self.store.get_run(run_id)  # NotFound early, before hashing anything
+        if self.openlineage is not None:
+            self.openlineage.busy()
         linked = self._read_versions(reads, facts)
 
         # A read tied to a version is its edge; only what is not (writes, resolved at the run's
@@ -1013,6 +1059,8 @@ class Engine:
             )
 
         self.writer.call(job)
+        if self.openlineage is not None:
+            self.openlineage.wake()
         finished = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=finished)])
         return finished

@@ -403,6 +403,9 @@ class Status:
     queue_depth: int
     serving: bool
     degraded: tuple[str, ...] = ()  # human reasons the daemon cannot see everything
+    openlineage: str = ""  # the transport OpenLineage events go through; "" = off
+    openlineage_backlog: int = 0  # events waiting in the outbox
+    openlineage_error: str = ""  # why the last delivery failed; "" after a success
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,3 +224,17 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
                     yield convert.event_to_pb(event)
         finally:
             subscription.close()
+
+    def ExportOpenLineage(
+        self, request: pb.ExportOpenLineageRequest, context: Any
+    ) -> Iterator[pb.OpenLineageEvent]:
+        """Recorded runs' OpenLineage events as JSON, oldest run first (a backfill)."""
+        if len(request.run_ids) > MAX_PAGE:
+            raise InvalidArgument(f"at most {MAX_PAGE} run ids per export")
+        run_ids = [convert.parse_run_id(run_id, "run_ids") for run_id in request.run_ids]
+        since = convert.parse_time(request, "since")
+        _check_deadline(context)
+        for text in self._engine.export_openlineage(run_ids, since):
+            if not context.is_active() or self._stopping.is_set():
+                return
+            yield pb.OpenLineageEvent(json=text)

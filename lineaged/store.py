@@ -85,6 +85,7 @@ __all__ = [
     "DB_NAME",
     "SCHEMA_VERSION",
     "CacheEntry",
+    "OutboxEntry",
     "Store",
     "TransactionLost",
     "VersionWrite",
@@ -97,7 +98,6 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "lineaged.db"
 APP_ID = 0x4C494E45  # "LINE": PRAGMA application_id marks a lineaged database
-SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
 DIGEST_BYTES = 32
 MIN_PREFIX = 8
@@ -134,6 +134,17 @@ def pack_stat_key(key: StatKey) -> bytes:
 def pack_stat(st: os.stat_result) -> bytes:
     """``pack_stat_key(StatKey.from_stat(st))`` without the key object (one per file read)."""
     return _STAT_KEY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An OpenLineage event a run owes: its run, ``phase`` "start" or "end", tries so far."""
+
+    id: int
+    run_id: str
+    phase: str
+    attempts: int
+    queued_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,11 +368,33 @@ def _redact_stored_runs(conn: sqlite3.Connection, redactor: Redactor) -> None:
             conn.execute("UPDATE envs SET body=?, digest=? WHERE id=?", (new_body, digest, env_id))
 
 
+def _migration_openlineage(db: sqlite_utils.Database) -> None:
+    # The OpenLineage outbox: one row per event a run owes the configured consumer, written in
+    # the transaction that begins or ends the run, marked delivered once the transport took it.
+    # The event itself is built from the run at delivery (history is append-only, so the same
+    # row always gives the same event); a row records the phase, not the payload.
+    db.execute(
+        "CREATE TABLE openlineage_outbox ("
+        " id INTEGER PRIMARY KEY,"
+        " run_id INTEGER NOT NULL REFERENCES runs(id),"
+        " phase TEXT NOT NULL CHECK (phase IN ('start', 'end')),"
+        " queued_at INTEGER NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0,"
+        " last_error TEXT,"
+        " delivered_at INTEGER)"
+    )
+    db.execute(
+        "CREATE INDEX openlineage_pending ON openlineage_outbox(id) WHERE delivered_at IS NULL"
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migration_1,
     _migration_row_checksum,
+    _migration_openlineage,
     _migration_redact_secrets,
 )
+SCHEMA_VERSION = len(MIGRATIONS)  # a store at version N has had the first N migrations
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -604,6 +637,9 @@ class Store:
         self.on_damage: Callable[[int, str], None] | None = None
         # Found at open and worth telling every status caller (a vanished WAL).
         self.open_warnings: list[str] = []
+        # Set by the engine when OpenLineage is on: beginning and ending a run then also queue
+        # its event in the outbox, in the same transaction.
+        self.openlineage_outbox = False
 
     # -- opening and closing
 
@@ -1114,6 +1150,8 @@ class Store:
                 "[]",
             ),
         )
+        if self.openlineage_outbox:
+            self._queue_openlineage(conn, run_id, "start")
         return run_id
 
     def _run_row_id(self, conn: sqlite3.Connection, run_id: str) -> tuple[int, str, int]:
@@ -1265,6 +1303,8 @@ class Store:
                 row_id,
             ),
         )
+        if self.openlineage_outbox:
+            self._queue_openlineage(conn, run_id, "end")
 
     # -- reads (any thread)
 
@@ -1792,6 +1832,73 @@ class Store:
                 for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
                     hasher.update(repr(row).encode())
         return str(hasher.hexdigest())
+
+    # -- the OpenLineage outbox (see _migration_openlineage)
+
+    def _queue_openlineage(self, conn: sqlite3.Connection, run_id: str, phase: str) -> None:
+        conn.execute(
+            "INSERT INTO openlineage_outbox(run_id, phase, queued_at) "
+            "SELECT id, ?, ? FROM runs WHERE run_id=?",
+            (phase, time.time_ns(), run_id),
+        )
+
+    def openlineage_pending(self, limit: int) -> list[OutboxEntry]:
+        """The oldest undelivered outbox entries, in the order they were queued."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT o.id, r.run_id, o.phase, o.attempts, o.queued_at FROM openlineage_outbox o "
+                "JOIN runs r ON r.id=o.run_id WHERE o.delivered_at IS NULL ORDER BY o.id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [OutboxEntry(*row) for row in rows]
+
+    def openlineage_backlog(self) -> tuple[int, str]:
+        """How many outbox entries wait, and the error the oldest of them last failed with."""
+        with self._reading() as conn:
+            count = conn.execute(
+                "SELECT count(*) FROM openlineage_outbox WHERE delivered_at IS NULL"
+            ).fetchone()[0]
+            row = conn.execute(
+                "SELECT last_error FROM openlineage_outbox WHERE delivered_at IS NULL "
+                "ORDER BY id LIMIT 1"
+            ).fetchone()
+        return int(count), (row[0] or "") if row else ""
+
+    def openlineage_delivered(self, entry_ids: Sequence[int], at: int) -> None:
+        """Mark outbox entries delivered (writer thread)."""
+        self._wc.executemany(
+            "UPDATE openlineage_outbox SET delivered_at=?, attempts=attempts+1, last_error=NULL "
+            "WHERE id=?",
+            [(at, entry_id) for entry_id in entry_ids],
+        )
+
+    def openlineage_failed(self, entry_id: int, error: str) -> None:
+        """Count a failed delivery of an outbox entry and keep its error (writer thread)."""
+        self._wc.execute(
+            "UPDATE openlineage_outbox SET attempts=attempts+1, last_error=? WHERE id=?",
+            (error[:4096], entry_id),
+        )
+
+    def openlineage_runs(self, since: int | None) -> list[str]:
+        """The ids of runs started at or after ``since`` (all when None), oldest first."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT run_id FROM runs WHERE started_at >= ? ORDER BY id",
+                (since if since is not None else -(2**63),),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def run_datasets(self, run_id: str) -> list[tuple[str, bool, Version]]:
+        """A run's data edges (not code) as (kind, changed_during_run, version), by path."""
+        with self._reading() as conn:
+            row_id, _, _ = self._run_row_id(conn, run_id)
+            rows = conn.execute(
+                f"SELECT e.kind, e.changed_during_run, {_VERSION_COLUMNS} FROM edges e "
+                "JOIN versions v ON v.id=e.version_id JOIN artifacts a ON a.id=v.artifact_id "
+                "WHERE e.run_id=? AND coalesce(e.role, 'data') <> 'code' ORDER BY a.path, e.kind",
+                (row_id,),
+            ).fetchall()
+        return [(row[0], bool(row[1]), _version(row[2:])) for row in rows]
 
 
 # One recursive query walks the graph and returns the edges it crosses. Nodes are digests ('d')

@@ -104,8 +104,9 @@ def test_status_human_and_json_before_or_after_the_command(lineage, module_daemo
         assert code == 0 and data["pid"] == module_daemon.proc.pid and data["serving"] is True
         assert set(data) == {
             "version", "pid", "started_at", "uptime_seconds", "serving", "state_dir", "socket",
-            "roots", "counts", "scan", "queue_depth", "degraded",
+            "roots", "counts", "scan", "queue_depth", "degraded", "openlineage",
         }  # fmt: skip
+        assert data["openlineage"] == {"transport": None, "backlog": 0, "last_error": None}
         assert {r["role"] for r in data["roots"]} == {"data", "model"}
         assert RFC3339.fullmatch(data["started_at"])
 
@@ -276,6 +277,7 @@ def test_every_command_is_registered() -> None:
     assert commands is not None
     expected = {
         "status", "log", "where", "trace", "impact", "runs", "show", "verify", "run", "ui",
+        "export",
     }  # fmt: skip
     assert set(commands) == expected
 

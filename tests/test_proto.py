@@ -81,8 +81,10 @@ def test_service_methods() -> None:
     assert {m.name for m in service.methods} == {
         "GetStatus", "GetHistory", "FindDigest", "GetVersionAt", "GetVersion", "BeginRun",
         "RecordAccesses", "EndRun", "GetRun", "ListRuns", "GetLineage", "Verify", "Subscribe",
+        "ExportOpenLineage",
     }  # fmt: skip
     assert service.methods_by_name["Subscribe"].server_streaming
+    assert service.methods_by_name["ExportOpenLineage"].server_streaming
 
 
 # --- strategies --------------------------------------------------------------------------

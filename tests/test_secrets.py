@@ -262,7 +262,7 @@ def test_the_daemon_redacts_what_a_client_did_not(daemon: DaemonProcess) -> None
 def test_secrets_stored_before_are_scrubbed_by_the_migration(tmp_path: Path) -> None:
     """A store that already holds secrets (written before redaction existed) is cleaned when
     it is opened by this lineaged: the values are gone from the file, the runs stay."""
-    from lineaged.store import Store
+    from lineaged.store import MIGRATIONS, Store, _migration_redact_secrets
 
     db = tmp_path / DB_NAME
     store = Store.open(db)
@@ -279,7 +279,10 @@ def test_secrets_stored_before_are_scrubbed_by_the_migration(tmp_path: Path) -> 
     store.close()
     assert SECRETS["argv_eq"].encode() in db.read_bytes()
     with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA user_version=2")  # as the schema before this migration
+        # As the schema before this migration (later ones, if any, then run again too).
+        before = MIGRATIONS.index(_migration_redact_secrets)
+        assert before == len(MIGRATIONS) - 1, "the scrub is no longer the last migration"
+        conn.execute(f"PRAGMA user_version={before}")
     conn.close()
     store = Store.open(db)
     try:

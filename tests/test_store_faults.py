@@ -406,6 +406,6 @@ def test_a_clean_close_skips_the_page_check_only_for_the_very_same_file(tmp_path
     db.write_bytes(bytes(image))
     os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the write from mtime
     run = lineaged_cmd("--once", "--state-dir", str(state), "--watch", f"{data}:data")
-    assert run.returncode == 1 and "corrupt" in run.stderr, run.stderr
+    assert run.returncode == 1 and "refusing to start" in run.stderr, run.stderr
     assert db.read_bytes() == bytes(image)
     assert not marker.exists()

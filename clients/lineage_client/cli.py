@@ -153,6 +153,16 @@ def _ui(args: argparse.Namespace, client: Client) -> int:
     return server.serve(client, host, port, token=token, open_browser=args.open)
 
 
+def _export(args: argparse.Namespace, client: Client) -> int:
+    if not args.openlineage:
+        raise InvalidArgument("say what to export: lineage export --openlineage")
+    out = sys.stdout
+    for line in client.export_openlineage(args.runs, since=args.since):
+        out.write(line + "\n")
+    out.flush()
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -368,6 +378,17 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
     )
     ui.add_argument("--open", action="store_true", help="open the page in a browser")
     ui.set_defaults(handler=_ui)
+    export = sub.add_parser(
+        "export", parents=[common], help="recorded runs in another format (a backfill)"
+    )
+    export.add_argument(
+        "--openlineage",
+        action="store_true",
+        help="OpenLineage RunEvents (spec 2-0-2) as NDJSON, as the daemon sends them",
+    )
+    export.add_argument("--since", metavar="TIME", help="runs started at or after TIME")
+    export.add_argument("runs", nargs="*", metavar="RUN", help="run ids or unique prefixes")
+    export.set_defaults(handler=_export)
 
     _add_run_command(sub, common)
     return parser

@@ -451,6 +451,10 @@ class Client:
         if not text or "\x00" in text:
             raise InvalidArgument(f"{target!r} is not a path, digest or run id")
         kind, _, rest = text.partition(":")
+        if kind in ("mlflow", "runs", "models") and rest:
+            from lineage_client import mlflow_bridge  # imports MLflow: only for its names
+
+            return [StartNode(run_id=mlflow_bridge.lineage_run_id(text))]
         if kind == "run" and rest:
             return [StartNode(run_id=rest)]
         if kind == "version" and rest.isdigit():
@@ -582,6 +586,23 @@ class Client:
             env=env,
         )
         return RunRecorder(self, start)
+
+    def export_openlineage(
+        self, run_ids: Sequence[str] = (), *, since: int | str | dt.datetime | None = None
+    ) -> Iterator[str]:
+        """The OpenLineage events (one JSON document each) of the named runs, else of the runs
+        started at or after ``since``, else of every run; oldest first (no deadline)."""
+        request = pb.ExportOpenLineageRequest(run_ids=list(run_ids))
+        if since is not None:
+            request.since.seconds, request.since.nanos = divmod(parse_time(since), 1_000_000_000)
+        call = self._stub.ExportOpenLineage(request, metadata=self._metadata)
+        try:
+            for message in call:
+                yield message.json
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            call.cancel()
 
     def subscribe(self, path_prefix: str = "") -> EventStream:
         """Stream new versions and run events under ``path_prefix`` (no deadline)."""

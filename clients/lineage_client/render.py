@@ -280,6 +280,11 @@ def status_json(status: Status, *, now: int | None = None) -> dict[str, Any]:
         },
         "queue_depth": status.queue_depth,
         "degraded": list(status.degraded),
+        "openlineage": {
+            "transport": status.openlineage or None,
+            "backlog": status.openlineage_backlog,
+            "last_error": status.openlineage_error or None,
+        },
     }
 
 
@@ -339,6 +344,14 @@ def run_detail_json(run: Run, graph: Graph) -> dict[str, Any]:
 # --- human text --------------------------------------------------------------------------
 
 
+def _openlineage_lines(status: Status) -> list[str]:
+    if not status.openlineage:
+        return []
+    line = f"openlineage  {status.openlineage}, {status.openlineage_backlog} events waiting"
+    error = f"openlineage  last error: {status.openlineage_error}"
+    return [line, error] if status.openlineage_error else [line]
+
+
 def status_text(status: Status, *, now: int | None = None) -> str:
     """``lineage status``."""
     current = time.time_ns() if now is None else now
@@ -362,6 +375,7 @@ def status_text(status: Status, *, now: int | None = None) -> str:
         f" {counts.edges} edges",
         f"scan    {scan_line} ({human_size(scan.bytes_hashed)} hashed)",
         f"queue   {status.queue_depth}",
+        *_openlineage_lines(status),
         "roots",
     ]
     rows = [

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PARENT_ENV", "main_run", "run_name"]
 
+MLFLOW_NOTES_ENV = "LINEAGE_MLFLOW_NOTES"  # as mlflow_context.NOTES_ENV (which imports MLflow)
 DIFF_CAP_ENV = "LINEAGE_DIFF_CAP"  # bytes of `git diff` stored with a run (default 1 MiB)
 ENV_ALLOW_ENV = "LINEAGE_ENV_ALLOW"  # extra comma-separated variable patterns to record
 
@@ -290,11 +293,16 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         return [status.state_dir] if status else []
 
     print(f"lineage: run {run_id} ({name}) started", file=sys.stderr)
+    # Where lineaged's MLflow plugin notes the tracking URIs of MLflow runs the command
+    # starts (mlflow_context.py); not data, so never traced.
+    notes_dir = tempfile.mkdtemp(prefix="lineage-mlflow-")
+    notes = os.path.join(notes_dir, "tracking-uris")
     try:
         captured = capture_command(
             command,
             cwd=cwd,
-            extra_env={PARENT_ENV: run_id},
+            extra_env={PARENT_ENV: run_id, MLFLOW_NOTES_ENV: notes},
+            exclude_dirs=(notes_dir,),
             on_started=started,
             more_excluded=daemon_dirs,
             on_poll=begun.offer,
@@ -304,10 +312,30 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
 
         for warning in [*begun.notes, *captured.warnings]:
             print(f"lineage: warning: {escape(warning)}", file=sys.stderr)
-        return _record(run_id, begun, captured)
+        code = _record(run_id, begun, captured)
+        if os.path.exists(notes) and begun.client is not None:
+            _annotate_mlflow(begun.client, run_id, notes)
+        return code
     finally:
+        shutil.rmtree(notes_dir, ignore_errors=True)
         if begun.client is not None:
             begun.client.close()
+
+
+def _annotate_mlflow(client: Client, run_id: str, notes: str) -> None:
+    """The command started MLflow runs: write the recorded run into them (mlflow_bridge)."""
+    try:
+        from lineage_client import mlflow_bridge
+        from lineaged.models import Direction, StartNode
+
+        run = client.get_run(run_id)
+        graph = client.lineage(StartNode(run_id=run_id), Direction.BOTH, max_depth=1)
+        for line in mlflow_bridge.annotate(mlflow_bridge.read_notes(notes), run, graph):
+            print(f"lineage: {line}", file=sys.stderr)
+    except LineageError as exc:
+        print(f"lineage: warning: MLflow runs not annotated: {exc.message}", file=sys.stderr)
+    except Exception as exc:  # MLflow's own errors: the command's exit status still counts
+        print(f"lineage: warning: MLflow runs not annotated: {exc!r}", file=sys.stderr)
 
 
 def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:

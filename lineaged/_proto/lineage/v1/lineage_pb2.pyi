@@ -1101,12 +1101,21 @@ class GetStatusResponse(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     SERVING_FIELD_NUMBER: _builtins.int
     DEGRADED_FIELD_NUMBER: _builtins.int
+    OPENLINEAGE_TRANSPORT_FIELD_NUMBER: _builtins.int
+    OPENLINEAGE_BACKLOG_FIELD_NUMBER: _builtins.int
+    OPENLINEAGE_LAST_ERROR_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     pid: _builtins.int
     state_dir: _builtins.str
     socket: _builtins.str
     queue_depth: _builtins.int
     serving: _builtins.bool
+    openlineage_transport: _builtins.str
+    """OpenLineage (docs/openlineage.md): the transport events go through, "" when it is off;
+    events waiting in the outbox; why the last delivery failed ("" after a success).
+    """
+    openlineage_backlog: _builtins.int
+    openlineage_last_error: _builtins.str
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1131,10 +1140,13 @@ class GetStatusResponse(_message.Message):
         queue_depth: _builtins.int = ...,
         serving: _builtins.bool = ...,
         degraded: _abc.Iterable[_builtins.str] | None = ...,
+        openlineage_transport: _builtins.str = ...,
+        openlineage_backlog: _builtins.int = ...,
+        openlineage_last_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "scan", b"scan", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "degraded", b"degraded", "pid", b"pid", "queue_depth", b"queue_depth", "roots", b"roots", "scan", b"scan", "serving", b"serving", "socket", b"socket", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "degraded", b"degraded", "openlineage_backlog", b"openlineage_backlog", "openlineage_last_error", b"openlineage_last_error", "openlineage_transport", b"openlineage_transport", "pid", b"pid", "queue_depth", b"queue_depth", "roots", b"roots", "scan", b"scan", "serving", b"serving", "socket", b"socket", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1832,3 +1844,52 @@ class Event(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class ExportOpenLineageRequest(_message.Message):
+    """Which runs' OpenLineage events to export: the named runs (ids or unique prefixes), else
+    every run started at or after since, else every run; oldest first.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_ids", b"run_ids", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportOpenLineageRequest: _TypeAlias = ExportOpenLineageRequest  # noqa: Y015
+
+@_typing.final
+class OpenLineageEvent(_message.Message):
+    """One OpenLineage RunEvent (spec 2-0-2) as JSON."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_FIELD_NUMBER: _builtins.int
+    json: _builtins.str
+    def __init__(
+        self,
+        *,
+        json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["json", b"json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenLineageEvent: _TypeAlias = OpenLineageEvent  # noqa: Y015

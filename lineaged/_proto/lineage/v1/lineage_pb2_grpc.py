@@ -100,6 +100,11 @@ class LineageServiceStub:
                 request_serializer=lineage_dot_v1_dot_lineage__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=lineage_dot_v1_dot_lineage__pb2.Event.FromString,
                 _registered_method=True)
+        self.ExportOpenLineage = channel.unary_stream(
+                '/lineage.v1.LineageService/ExportOpenLineage',
+                request_serializer=lineage_dot_v1_dot_lineage__pb2.ExportOpenLineageRequest.SerializeToString,
+                response_deserializer=lineage_dot_v1_dot_lineage__pb2.OpenLineageEvent.FromString,
+                _registered_method=True)
 
 
 class LineageServiceServicer:
@@ -184,6 +189,13 @@ class LineageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportOpenLineage(self, request, context):
+        """The OpenLineage events of recorded runs, as the daemon sends them (a backfill).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LineageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +263,11 @@ def add_LineageServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=lineage_dot_v1_dot_lineage__pb2.SubscribeRequest.FromString,
                     response_serializer=lineage_dot_v1_dot_lineage__pb2.Event.SerializeToString,
+            ),
+            'ExportOpenLineage': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportOpenLineage,
+                    request_deserializer=lineage_dot_v1_dot_lineage__pb2.ExportOpenLineageRequest.FromString,
+                    response_serializer=lineage_dot_v1_dot_lineage__pb2.OpenLineageEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -605,6 +622,33 @@ class LineageService:
             '/lineage.v1.LineageService/Subscribe',
             lineage_dot_v1_dot_lineage__pb2.SubscribeRequest.SerializeToString,
             lineage_dot_v1_dot_lineage__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportOpenLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lineage.v1.LineageService/ExportOpenLineage',
+            lineage_dot_v1_dot_lineage__pb2.ExportOpenLineageRequest.SerializeToString,
+            lineage_dot_v1_dot_lineage__pb2.OpenLineageEvent.FromString,
             options,
             channel_credentials,
             insecure,

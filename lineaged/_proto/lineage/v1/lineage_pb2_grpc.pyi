@@ -54,6 +54,8 @@ class LineageServiceStub:
     GetLineage: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.GetLineageRequest, _lineage_pb2.GetLineageResponse]
     Verify: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.VerifyRequest, _lineage_pb2.VerifyResponse]
     Subscribe: _grpc.UnaryStreamMultiCallable[_lineage_pb2.SubscribeRequest, _lineage_pb2.Event]
+    ExportOpenLineage: _grpc.UnaryStreamMultiCallable[_lineage_pb2.ExportOpenLineageRequest, _lineage_pb2.OpenLineageEvent]
+    """The OpenLineage events of recorded runs, as the daemon sends them (a backfill)."""
 
 @_typing.type_check_only
 class LineageServiceAsyncStub(LineageServiceStub):
@@ -73,6 +75,8 @@ class LineageServiceAsyncStub(LineageServiceStub):
     GetLineage: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetLineageRequest, _lineage_pb2.GetLineageResponse]  # type: ignore[assignment]
     Verify: _aio.UnaryUnaryMultiCallable[_lineage_pb2.VerifyRequest, _lineage_pb2.VerifyResponse]  # type: ignore[assignment]
     Subscribe: _aio.UnaryStreamMultiCallable[_lineage_pb2.SubscribeRequest, _lineage_pb2.Event]  # type: ignore[assignment]
+    ExportOpenLineage: _aio.UnaryStreamMultiCallable[_lineage_pb2.ExportOpenLineageRequest, _lineage_pb2.OpenLineageEvent]  # type: ignore[assignment]
+    """The OpenLineage events of recorded runs, as the daemon sends them (a backfill)."""
 
 class LineageServiceServicer(metaclass=_abc_1.ABCMeta):
     """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it."""
@@ -167,5 +171,13 @@ class LineageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lineage_pb2.SubscribeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_lineage_pb2.Event], _abc.AsyncIterator[_lineage_pb2.Event]]: ...
+
+    @_abc_1.abstractmethod
+    def ExportOpenLineage(
+        self,
+        request: _lineage_pb2.ExportOpenLineageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_lineage_pb2.OpenLineageEvent], _abc.AsyncIterator[_lineage_pb2.OpenLineageEvent]]:
+        """The OpenLineage events of recorded runs, as the daemon sends them (a backfill)."""
 
 def add_LineageServiceServicer_to_server(servicer: LineageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
