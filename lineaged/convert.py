@@ -158,6 +158,7 @@ _STATUS_TO_PB = {
     RunStatus.SUCCEEDED: pb.RUN_STATUS_SUCCEEDED,
     RunStatus.FAILED: pb.RUN_STATUS_FAILED,
     RunStatus.INTERRUPTED: pb.RUN_STATUS_INTERRUPTED,
+    RunStatus.ABANDONED: pb.RUN_STATUS_ABANDONED,
 }
 _DIRECTION_TO_PB = {
     Direction.UPSTREAM: pb.DIRECTION_UPSTREAM,
@@ -857,7 +858,11 @@ def parse_end_run(
 ) -> tuple[str, int | None, RunStatus, int, tuple[str, ...]]:
     """Validate EndRun: (run_id, exit_code, status, ended_at, warnings)."""
     run_id = parse_run_id(request.run_id)
-    if request.status in (pb.RUN_STATUS_UNSPECIFIED, pb.RUN_STATUS_RUNNING):
+    if request.status in (
+        pb.RUN_STATUS_UNSPECIFIED,
+        pb.RUN_STATUS_RUNNING,
+        pb.RUN_STATUS_ABANDONED,
+    ):
         raise InvalidArgument(
             "status must be RUN_STATUS_SUCCEEDED, RUN_STATUS_FAILED or RUN_STATUS_INTERRUPTED"
         )

@@ -313,6 +313,9 @@ _RUN_COLUMNS = (
 # machinery (graphs and histories decode hundreds of rows per call).
 _CHANGE_KINDS = {kind.value: kind for kind in ChangeKind}
 _RUN_STATUSES = {status.value: status for status in RunStatus}
+# A run that may still receive accesses and its end: running, or abandoned by a wrapper that
+# spooled what it could not deliver (capture-reliability.md).
+_OPEN_STATUSES = (RunStatus.RUNNING.value, RunStatus.ABANDONED.value)
 
 
 def _version(row: Sequence[Any]) -> Version:
@@ -962,7 +965,7 @@ class Store:
         """Store a run's raw accesses (resolved to edges by ``link_reads``/``link_writes``)."""
         conn = self._wc
         row_id, status, _ = self._run_row_id(conn, run_id)
-        if status != RunStatus.RUNNING.value:
+        if status not in _OPEN_STATUSES:
             raise FailedPrecondition(f"run {run_id} has ended ({status}); no more accesses")
         conn.executemany(
             "INSERT INTO accesses(run_id, path, mode, how, role, first_at, last_at, digest, "
@@ -1085,7 +1088,7 @@ class Store:
         """Close a running run."""
         conn = self._wc
         row_id, current, started_at = self._run_row_id(conn, run_id)
-        if current != RunStatus.RUNNING.value:
+        if current not in _OPEN_STATUSES:
             raise FailedPrecondition(f"run {run_id} already ended ({current})")
         if status is RunStatus.RUNNING:
             raise InvalidArgument("a run cannot end with status running")
@@ -1100,7 +1103,59 @@ class Store:
             ),
         )
 
+    def open_runs(self) -> list[tuple[str, str, int, int]]:
+        """(run_id, host, pid, started_at) of every run still marked running (write connection)."""
+        rows = self._wc.execute(
+            "SELECT run_id, host, pid, started_at FROM runs WHERE status=? ORDER BY id",
+            (RunStatus.RUNNING.value,),
+        ).fetchall()
+        return [(str(r[0]), str(r[1] or ""), int(r[2] or 0), int(r[3])) for r in rows]
+
+    def mark_abandoned(self, reasons: Mapping[str, str]) -> int:
+        """Mark running runs ``abandoned``, each with its reason as a warning; what they
+        recorded stays. Returns how many were marked."""
+        conn = self._wc
+        marked = 0
+        for run_id, reason in reasons.items():
+            row = conn.execute(
+                "SELECT warnings FROM runs WHERE run_id=? AND status=?",
+                (run_id, RunStatus.RUNNING.value),
+            ).fetchone()
+            if row is None:
+                continue
+            warnings = [*json.loads(row[0] or "[]"), reason]
+            conn.execute(
+                "UPDATE runs SET status=?, warnings=? WHERE run_id=?",
+                (RunStatus.ABANDONED.value, json.dumps(warnings), run_id),
+            )
+            marked += 1
+        return marked
+
     # -- reads (any thread)
+
+    def version_digests(self, version_ids: Sequence[int]) -> dict[int, str]:
+        """The digest (hex) of each version id."""
+        found: dict[int, str] = {}
+        for chunk in _chunks(list(version_ids), _BATCH_PATHS):
+            for version_id, blob in self._rc.execute(
+                "SELECT id, digest FROM versions WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(chunk)),),
+            ):
+                found[int(version_id)] = blob.hex()
+        return found
+
+    def version_with_digest(self, path: str, digest: str, at: int) -> int | None:
+        """The version of ``path`` that held ``digest`` (the one valid at ``at`` if any, else
+        the nearest in time), None when the path never held it: how a capture delivered late
+        (the client hashed what the run read or wrote) finds the state it saw."""
+        row = self._rc.execute(
+            "SELECT v.id FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
+            "WHERE a.path=? AND v.digest=? ORDER BY "
+            "(v.valid_from<=? AND (v.valid_until IS NULL OR v.valid_until>?)) DESC, "
+            "abs(v.valid_from-?) LIMIT 1",
+            (path, digest_to_blob(digest), at, at, at),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def counts(self) -> Counts:
         """How many roots, artifacts, versions, runs and edges the store holds.

@@ -140,6 +140,43 @@ def _verify(args: argparse.Namespace, client: Client) -> int:
     return 1 if bad else 0
 
 
+def _sync(args: argparse.Namespace, client: Client) -> int:
+    from lineage_client import spool
+
+    report = spool.deliver(client, every_target=args.all)
+    left = len(spool.pending())
+    if args.json:
+        print(
+            _render().dumps(
+                {
+                    "delivered": report.delivered,
+                    "waiting": [{"run_id": r, "reason": why} for r, why in report.waiting],
+                    "failed": [{"run_id": r, "reason": why} for r, why in report.failed],
+                    "pending": left,
+                }
+            )
+        )
+    else:
+        lines = spool.summary(report) or ["nothing to deliver"]
+        lines.append(f"{left} spooled run{'s' if left != 1 else ''} left in {spool.spool_dir()}")
+        print("\n".join(lines))
+    return 1 if report.failed else 0
+
+
+def _deliver_spooled(args: argparse.Namespace, client: Client) -> None:
+    """Before a command's answer: hand the daemon the runs spooled while it was away."""
+    from lineage_client import spool
+
+    if args.handler is _sync or not spool.has_pending():
+        return
+    try:
+        lines = spool.summary(spool.deliver(client))
+    except (LineageError, OSError):
+        return  # the command itself says what is wrong with the daemon
+    for line in lines:
+        print(f"lineage: {line}", file=sys.stderr)
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -234,6 +271,12 @@ def _add_run_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a run parameter (repeatable)",
+    )
+    parser.add_argument(
+        "--require-daemon",
+        action="store_true",
+        help="refuse to start the command when no daemon listens (default: run it and "
+        "spool its capture until one does)",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
@@ -333,6 +376,14 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
     )
     verify.set_defaults(handler=_verify)
 
+    sync = sub.add_parser(
+        "sync", parents=[common], help="deliver the runs spooled while no daemon was reachable"
+    )
+    sync.add_argument(
+        "--all", action="store_true", help="also runs spooled for another daemon's socket"
+    )
+    sync.set_defaults(handler=_sync)
+
     _add_run_command(sub, common)
     return parser
 
@@ -364,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_handler(args)  # connects (and closes) on its own, when it needs to
         with _client(args) as client:
             handler: Handler = args.handler
+            _deliver_spooled(args, client)
             return handler(args, client)
     except LineageError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)

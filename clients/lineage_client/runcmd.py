@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from lineage_client._reach import PARENT_ENV, find_socket, probe_socket
 from lineage_client.capture.runner import capture_command, python_interpreter
-from lineaged.errors import InvalidArgument, LineageError
+from lineaged.errors import DaemonUnavailable, InvalidArgument, LineageError
 from lineaged.runid import new_run_id
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from lineage_client.capture.result import CapturedRun
     from lineage_client.capture.stream import ReadStreamer
     from lineage_client.client import Client
-    from lineaged.models import Access, CodeState, EnvState, Root, RunStatus, Status
+    from lineaged.models import Access, CodeState, EnvState, Root, RunStart, RunStatus, Status
 
 # lineaged.models (tens of milliseconds of dataclass building) and the client (grpc) are
 # imported beside the running command, never before it starts.
@@ -167,14 +167,43 @@ def _check_daemon(args: argparse.Namespace) -> None:
     probe_socket(find_socket(getattr(args, "socket", None)))
 
 
+def _daemon_missing(args: argparse.Namespace) -> str:
+    """ "" when a daemon listens (TCP targets are not probed), else why not; with
+    ``--require-daemon`` the DaemonUnavailable is raised instead (the command never starts)."""
+    try:
+        _check_daemon(args)
+    except DaemonUnavailable as exc:
+        if getattr(args, "require_daemon", False):
+            raise DaemonUnavailable(
+                f"{exc.message}; --require-daemon: the command was not started"
+            ) from None
+        return exc.message
+    return ""
+
+
+def _target(args: argparse.Namespace) -> str:
+    """The daemon this run is meant for, as a client names it (spooled runs carry it)."""
+    tcp = getattr(args, "tcp_target", None)
+    if tcp:
+        return str(tcp)
+    try:
+        return "unix:" + find_socket(getattr(args, "socket", None))
+    except DaemonUnavailable:
+        from lineaged.paths import candidate_socket_paths
+
+        return "unix:" + os.path.abspath(candidate_socket_paths()[0])
+
+
 class _Begun:
     """What the thread beside the command produced: the client, the daemon's status, the run."""
 
-    __slots__ = ("client", "error", "notes", "status", "streamer", "warnings")
+    __slots__ = ("begun", "client", "error", "notes", "start", "status", "streamer", "warnings")
 
     def __init__(self) -> None:
         self.client: Client | None = None
         self.status: Status | None = None
+        self.start: RunStart | None = None  # with code and environment, once described
+        self.begun = False  # BeginRun confirmed
         self.error: BaseException | None = None
         self.warnings: list[str] = []  # recorded with the run
         self.notes: list[str] = []  # printed once it has ended
@@ -192,9 +221,13 @@ class _Begun:
 
 
 def _begin(
-    connect: Callable[[], Client], fields: dict[str, Any], command: Sequence[str], begun: _Begun
+    connect: Callable[[], Client] | None,
+    fields: dict[str, Any],
+    command: Sequence[str],
+    begun: _Begun,
 ) -> None:
-    """Runs beside the command: connect, capture git and the environment, BeginRun."""
+    """Runs beside the command: capture git and the environment, then (``connect`` given)
+    connect, BeginRun, and deliver what the spool holds for this daemon."""
     try:
         import dataclasses
 
@@ -202,8 +235,6 @@ def _begin(
         from lineaged.models import RunStart
 
         start = RunStart(**fields)
-        client = begun.client = connect()
-        begun.status = client.status()
         code: CodeState | None = git_state(start.cwd, diff_cap=_diff_cap())
         if code is not None and code.diff_truncated:
             note = (
@@ -215,7 +246,13 @@ def _begin(
             begun.warnings.append(note)
             begun.notes.append(note)
         env = _environment(command, start.cwd, begun.warnings)
-        client.begin_run(dataclasses.replace(start, code=code, env=env))
+        start = begun.start = dataclasses.replace(start, code=code, env=env)
+        if connect is None:
+            return  # no daemon: the run goes to the spool once the command ends
+        client = begun.client = connect()
+        begun.status = client.status()
+        client.begin_run(start)
+        begun.begun = True
         from lineage_client.capture.stream import ReadStreamer
 
         run_id = start.run_id
@@ -226,6 +263,22 @@ def _begin(
         )
     except BaseException as exc:  # reported once the command has ended
         begun.error = exc
+        return
+    _deliver_spool(client, begun.notes)
+
+
+def _deliver_spool(client: Client, notes: list[str]) -> None:
+    """Deliver the runs spooled for this daemon (older runs, captured while it was away)."""
+    from lineage_client import spool
+
+    if not spool.has_pending():
+        return
+    try:
+        notes.extend(spool.summary(spool.deliver(client)))
+    except LineageError as exc:
+        notes.append(f"spooled runs stay in the spool: {exc.message}")
+    except OSError as exc:
+        notes.append(f"spooled runs stay in the spool: {exc}")
 
 
 def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
@@ -240,7 +293,7 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         )
     params = _params(args.param or [])
     _check_diff_cap()  # a bad LINEAGE_DIFF_CAP stops us before the command runs, as it did
-    _check_daemon(args)
+    missing = _daemon_missing(args)
     cwd = os.getcwd()
     run_id = new_run_id()
     name = args.name or run_name(command)
@@ -262,7 +315,12 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
     def started(started_at: int) -> None:
         thread = threading.Thread(
             target=_begin,
-            args=(connect, {**start, "started_at": started_at}, command, begun),
+            args=(
+                None if missing else connect,
+                {**start, "started_at": started_at},
+                command,
+                begun,
+            ),
             name="lineage-begin-run",
             daemon=True,
         )
@@ -276,6 +334,15 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         return [status.state_dir] if status else []
 
     print(f"lineage: run {run_id} ({name}) started", file=sys.stderr)
+    if missing:
+        from lineage_client.spool import spool_dir
+
+        print(
+            f"lineage: {missing}\nlineage: running the command anyway; its capture goes to "
+            f"the spool ({spool_dir()}) until `lineage sync` or the next lineage command "
+            "reaches the daemon",
+            file=sys.stderr,
+        )
     try:
         captured = capture_command(
             command,
@@ -288,30 +355,46 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         daemon_dirs()  # the command could not start: the thread still ran
         for warning in [*begun.notes, *captured.warnings]:
             print(f"lineage: warning: {warning}", file=sys.stderr)
-        return _record(run_id, begun, captured)
+        return _record(run_id, begun, captured, target=_target(args), fields=start)
     finally:
         if begun.client is not None:
             begun.client.close()
 
 
-def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
-    """Record what the command did; the command's exit status whatever happens here."""
+def _record(
+    run_id: str, begun: _Begun, captured: CapturedRun, *, target: str, fields: dict[str, Any]
+) -> int:
+    """Record what the command did; the command's exit status whatever happens here.
+
+    What the daemon does not confirm (it was never there, or it went away during the run)
+    is journaled to the spool, to be delivered later: nothing of the capture is dropped.
+    """
     client, status = begun.client, begun.status
-    if begun.error is not None or client is None or status is None:
-        error = begun.error
-        reason = error.message if isinstance(error, LineageError) else repr(error)
-        print(f"lineage: error: the run was not recorded: {reason}", file=sys.stderr)
-        return captured.exit_code
     from lineage_client.capture.stream import unsent
 
     # What went to the daemon while the command ran, and the daemon confirmed; the rest
     # (and any read whose final form differs) goes now.
     sent = begun.streamer.finish() if begun.streamer is not None else {}
+    accesses = _accesses(status.roots if status is not None else (), captured)
+    if client is None or status is None or not begun.begun:
+        error = begun.error
+        if isinstance(error, LineageError) and not _unreachable(error):
+            print(f"lineage: error: the run was not recorded: {error.message}", file=sys.stderr)
+            return captured.exit_code
+        reason = "no daemon was running"
+        if error is not None:
+            reason = error.message if isinstance(error, LineageError) else repr(error)
+        return _spool(run_id, begun, captured, fields, target, accesses, reason)
+    rest = unsent(accesses, sent)
     try:
-        accesses = _accesses(status.roots, captured)
-        rest = unsent(accesses, sent)
         if rest:
             client.record_accesses(run_id, rest)
+    except LineageError as exc:
+        if not _unreachable(exc):
+            print(f"lineage: error: the run was not fully recorded: {exc.message}", file=sys.stderr)
+            return captured.exit_code
+        return _spool(run_id, begun, captured, fields, target, rest, exc.message)
+    try:
         ended = client.end_run(
             run_id,
             status=_status(captured),
@@ -320,15 +403,70 @@ def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
             warnings=[*begun.warnings, *captured.warnings],
         )
     except LineageError as exc:
-        # The command ran; its exit status is what the caller's pipeline depends on.
-        print(f"lineage: error: the run was not fully recorded: {exc.message}", file=sys.stderr)
-        return captured.exit_code
+        if not _unreachable(exc):
+            print(f"lineage: error: the run was not fully recorded: {exc.message}", file=sys.stderr)
+            return captured.exit_code
+        return _spool(run_id, begun, captured, fields, target, (), exc.message)
     reads = sum(1 for a in accesses if a.mode == "read" and a.role == "data")
     writes = sum(1 for a in accesses if a.mode == "write")
     print(
         f"lineage: run {ended.run_id} {ended.status.value} (exit {captured.exit_code}): "
         f"{reads} inputs ({len(sent)} recorded while it ran), {writes} outputs, "
         f"{len(captured.sources)} source files, traced with {captured.method}",
+        file=sys.stderr,
+    )
+    return captured.exit_code
+
+
+def _unreachable(error: LineageError) -> bool:
+    """Whether the daemon could not be reached (spool and deliver later), rather than it
+    refused what it was sent (which a later delivery would not change)."""
+    from lineaged.errors import DeadlineExceeded
+
+    return isinstance(error, (DaemonUnavailable, DeadlineExceeded))
+
+
+def _spool(
+    run_id: str,
+    begun: _Begun,
+    captured: CapturedRun,
+    fields: dict[str, Any],
+    target: str,
+    accesses: Sequence[Access],
+    reason: str,
+) -> int:
+    """Journal the part of the run the daemon did not confirm; the command's exit status."""
+    from lineage_client import spool
+    from lineage_client.capture.digest import hash_external
+    from lineaged.models import RunStart
+
+    start = begun.start or RunStart(**{**fields, "started_at": captured.started_at})
+    # No daemon tied these to versions: their bytes, hashed now as the user, say which
+    # state the run saw (the daemon finds the version that held them on delivery).
+    hashed = [access if access.digest else hash_external(access) for access in accesses]
+    try:
+        path = spool.write_run(
+            target=target,
+            start=start,
+            accesses=hashed,
+            status=_status(captured),
+            exit_code=captured.exit_code,
+            ended_at=captured.ended_at,
+            warnings=[*begun.warnings, *captured.warnings],
+            reason=reason,
+        )
+    except (OSError, LineageError) as exc:
+        message = exc.message if isinstance(exc, LineageError) else str(exc)
+        print(
+            f"lineage: error: run {run_id} was not recorded ({reason}) and could not be "
+            f"spooled: {message}",
+            file=sys.stderr,
+        )
+        return captured.exit_code
+    print(
+        f"lineage: run {run_id} was not recorded ({reason}): its capture "
+        f"({len(hashed)} accesses, exit {captured.exit_code}) is spooled in {path}; "
+        "`lineage sync` or the next lineage command that reaches the daemon delivers it",
         file=sys.stderr,
     )
     return captured.exit_code

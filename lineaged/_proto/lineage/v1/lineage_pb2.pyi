@@ -151,6 +151,11 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     RUN_STATUS_SUCCEEDED: _RunStatus.ValueType  # 2
     RUN_STATUS_FAILED: _RunStatus.ValueType  # 3
     RUN_STATUS_INTERRUPTED: _RunStatus.ValueType  # 4
+    RUN_STATUS_ABANDONED: _RunStatus.ValueType  # 120
+    """The wrapper went away without ending the run (found when the daemon starts): what it
+    recorded is kept, and a later delivery of the run's spooled capture completes it.
+    Numbered from the capture-spool range so that parallel additions never collide.
+    """
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """The state of a run."""
@@ -160,6 +165,11 @@ RUN_STATUS_RUNNING: RunStatus.ValueType  # 1
 RUN_STATUS_SUCCEEDED: RunStatus.ValueType  # 2
 RUN_STATUS_FAILED: RunStatus.ValueType  # 3
 RUN_STATUS_INTERRUPTED: RunStatus.ValueType  # 4
+RUN_STATUS_ABANDONED: RunStatus.ValueType  # 120
+"""The wrapper went away without ending the run (found when the daemon starts): what it
+recorded is kept, and a later delivery of the run's spooled capture completes it.
+Numbered from the capture-spool range so that parallel additions never collide.
+"""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 class _Direction:
