@@ -71,7 +71,9 @@ def scenario(module_daemon: DaemonProcess) -> Scenario:
     train.write_bytes(b"x,y\n1,2\n")
     outside.write_bytes(b'{"lr": 0.1}')
     wait_current(client, train, b3(train.read_bytes()))
-    with client.run("train", params={"lr": "0.1"}, argv=["python", "train.py"]) as run:
+    with client.run(
+        "train", params={"lr": "0.1"}, argv=["python", "train.py"], capture=False
+    ) as run:
         run.input(train)
         run.input(outside)
         model.write_bytes(b"weights " + name.encode())
@@ -223,7 +225,7 @@ def test_verify_exit_status_follows_the_inputs(lineage, module_daemon: DaemonPro
     output = module_daemon.models / f"{source.stem}.out"
     source.write_bytes(b"v1")
     wait_current(client, source, b3(b"v1"))
-    with client.run("verify-me") as run:
+    with client.run("verify-me", capture=False) as run:
         run.input(source)
         output.write_bytes(b"out")
         run.output(output)

@@ -547,11 +547,15 @@ class Client:
         code: CodeState | None = None,
         env: EnvState | None = None,
         parent_run_id: str | None = None,
+        capture: bool = True,
     ) -> RunRecorder:
         """A context manager recording one run: declare I/O with ``input()``/``output()``.
 
         ``parent_run_id`` defaults to ``$LINEAGE_RUN_ID``: code run under ``lineage run``
-        records its runs as children of that run.
+        records its runs as children of that run. With ``capture`` (the default) the run's
+        code and environment are recorded as ``lineage run`` records them: the git state of
+        the working directory (unless ``code`` is given), this interpreter's environment
+        (unless ``env`` is), and, when it ends, the script and project modules loaded.
         """
         start = RunStart(
             name=name,
@@ -567,7 +571,7 @@ class Client:
             code=code,
             env=env,
         )
-        return RunRecorder(self, start)
+        return RunRecorder(self, start, capture=capture)
 
     def subscribe(self, path_prefix: str = "") -> EventStream:
         """Stream new versions and run events under ``path_prefix`` (no deadline)."""
@@ -589,9 +593,10 @@ class RunRecorder:
     re-raised; ``KeyboardInterrupt`` ends it ``interrupted``; ``SystemExit(n)`` uses ``n``.
     """
 
-    def __init__(self, client: Client, start: RunStart) -> None:
+    def __init__(self, client: Client, start: RunStart, *, capture: bool = False) -> None:
         self._client = client
         self._start = start
+        self._capture = capture
         self._pending: list[Access] = []
         self._outputs: dict[str, tuple[int, str]] = {}
         self._warnings: list[str] = []
@@ -609,8 +614,22 @@ class RunRecorder:
 
     def __enter__(self) -> RunRecorder:
         start = dataclasses.replace(self._start, started_at=time.time_ns())
+        if self._capture:
+            from lineage_client.capture.declared import describe_code, describe_env
+
+            if start.code is None:
+                start = dataclasses.replace(start, code=describe_code(start.cwd, self._warnings))
+            if start.env is None:
+                start = dataclasses.replace(start, env=describe_env())
         self.run = self._client.begin_run(start)
         return self
+
+    def _collect_sources(self) -> None:
+        """The script and project modules this process loaded, as code inputs."""
+        from lineage_client.capture.declared import loaded_sources, source_accesses
+
+        assert self.run is not None
+        self._pending += source_accesses(loaded_sources(), self.run.started_at, time.time_ns())
 
     def _files(self, path: str | os.PathLike[str]) -> list[str]:
         absolute = Client._abspath(path)
@@ -697,6 +716,8 @@ class RunRecorder:
             status, exit_code = RunStatus.FAILED, 1
         try:
             self._collect_outputs()
+            if self._capture:
+                self._collect_sources()
             self.flush()
         except LineageError as error:
             if exc is None:
