@@ -883,6 +883,7 @@ class ListRunsQuery:
     since: int | None
     until: int | None
     before_id: int | None
+    parent_run_id: str = ""
 
 
 def parse_list_runs(request: pb.ListRunsRequest) -> ListRunsQuery:
@@ -903,6 +904,9 @@ def parse_list_runs(request: pb.ListRunsRequest) -> ListRunsQuery:
         since=since,
         until=until,
         before_id=decode_page_token(request.page_token, "runs"),
+        parent_run_id=parse_run_id(request.parent_run_id, "parent_run_id")
+        if request.parent_run_id
+        else "",
     )
 
 

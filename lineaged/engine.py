@@ -1041,8 +1041,10 @@ class Engine:
         since: int | None = None,
         until: int | None = None,
         before_id: int | None = None,
+        parent_run_id: str = "",
     ) -> list[Run]:
-        """Runs newest first, filtered; page with ``before_id`` (the last run's ``id``)."""
+        """Runs newest first, filtered; page with ``before_id`` (the last run's ``id``);
+        ``parent_run_id``: only the runs nested in that one."""
         if "\x00" in name:
             raise InvalidArgument("a run name has no NUL bytes")
         return self.store.list_runs(
@@ -1052,6 +1054,7 @@ class Engine:
             since=since,
             until=until,
             before_id=before_id,
+            parent_run_id=parent_run_id,
         )
 
     # -- lineage

@@ -92,7 +92,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "lineaged.db"
 APP_ID = 0x4C494E45  # "LINE": PRAGMA application_id marks a lineaged database
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
 DIGEST_BYTES = 32
 MIN_PREFIX = 8
@@ -259,7 +259,15 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.table("edges").create_index(["version_id", "kind"], index_name="edges_by_version")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1,)
+def _migration_capture_spool(db: sqlite_utils.Database) -> None:
+    # `lineage show` lists a run's nested runs (ListRuns by parent): one index lookup.
+    db.table("runs").create_index(["parent_run_id", "id"], index_name="runs_by_parent")
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migration_1,
+    _migration_capture_spool,
+)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -1432,8 +1440,9 @@ class Store:
         since: int | None = None,
         until: int | None = None,
         before_id: int | None = None,
+        parent_run_id: str = "",
     ) -> list[Run]:
-        """Runs newest first, filtered by name, status and start time."""
+        """Runs newest first, filtered by name, status, start time and parent run."""
         clauses = ["r.id < ?"]
         params: list[Any] = [before_id if before_id is not None else 2**63 - 1]
         if name:
@@ -1448,6 +1457,9 @@ class Store:
         if until is not None:
             clauses.append("r.started_at < ?")
             params.append(until)
+        if parent_run_id:
+            clauses.append("r.parent_run_id = ?")
+            params.append(parent_run_id)
         params.append(limit)
         with self._reading() as conn:
             return self._runs_where(

@@ -212,7 +212,7 @@ def test_runs_and_show(lineage, scenario: Scenario) -> None:
     assert code == 0 and "inputs (2)" in out and "outputs (1)" in out and "lr=0.1" in out
     code, out, _ = lineage("show", scenario.run.run_id, "--json")
     data = json.loads(out)
-    assert set(data) == {"run", "inputs", "outputs"}
+    assert set(data) == {"run", "inputs", "outputs", "children"}
     assert [o["path"] for o in data["outputs"]] == [str(scenario.model)]
     assert sorted(i["path"] for i in data["inputs"]) == sorted(
         [str(scenario.train), str(scenario.outside)]

@@ -119,10 +119,13 @@ def _show(args: argparse.Namespace, client: Client) -> int:
     render = _render()
     run = client.get_run(args.run)
     graph = client.lineage(StartNode(run_id=run.run_id), Direction.BOTH, max_depth=1)
+    children = list(client.iter_runs(limit=1000, parent_run_id=run.run_id))
     return _emit(
         args,
-        lambda: render.run_detail_text(run, graph, full=args.full, diff=args.diff),
-        lambda: render.run_detail_json(run, graph),
+        lambda: render.run_detail_text(
+            run, graph, full=args.full, diff=args.diff, children=children
+        ),
+        lambda: render.run_detail_json(run, graph, children),
     )
 
 

@@ -333,10 +333,13 @@ class Client:
         until: int | str | dt.datetime | None = None,
         page_size: int = 0,
         page_token: str = "",
+        parent_run_id: str = "",
     ) -> Page[Run]:
-        """One page of runs, newest first, filtered by name, status and start time."""
+        """One page of runs, newest first, filtered by name, status, start time and parent
+        (``parent_run_id``: the runs nested in that one)."""
         request = pb.ListRunsRequest(
             name=name,
+            parent_run_id=parent_run_id,
             status=convert.run_status_to_pb(RunStatus(status) if status else None),
             page_size=page_size,
             page_token=page_token,

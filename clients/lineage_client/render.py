@@ -317,8 +317,8 @@ def _split_io(
     return inputs, outputs
 
 
-def run_detail_json(run: Run, graph: Graph) -> dict[str, Any]:
-    """``show --json``: the run plus its direct inputs and outputs."""
+def run_detail_json(run: Run, graph: Graph, children: Sequence[Run] = ()) -> dict[str, Any]:
+    """``show --json``: the run plus its direct inputs and outputs and its nested runs."""
     inputs, outputs = _split_io(run.run_id, graph)
 
     def io(pairs: list[tuple[Version, Edge]]) -> list[dict[str, Any]]:
@@ -332,7 +332,14 @@ def run_detail_json(run: Run, graph: Graph) -> dict[str, Any]:
             for version, edge in pairs
         ]
 
-    return {"run": run_json(run), "inputs": io(inputs), "outputs": io(outputs)}
+    return {
+        "run": run_json(run),
+        "inputs": io(inputs),
+        "outputs": io(outputs),
+        "children": [
+            {"run_id": c.run_id, "name": c.name, "status": str(c.status)} for c in children
+        ],
+    }
 
 
 # --- human text --------------------------------------------------------------------------
@@ -442,7 +449,14 @@ def _env_line(env: EnvState | None, full: bool) -> str:
     )
 
 
-def run_detail_text(run: Run, graph: Graph, *, full: bool = False, diff: bool = False) -> str:
+def run_detail_text(
+    run: Run,
+    graph: Graph,
+    *,
+    full: bool = False,
+    diff: bool = False,
+    children: Sequence[Run] = (),
+) -> str:
     """``lineage show RUN``."""
     lines = [
         f"run     {run.run_id}  {run.name}",
@@ -464,6 +478,14 @@ def run_detail_text(run: Run, graph: Graph, *, full: bool = False, diff: bool = 
         for version, edge in sorted(pairs, key=lambda pair: pair[0].path):
             note = " (changed during the run)" if edge.changed_during_run else ""
             lines.append(f"  {short(version.digest, full)}  {version.path}  [{edge.how}]{note}")
+    if children:
+        # Nested runs (lineage run inside lineage run): their I/O is theirs, not this run's.
+        lines.append(f"children ({len(children)})")
+        lines.extend(
+            f"  run {_short_id(c.run_id, full)} {c.name!r} {c.status}"
+            + ("" if c.exit_code is None else f" exit {c.exit_code}")
+            for c in sorted(children, key=lambda c: (c.started_at, c.run_id))
+        )
     if diff and run.code is not None and run.code.diff:
         lines.extend(["diff", run.code.diff.decode("utf-8", "replace").rstrip("\n")])
     return "\n".join(lines)

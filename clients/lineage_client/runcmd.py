@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PARENT_ENV", "main_run", "run_name"]
 
+# Where nested `lineage run`s leave notes for this one (capture/nested.py; named here so the
+# module need not be imported before the command starts).
+CHILDREN_ENV = "LINEAGE_CHILD_NOTES"
 DIFF_CAP_ENV = "LINEAGE_DIFF_CAP"  # bytes of `git diff` stored with a run (default 1 MiB)
 ENV_ALLOW_ENV = "LINEAGE_ENV_ALLOW"  # extra comma-separated variable patterns to record
 
@@ -197,13 +201,24 @@ def _target(args: argparse.Namespace) -> str:
 class _Begun:
     """What the thread beside the command produced: the client, the daemon's status, the run."""
 
-    __slots__ = ("begun", "client", "error", "notes", "start", "status", "streamer", "warnings")
+    __slots__ = (
+        "begun",
+        "children",
+        "client",
+        "error",
+        "notes",
+        "start",
+        "status",
+        "streamer",
+        "warnings",
+    )
 
     def __init__(self) -> None:
         self.client: Client | None = None
         self.status: Status | None = None
         self.start: RunStart | None = None  # with code and environment, once described
         self.begun = False  # BeginRun confirmed
+        self.children = ""  # the folder where nested runs leave their notes
         self.error: BaseException | None = None
         self.warnings: list[str] = []  # recorded with the run
         self.notes: list[str] = []  # printed once it has ended
@@ -214,10 +229,53 @@ class _Begun:
         streamer = self.streamer
         if streamer is None or streamer.error is not None:
             return
+        if self.children and _has_children(self.children):
+            return  # reads from now on may be a nested run's: decided once the command ends
         try:
             streamer.offer(events, polled_at, excluded)
         except Exception as exc:  # never let streaming break the run: the end sends all
             streamer.error = exc
+
+
+def _has_children(folder: str) -> bool:
+    try:
+        return any(name.endswith(".json") for name in os.listdir(folder))
+    except OSError:
+        return False
+
+
+def _children_folder() -> str:
+    """A new private folder for the notes of nested runs (no tempfile import before the
+    command starts); "" when none can be made (nested runs then go unnoticed)."""
+    base = os.environ.get("TMPDIR") or "/tmp"
+    for _ in range(16):
+        path = os.path.join(base, "lineage-children-" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        except OSError:
+            return ""
+        return path
+    return ""
+
+
+def _tell_parent(run_id: str, started_at: int) -> None:
+    """Leave the note a parent ``lineage run`` reads (its start only: the end is written by
+    ``nested.note_child`` once this run has ended)."""
+    folder = os.environ.get(CHILDREN_ENV, "")
+    if not folder:
+        return
+    final = os.path.join(folder, f"{run_id}.json")
+    try:
+        with open(f"{final}.tmp", "w", encoding="utf-8") as note:
+            note.write(
+                f'{{"run_id": "{run_id}", "started_at": {started_at}, "ended_at": null, '
+                '"paths": []}'
+            )
+        os.replace(f"{final}.tmp", final)
+    except OSError:
+        pass
 
 
 def _begin(
@@ -294,8 +352,10 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
     params = _params(args.param or [])
     _check_diff_cap()  # a bad LINEAGE_DIFF_CAP stops us before the command runs, as it did
     missing = _daemon_missing(args)
+    wrapper_started = time.time_ns()
     cwd = os.getcwd()
     run_id = new_run_id()
+    _tell_parent(run_id, wrapper_started)
     name = args.name or run_name(command)
     # RunStart's fields: the value itself is built beside the running command.
     start = {
@@ -327,11 +387,20 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         thread.start()
         worker.append(thread)
 
+    begun.children = _children_folder()
+    extra_env = {PARENT_ENV: run_id}
+    if begun.children:
+        extra_env[CHILDREN_ENV] = begun.children
+
     def daemon_dirs() -> list[str]:
         for thread in worker:
             thread.join()
         status = begun.status
-        return [status.state_dir] if status else []
+        from lineage_client.spool import spool_dir
+
+        # Never data: the daemon's state, nested runs' notes and spooled captures.
+        found = [str(spool_dir())] + ([begun.children] if begun.children else [])
+        return found + ([status.state_dir] if status else [])
 
     print(f"lineage: run {run_id} ({name}) started", file=sys.stderr)
     if missing:
@@ -347,7 +416,7 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         captured = capture_command(
             command,
             cwd=cwd,
-            extra_env={PARENT_ENV: run_id},
+            extra_env=extra_env,
             on_started=started,
             more_excluded=daemon_dirs,
             on_poll=begun.offer,
@@ -355,8 +424,14 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         daemon_dirs()  # the command could not start: the thread still ran
         for warning in [*begun.notes, *captured.warnings]:
             print(f"lineage: warning: {warning}", file=sys.stderr)
-        return _record(run_id, begun, captured, target=_target(args), fields=start)
+        code = _record(run_id, begun, captured, target=_target(args), fields=start)
+        _tell_parent_ended(run_id, wrapper_started, begun, captured)
+        return code
     finally:
+        if begun.children:
+            import shutil
+
+            shutil.rmtree(begun.children, ignore_errors=True)
         if begun.client is not None:
             begun.client.close()
 
@@ -375,7 +450,7 @@ def _record(
     # What went to the daemon while the command ran, and the daemon confirmed; the rest
     # (and any read whose final form differs) goes now.
     sent = begun.streamer.finish() if begun.streamer is not None else {}
-    accesses = _accesses(status.roots if status is not None else (), captured)
+    accesses = _own(_accesses(status.roots if status is not None else (), captured), begun, fields)
     if client is None or status is None or not begun.begun:
         error = begun.error
         if isinstance(error, LineageError) and not _unreachable(error):
@@ -416,6 +491,57 @@ def _record(
         file=sys.stderr,
     )
     return captured.exit_code
+
+
+def _own(accesses: list[Access], begun: _Begun, fields: dict[str, Any]) -> list[Access]:
+    """The run's own data and code: without what belongs to the environment or the tools
+    (``capture/noise.py``), without what nested runs did (``capture/nested.py``), and with
+    the command's script as code even when the tracer saw it only opened (a run killed
+    before its hook could report its sources)."""
+    import dataclasses
+
+    from lineage_client.capture import nested
+    from lineage_client.capture.digest import hash_external
+    from lineage_client.capture.noise import noise_filter
+
+    noise = noise_filter()
+    own = [access for access in accesses if not noise(access.path)]
+    if begun.children:
+        own = nested.without_children(own, nested.read_children(begun.children))
+    script = _script(fields["argv"], fields["cwd"])
+    for index, access in enumerate(own):
+        if access.path == script and access.mode == "read" and access.role == "data":
+            code = dataclasses.replace(access, role="code")
+            own[index] = code if code.digest else hash_external(code)
+    return own
+
+
+def _script(command: Sequence[str], cwd: str) -> str:
+    """The script file an interpreter command runs (``python train.py``, ``sh run.sh``),
+    resolved; "" when the command names none."""
+    name = run_name(command)
+    if name == os.path.basename(command[0]):
+        return ""
+    for arg in command[1:]:
+        if os.path.basename(arg) == name and not arg.startswith("-"):
+            return os.path.realpath(os.path.join(cwd, arg))
+    return ""
+
+
+def _tell_parent_ended(run_id: str, started_at: int, begun: _Begun, captured: CapturedRun) -> None:
+    """Tell a parent ``lineage run`` every path this run (and its own children) touched."""
+    if not os.environ.get(CHILDREN_ENV):
+        return
+    from lineage_client.capture import nested
+
+    paths = {access.path for access in captured.accesses}
+    paths.update(source.path for source in captured.sources)
+    if begun.start is not None and begun.start.code is not None:
+        paths.update(nested.work_tree_files(begun.start.cwd))
+    if begun.children:
+        for child in nested.read_children(begun.children):
+            paths.update(child.paths)
+    nested.note_child(run_id, started_at, ended_at=time.time_ns(), paths=paths)
 
 
 def _unreachable(error: LineageError) -> bool:

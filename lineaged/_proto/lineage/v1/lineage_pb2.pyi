@@ -1648,11 +1648,14 @@ class ListRunsRequest(_message.Message):
     UNTIL_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     status: Global___RunStatus.ValueType
     """UNSPECIFIED: any"""
     page_size: _builtins.int
     page_token: _builtins.str
+    parent_run_id: _builtins.str
+    """only the runs nested in this one (its children)"""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """started at or after"""
@@ -1670,10 +1673,11 @@ class ListRunsRequest(_message.Message):
         until: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        parent_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "status", b"status", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "since", b"since", "status", b"status", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
