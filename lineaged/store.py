@@ -1825,8 +1825,13 @@ _ROW_ID = operator.itemgetter(16)  # a RunRow's run row id
 def _bridges(
     versions: Mapping[int, VersionRow], kept: Mapping[tuple[int, int, str], object]
 ) -> list[EdgeRow]:
-    """``same_digest`` edges from a version a run wrote to another version with its bytes
-    (``versions`` in id order: the caps keep the oldest)."""
+    """``same_digest`` edges from a version a run wrote to every other version with its bytes,
+    written by another run or not (``versions`` in id order: the caps keep the oldest).
+
+    A copy is shown as a copy: the run that wrote X is credited for a version with X's bytes
+    only through this edge ("same bytes as X, written by R"), never as its writer; two runs
+    that wrote the same bytes are bridged both ways, so every answer (text trace, JSON,
+    verify) shows both, each as what it is."""
     written = {version_id for (_, version_id, kind) in kept if kind == "wrote"}
     by_digest: dict[str, list[int]] = {}
     for version in versions.values():
@@ -1838,7 +1843,7 @@ def _bridges(
         sources = [v for v in group if v in written][:20]
         for source in sources:
             for target in group[:50]:
-                if target != source and target not in written:
+                if target != source:
                     bridges.append(
                         (
                             version_node_id(source),

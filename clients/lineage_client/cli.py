@@ -133,14 +133,15 @@ def _verify(args: argparse.Namespace, client: Client) -> int:
     from lineaged.models import VerifyState
 
     render = _render()
-    items = client.verify(args.target)
+    start, items = client.verify_start(args.target)
+    gone = client.target_gone(start)
     _emit(
         args,
-        lambda: render.verify_text(items, full=args.full),
-        lambda: render.verify_json(args.target, items),
+        lambda: render.verify_text(items, full=args.full, target_gone=gone),
+        lambda: render.verify_json(args.target, items, target_gone=gone),
     )
     bad = any(i.state in (VerifyState.CHANGED, VerifyState.MISSING) for i in items)
-    return 1 if bad else 0
+    return 1 if bad or gone else 0
 
 
 def _sync(args: argparse.Namespace, client: Client) -> int:

@@ -414,6 +414,10 @@ class Client:
 
         Inputs outside every root come back UNKNOWN from the daemon; they are checked here.
         """
+        return self.verify_start(target)[1]
+
+    def verify_start(self, target: StartNode | str) -> tuple[StartNode, list[VerifyItem]]:
+        """:meth:`verify`, with the start node ``target`` turned out to mean."""
         last: NotFound | None = None
         for node in self.resolve(target) if isinstance(target, str) else [target]:
             try:
@@ -421,9 +425,19 @@ class Client:
             except NotFound as exc:
                 last = exc
                 continue
-            return [self._check_locally(convert.verify_item_from_pb(i)) for i in response.items]
+            return node, [
+                self._check_locally(convert.verify_item_from_pb(i)) for i in response.items
+            ]
         assert last is not None
         raise last
+
+    @staticmethod
+    def target_gone(start: StartNode) -> str:
+        """The path of a start that names a path's current state when that path no longer
+        exists (the inputs of its last version may all match; the file is still gone)."""
+        if start.path and start.at is None and not os.path.lexists(start.path):
+            return start.path
+        return ""
 
     @staticmethod
     def _check_locally(item: VerifyItem) -> VerifyItem:

@@ -282,11 +282,16 @@ def status_json(status: Status, *, now: int | None = None) -> dict[str, Any]:
     }
 
 
-def verify_json(target: str, items: Sequence[VerifyItem]) -> dict[str, Any]:
-    """``verify --json``: ``ok`` is false when an input changed or is missing."""
+def verify_json(
+    target: str, items: Sequence[VerifyItem], *, target_gone: str = ""
+) -> dict[str, Any]:
+    """``verify --json``: ``ok`` is false when an input changed or is missing, or when the
+    target itself no longer exists (``target_exists``)."""
     return {
         "target": target,
-        "ok": all(i.state not in (VerifyState.CHANGED, VerifyState.MISSING) for i in items),
+        "target_exists": not target_gone,
+        "ok": not target_gone
+        and all(i.state not in (VerifyState.CHANGED, VerifyState.MISSING) for i in items),
         "items": [
             {
                 "path": i.path,
@@ -491,8 +496,16 @@ def run_detail_text(
     return "\n".join(lines)
 
 
-def verify_text(items: Sequence[VerifyItem], *, full: bool = False) -> str:
-    """``lineage verify``: one line per input, then a summary."""
+def verify_text(items: Sequence[VerifyItem], *, full: bool = False, target_gone: str = "") -> str:
+    """``lineage verify``: one line per input, then a summary (``target_gone``: the path of
+    a target that no longer exists, said first and last)."""
+    if target_gone:
+        gone = f"the target {target_gone} no longer exists"
+        body = verify_text(items, full=full).rsplit("\n", 1)[0] if items else ""
+        heading = f"{gone}; the inputs of its last recorded version:"
+        return "\n".join(
+            [heading, body, gone] if body else [gone + " (no recorded inputs upstream)"]
+        )
     if not items:
         return "no recorded inputs upstream"
     rows = [
@@ -551,11 +564,19 @@ def graph_tree(graph: Graph, direction: Direction, *, full: bool = False) -> str
         ("wrote", "read") if direction is Direction.UPSTREAM else ("read", "wrote")
     )
     children: dict[str, list[tuple[str, Edge]]] = {}
+    upstream = direction is Direction.UPSTREAM
     for edge in graph.edges:
         if edge.kind == version_edge:
             children.setdefault(edge.target, []).append((edge.source, edge))
         if edge.kind == run_edge:
             children.setdefault(edge.source, []).append((edge.target, edge))
+        if edge.kind == "same_digest":
+            # Upstream, a version's bytes came from the written version they equal; downstream,
+            # a written version's bytes live on in its copies. Never shown as written by its run.
+            if upstream:
+                children.setdefault(edge.target, []).append((edge.source, edge))
+            else:
+                children.setdefault(edge.source, []).append((edge.target, edge))
     starts = [node for node in graph.start if node in versions or node in runs]
     if not starts:
         reached = {child for kids in children.values() for child, _ in kids}
@@ -576,9 +597,13 @@ def graph_tree(graph: Graph, direction: Direction, *, full: bool = False) -> str
 
     def walk(node: str, prefix: str) -> None:
         kids = sorted(children.get(node, []), key=lambda kid: label(kid[0]))
+        # A copy already on the tree adds nothing (copies are bridged both ways).
+        kids = [kid for kid in kids if not (kid[1].kind == "same_digest" and kid[0] in seen)]
         for index, (child, edge) in enumerate(kids):
             last = index == len(kids) - 1
             verb = verbs["version" if node in versions else "run"]
+            if edge.kind == "same_digest":
+                verb = "same bytes as" if upstream else "same bytes at"
             note = " (changed during the run)" if edge.changed_during_run else ""
             repeat = " (see above)" if child in seen else ""
             lines.append(f"{prefix}{'└─ ' if last else '├─ '}{verb} {label(child)}{note}{repeat}")
