@@ -41,8 +41,11 @@ def answers(daemon: DaemonProcess, target: Path) -> tuple[list[str], dict, dict,
     as_json = daemon.run_cli("trace", "--json", str(target))
     assert as_json.returncode == 0, as_json.stderr
     verify = daemon.run_cli("verify", "--json", str(target))
-    return text.stdout.splitlines(), json.loads(as_json.stdout), json.loads(verify.stdout), (
-        verify.returncode
+    return (
+        text.stdout.splitlines(),
+        json.loads(as_json.stdout),
+        json.loads(verify.stdout),
+        (verify.returncode),
     )
 
 
