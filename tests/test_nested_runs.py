@@ -10,12 +10,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lineaged.models import Direction, StartNode
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, short_tmp_dir
 from tests.helpers import b3
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -39,29 +40,53 @@ def run_io(client, run_id: str) -> tuple[dict[str, str], dict[str, str], dict[st
     return data, code, outputs
 
 
-@pytest.mark.parametrize("tracer", ["strace", "audit-hook"])
+@pytest.mark.parametrize(
+    ("tracer", "offline"),
+    [("strace", False), ("audit-hook", False), ("audit-hook", True)],
+    ids=["strace", "audit-hook", "no-daemon-then-sync"],
+)
 def test_nested_pipeline_links_children_and_keeps_their_io_theirs(
-    daemon: DaemonProcess, tmp_path: Path, tracer: str
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path, tracer: str, offline: bool
 ) -> None:
     if tracer == "strace" and shutil.which("strace") is None:
         pytest.skip("strace is not installed")
+    base = short_tmp_dir()
+    try:
+        run_pipeline(make_daemon, base, tmp_path, tracer, offline)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_pipeline(
+    make_daemon: Callable[..., DaemonProcess],
+    base: Path,
+    tmp_path: Path,
+    tracer: str,
+    offline: bool,
+) -> None:
+    for root in ("data", "model", "run"):
+        (base / root).mkdir()
+    # Offline, the whole pipeline runs with no daemon: parent and children are spooled, and
+    # delivered parent first (oldest first), so the children's links hold.
+    daemon = None if offline else make_daemon(base=base)
+    data, models, sock = base / "data", base / "model", base / "run" / "lineaged.sock"
     home = tmp_path / "home"
     home.mkdir()
     (home / ".gitconfig").write_text("[user]\n\tname = T\n\temail = t@example.org\n")
     env = {**os.environ, "HOME": str(home)}
     repo = tmp_path / "project"
     repo.mkdir()
-    raw = daemon.data / "raw.csv"
+    raw = data / "raw.csv"
     raw.write_bytes(b"a,b\n1,2\n3,4\n")
-    clean = daemon.data / "clean.csv"
-    model = daemon.models / "model.bin"
+    clean = data / "clean.csv"
+    model = models / "model.bin"
     (repo / "clean.py").write_text(
         f"open({str(clean)!r}, 'wb').write(open({str(raw)!r}, 'rb').read().upper())\n"
     )
     (repo / "train.py").write_text(
         f"open({str(model)!r}, 'wb').write(open({str(clean)!r}, 'rb').read()[::-1])\n"
     )
-    lineage = f"{shlex.quote(sys.executable)} -m lineage_client.cli --socket {daemon.socket}"
+    lineage = f"{shlex.quote(sys.executable)} -m lineage_client.cli --socket {sock}"
     python = shlex.quote(sys.executable)
     (repo / "pipeline.sh").write_text(
         textwrap.dedent(
@@ -80,12 +105,17 @@ def test_nested_pipeline_links_children_and_keeps_their_io_theirs(
 
     outer = ["sh", "pipeline.sh"] if tracer == "strace" else [sys.executable, "pipeline.py"]
     done = subprocess.run(
-        [sys.executable, "-m", "lineage_client.cli", "--socket", str(daemon.socket), "run",
+        [sys.executable, "-m", "lineage_client.cli", "--socket", str(sock), "run",
          "--name", "pipeline", "--", *outer],
         cwd=repo, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert model.read_bytes() == raw.read_bytes().upper()[::-1]
+    if daemon is None:
+        assert done.stderr.count("is spooled in") == 3
+        daemon = make_daemon(base=base)
+        synced = daemon.run_cli("sync")
+        assert synced.returncode == 0 and "delivered 3 spooled runs" in synced.stdout, synced
     client = daemon.client()
     [parent] = [r for r in client.iter_runs(name="pipeline")]
     children = list(client.iter_runs(parent_run_id=parent.run_id))
