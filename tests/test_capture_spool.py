@@ -276,3 +276,39 @@ def test_daemon_start_marks_only_runs_whose_wrapper_is_gone_abandoned(
     ended = client.end_run(dead, status=RunStatus.SUCCEEDED, exit_code=0)
     assert ended.status is RunStatus.SUCCEEDED
     client.end_run(alive, status=RunStatus.INTERRUPTED)
+
+
+def test_a_spooled_child_waits_for_its_parent_then_both_are_delivered_in_order(
+    base: Path, daemons: Daemons, private_spool: Path
+) -> None:
+    from lineage_client import spool
+
+    from lineaged.models import Access, AccessMode, new_run_id
+
+    daemon = daemons.start()
+    client = daemon.client()
+    out = base / "model" / "child.bin"
+    out.write_bytes(b"made by the child")
+    parent = RunStart(name="parent", run_id=new_run_id(), started_at=1_000)
+    child = RunStart(
+        name="child", run_id=new_run_id(), parent_run_id=parent.run_id, started_at=2_000
+    )
+    write = Access(str(out), AccessMode.WRITE, 2_100, 2_200, digest=b3(out.read_bytes()))
+    common = {"status": RunStatus.SUCCEEDED, "exit_code": 0, "warnings": (), "reason": "test"}
+    target = client.target
+    spool.write_run(target=target, start=child, accesses=[write], ended_at=3_000, **common)
+    waiting = spool.deliver(client)
+    assert waiting.delivered == [] and [r for r, _ in waiting.waiting] == [child.run_id]
+    assert "its parent run" in waiting.waiting[0][1]
+    # An entry for another daemon is left alone.
+    elsewhere = RunStart(name="elsewhere", run_id=new_run_id(), started_at=500)
+    spool.write_run(
+        target="unix:/nowhere.sock", start=elsewhere, accesses=(), ended_at=600, **common
+    )
+    spool.write_run(target=target, start=parent, accesses=(), ended_at=4_000, **common)
+    report = spool.deliver(client)
+    assert report.delivered == [parent.run_id, child.run_id] and report.waiting == []
+    assert client.get_run(child.run_id).parent_run_id == parent.run_id
+    assert io_of(client, child.run_id) == ({}, {str(out): b3(out.read_bytes())})
+    assert [e.run_id for e in spool.pending()] == [elsewhere.run_id]
+    assert spool.deliver(client, every_target=True).delivered == [elsewhere.run_id]
