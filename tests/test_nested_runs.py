@@ -111,7 +111,9 @@ def run_pipeline(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert model.read_bytes() == raw.read_bytes().upper()[::-1]
-    if daemon is None:
+    if daemon is not None:
+        assert "2 nested runs (their I/O is theirs)" in done.stderr
+    else:
         assert done.stderr.count("is spooled in") == 3
         daemon = make_daemon(base=base)
         synced = daemon.run_cli("sync")

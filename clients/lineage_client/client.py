@@ -497,14 +497,15 @@ class Client:
 
     # --- runs ----------------------------------------------------------------------------
 
-    def begin_run(self, start: RunStart) -> Run:
+    def begin_run(self, start: RunStart, *, wait_for_parent: bool = True) -> Run:
         """Record a new run; returns it with its run id (``start.run_id`` if one was chosen).
 
         A parent named by ``$LINEAGE_RUN_ID`` may not be recorded yet: ``lineage run`` starts
         its command before its own BeginRun reaches the daemon. Such a parent is waited for
         until ``PARENT_WAIT`` seconds after its id was made (the id carries the time) before
         the daemon's NotFound is raised: a parent whose BeginRun failed, or a stale variable,
-        costs the runs nested later nothing.
+        costs the runs nested later nothing. ``wait_for_parent=False`` never waits (a spooled
+        run's delivery decides on its own).
         """
         request = convert.begin_run_to_pb(start)
         pause = 0.01
@@ -514,7 +515,12 @@ class Client:
             except NotFound:
                 parent = start.parent_run_id
                 made = run_id_time_ns(parent)
-                if not parent or parent != os.environ.get(PARENT_ENV) or made is None:
+                if (
+                    not wait_for_parent
+                    or not parent
+                    or parent != os.environ.get(PARENT_ENV)
+                    or made is None
+                ):
                     raise
                 left = (made - time.time_ns()) / 1e9 + PARENT_WAIT
                 if left <= 0:

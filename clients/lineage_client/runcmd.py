@@ -237,6 +237,13 @@ class _Begun:
             streamer.error = exc
 
 
+def _count_children(folder: str) -> int:
+    try:
+        return sum(name.endswith(".json") for name in os.listdir(folder)) if folder else 0
+    except OSError:
+        return 0
+
+
 def _has_children(folder: str) -> bool:
     try:
         return any(name.endswith(".json") for name in os.listdir(folder))
@@ -484,10 +491,16 @@ def _record(
         return _spool(run_id, begun, captured, fields, target, (), exc.message)
     reads = sum(1 for a in accesses if a.mode == "read" and a.role == "data")
     writes = sum(1 for a in accesses if a.mode == "write")
+    nested = _count_children(begun.children)
     print(
         f"lineage: run {ended.run_id} {ended.status.value} (exit {captured.exit_code}): "
         f"{reads} inputs ({len(sent)} recorded while it ran), {writes} outputs, "
-        f"{len(captured.sources)} source files, traced with {captured.method}",
+        f"{len(captured.sources)} source files, traced with {captured.method}"
+        + (
+            f", {nested} nested run{'s' if nested != 1 else ''} (their I/O is theirs)"
+            if nested
+            else ""
+        ),
         file=sys.stderr,
     )
     return captured.exit_code

@@ -315,7 +315,7 @@ def _deliver_one(client: Client, entry: SpooledRun) -> str:
     if run is None:
         start = entry.start
         try:
-            client.begin_run(start)
+            client.begin_run(start, wait_for_parent=False)
         except AlreadyExists:
             pass  # begun by an earlier delivery that was cut short
         except NotFound:
@@ -325,7 +325,9 @@ def _deliver_one(client: Client, entry: SpooledRun) -> str:
                 return f"its parent run {parent} is not recorded yet"
             warnings.append(f"its parent run {parent} was never recorded")
             with contextlib.suppress(AlreadyExists):
-                client.begin_run(dataclasses.replace(start, parent_run_id=""))
+                client.begin_run(
+                    dataclasses.replace(start, parent_run_id=""), wait_for_parent=False
+                )
     if entry.accesses:
         client.record_accesses(entry.run_id, list(entry.accesses))
     with contextlib.suppress(FailedPrecondition):  # ended meanwhile by another delivery
