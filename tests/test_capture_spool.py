@@ -236,10 +236,16 @@ def test_a_daemon_stopped_mid_run_loses_nothing_and_the_run_completes(
     assert any("abandoned" in w for w in abandoned.warnings)
     assert io_of(client, run_id) == ({str(raw): b3(raw.read_bytes())}, {})
 
+    keep = base / "entry.json"
+    shutil.copy(entry, keep)
     synced = cli(base, "sync")
     assert synced.returncode == 0 and f"delivered 1 spooled run: {run_id}" in synced.stdout
     run = client.get_run(run_id)
     assert (run.status, run.exit_code) == (RunStatus.SUCCEEDED, 0)
+    edges = edge_count(client, run_id)
+    shutil.copy(keep, entry)  # delivered twice: the second time adds nothing
+    assert f"delivered 1 spooled run: {run_id}" in cli(base, "sync").stdout
+    assert client.get_run(run_id) == run and edge_count(client, run_id) == edges
     expected = (
         {str(raw): b3(raw.read_bytes())},
         {str(model): b3(model.read_bytes()), str(ready): b3(b"")},  # ready: an output too
