@@ -156,6 +156,7 @@ _STATUS_TO_PB = {
     RunStatus.SUCCEEDED: pb.RUN_STATUS_SUCCEEDED,
     RunStatus.FAILED: pb.RUN_STATUS_FAILED,
     RunStatus.INTERRUPTED: pb.RUN_STATUS_INTERRUPTED,
+    RunStatus.ABANDONED: pb.RUN_STATUS_ABANDONED,
 }
 _DIRECTION_TO_PB = {
     Direction.UPSTREAM: pb.DIRECTION_UPSTREAM,
@@ -836,7 +837,11 @@ def parse_end_run(
 ) -> tuple[str, int | None, RunStatus, int, tuple[str, ...]]:
     """Validate EndRun: (run_id, exit_code, status, ended_at, warnings)."""
     run_id = parse_run_id(request.run_id)
-    if request.status in (pb.RUN_STATUS_UNSPECIFIED, pb.RUN_STATUS_RUNNING):
+    if request.status in (
+        pb.RUN_STATUS_UNSPECIFIED,
+        pb.RUN_STATUS_RUNNING,
+        pb.RUN_STATUS_ABANDONED,
+    ):
         raise InvalidArgument(
             "status must be RUN_STATUS_SUCCEEDED, RUN_STATUS_FAILED or RUN_STATUS_INTERRUPTED"
         )
@@ -857,6 +862,7 @@ class ListRunsQuery:
     since: int | None
     until: int | None
     before_id: int | None
+    parent_run_id: str = ""
 
 
 def parse_list_runs(request: pb.ListRunsRequest) -> ListRunsQuery:
@@ -877,6 +883,9 @@ def parse_list_runs(request: pb.ListRunsRequest) -> ListRunsQuery:
         since=since,
         until=until,
         before_id=decode_page_token(request.page_token, "runs"),
+        parent_run_id=parse_run_id(request.parent_run_id, "parent_run_id")
+        if request.parent_run_id
+        else "",
     )
 
 

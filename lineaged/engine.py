@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import queue
+import socket
 import stat
 import threading
 import time
@@ -72,6 +73,9 @@ MAX_PAGE = 1000  # the largest page any listing returns; bigger limits are Inval
 MAX_NODES = 10_000  # the largest lineage graph one answer carries
 MAX_DEPTH = 10_000
 MAX_ACCESSES = 10_000  # per RecordAccesses call
+# A run still "running" this long after it began, whose wrapper cannot be checked (another
+# host, no pid), is marked abandoned when the daemon starts.
+ABANDON_AFTER_NS = 7 * 24 * 3600 * 1_000_000_000
 PROGRESS_LOG_SECONDS = 2.0  # scans shorter than this log only their summary
 COUNTS_SECONDS = 1.0  # how stale the counts in status may be
 MAX_SUBSCRIBERS = 8  # each Subscribe stream holds a worker thread (16 by default)
@@ -83,6 +87,39 @@ ROOT_MISSING = (
     "root does not exist (deleted or unmounted?); its files keep their last versions, "
     "not marked deleted; waiting for it to appear"
 )
+
+
+def _iso_ns(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+
+
+def _process_alive_since(pid: int, started_at: int) -> bool:
+    """Whether process ``pid`` runs on this host and began no later than ``started_at`` (a
+    process that began after the run did merely took the wrapper's pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    except OSError:
+        return False
+    began = _process_start_ns(pid)
+    # Clock ticks make the start time coarse (10 ms); a second of slack is plenty.
+    return began is None or began <= started_at + 1_000_000_000
+
+
+def _process_start_ns(pid: int) -> int | None:
+    """When process ``pid`` began, from /proc (Linux), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            fields = stat_file.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as system:
+            boot = next(int(line.split()[1]) for line in system if line.startswith(b"btime"))
+        ticks = os.sysconf("SC_CLK_TCK")
+        return int((boot + int(fields[19]) / ticks) * 1e9)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 class Subscription:
@@ -367,12 +404,14 @@ class Engine:
     # -- lifecycle
 
     def start(self, *, watch: bool = True) -> None:
-        """Start the writer, register the roots, start watching and the initial scan."""
+        """Start the writer, register the roots, mark orphaned runs abandoned, start watching
+        and the initial scan."""
         self.writer.start()
         self._register_roots(self.config.roots)
         if self.openlineage is not None:
             self.store.openlineage_outbox = True
             self.openlineage.start()
+        self.abandon_orphans()
         if watch:
             self._watch_problem = lost_event_problem()
             if self._watch_problem:
@@ -925,6 +964,7 @@ class Engine:
         if self.openlineage is not None:
             self.openlineage.busy()
         linked = self._read_versions(reads, facts)
+        linked = self._match_digests(self._read_versions(reads, facts))
 
         # A read tied to a version is its edge; only what is not (writes, resolved at the run's
         # end; reads of untracked or vanished files) is kept as a raw access. Storing both
@@ -984,6 +1024,54 @@ class Engine:
                 linked.append((version_id, access))
         return linked
 
+    def _match_digests(self, linked: list[tuple[int, Access]]) -> list[tuple[int, Access]]:
+        """Reads that carry the client's digest (a capture spooled while the daemon was away,
+        or a source file) tied to the version of their path that held those bytes.
+
+        The version current at the first open is right when the daemon watched the run; a
+        run delivered late may have read a state the daemon saw only later, or earlier. A
+        read whose bytes the path never held in the store stays unlinked (kept as a raw
+        access with its digest) rather than tied to other bytes.
+        """
+        if not any(access.digest for _, access in linked):
+            return linked
+        digests = self.store.version_digests([vid for vid, access in linked if access.digest])
+        matched: list[tuple[int, Access]] = []
+        for version_id, access in linked:
+            if access.digest and digests.get(version_id) != access.digest:
+                found = self.store.version_with_digest(access.path, access.digest, access.first_at)
+                if found is None:
+                    continue
+                version_id = found
+            matched.append((version_id, access))
+        return matched
+
+    def abandon_orphans(self, *, now: int | None = None) -> list[str]:
+        """Mark ``abandoned`` the runs still ``running`` whose wrapper is gone: its process
+        is not alive on this host (or is another process that took its pid), or the run is
+        older than ``ABANDON_AFTER_NS`` (another host, or no pid to check). Returns their ids.
+        """
+        current = time.time_ns() if now is None else now
+        host = socket.gethostname()
+        reasons: dict[str, str] = {}
+        for run_id, run_host, pid, started_at in self.writer.call(lambda s: s.open_runs()):
+            if run_host == host and pid > 0:
+                if _process_alive_since(pid, started_at):
+                    continue
+                reasons[run_id] = (
+                    f"abandoned: its process {pid} was gone when lineaged started at "
+                    f"{_iso_ns(current)}; a spooled capture delivered later completes the run"
+                )
+            elif current - started_at > ABANDON_AFTER_NS:
+                reasons[run_id] = (
+                    f"abandoned: still running {(current - started_at) // 3_600_000_000_000} h "
+                    f"after it began, when lineaged started at {_iso_ns(current)}"
+                )
+        if reasons:
+            self.writer.call(lambda s: s.mark_abandoned(reasons))
+            log.warning("marked %d runs abandoned (their wrappers are gone)", len(reasons))
+        return sorted(reasons)
+
     def _check_access(self, access: Access, facts: _PathFacts) -> tuple[Access, bool, bool]:
         """The access's path checked (normalised; last_at not before first_at), whether it
         is under a root, and whether it is tracked there (:meth:`RootSet.tracked`). The other
@@ -1036,7 +1124,7 @@ class Engine:
             raise InvalidArgument("at most 100 warnings of at most 4096 characters")
         warnings = self.redactor.texts(warnings)
         run = self.store.get_run(run_id)
-        if run.status is not RunStatus.RUNNING:
+        if run.status not in (RunStatus.RUNNING, RunStatus.ABANDONED):
             raise FailedPrecondition(f"run {run.run_id} already ended ({run.status.value})")
         run_id = run.run_id
         outputs = self.writer.call(lambda store: store.run_accesses(run_id, AccessMode.WRITE))
@@ -1047,6 +1135,15 @@ class Engine:
         for access in outputs:
             if access.path in tracked:
                 current = self.store.current_version(access.path)
+                if access.digest and (current is None or current.digest != access.digest):
+                    # Delivered late from a spool: the file may have changed since the run
+                    # wrote it; the client's digest names the state the run left.
+                    found = self.store.version_with_digest(
+                        access.path, access.digest, access.last_at
+                    )
+                    if found is not None:
+                        linked.append((found, access))
+                        continue
                 if current is not None:
                     linked.append((current.id, access))
         end = ended_at or time.time_ns()
@@ -1078,8 +1175,10 @@ class Engine:
         since: int | None = None,
         until: int | None = None,
         before_id: int | None = None,
+        parent_run_id: str = "",
     ) -> list[Run]:
-        """Runs newest first, filtered; page with ``before_id`` (the last run's ``id``)."""
+        """Runs newest first, filtered; page with ``before_id`` (the last run's ``id``);
+        ``parent_run_id``: only the runs nested in that one."""
         if "\x00" in name:
             raise InvalidArgument("a run name has no NUL bytes")
         return self.store.list_runs(
@@ -1089,6 +1188,7 @@ class Engine:
             since=since,
             until=until,
             before_id=before_id,
+            parent_run_id=parent_run_id,
         )
 
     # -- lineage

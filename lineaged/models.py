@@ -88,6 +88,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    ABANDONED = "abandoned"  # the wrapper went away without ending it (capture-reliability.md)
 
 
 class Direction(StrEnum):

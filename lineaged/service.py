@@ -176,6 +176,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
                 since=query.since,
                 until=query.until,
                 before_id=query.before_id,
+                parent_run_id=query.parent_run_id,
             ),
             query.limit,
             lambda run: run.id,

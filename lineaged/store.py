@@ -388,10 +388,16 @@ def _migration_openlineage(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_capture_spool(db: sqlite_utils.Database) -> None:
+    # `lineage show` lists a run's nested runs (ListRuns by parent): one index lookup.
+    db.table("runs").create_index(["parent_run_id", "id"], index_name="runs_by_parent")
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migration_1,
     _migration_row_checksum,
     _migration_openlineage,
+    _migration_capture_spool,
     _migration_redact_secrets,
 )
 SCHEMA_VERSION = len(MIGRATIONS)  # a store at version N has had the first N migrations
@@ -472,6 +478,9 @@ _RUN_COLUMNS = (
 # machinery (graphs and histories decode hundreds of rows per call).
 _CHANGE_KINDS = {kind.value: kind for kind in ChangeKind}
 _RUN_STATUSES = {status.value: status for status in RunStatus}
+# A run that may still receive accesses and its end: running, or abandoned by a wrapper that
+# spooled what it could not deliver (capture-reliability.md).
+_OPEN_STATUSES = (RunStatus.RUNNING.value, RunStatus.ABANDONED.value)
 
 
 def _version(row: Sequence[Any]) -> Version:
@@ -1166,7 +1175,7 @@ class Store:
         """Store a run's raw accesses (resolved to edges by ``link_reads``/``link_writes``)."""
         conn = self._wc
         row_id, status, _ = self._run_row_id(conn, run_id)
-        if status != RunStatus.RUNNING.value:
+        if status not in _OPEN_STATUSES:
             raise FailedPrecondition(f"run {run_id} has ended ({status}); no more accesses")
         conn.executemany(
             "INSERT INTO accesses(run_id, path, mode, how, role, first_at, last_at, digest, "
@@ -1289,7 +1298,7 @@ class Store:
         """Close a running run."""
         conn = self._wc
         row_id, current, started_at = self._run_row_id(conn, run_id)
-        if current != RunStatus.RUNNING.value:
+        if current not in _OPEN_STATUSES:
             raise FailedPrecondition(f"run {run_id} already ended ({current})")
         if status is RunStatus.RUNNING:
             raise InvalidArgument("a run cannot end with status running")
@@ -1306,7 +1315,61 @@ class Store:
         if self.openlineage_outbox:
             self._queue_openlineage(conn, run_id, "end")
 
+    def open_runs(self) -> list[tuple[str, str, int, int]]:
+        """(run_id, host, pid, started_at) of every run still marked running (write connection)."""
+        rows = self._wc.execute(
+            "SELECT run_id, host, pid, started_at FROM runs WHERE status=? ORDER BY id",
+            (RunStatus.RUNNING.value,),
+        ).fetchall()
+        return [(str(r[0]), str(r[1] or ""), int(r[2] or 0), int(r[3])) for r in rows]
+
+    def mark_abandoned(self, reasons: Mapping[str, str]) -> int:
+        """Mark running runs ``abandoned``, each with its reason as a warning; what they
+        recorded stays. Returns how many were marked."""
+        conn = self._wc
+        marked = 0
+        for run_id, reason in reasons.items():
+            row = conn.execute(
+                "SELECT warnings FROM runs WHERE run_id=? AND status=?",
+                (run_id, RunStatus.RUNNING.value),
+            ).fetchone()
+            if row is None:
+                continue
+            warnings = [*json.loads(row[0] or "[]"), reason]
+            conn.execute(
+                "UPDATE runs SET status=?, warnings=? WHERE run_id=?",
+                (RunStatus.ABANDONED.value, json.dumps(warnings), run_id),
+            )
+            if self.openlineage_outbox:
+                self._queue_openlineage(conn, run_id, "end")  # an ABORT event
+            marked += 1
+        return marked
+
     # -- reads (any thread)
+
+    def version_digests(self, version_ids: Sequence[int]) -> dict[int, str]:
+        """The digest (hex) of each version id."""
+        found: dict[int, str] = {}
+        for chunk in _chunks(list(version_ids), _BATCH_PATHS):
+            for version_id, blob in self._rc.execute(
+                "SELECT id, digest FROM versions WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(chunk)),),
+            ):
+                found[int(version_id)] = blob.hex()
+        return found
+
+    def version_with_digest(self, path: str, digest: str, at: int) -> int | None:
+        """The version of ``path`` that held ``digest`` (the one valid at ``at`` if any, else
+        the nearest in time), None when the path never held it: how a capture delivered late
+        (the client hashed what the run read or wrote) finds the state it saw."""
+        row = self._rc.execute(
+            "SELECT v.id FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
+            "WHERE a.path=? AND v.digest=? ORDER BY "
+            "(v.valid_from<=? AND (v.valid_until IS NULL OR v.valid_until>?)) DESC, "
+            "abs(v.valid_from-?) LIMIT 1",
+            (path, digest_to_blob(digest), at, at, at),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def counts(self) -> Counts:
         """How many roots, artifacts, versions, runs and edges the store holds.
@@ -1589,8 +1652,9 @@ class Store:
         since: int | None = None,
         until: int | None = None,
         before_id: int | None = None,
+        parent_run_id: str = "",
     ) -> list[Run]:
-        """Runs newest first, filtered by name, status and start time."""
+        """Runs newest first, filtered by name, status, start time and parent run."""
         clauses = ["r.id < ?"]
         params: list[Any] = [before_id if before_id is not None else 2**63 - 1]
         if name:
@@ -1605,6 +1669,9 @@ class Store:
         if until is not None:
             clauses.append("r.started_at < ?")
             params.append(until)
+        if parent_run_id:
+            clauses.append("r.parent_run_id = ?")
+            params.append(parent_run_id)
         params.append(limit)
         with self._reading() as conn:
             return self._runs_where(
@@ -2138,8 +2205,13 @@ _ROW_ID = operator.itemgetter(16)  # a RunRow's run row id
 def _bridges(
     versions: Mapping[int, VersionRow], kept: Mapping[tuple[int, int, str], object]
 ) -> list[EdgeRow]:
-    """``same_digest`` edges from a version a run wrote to another version with its bytes
-    (``versions`` in id order: the caps keep the oldest)."""
+    """``same_digest`` edges from a version a run wrote to every other version with its bytes,
+    written by another run or not (``versions`` in id order: the caps keep the oldest).
+
+    A copy is shown as a copy: the run that wrote X is credited for a version with X's bytes
+    only through this edge ("same bytes as X, written by R"), never as its writer; two runs
+    that wrote the same bytes are bridged both ways, so every answer (text trace, JSON,
+    verify) shows both, each as what it is."""
     written = {version_id for (_, version_id, kind) in kept if kind == "wrote"}
     by_digest: dict[str, list[int]] = {}
     for version in versions.values():
@@ -2151,7 +2223,7 @@ def _bridges(
         sources = [v for v in group if v in written][:20]
         for source in sources:
             for target in group[:50]:
-                if target != source and target not in written:
+                if target != source:
                     bridges.append(
                         (
                             version_node_id(source),

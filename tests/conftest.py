@@ -207,6 +207,16 @@ def socket_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
+def private_spool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Each test's ``lineage`` commands spool into a state folder of their own, never the
+    user's (``lineage run`` journals what no daemon took; see docs/capture-reliability.md)."""
+    state = tmp_path_factory.mktemp("xdg-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(state))
+        yield state / "lineage" / "spool"
+
+
+@pytest.fixture(autouse=True)
 def no_thread_leaks() -> Iterator[None]:
     """Every thread a test starts must be gone (allowing a moment to wind down) at its end."""
     before = set(threading.enumerate())

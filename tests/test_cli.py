@@ -70,7 +70,9 @@ def scenario(module_daemon: DaemonProcess) -> Scenario:
     train.write_bytes(b"x,y\n1,2\n")
     outside.write_bytes(b'{"lr": 0.1}')
     wait_current(client, train, b3(train.read_bytes()))
-    with client.run("train", params={"lr": "0.1"}, argv=["python", "train.py"]) as run:
+    with client.run(
+        "train", params={"lr": "0.1"}, argv=["python", "train.py"], capture=False
+    ) as run:
         run.input(train)
         run.input(outside)
         model.write_bytes(b"weights " + name.encode())
@@ -210,7 +212,7 @@ def test_runs_and_show(lineage, scenario: Scenario) -> None:
     assert code == 0 and "inputs (2)" in out and "outputs (1)" in out and "lr=0.1" in out
     code, out, _ = lineage("show", scenario.run.run_id, "--json")
     data = json.loads(out)
-    assert set(data) == {"run", "inputs", "outputs"}
+    assert set(data) == {"run", "inputs", "outputs", "children"}
     assert [o["path"] for o in data["outputs"]] == [str(scenario.model)]
     assert sorted(i["path"] for i in data["inputs"]) == sorted(
         [str(scenario.train), str(scenario.outside)]
@@ -223,7 +225,7 @@ def test_verify_exit_status_follows_the_inputs(lineage, module_daemon: DaemonPro
     output = module_daemon.models / f"{source.stem}.out"
     source.write_bytes(b"v1")
     wait_current(client, source, b3(b"v1"))
-    with client.run("verify-me") as run:
+    with client.run("verify-me", capture=False) as run:
         run.input(source)
         output.write_bytes(b"out")
         run.output(output)
@@ -277,7 +279,7 @@ def test_every_command_is_registered() -> None:
     assert commands is not None
     expected = {
         "status", "log", "where", "trace", "impact", "runs", "show", "verify", "run", "ui",
-        "export",
+        "export", "sync",
     }  # fmt: skip
     assert set(commands) == expected
 

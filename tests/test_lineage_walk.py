@@ -7,7 +7,8 @@ that wrote a version with that digest (depth k + 1), and a run leads to the dige
 version it read (same depth); downstream, read and wrote swap. The graph holds every run
 reached; every edge between a run and a digest reached (also one the walk did not cross, into
 a digest at the depth limit); the versions at the ends of those edges and the start versions;
-and a ``same_digest`` edge from each version written to each other version with its bytes.
+and a ``same_digest`` edge from each version written to each other version with its bytes
+(written too or not: two runs that made the same bytes are bridged both ways).
 ``truncated`` says that runs the walk did not reach lie beyond the depth limit.
 """
 
@@ -161,7 +162,7 @@ def oracle(
     edges = {(f"run:{r}", f"version:{v}", k) for r, v, k in crossed}
     written = {vid for _, vid, kind in crossed if kind == "wrote"}
     for source in versions & written:
-        for target in versions - written:
+        for target in versions - {source}:
             if digest_of[target] == digest_of[source]:
                 edges.add((f"version:{source}", f"version:{target}", "same_digest"))
     return Expected(runs, versions, edges, truncated)

@@ -296,7 +296,7 @@ def test_declared_io_through_client_run(pipeline: Pipeline) -> None:
     write_raw(repo / "data" / "raw.csv", drop_every=7)
     raw = b3((repo / "data" / "raw.csv").read_bytes())
     client = pipeline.daemon.client()
-    with client.run("declared", params={"lr": 0.1}) as run:
+    with client.run("declared", params={"lr": 0.1}, capture=False) as run:
         run.input(repo / "data" / "raw.csv")
         (repo / "models" / "summary.txt").write_text("150 rows\n")
         run.output(repo / "models" / "summary.txt")

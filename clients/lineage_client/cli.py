@@ -121,10 +121,13 @@ def _show(args: argparse.Namespace, client: Client) -> int:
     render = _render()
     run = client.get_run(args.run)
     graph = client.lineage(StartNode(run_id=run.run_id), Direction.BOTH, max_depth=1)
+    children = list(client.iter_runs(limit=1000, parent_run_id=run.run_id))
     return _emit(
         args,
-        lambda: render.run_detail_text(run, graph, full=args.full, diff=args.diff),
-        lambda: render.run_detail_json(run, graph),
+        lambda: render.run_detail_text(
+            run, graph, full=args.full, diff=args.diff, children=children
+        ),
+        lambda: render.run_detail_json(run, graph, children),
     )
 
 
@@ -132,14 +135,52 @@ def _verify(args: argparse.Namespace, client: Client) -> int:
     from lineaged.models import VerifyState
 
     render = _render()
-    items = client.verify(args.target)
+    start, items = client.verify_start(args.target)
+    gone = client.target_gone(start)
     _emit(
         args,
-        lambda: render.verify_text(items, full=args.full),
-        lambda: render.verify_json(args.target, items),
+        lambda: render.verify_text(items, full=args.full, target_gone=gone),
+        lambda: render.verify_json(args.target, items, target_gone=gone),
     )
     bad = any(i.state in (VerifyState.CHANGED, VerifyState.MISSING) for i in items)
-    return 1 if bad else 0
+    return 1 if bad or gone else 0
+
+
+def _sync(args: argparse.Namespace, client: Client) -> int:
+    from lineage_client import spool
+
+    report = spool.deliver(client, every_target=args.all)
+    left = len(spool.pending())
+    if args.json:
+        print(
+            _render().dumps(
+                {
+                    "delivered": report.delivered,
+                    "waiting": [{"run_id": r, "reason": why} for r, why in report.waiting],
+                    "failed": [{"run_id": r, "reason": why} for r, why in report.failed],
+                    "pending": left,
+                }
+            )
+        )
+    else:
+        lines = spool.summary(report) or ["nothing to deliver"]
+        lines.append(f"{left} spooled run{'s' if left != 1 else ''} left in {spool.spool_dir()}")
+        print("\n".join(lines))
+    return 1 if report.failed else 0
+
+
+def _deliver_spooled(args: argparse.Namespace, client: Client) -> None:
+    """Before a command's answer: hand the daemon the runs spooled while it was away."""
+    from lineage_client import spool
+
+    if args.handler is _sync or not spool.has_pending():
+        return
+    try:
+        lines = spool.summary(spool.deliver(client))
+    except (LineageError, OSError):
+        return  # the command itself says what is wrong with the daemon
+    for line in lines:
+        print(f"lineage: {line}", file=sys.stderr)
 
 
 def _ui(args: argparse.Namespace, client: Client) -> int:
@@ -257,6 +298,12 @@ def _add_run_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a run parameter (repeatable)",
+    )
+    parser.add_argument(
+        "--require-daemon",
+        action="store_true",
+        help="refuse to start the command when no daemon listens (default: run it and "
+        "spool its capture until one does)",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
@@ -389,6 +436,13 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
     export.add_argument("--since", metavar="TIME", help="runs started at or after TIME")
     export.add_argument("runs", nargs="*", metavar="RUN", help="run ids or unique prefixes")
     export.set_defaults(handler=_export)
+    sync = sub.add_parser(
+        "sync", parents=[common], help="deliver the runs spooled while no daemon was reachable"
+    )
+    sync.add_argument(
+        "--all", action="store_true", help="also runs spooled for another daemon's socket"
+    )
+    sync.set_defaults(handler=_sync)
 
     _add_run_command(sub, common)
     return parser
@@ -421,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_handler(args)  # connects (and closes) on its own, when it needs to
         with _client(args) as client:
             handler: Handler = args.handler
+            _deliver_spooled(args, client)
             return handler(args, client)
     except LineageError as exc:
         print(f"Error: {terminal_safe(exc.message)}", file=sys.stderr)

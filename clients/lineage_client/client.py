@@ -343,10 +343,13 @@ class Client:
         until: int | str | dt.datetime | None = None,
         page_size: int = 0,
         page_token: str = "",
+        parent_run_id: str = "",
     ) -> Page[Run]:
-        """One page of runs, newest first, filtered by name, status and start time."""
+        """One page of runs, newest first, filtered by name, status, start time and parent
+        (``parent_run_id``: the runs nested in that one)."""
         request = pb.ListRunsRequest(
             name=name,
+            parent_run_id=parent_run_id,
             status=convert.run_status_to_pb(RunStatus(status) if status else None),
             page_size=page_size,
             page_token=page_token,
@@ -421,6 +424,10 @@ class Client:
 
         Inputs outside every root come back UNKNOWN from the daemon; they are checked here.
         """
+        return self.verify_start(target)[1]
+
+    def verify_start(self, target: StartNode | str) -> tuple[StartNode, list[VerifyItem]]:
+        """:meth:`verify`, with the start node ``target`` turned out to mean."""
         last: NotFound | None = None
         for node in self.resolve(target) if isinstance(target, str) else [target]:
             try:
@@ -428,9 +435,19 @@ class Client:
             except NotFound as exc:
                 last = exc
                 continue
-            return [self._check_locally(convert.verify_item_from_pb(i)) for i in response.items]
+            return node, [
+                self._check_locally(convert.verify_item_from_pb(i)) for i in response.items
+            ]
         assert last is not None
         raise last
+
+    @staticmethod
+    def target_gone(start: StartNode) -> str:
+        """The path of a start that names a path's current state when that path no longer
+        exists (the inputs of its last version may all match; the file is still gone)."""
+        if start.path and start.at is None and not os.path.lexists(start.path):
+            return start.path
+        return ""
 
     @staticmethod
     def _check_locally(item: VerifyItem) -> VerifyItem:
@@ -494,14 +511,15 @@ class Client:
 
     # --- runs ----------------------------------------------------------------------------
 
-    def begin_run(self, start: RunStart) -> Run:
+    def begin_run(self, start: RunStart, *, wait_for_parent: bool = True) -> Run:
         """Record a new run; returns it with its run id (``start.run_id`` if one was chosen).
 
         A parent named by ``$LINEAGE_RUN_ID`` may not be recorded yet: ``lineage run`` starts
         its command before its own BeginRun reaches the daemon. Such a parent is waited for
         until ``PARENT_WAIT`` seconds after its id was made (the id carries the time) before
         the daemon's NotFound is raised: a parent whose BeginRun failed, or a stale variable,
-        costs the runs nested later nothing.
+        costs the runs nested later nothing. ``wait_for_parent=False`` never waits (a spooled
+        run's delivery decides on its own).
 
         Secrets in argv, params, the git remote and variables are redacted here, before
         sending (docs/security.md; ``$LINEAGE_REDACT_NAMES`` adds names); the daemon redacts
@@ -515,7 +533,12 @@ class Client:
             except NotFound:
                 parent = start.parent_run_id
                 made = run_id_time_ns(parent)
-                if not parent or parent != os.environ.get(PARENT_ENV) or made is None:
+                if (
+                    not wait_for_parent
+                    or not parent
+                    or parent != os.environ.get(PARENT_ENV)
+                    or made is None
+                ):
                     raise
                 left = (made - time.time_ns()) / 1e9 + PARENT_WAIT
                 if left <= 0:
@@ -565,11 +588,15 @@ class Client:
         code: CodeState | None = None,
         env: EnvState | None = None,
         parent_run_id: str | None = None,
+        capture: bool = True,
     ) -> RunRecorder:
         """A context manager recording one run: declare I/O with ``input()``/``output()``.
 
         ``parent_run_id`` defaults to ``$LINEAGE_RUN_ID``: code run under ``lineage run``
-        records its runs as children of that run.
+        records its runs as children of that run. With ``capture`` (the default) the run's
+        code and environment are recorded as ``lineage run`` records them: the git state of
+        the working directory (unless ``code`` is given), this interpreter's environment
+        (unless ``env`` is), and, when it ends, the script and project modules loaded.
         """
         start = RunStart(
             name=name,
@@ -585,7 +612,7 @@ class Client:
             code=code,
             env=env,
         )
-        return RunRecorder(self, start)
+        return RunRecorder(self, start, capture=capture)
 
     def export_openlineage(
         self, run_ids: Sequence[str] = (), *, since: int | str | dt.datetime | None = None
@@ -633,9 +660,10 @@ class RunRecorder:
     re-raised; ``KeyboardInterrupt`` ends it ``interrupted``; ``SystemExit(n)`` uses ``n``.
     """
 
-    def __init__(self, client: Client, start: RunStart) -> None:
+    def __init__(self, client: Client, start: RunStart, *, capture: bool = False) -> None:
         self._client = client
         self._start = start
+        self._capture = capture
         self._pending: list[Access] = []
         self._outputs: dict[str, tuple[int, str]] = {}
         self._warnings: list[str] = []
@@ -653,8 +681,22 @@ class RunRecorder:
 
     def __enter__(self) -> RunRecorder:
         start = dataclasses.replace(self._start, started_at=time.time_ns())
+        if self._capture:
+            from lineage_client.capture.declared import describe_code, describe_env
+
+            if start.code is None:
+                start = dataclasses.replace(start, code=describe_code(start.cwd, self._warnings))
+            if start.env is None:
+                start = dataclasses.replace(start, env=describe_env())
         self.run = self._client.begin_run(start)
         return self
+
+    def _collect_sources(self) -> None:
+        """The script and project modules this process loaded, as code inputs."""
+        from lineage_client.capture.declared import loaded_sources, source_accesses
+
+        assert self.run is not None
+        self._pending += source_accesses(loaded_sources(), self.run.started_at, time.time_ns())
 
     def _files(self, path: str | os.PathLike[str]) -> list[str]:
         absolute = Client._abspath(path)
@@ -741,6 +783,8 @@ class RunRecorder:
             status, exit_code = RunStatus.FAILED, 1
         try:
             self._collect_outputs()
+            if self._capture:
+                self._collect_sources()
             self.flush()
         except LineageError as error:
             if exc is None:

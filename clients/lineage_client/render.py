@@ -288,11 +288,16 @@ def status_json(status: Status, *, now: int | None = None) -> dict[str, Any]:
     }
 
 
-def verify_json(target: str, items: Sequence[VerifyItem]) -> dict[str, Any]:
-    """``verify --json``: ``ok`` is false when an input changed or is missing."""
+def verify_json(
+    target: str, items: Sequence[VerifyItem], *, target_gone: str = ""
+) -> dict[str, Any]:
+    """``verify --json``: ``ok`` is false when an input changed or is missing, or when the
+    target itself no longer exists (``target_exists``)."""
     return {
         "target": target,
-        "ok": all(i.state not in (VerifyState.CHANGED, VerifyState.MISSING) for i in items),
+        "target_exists": not target_gone,
+        "ok": not target_gone
+        and all(i.state not in (VerifyState.CHANGED, VerifyState.MISSING) for i in items),
         "items": [
             {
                 "path": i.path,
@@ -323,8 +328,8 @@ def _split_io(
     return inputs, outputs
 
 
-def run_detail_json(run: Run, graph: Graph) -> dict[str, Any]:
-    """``show --json``: the run plus its direct inputs and outputs."""
+def run_detail_json(run: Run, graph: Graph, children: Sequence[Run] = ()) -> dict[str, Any]:
+    """``show --json``: the run plus its direct inputs and outputs and its nested runs."""
     inputs, outputs = _split_io(run.run_id, graph)
 
     def io(pairs: list[tuple[Version, Edge]]) -> list[dict[str, Any]]:
@@ -338,7 +343,14 @@ def run_detail_json(run: Run, graph: Graph) -> dict[str, Any]:
             for version, edge in pairs
         ]
 
-    return {"run": run_json(run), "inputs": io(inputs), "outputs": io(outputs)}
+    return {
+        "run": run_json(run),
+        "inputs": io(inputs),
+        "outputs": io(outputs),
+        "children": [
+            {"run_id": c.run_id, "name": c.name, "status": str(c.status)} for c in children
+        ],
+    }
 
 
 # --- human text --------------------------------------------------------------------------
@@ -462,7 +474,14 @@ def _env_line(env: EnvState | None, full: bool) -> str:
     )
 
 
-def run_detail_text(run: Run, graph: Graph, *, full: bool = False, diff: bool = False) -> str:
+def run_detail_text(
+    run: Run,
+    graph: Graph,
+    *,
+    full: bool = False,
+    diff: bool = False,
+    children: Sequence[Run] = (),
+) -> str:
     """``lineage show RUN``."""
     lines = [
         f"run     {run.run_id}  {escape(run.name)}",
@@ -488,14 +507,30 @@ def run_detail_text(run: Run, graph: Graph, *, full: bool = False, diff: bool = 
             lines.append(
                 f"  {short(version.digest, full)}  {escape(version.path)}  [{edge.how}]{note}"
             )
+    if children:
+        # Nested runs (lineage run inside lineage run): their I/O is theirs, not this run's.
+        lines.append(f"children ({len(children)})")
+        lines.extend(
+            f"  run {_short_id(c.run_id, full)} {escape(c.name)!r} {c.status}"
+            + ("" if c.exit_code is None else f" exit {c.exit_code}")
+            for c in sorted(children, key=lambda c: (c.started_at, c.run_id))
+        )
     if diff and run.code is not None and run.code.diff:
         text = run.code.diff.decode("utf-8", "replace").rstrip("\n")
         lines.extend(["diff", *(escape(line) for line in text.split("\n"))])
     return "\n".join(lines)
 
 
-def verify_text(items: Sequence[VerifyItem], *, full: bool = False) -> str:
-    """``lineage verify``: one line per input, then a summary."""
+def verify_text(items: Sequence[VerifyItem], *, full: bool = False, target_gone: str = "") -> str:
+    """``lineage verify``: one line per input, then a summary (``target_gone``: the path of
+    a target that no longer exists, said first and last)."""
+    if target_gone:
+        gone = f"the target {target_gone} no longer exists"
+        body = verify_text(items, full=full).rsplit("\n", 1)[0] if items else ""
+        heading = f"{gone}; the inputs of its last recorded version:"
+        return "\n".join(
+            [heading, body, gone] if body else [gone + " (no recorded inputs upstream)"]
+        )
     if not items:
         return "no recorded inputs upstream"
     rows = [
@@ -554,11 +589,19 @@ def graph_tree(graph: Graph, direction: Direction, *, full: bool = False) -> str
         ("wrote", "read") if direction is Direction.UPSTREAM else ("read", "wrote")
     )
     children: dict[str, list[tuple[str, Edge]]] = {}
+    upstream = direction is Direction.UPSTREAM
     for edge in graph.edges:
         if edge.kind == version_edge:
             children.setdefault(edge.target, []).append((edge.source, edge))
         if edge.kind == run_edge:
             children.setdefault(edge.source, []).append((edge.target, edge))
+        if edge.kind == "same_digest":
+            # Upstream, a version's bytes came from the written version they equal; downstream,
+            # a written version's bytes live on in its copies. Never shown as written by its run.
+            if upstream:
+                children.setdefault(edge.target, []).append((edge.source, edge))
+            else:
+                children.setdefault(edge.source, []).append((edge.target, edge))
     starts = [node for node in graph.start if node in versions or node in runs]
     if not starts:
         reached = {child for kids in children.values() for child, _ in kids}
@@ -579,9 +622,13 @@ def graph_tree(graph: Graph, direction: Direction, *, full: bool = False) -> str
 
     def walk(node: str, prefix: str) -> None:
         kids = sorted(children.get(node, []), key=lambda kid: label(kid[0]))
+        # A copy already on the tree adds nothing (copies are bridged both ways).
+        kids = [kid for kid in kids if not (kid[1].kind == "same_digest" and kid[0] in seen)]
         for index, (child, edge) in enumerate(kids):
             last = index == len(kids) - 1
             verb = verbs["version" if node in versions else "run"]
+            if edge.kind == "same_digest":
+                verb = "same bytes as" if upstream else "same bytes at"
             note = " (changed during the run)" if edge.changed_during_run else ""
             repeat = " (see above)" if child in seen else ""
             lines.append(f"{prefix}{'└─ ' if last else '├─ '}{verb} {label(child)}{note}{repeat}")

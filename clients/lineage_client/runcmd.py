@@ -19,12 +19,13 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lineage_client._reach import PARENT_ENV, find_socket, probe_socket
 from lineage_client.capture.runner import capture_command, python_interpreter
-from lineaged.errors import InvalidArgument, LineageError
+from lineaged.errors import DaemonUnavailable, InvalidArgument, LineageError
 from lineaged.runid import new_run_id
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from lineage_client.capture.result import CapturedRun
     from lineage_client.capture.stream import ReadStreamer
     from lineage_client.client import Client
-    from lineaged.models import Access, CodeState, EnvState, Root, RunStatus, Status
+    from lineaged.models import Access, CodeState, EnvState, Root, RunStart, RunStatus, Status
 
 # lineaged.models (tens of milliseconds of dataclass building) and the client (grpc) are
 # imported beside the running command, never before it starts.
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 __all__ = ["PARENT_ENV", "main_run", "run_name"]
 
 MLFLOW_NOTES_ENV = "LINEAGE_MLFLOW_NOTES"  # as mlflow_context.NOTES_ENV (which imports MLflow)
+# Where nested `lineage run`s leave notes for this one (capture/nested.py; named here so the
+# module need not be imported before the command starts).
+CHILDREN_ENV = "LINEAGE_CHILD_NOTES"
 DIFF_CAP_ENV = "LINEAGE_DIFF_CAP"  # bytes of `git diff` stored with a run (default 1 MiB)
 ENV_ALLOW_ENV = "LINEAGE_ENV_ALLOW"  # extra comma-separated variable patterns to record
 
@@ -184,14 +188,54 @@ def _check_daemon(args: argparse.Namespace) -> None:
     probe_socket(find_socket(getattr(args, "socket", None)))
 
 
+def _daemon_missing(args: argparse.Namespace) -> str:
+    """ "" when a daemon listens (TCP targets are not probed), else why not; with
+    ``--require-daemon`` the DaemonUnavailable is raised instead (the command never starts)."""
+    try:
+        _check_daemon(args)
+    except DaemonUnavailable as exc:
+        if getattr(args, "require_daemon", False):
+            raise DaemonUnavailable(
+                f"{exc.message}; --require-daemon: the command was not started"
+            ) from None
+        return exc.message
+    return ""
+
+
+def _target(args: argparse.Namespace) -> str:
+    """The daemon this run is meant for, as a client names it (spooled runs carry it)."""
+    tcp = getattr(args, "tcp_target", None)
+    if tcp:
+        return str(tcp)
+    try:
+        return "unix:" + find_socket(getattr(args, "socket", None))
+    except DaemonUnavailable:
+        from lineaged.paths import candidate_socket_paths
+
+        return "unix:" + os.path.abspath(candidate_socket_paths()[0])
+
+
 class _Begun:
     """What the thread beside the command produced: the client, the daemon's status, the run."""
 
-    __slots__ = ("client", "error", "notes", "status", "streamer", "warnings")
+    __slots__ = (
+        "begun",
+        "children",
+        "client",
+        "error",
+        "notes",
+        "start",
+        "status",
+        "streamer",
+        "warnings",
+    )
 
     def __init__(self) -> None:
         self.client: Client | None = None
         self.status: Status | None = None
+        self.start: RunStart | None = None  # with code and environment, once described
+        self.begun = False  # BeginRun confirmed
+        self.children = ""  # the folder where nested runs leave their notes
         self.error: BaseException | None = None
         self.warnings: list[str] = []  # recorded with the run
         self.notes: list[str] = []  # printed once it has ended
@@ -202,16 +246,70 @@ class _Begun:
         streamer = self.streamer
         if streamer is None or streamer.error is not None:
             return
+        if self.children and _has_children(self.children):
+            return  # reads from now on may be a nested run's: decided once the command ends
         try:
             streamer.offer(events, polled_at, excluded)
         except Exception as exc:  # never let streaming break the run: the end sends all
             streamer.error = exc
 
 
+def _count_children(folder: str) -> int:
+    try:
+        return sum(name.endswith(".json") for name in os.listdir(folder)) if folder else 0
+    except OSError:
+        return 0
+
+
+def _has_children(folder: str) -> bool:
+    try:
+        return any(name.endswith(".json") for name in os.listdir(folder))
+    except OSError:
+        return False
+
+
+def _children_folder() -> str:
+    """A new private folder for the notes of nested runs (no tempfile import before the
+    command starts); "" when none can be made (nested runs then go unnoticed)."""
+    base = os.environ.get("TMPDIR") or "/tmp"
+    for _ in range(16):
+        path = os.path.join(base, "lineage-children-" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        except OSError:
+            return ""
+        return path
+    return ""
+
+
+def _tell_parent(run_id: str, started_at: int) -> None:
+    """Leave the note a parent ``lineage run`` reads (its start only: the end is written by
+    ``nested.note_child`` once this run has ended)."""
+    folder = os.environ.get(CHILDREN_ENV, "")
+    if not folder:
+        return
+    final = os.path.join(folder, f"{run_id}.json")
+    try:
+        with open(f"{final}.tmp", "w", encoding="utf-8") as note:
+            note.write(
+                f'{{"run_id": "{run_id}", "started_at": {started_at}, "ended_at": null, '
+                '"paths": []}'
+            )
+        os.replace(f"{final}.tmp", final)
+    except OSError:
+        pass
+
+
 def _begin(
-    connect: Callable[[], Client], fields: dict[str, Any], command: Sequence[str], begun: _Begun
+    connect: Callable[[], Client] | None,
+    fields: dict[str, Any],
+    command: Sequence[str],
+    begun: _Begun,
 ) -> None:
-    """Runs beside the command: connect, capture git and the environment, BeginRun."""
+    """Runs beside the command: capture git and the environment, then (``connect`` given)
+    connect, BeginRun, and deliver what the spool holds for this daemon."""
     try:
         import dataclasses
 
@@ -219,8 +317,6 @@ def _begin(
         from lineaged.models import RunStart
 
         start = RunStart(**fields)
-        client = begun.client = connect()
-        begun.status = client.status()
         code: CodeState | None = git_state(start.cwd, diff_cap=_diff_cap())
         if code is not None and code.diff_truncated:
             note = (
@@ -232,7 +328,13 @@ def _begin(
             begun.warnings.append(note)
             begun.notes.append(note)
         env = _environment(command, start.cwd, begun.warnings)
-        client.begin_run(dataclasses.replace(start, code=code, env=env))
+        start = begun.start = dataclasses.replace(start, code=code, env=env)
+        if connect is None:
+            return  # no daemon: the run goes to the spool once the command ends
+        client = begun.client = connect()
+        begun.status = client.status()
+        client.begin_run(start)
+        begun.begun = True
         from lineage_client.capture.stream import ReadStreamer
 
         run_id = start.run_id
@@ -243,6 +345,22 @@ def _begin(
         )
     except BaseException as exc:  # reported once the command has ended
         begun.error = exc
+        return
+    _deliver_spool(client, begun.notes)
+
+
+def _deliver_spool(client: Client, notes: list[str]) -> None:
+    """Deliver the runs spooled for this daemon (older runs, captured while it was away)."""
+    from lineage_client import spool
+
+    if not spool.has_pending():
+        return
+    try:
+        notes.extend(spool.summary(spool.deliver(client)))
+    except LineageError as exc:
+        notes.append(f"spooled runs stay in the spool: {exc.message}")
+    except OSError as exc:
+        notes.append(f"spooled runs stay in the spool: {exc}")
 
 
 def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
@@ -257,9 +375,11 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         )
     params = _params(args.param or [])
     _check_diff_cap()  # a bad LINEAGE_DIFF_CAP stops us before the command runs, as it did
-    _check_daemon(args)
+    missing = _daemon_missing(args)
+    wrapper_started = time.time_ns()
     cwd = os.getcwd()
     run_id = new_run_id()
+    _tell_parent(run_id, wrapper_started)
     name = args.name or run_name(command)
     # RunStart's fields: the value itself is built beside the running command.
     start = {
@@ -279,29 +399,52 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
     def started(started_at: int) -> None:
         thread = threading.Thread(
             target=_begin,
-            args=(connect, {**start, "started_at": started_at}, command, begun),
+            args=(
+                None if missing else connect,
+                {**start, "started_at": started_at},
+                command,
+                begun,
+            ),
             name="lineage-begin-run",
             daemon=True,
         )
         thread.start()
         worker.append(thread)
 
+    begun.children = _children_folder()
+    extra_env = {PARENT_ENV: run_id}
+    if begun.children:
+        extra_env[CHILDREN_ENV] = begun.children
+
     def daemon_dirs() -> list[str]:
         for thread in worker:
             thread.join()
         status = begun.status
-        return [status.state_dir] if status else []
+        from lineage_client.spool import spool_dir
+
+        # Never data: the daemon's state, nested runs' notes and spooled captures.
+        found = [str(spool_dir())] + ([begun.children] if begun.children else [])
+        return found + ([status.state_dir] if status else [])
 
     print(f"lineage: run {run_id} ({name}) started", file=sys.stderr)
     # Where lineaged's MLflow plugin notes the tracking URIs of MLflow runs the command
     # starts (mlflow_context.py); not data, so never traced.
     notes_dir = tempfile.mkdtemp(prefix="lineage-mlflow-")
     notes = os.path.join(notes_dir, "tracking-uris")
+    if missing:
+        from lineage_client.spool import spool_dir
+
+        print(
+            f"lineage: {missing}\nlineage: running the command anyway; its capture goes to "
+            f"the spool ({spool_dir()}) until `lineage sync` or the next lineage command "
+            "reaches the daemon",
+            file=sys.stderr,
+        )
     try:
         captured = capture_command(
             command,
             cwd=cwd,
-            extra_env={PARENT_ENV: run_id, MLFLOW_NOTES_ENV: notes},
+            extra_env={**extra_env, MLFLOW_NOTES_ENV: notes},
             exclude_dirs=(notes_dir,),
             on_started=started,
             more_excluded=daemon_dirs,
@@ -312,12 +455,15 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
 
         for warning in [*begun.notes, *captured.warnings]:
             print(f"lineage: warning: {escape(warning)}", file=sys.stderr)
-        code = _record(run_id, begun, captured)
+        code = _record(run_id, begun, captured, target=_target(args), fields=start)
+        _tell_parent_ended(run_id, wrapper_started, begun, captured)
         if os.path.exists(notes) and begun.client is not None:
             _annotate_mlflow(begun.client, run_id, notes)
         return code
     finally:
         shutil.rmtree(notes_dir, ignore_errors=True)
+        if begun.children:
+            shutil.rmtree(begun.children, ignore_errors=True)
         if begun.client is not None:
             begun.client.close()
 
@@ -338,31 +484,49 @@ def _annotate_mlflow(client: Client, run_id: str, notes: str) -> None:
         print(f"lineage: warning: MLflow runs not annotated: {exc!r}", file=sys.stderr)
 
 
-def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
-    """Record what the command did; the command's exit status whatever happens here."""
+def _record(
+    run_id: str, begun: _Begun, captured: CapturedRun, *, target: str, fields: dict[str, Any]
+) -> int:
+    """Record what the command did; the command's exit status whatever happens here.
+
+    What the daemon does not confirm (it was never there, or it went away during the run)
+    is journaled to the spool, to be delivered later: nothing of the capture is dropped.
+    """
     client, status = begun.client, begun.status
-    if begun.error is not None or client is None or status is None:
-        error = begun.error
-        reason = error.message if isinstance(error, LineageError) else repr(error)
-        print(f"lineage: error: the run was not recorded: {reason}", file=sys.stderr)
-        return captured.exit_code
     from lineage_client.capture.stream import unsent
 
     # What went to the daemon while the command ran, and the daemon confirmed; the rest
     # (and any read whose final form differs) goes now.
     sent = begun.streamer.finish() if begun.streamer is not None else {}
+    accesses, undecodable = _text_paths(
+        _own(_accesses(status.roots if status is not None else (), captured), begun, fields)
+    )
+    if undecodable:
+        note = (
+            f"{undecodable} accessed files have names that are not UTF-8 and were not "
+            "recorded (see docs/security.md)"
+        )
+        print(f"lineage: warning: {note}", file=sys.stderr)
+        begun.warnings.append(note)
+    if client is None or status is None or not begun.begun:
+        error = begun.error
+        if isinstance(error, LineageError) and not _unreachable(error):
+            print(f"lineage: error: the run was not recorded: {error.message}", file=sys.stderr)
+            return captured.exit_code
+        reason = "no daemon was running"
+        if error is not None:
+            reason = error.message if isinstance(error, LineageError) else repr(error)
+        return _spool(run_id, begun, captured, fields, target, accesses, reason)
+    rest = unsent(accesses, sent)
     try:
-        accesses, undecodable = _text_paths(_accesses(status.roots, captured))
-        if undecodable:
-            note = (
-                f"{undecodable} accessed files have names that are not UTF-8 and were not "
-                "recorded (see docs/security.md)"
-            )
-            print(f"lineage: warning: {note}", file=sys.stderr)
-            begun.warnings.append(note)
-        rest = unsent(accesses, sent)
         if rest:
             client.record_accesses(run_id, rest)
+    except LineageError as exc:
+        if not _unreachable(exc):
+            print(f"lineage: error: the run was not fully recorded: {exc.message}", file=sys.stderr)
+            return captured.exit_code
+        return _spool(run_id, begun, captured, fields, target, rest, exc.message)
+    try:
         ended = client.end_run(
             run_id,
             status=_status(captured),
@@ -371,15 +535,127 @@ def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
             warnings=[*begun.warnings, *captured.warnings],
         )
     except LineageError as exc:
-        # The command ran; its exit status is what the caller's pipeline depends on.
-        print(f"lineage: error: the run was not fully recorded: {exc.message}", file=sys.stderr)
-        return captured.exit_code
+        if not _unreachable(exc):
+            print(f"lineage: error: the run was not fully recorded: {exc.message}", file=sys.stderr)
+            return captured.exit_code
+        return _spool(run_id, begun, captured, fields, target, (), exc.message)
     reads = sum(1 for a in accesses if a.mode == "read" and a.role == "data")
     writes = sum(1 for a in accesses if a.mode == "write")
+    nested = _count_children(begun.children)
     print(
         f"lineage: run {ended.run_id} {ended.status.value} (exit {captured.exit_code}): "
         f"{reads} inputs ({len(sent)} recorded while it ran), {writes} outputs, "
-        f"{len(captured.sources)} source files, traced with {captured.method}",
+        f"{len(captured.sources)} source files, traced with {captured.method}"
+        + (
+            f", {nested} nested run{'s' if nested != 1 else ''} (their I/O is theirs)"
+            if nested
+            else ""
+        ),
+        file=sys.stderr,
+    )
+    return captured.exit_code
+
+
+def _own(accesses: list[Access], begun: _Begun, fields: dict[str, Any]) -> list[Access]:
+    """The run's own data and code: without what belongs to the environment or the tools
+    (``capture/noise.py``), without what nested runs did (``capture/nested.py``), and with
+    the command's script as code even when the tracer saw it only opened (a run killed
+    before its hook could report its sources)."""
+    import dataclasses
+
+    from lineage_client.capture import nested
+    from lineage_client.capture.digest import hash_external
+    from lineage_client.capture.noise import noise_filter
+
+    noise = noise_filter()
+    own = [access for access in accesses if not noise(access.path)]
+    if begun.children:
+        own = nested.without_children(own, nested.read_children(begun.children))
+    script = _script(fields["argv"], fields["cwd"])
+    for index, access in enumerate(own):
+        if access.path == script and access.mode == "read" and access.role == "data":
+            code = dataclasses.replace(access, role="code")
+            own[index] = code if code.digest else hash_external(code)
+    return own
+
+
+def _script(command: Sequence[str], cwd: str) -> str:
+    """The script file an interpreter command runs (``python train.py``, ``sh run.sh``),
+    resolved; "" when the command names none."""
+    name = run_name(command)
+    if name == os.path.basename(command[0]):
+        return ""
+    for arg in command[1:]:
+        if os.path.basename(arg) == name and not arg.startswith("-"):
+            return os.path.realpath(os.path.join(cwd, arg))
+    return ""
+
+
+def _tell_parent_ended(run_id: str, started_at: int, begun: _Begun, captured: CapturedRun) -> None:
+    """Tell a parent ``lineage run`` every path this run (and its own children) touched."""
+    if not os.environ.get(CHILDREN_ENV):
+        return
+    from lineage_client.capture import nested
+
+    paths = {access.path for access in captured.accesses}
+    paths.update(source.path for source in captured.sources)
+    if begun.start is not None and begun.start.code is not None:
+        paths.update(nested.work_tree_files(begun.start.cwd))
+    if begun.children:
+        for child in nested.read_children(begun.children):
+            paths.update(child.paths)
+    nested.note_child(run_id, started_at, ended_at=time.time_ns(), paths=paths)
+
+
+def _unreachable(error: LineageError) -> bool:
+    """Whether the daemon could not be reached (spool and deliver later), rather than it
+    refused what it was sent (which a later delivery would not change)."""
+    from lineaged.errors import DeadlineExceeded
+
+    return isinstance(error, (DaemonUnavailable, DeadlineExceeded))
+
+
+def _spool(
+    run_id: str,
+    begun: _Begun,
+    captured: CapturedRun,
+    fields: dict[str, Any],
+    target: str,
+    accesses: Sequence[Access],
+    reason: str,
+) -> int:
+    """Journal the part of the run the daemon did not confirm; the command's exit status."""
+    from lineage_client import spool
+    from lineage_client.capture.digest import hash_external
+    from lineaged.models import RunStart
+
+    start = begun.start or RunStart(**{**fields, "started_at": captured.started_at})
+    # No daemon tied these to versions: their bytes, hashed now as the user, say which
+    # state the run saw (the daemon finds the version that held them on delivery).
+    hashed = [access if access.digest else hash_external(access) for access in accesses]
+    try:
+        path = spool.write_run(
+            target=target,
+            start=start,
+            accesses=hashed,
+            status=_status(captured),
+            exit_code=captured.exit_code,
+            ended_at=captured.ended_at,
+            warnings=[*begun.warnings, *captured.warnings],
+            reason=reason,
+        )
+    except (OSError, LineageError) as exc:
+        message = exc.message if isinstance(exc, LineageError) else str(exc)
+        print(
+            f"lineage: error: run {run_id} was not recorded ({reason}) and could not be "
+            f"spooled: {message}",
+            file=sys.stderr,
+        )
+        return captured.exit_code
+    print(
+        f"lineage: run {run_id} was not recorded ({reason}): its capture "
+        f"({len(hashed)} accesses, exit {captured.exit_code}) is spooled in {path}; "
+        "`lineage sync` or the next lineage command that reaches the daemon delivers it",
         file=sys.stderr,
     )
     return captured.exit_code

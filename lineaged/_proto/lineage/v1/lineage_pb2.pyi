@@ -151,6 +151,11 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     RUN_STATUS_SUCCEEDED: _RunStatus.ValueType  # 2
     RUN_STATUS_FAILED: _RunStatus.ValueType  # 3
     RUN_STATUS_INTERRUPTED: _RunStatus.ValueType  # 4
+    RUN_STATUS_ABANDONED: _RunStatus.ValueType  # 120
+    """The wrapper went away without ending the run (found when the daemon starts): what it
+    recorded is kept, and a later delivery of the run's spooled capture completes it.
+    Numbered from the capture-spool range so that parallel additions never collide.
+    """
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """The state of a run."""
@@ -160,6 +165,11 @@ RUN_STATUS_RUNNING: RunStatus.ValueType  # 1
 RUN_STATUS_SUCCEEDED: RunStatus.ValueType  # 2
 RUN_STATUS_FAILED: RunStatus.ValueType  # 3
 RUN_STATUS_INTERRUPTED: RunStatus.ValueType  # 4
+RUN_STATUS_ABANDONED: RunStatus.ValueType  # 120
+"""The wrapper went away without ending the run (found when the daemon starts): what it
+recorded is kept, and a later delivery of the run's spooled capture completes it.
+Numbered from the capture-spool range so that parallel additions never collide.
+"""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 class _Direction:
@@ -1650,11 +1660,14 @@ class ListRunsRequest(_message.Message):
     UNTIL_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     status: Global___RunStatus.ValueType
     """UNSPECIFIED: any"""
     page_size: _builtins.int
     page_token: _builtins.str
+    parent_run_id: _builtins.str
+    """only the runs nested in this one (its children)"""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """started at or after"""
@@ -1672,10 +1685,11 @@ class ListRunsRequest(_message.Message):
         until: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        parent_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "status", b"status", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "since", b"since", "status", b"status", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
