@@ -169,9 +169,7 @@ class Indexer:
             if not needs_hash(entry, key):
                 continue
             try:
-                result = hasher.hash_file(
-                    path, root=root.path, max_size=root.root.max_hash_size
-                )
+                result = hasher.hash_file(path, root=root.path, max_size=root.root.max_hash_size)
             except FileNotFoundError:
                 gone.setdefault(ChangeKind.DELETED, []).append(path)
                 continue
