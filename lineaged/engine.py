@@ -28,6 +28,7 @@ from lineaged.errors import (
     ResourceExhausted,
 )
 from lineaged.indexer import RACY_NS, Indexer, RootSet, WatchedRoot
+from lineaged.lanes import HashLane, Ticket
 from lineaged.models import (
     Access,
     AccessMode,
@@ -66,6 +67,8 @@ SUBSCRIBER_BUFFER = 10_000
 ROOT_CHECK_SECONDS = 5.0
 MISSING_ROOT_CHECK_SECONDS = 1.0  # a vanished root is looked for more often: cheap (one stat)
 LOST_RETRY_SECONDS = 30.0  # between rescans that retry changes a failing store gave up on
+HASH_WAIT_SECONDS = 2.0  # the longest a client's call waits on hashing (then: a lane)
+PROBLEM_KINDS = ("root", "watch", "deep", "read", "size")  # the order status lists them in
 ROOT_MISSING = (
     "root does not exist (deleted or unmounted?); its files keep their last versions, "
     "not marked deleted; waiting for it to appear"
@@ -282,9 +285,23 @@ class Engine:
         self._problems_lock = threading.Lock()
         self._watchers: dict[str, RootWatcher] = {}
         self.roots = RootSet([], excluded=[str(config.state_dir)])
-        self.indexer = Indexer(store, self.writer, self.roots)
+        self._too_large: dict[str, set[str]] = {}  # root path -> files over max_hash_size
+        self.indexer = Indexer(
+            store, self.writer, self.roots, cancel=self._stop, on_too_large=self._on_too_large
+        )
+        # Big files hash one at a time on their own lane; the small lane takes what a
+        # client's call could not hash before its deadline (see lanes.py).
+        self.large_lane = HashLane("large", self.indexer.hash_and_record, self._stop)
+        self.small_lane = HashLane("small", self.indexer.hash_and_record, self._stop)
+        self.indexer.large_lane = self.large_lane
+        self.indexer.small_lane = self.small_lane
         self.scanner = Scanner(
-            store, self.writer, self.roots, progress=self._progress, stop=self._stop
+            store,
+            self.writer,
+            self.roots,
+            progress=self._progress,
+            stop=self._stop,
+            large_lane=self._hash_large,
         )
         self.pipeline = Pipeline(
             self.indexer,
@@ -319,6 +336,9 @@ class Engine:
         """Stop watching, drain the queue, commit; the store stays open for the caller."""
         self._stop.set()
         self._scan_wanted.set()
+        # First: a hash in progress (a 1 TiB file) is cancelled and its helper killed.
+        self.large_lane.stop()
+        self.small_lane.stop()
         for watcher in list(self._watchers.values()):
             watcher.stop()
         self._watchers.clear()
@@ -330,6 +350,7 @@ class Engine:
 
     def run_once(self) -> ScanStats:
         """Index every root once (``lineaged --once``) and return the totals."""
+        self.scanner.large_lane = None  # everything hashed before it returns
         self.writer.start()
         try:
             self._register_roots(self.config.roots)
@@ -577,6 +598,7 @@ class Engine:
                 continue
             stats = self.scanner.scan(root)
             self._note_unreadable(root.path, stats.unreadable, whole_root=True)
+            self._note_too_large(root, stats.too_large, whole_root=True)
             total.add(stats)
             self._progress_base.add(stats)
 
@@ -630,6 +652,38 @@ class Engine:
             return
         stats = self.scanner.scan(root, directory, seen=seen)
         self._note_unreadable(root.path, stats.unreadable, whole_root=False)
+        self._note_too_large(root, stats.too_large, whole_root=False)
+
+    def _hash_large(self, root: WatchedRoot, path: str, seen: ChangeKind) -> None:
+        """The scan's hand-off of a big file to the large lane (not waited for)."""
+        self.large_lane.submit(root, path, seen)
+
+    def _on_too_large(self, root: WatchedRoot, path: str) -> None:
+        self._note_too_large(root, [path], whole_root=False)
+
+    def _note_too_large(self, root: WatchedRoot, paths: list[str], *, whole_root: bool) -> None:
+        """Files over the root's ``max_hash_size``: not hashed, and said so in its health.
+
+        They keep their last recorded version (like an unreadable file); a scan of the
+        whole root replaces the list, so a file made smaller or deleted clears it.
+        """
+        with self._problems_lock:
+            known = self._too_large.setdefault(root.path, set())
+            if whole_root:
+                known.clear()
+            known.update(paths)
+            found = sorted(known)
+        if not found:
+            self._set_problem(root.path, "size", "")
+            return
+        shown = ", ".join(found[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        self._set_problem(
+            root.path,
+            "size",
+            f"not hashed: too large (over max_hash_size {root.root.max_hash_size} bytes): "
+            f"{shown}{more}; they keep their last recorded versions",
+        )
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the pipeline and the writer have nothing queued."""
@@ -683,7 +737,7 @@ class Engine:
         degraded: list[str] = []
         for r in self.roots.roots:
             found = problems.get(r.path, {})
-            reasons = [found[kind] for kind in ("root", "watch", "read") if found.get(kind)]
+            reasons = [found[kind] for kind in PROBLEM_KINDS if found.get(kind)]
             watcher = watchers.get(r.path)
             health = "; ".join(reasons) or "ok"
             polling = bool(watcher is not None and watcher.alive and watcher.polling)
@@ -703,7 +757,10 @@ class Engine:
             roots=tuple(roots),
             counts=self._counts(),
             scan=self._scan,
-            queue_depth=self.pipeline.depth + self.writer.depth,
+            queue_depth=self.pipeline.depth
+            + self.writer.depth
+            + self.large_lane.depth
+            + self.small_lane.depth,
             serving=self._serving,
             degraded=tuple(degraded),
         )
@@ -794,7 +851,7 @@ class Engine:
             elif access.digest and not under_root:
                 external.append(access)
         self.store.get_run(run_id)  # NotFound early, before hashing anything
-        linked = self._read_versions(reads, facts)
+        linked, hashing = self._read_versions(reads, facts)
 
         # A read tied to a version is its edge; only what is not (writes, resolved at the run's
         # end; reads of untracked or vanished files) is kept as a raw access. Storing both
@@ -813,11 +870,41 @@ class Engine:
                 store.link(run_id, version_id, kind, access)
             return len(clean)
 
-        return self.writer.call(job)
+        recorded = self.writer.call(job)
+        self._link_when_hashed(run_id, "read", reads, hashing)
+        return int(recorded)
+
+    def _link_when_hashed(
+        self, run_id: str, kind: str, accesses: Sequence[Access], hashing: dict[str, Ticket]
+    ) -> None:
+        """Tie the run to the files a lane is still hashing, once their versions land.
+
+        The call answered before (it never waits on hashing past ``HASH_WAIT_SECONDS``); the
+        edge is added then, to the version the lane recorded. A daemon stopped before that
+        leaves the access recorded without its edge (a read; a write is resolved again by
+        nothing: the run's output then shows no version).
+        """
+        for access in accesses:
+            ticket = hashing.get(access.path)
+            if ticket is None:
+                continue
+
+            def link(recorded: bool, access: Access = access) -> None:
+                if not recorded:
+                    return
+
+                def job(store: Store) -> None:
+                    current = store.current_version(access.path)
+                    if current is not None:
+                        store.link(run_id, current.id, kind, access)
+
+                self.writer.submit(job, urgent=True)
+
+            ticket.add_done_callback(link)
 
     def _read_versions(
         self, reads: Sequence[Access], facts: _PathFacts
-    ) -> list[tuple[int, Access]]:
+    ) -> tuple[list[tuple[int, Access]], dict[str, Ticket]]:
         """Each read under a root with the version current at its first open.
 
         Reads whose stat key the cache does not vouch for (usually none) are indexed first
@@ -841,9 +928,13 @@ class Engine:
                 or state[0] != pack_stat(st)
             ):
                 stale[path] = ChangeKind.MODIFIED
+        hashing: dict[str, Ticket] = {}
         if stale:
-            self.indexer.observe(stale, wait=True)
-            again = [read for read in wanted if read[0] in stale]
+            hashing = self.indexer.observe_within(stale, time.monotonic() + HASH_WAIT_SECONDS)
+            again = [read for read in wanted if read[0] in stale and read[0] not in hashing]
+            for read in wanted:
+                if read[0] in hashing:
+                    versions.pop(read, None)  # linked when its hash lands
             for read in again:
                 versions.pop(read, None)
             versions.update(self.store.read_versions(again))
@@ -852,7 +943,7 @@ class Engine:
             version_id = versions.get(read)
             if version_id is not None:
                 linked.append((version_id, access))
-        return linked
+        return linked, hashing
 
     def _check_access(self, access: Access, facts: _PathFacts) -> tuple[Access, bool, bool]:
         """The access's path checked (normalised; last_at not before first_at), whether it
@@ -910,11 +1001,12 @@ class Engine:
         run_id = run.run_id
         outputs = self.writer.call(lambda store: store.run_accesses(run_id, AccessMode.WRITE))
         tracked = {a.path: ChangeKind.RUN for a in outputs if self.roots.tracked(a.path)}
+        hashing: dict[str, Ticket] = {}
         if tracked:
-            self.indexer.observe(tracked, wait=True)
+            hashing = self.indexer.observe_within(tracked, time.monotonic() + HASH_WAIT_SECONDS)
         linked: list[tuple[int, Access]] = []
         for access in outputs:
-            if access.path in tracked:
+            if access.path in tracked and access.path not in hashing:
                 current = self.store.current_version(access.path)
                 if current is not None:
                     linked.append((current.id, access))
@@ -928,6 +1020,7 @@ class Engine:
             )
 
         self.writer.call(job)
+        self._link_when_hashed(run_id, "wrote", outputs, hashing)
         finished = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=finished)])
         return finished
@@ -983,7 +1076,8 @@ class Engine:
         )
         hints = {v.path: ChangeKind.MODIFIED for v in graph.versions if self.roots.tracked(v.path)}
         if hints:
-            self.indexer.observe(hints, wait=True)
+            # Files still hashing by the deadline are checked against what is recorded.
+            self.indexer.observe_within(hints, time.monotonic() + HASH_WAIT_SECONDS)
         return self.store.verify(start, max_nodes=MAX_NODES)
 
     def _check_start(self, start: StartNode) -> StartNode:
