@@ -21,6 +21,7 @@ from typing import Any
 
 from lineaged import __version__, hasher
 from lineaged.config import Config
+from lineaged.deepwatch import WATCHDOG_MAX_DEPTH, DeepWatcher, WatchdogCrashes, deeper_than
 from lineaged.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -50,7 +51,15 @@ from lineaged.models import (
 from lineaged.paths import is_normal_path
 from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat
-from lineaged.watcher import POLL_SECONDS, OverflowDetector, Pipeline, RootWatcher, root_identity
+from lineaged.watcher import (
+    NETWORK_FILESYSTEMS,
+    POLL_SECONDS,
+    OverflowDetector,
+    Pipeline,
+    RootWatcher,
+    filesystem_type,
+    root_identity,
+)
 
 __all__ = ["MAX_ACCESSES", "MAX_DEPTH", "MAX_NODES", "MAX_PAGE", "Engine", "Subscription"]
 
@@ -68,7 +77,7 @@ ROOT_CHECK_SECONDS = 5.0
 MISSING_ROOT_CHECK_SECONDS = 1.0  # a vanished root is looked for more often: cheap (one stat)
 LOST_RETRY_SECONDS = 30.0  # between rescans that retry changes a failing store gave up on
 HASH_WAIT_SECONDS = 2.0  # the longest a client's call waits on hashing (then: a lane)
-PROBLEM_KINDS = ("root", "watch", "deep", "read", "size")  # the order status lists them in
+PROBLEM_KINDS = ("root", "watch", "read", "size")  # the order status lists them in
 ROOT_MISSING = (
     "root does not exist (deleted or unmounted?); its files keep their last versions, "
     "not marked deleted; waiting for it to appear"
@@ -283,7 +292,11 @@ class Engine:
         # root path -> {"root" | "watch" | "read": reason}; reported by status()
         self._problems: dict[str, dict[str, str]] = {}
         self._problems_lock = threading.Lock()
-        self._watchers: dict[str, RootWatcher] = {}
+        self._watchers: dict[str, RootWatcher | DeepWatcher] = {}
+        self._progress_logged = 0.0  # monotonic time of the last progress line
+        self._watchdog_crashed = False
+        self._too_deep: set[str] = set()  # roots a scan found too deep for watchdog
+        self._crashes = WatchdogCrashes(self._on_watchdog_crash)
         self.roots = RootSet([], excluded=[str(config.state_dir)])
         self._too_large: dict[str, set[str]] = {}  # root path -> files over max_hash_size
         self.indexer = Indexer(
@@ -325,6 +338,7 @@ class Engine:
         self._register_roots(self.config.roots)
         if watch:
             self._overflow.__enter__()
+            self._crashes.__enter__()
             self.pipeline.start()
             for root in self.roots.roots:
                 self._start_watcher(root)
@@ -346,6 +360,7 @@ class Engine:
             self._scan_thread.join()
         self.pipeline.stop()
         self._overflow.__exit__()
+        self._crashes.__exit__()
         self.writer.stop()
 
     def run_once(self) -> ScanStats:
@@ -394,14 +409,36 @@ class Engine:
         self.roots.roots[:] = [w for w in watched]
         return [w for w in watched if w.path not in existing]
 
-    def _start_watcher(self, root: WatchedRoot, *, force_polling: str = "") -> RootWatcher:
-        watcher = RootWatcher(
-            root,
-            self.pipeline.put,
-            force_polling=force_polling,
-            poll_interval=self.poll_interval,
-            on_trouble=self._on_root_trouble,
-        )
+    def _start_watcher(
+        self, root: WatchedRoot, *, force_polling: str = ""
+    ) -> RootWatcher | DeepWatcher:
+        watcher: RootWatcher | DeepWatcher
+        if deeper_than(root.path, WATCHDOG_MAX_DEPTH):
+            # watchdog's recursive setup and its polling snapshot recurse once per level
+            # (see deepwatch.py). DeepWatcher handles the watch limit itself (it polls only
+            # what it cannot watch); only a network filesystem is polled whole.
+            fs_type = filesystem_type(root.path)
+            network = ""
+            if fs_type in NETWORK_FILESYSTEMS:
+                network = force_polling or (
+                    f"on a network filesystem ({fs_type}) where inotify misses other "
+                    "machines' changes; polling instead"
+                )
+            watcher = DeepWatcher(
+                root,
+                self.pipeline.put,
+                poll_interval=self.poll_interval,
+                on_overflow=self._on_overflow,
+                force_polling=network,
+            )
+        else:
+            watcher = RootWatcher(
+                root,
+                self.pipeline.put,
+                force_polling=force_polling,
+                poll_interval=self.poll_interval,
+                on_trouble=self._on_root_trouble,
+            )
         try:
             watcher.start()
         except Exception as exc:  # never let one root stop the daemon
@@ -503,10 +540,28 @@ class Engine:
             self._next_lost_retry = now + LOST_RETRY_SECONDS
             self.request_scan(f"retrying {self.writer.lost} changes the store could not record")
 
+    def _on_watchdog_crash(self, exc: BaseException | None) -> None:
+        self._watchdog_crashed = True
+        self._scan_wanted.set()
+
     def _check_roots(self) -> None:
         """Notice roots that vanished, came back or were replaced, and watchers to restart."""
+        crashed, self._watchdog_crashed = self._watchdog_crashed, False
         for root in list(self.roots.roots):
             try:
+                too_deep = root.path in self._too_deep
+                self._too_deep.discard(root.path)
+                if (crashed or too_deep) and isinstance(self._watchers.get(root.path), RootWatcher):
+                    # A watchdog thread died; its observer may look alive and be blind.
+                    self._watchers.pop(root.path).stop()
+                    restarted = self._start_watcher(root)
+                    if too_deep:
+                        log.info("%s: deeper than %d levels", root.path, WATCHDOG_MAX_DEPTH)
+                    else:
+                        log.warning("watching %s again after watchdog failed", root.path)
+                    self.request_scan(f"root {root.path} watched again")
+                    if not restarted.started:
+                        continue
                 self._check_root(root)
             except Exception:
                 log.exception("checking root %s failed", root.path)
@@ -529,10 +584,16 @@ class Engine:
         force_polling = ""
         if watcher is not None:
             if watcher.alive and watcher.identity == identity and not watcher.wants_polling:
-                if came_back:
-                    self.request_scan(f"root {path} is back")
-                return
-            if watcher.wants_polling:
+                if isinstance(watcher, DeepWatcher):
+                    if self._deep_watcher_done(watcher):
+                        return
+                else:
+                    if came_back:
+                        self.request_scan(f"root {path} is back")
+                    return
+            elif isinstance(watcher, DeepWatcher):
+                pass  # restarted below, deep or not: never onto a recursive polling walk
+            elif watcher.wants_polling:
                 force_polling = watcher.wants_polling
             elif watcher.polling and watcher.problem:
                 force_polling = watcher.problem  # stay on the fallback that was chosen
@@ -545,6 +606,18 @@ class Engine:
         if restarted.alive:
             log.info("watching %s%s", path, " (polling)" if restarted.polling else "")
             self.request_scan(f"root {path} watched again")
+
+    def _deep_watcher_done(self, watcher: DeepWatcher) -> bool:
+        """Follow a deep-tree watcher: report which part it polls (the message clears when
+        the limit no longer bites); False when the tree is shallow and fully watched again,
+        so the root goes back to watchdog."""
+        self._set_problem(watcher.root.path, "watch", watcher.problem)
+        if watcher.polling or watcher.max_depth > WATCHDOG_MAX_DEPTH:
+            return True
+        if deeper_than(watcher.root.path, WATCHDOG_MAX_DEPTH):
+            return True
+        log.info("%s: no longer deeper than %d levels", watcher.root.path, WATCHDOG_MAX_DEPTH)
+        return False
 
     def _scan_all(self, reason: str) -> ScanStats:
         total = ScanStats()
@@ -599,6 +672,7 @@ class Engine:
             stats = self.scanner.scan(root)
             self._note_unreadable(root.path, stats.unreadable, whole_root=True)
             self._note_too_large(root, stats.too_large, whole_root=True)
+            self._note_depth(root, stats.max_depth)
             total.add(stats)
             self._progress_base.add(stats)
 
@@ -631,7 +705,10 @@ class Engine:
             self._scan, files_seen=files, files_hashed=hashed, bytes_hashed=bytes_hashed
         )
         elapsed = max(1e-9, (time.time_ns() - self._scan.started_at) / 1e9)
-        if elapsed >= PROGRESS_LOG_SECONDS:  # short scans only print their summary
+        now = time.monotonic()
+        # Short scans only print their summary; long ones a line every few seconds at most.
+        if elapsed >= PROGRESS_LOG_SECONDS and now - self._progress_logged >= PROGRESS_LOG_SECONDS:
+            self._progress_logged = now
             log.info(
                 "scanning: %d files seen, %d hashed, %.1f MB (%.1f MB/s)",
                 files,
@@ -650,9 +727,19 @@ class Engine:
         root = self.roots.tracked(directory, is_dir=True)
         if root is None or not os.path.isdir(directory):
             return
-        stats = self.scanner.scan(root, directory, seen=seen)
+        # A directory scan is no progress of the reconcile scan: it neither counts in the
+        # scan state nor logs (a 500-level tree created at once is 500 directory scans).
+        stats = self.scanner.scan(root, directory, seen=seen, report=False)
         self._note_unreadable(root.path, stats.unreadable, whole_root=False)
         self._note_too_large(root, stats.too_large, whole_root=False)
+        self._note_depth(root, stats.max_depth)
+
+    def _note_depth(self, root: WatchedRoot, depth: int) -> None:
+        """A scan found the tree deeper than watchdog can follow: move the root to
+        DeepWatcher now (watchdog may already have failed below some level)."""
+        if depth > WATCHDOG_MAX_DEPTH and isinstance(self._watchers.get(root.path), RootWatcher):
+            self._too_deep.add(root.path)
+            self._scan_wanted.set()
 
     def _hash_large(self, root: WatchedRoot, path: str, seen: ChangeKind) -> None:
         """The scan's hand-off of a big file to the large lane (not waited for)."""

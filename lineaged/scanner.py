@@ -44,6 +44,7 @@ class ScanStats:
     unreadable: list[str] = field(default_factory=list)
     too_large: list[str] = field(default_factory=list)  # over the root's max_hash_size
     deferred: int = 0  # big files handed to the large-file lane
+    max_depth: int = 0  # the deepest directory seen, in levels below the root
 
     def add(self, other: ScanStats) -> None:
         """Fold another scan's numbers into this one."""
@@ -56,6 +57,7 @@ class ScanStats:
         self.unreadable.extend(other.unreadable)
         self.too_large.extend(other.too_large)
         self.deferred += other.deferred
+        self.max_depth = max(self.max_depth, other.max_depth)
 
     def summary(self) -> str:
         """One line for the log."""
@@ -95,8 +97,12 @@ class Scanner:
         directory: str | None = None,
         *,
         seen: ChangeKind = ChangeKind.SCAN,
+        report: bool = True,
     ) -> ScanStats:
-        """Reconcile ``directory`` (default: the whole root) with the store; waits for commit."""
+        """Reconcile ``directory`` (default: the whole root) with the store; waits for commit.
+
+        ``report=False``: the progress callback is not called (a watcher's directory scan)."""
+        progress = self.progress if report else None
         started = time.monotonic()
         stats = ScanStats()
         top = directory or root.path
@@ -112,7 +118,7 @@ class Scanner:
         # The walk is a generator: files are hashed while it goes on (a first index of
         # 100,000 files spent 0.7 s walking before the first hash).
         outcomes = hasher.hash_many(
-            self._walk(root, top, stats, unseen),
+            self._walk(root, top, stats, unseen, progress),
             root=root.path,
             defer_at=hasher.LARGE_FILE if self.large_lane is not None else 0,
             max_size=root.root.max_hash_size,
@@ -158,12 +164,12 @@ class Scanner:
             if len(writes) >= WRITE_BATCH:
                 futures.append(self.writer.submit(_record_job(writes)))
                 writes = []
-                if self.progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
+                if progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
                     last_progress = time.monotonic()
                     stats.seconds = time.monotonic() - started
-                    self.progress(stats)
-        if self.progress:
-            self.progress(stats)
+                    progress(stats)
+        if progress:
+            progress(stats)
         # The scan waits for what follows: it is committed without waiting for more jobs.
         if writes:
             futures.append(self.writer.submit(_record_job(writes), urgent=True))
@@ -190,7 +196,12 @@ class Scanner:
         return stats
 
     def _walk(
-        self, root: WatchedRoot, top: str, stats: ScanStats, unseen: dict[str, bytes | None]
+        self,
+        root: WatchedRoot,
+        top: str,
+        stats: ScanStats,
+        unseen: dict[str, bytes | None],
+        progress: Callable[[ScanStats], None] | None,
     ) -> Iterator[str]:
         """Walk every regular, not ignored file below ``top`` (symlinks are not followed),
         popping each from ``unseen``; yields those whose packed stat key differs from the
@@ -228,6 +239,8 @@ class Scanner:
             return
         dirs = _OpenDirs(top_fd)
         stack: list[_Pending] = [_Pending(None, "", top)]
+        root_level = root.path.rstrip("/").count("/")
+        max_level = root_level
         try:
             while stack:
                 pending = stack.pop()
@@ -247,6 +260,9 @@ class Scanner:
                     continue
                 below: list[_Pending] = []
                 base = directory.rstrip("/") + "/"
+                level = base.count("/") - 1
+                if level > max_level:
+                    max_level = level
                 try:
                     with os.scandir(fd) as entries:
                         for entry in entries:
@@ -291,13 +307,14 @@ class Scanner:
                 dirs.listed(pending, len(below))
                 below.reverse()  # popped in listing order
                 stack.extend(below)
-                if self.progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
+                if progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
                     last_progress = time.monotonic()
                     stats.files = files
-                    self.progress(stats)
+                    progress(stats)
         finally:
             dirs.close()
         stats.files = files
+        stats.max_depth = max(stats.max_depth, max_level - root_level)
 
 
 _before_open_hook: Callable[[str], None] | None = None
