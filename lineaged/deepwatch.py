@@ -30,6 +30,7 @@ import os
 import select
 import struct
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 
@@ -321,6 +322,7 @@ class DeepWatcher:
 
     def _loop(self) -> None:
         watched = [self._wake_read] + ([self._fd] if self._fd >= 0 else [])
+        last_poll = time.monotonic()
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select(watched, [], [], self.poll_interval)
@@ -340,7 +342,9 @@ class DeepWatcher:
                     self._handle(data)
                 except Exception:  # one bad event must not blind the root
                     log.exception("%s: handling inotify events failed", self.root.path)
-            if not ready or self.polling:
+            # Polled parts are looked at every poll interval, however busy the events are.
+            if self.polling and time.monotonic() - last_poll >= self.poll_interval:
+                last_poll = time.monotonic()
                 self._retry_polled()
 
     def _handle(self, data: bytes) -> None:
