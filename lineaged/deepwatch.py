@@ -23,7 +23,6 @@ When the tree is shallow again and fully watched, the engine goes back to watchd
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -33,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from lineaged import dirfd
 from lineaged.indexer import WatchedRoot
@@ -76,14 +76,23 @@ _MASK = (
 )
 _EVENT = struct.Struct("iIII")
 
-_libc: ctypes.CDLL | None = None
+_libc: Any = None
 
 
-def _c() -> ctypes.CDLL:
+def _c() -> Any:
+    """libc through ctypes, loaded on first use (``lineaged --once`` never needs it)."""
     global _libc
     if _libc is None:
+        import ctypes
+
         _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 def deeper_than(path: str, limit: int) -> bool:
@@ -207,7 +216,7 @@ class DeepWatcher:
             with self._lock:
                 self._polled.add(self.root.path)
         elif fd < 0:
-            code = ctypes.get_errno()
+            code = _errno()
             self.last_failure = os.strerror(code)
             with self._lock:
                 self._polled.add(self.root.path)
@@ -261,7 +270,7 @@ class DeepWatcher:
                     continue  # gone, or no longer a directory: never followed
                 wd = _c().inotify_add_watch(self._fd, f"/proc/self/fd/{fd}".encode(), _MASK)
                 if wd < 0:
-                    code = ctypes.get_errno()
+                    code = _errno()
                     if code in (errno.ENOSPC, errno.ENOMEM):
                         with self._lock:
                             if not any(_under(directory, p) for p in self._polled):
