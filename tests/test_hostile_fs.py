@@ -208,3 +208,36 @@ def test_stress_swapping_directories_and_links_during_scans_never_leaks(
         what="s3/own-a recorded once it is a real directory again",
     )
     _assert_no_canary(harness, digests)
+
+
+def test_walk_with_few_descriptors_reopens_through_ancestors_and_leaks_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tree wider and deeper than the descriptor bound (lowered to 3 here) is walked
+    completely: closed ancestors are opened again through theirs, and none is left open."""
+    h = EngineHarness(tmp_path)
+    expected = {}
+    level = [h.data]
+    for depth in range(6):
+        below = []
+        for folder in level:
+            for branch in ("a", "b"):
+                child = folder / f"{branch}{depth}"
+                child.mkdir()
+                data = f"{child.relative_to(h.data)}\n".encode()
+                (child / "f.csv").write_bytes(data)
+                expected[str(child / "f.csv")] = b3(data)
+                below.append(child)
+        level = below
+    monkeypatch.setattr(scanner, "MAX_OPEN_DIRS", 3)
+    open_before = len(os.listdir("/proc/self/fd"))
+    h.start()
+    try:
+        assert live_digests(h.db) == expected
+        root = h.engine.roots.roots[0]
+        stats = h.engine.scanner.scan(root)
+        assert stats.files == len(expected) and not stats.unreadable
+        assert stats.max_depth == 6
+    finally:
+        h.stop()
+    assert len(os.listdir("/proc/self/fd")) <= open_before
