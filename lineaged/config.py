@@ -157,7 +157,31 @@ def _root_from_toml(entry: Any, base: Path) -> Root:
     ignore = entry.get("ignore", [])
     if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
         raise ConfigError(f"root {entry['path']!r}: ignore must be a list of patterns")
-    return replace(root, role=Role(role), ignore=tuple(ignore))
+    max_hash_size = _hash_size_limit(entry.get("max_hash_size", 0), str(entry["path"]))
+    return replace(root, role=Role(role), ignore=tuple(ignore), max_hash_size=max_hash_size)
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+def _hash_size_limit(value: object, root: str) -> int:
+    """A root's ``max_hash_size``: bytes as an integer, or "500G"-style text (powers of
+    1024); 0 means no limit, the default (checkpoints of hundreds of GB are real data)."""
+    if isinstance(value, bool):
+        value = None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([KMGTP]?)(?:i?B)?\s*", value, re.IGNORECASE)
+        number = -1 if match is None else int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+    else:
+        number = -1
+    if number < 0:
+        raise ConfigError(
+            f"root {root!r}: max_hash_size must be a size like 500G or a number of bytes "
+            f"(0: no limit), not {value!r}"
+        )
+    return number
 
 
 _TOML_KEYS = {

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from lineaged import __version__, hasher
 from lineaged.config import Config
+from lineaged.deepwatch import WATCHDOG_MAX_DEPTH, DeepWatcher, WatchdogCrashes, deeper_than
 from lineaged.errors import (
     ConfigError,
     FailedPrecondition,
@@ -30,6 +31,7 @@ from lineaged.errors import (
     StoreError,
 )
 from lineaged.indexer import RACY_NS, Indexer, RootSet, WatchedRoot
+from lineaged.lanes import HashLane, Ticket
 from lineaged.models import (
     Access,
     AccessMode,
@@ -54,10 +56,12 @@ from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat
 from lineaged.watcher import (
     BLIND_SCAN_INTERVAL,
+    NETWORK_FILESYSTEMS,
     POLL_SECONDS,
     Pipeline,
     RootWatcher,
     WatchFailures,
+    filesystem_type,
     lost_event_problem,
     root_identity,
 )
@@ -83,6 +87,8 @@ SUBSCRIBER_BUFFER = 10_000
 ROOT_CHECK_SECONDS = 5.0
 MISSING_ROOT_CHECK_SECONDS = 1.0  # a vanished root is looked for more often: cheap (one stat)
 LOST_RETRY_SECONDS = 30.0  # between rescans that retry changes a failing store gave up on
+HASH_WAIT_SECONDS = 2.0  # the longest a client's call waits on hashing (then: a lane)
+PROBLEM_KINDS = ("root", "watch", "read", "size")  # the order status lists them in
 ROOT_MISSING = (
     "root does not exist (deleted or unmounted?); its files keep their last versions, "
     "not marked deleted; waiting for it to appear"
@@ -330,11 +336,29 @@ class Engine:
         # root path -> {"root" | "watch" | "read": reason}; reported by status()
         self._problems: dict[str, dict[str, str]] = {}
         self._problems_lock = threading.Lock()
-        self._watchers: dict[str, RootWatcher] = {}
+        self._watchers: dict[str, RootWatcher | DeepWatcher] = {}
+        self._progress_logged = 0.0  # monotonic time of the last progress line
+        self._watchdog_crashed = False
+        self._too_deep: set[str] = set()  # roots a scan found too deep for watchdog
+        self._crashes = WatchdogCrashes(self._on_watchdog_crash)
         self.roots = RootSet([], excluded=[str(config.state_dir)])
-        self.indexer = Indexer(store, self.writer, self.roots)
+        self._too_large: dict[str, set[str]] = {}  # root path -> files over max_hash_size
+        self.indexer = Indexer(
+            store, self.writer, self.roots, cancel=self._stop, on_too_large=self._on_too_large
+        )
+        # Big files hash one at a time on their own lane; the small lane takes what a
+        # client's call could not hash before its deadline (see lanes.py).
+        self.large_lane = HashLane("large", self.indexer.hash_and_record, self._stop)
+        self.small_lane = HashLane("small", self.indexer.hash_and_record, self._stop)
+        self.indexer.large_lane = self.large_lane
+        self.indexer.small_lane = self.small_lane
         self.scanner = Scanner(
-            store, self.writer, self.roots, progress=self._progress, stop=self._stop
+            store,
+            self.writer,
+            self.roots,
+            progress=self._progress,
+            stop=self._stop,
+            large_lane=self._hash_large,
         )
         self.pipeline = Pipeline(
             self.indexer,
@@ -418,6 +442,7 @@ class Engine:
                 log.warning("%s", self._watch_problem)
                 self._shorten_scan_interval()
             self._watch_failures.__enter__()
+            self._crashes.__enter__()
             self.pipeline.start()
             for root in self.roots.roots:
                 self._start_watcher(root)
@@ -429,6 +454,9 @@ class Engine:
         """Stop watching, drain the queue, commit; the store stays open for the caller."""
         self._stop.set()
         self._scan_wanted.set()
+        # First: a hash in progress (a 1 TiB file) is cancelled and its helper killed.
+        self.large_lane.stop()
+        self.small_lane.stop()
         for watcher in list(self._watchers.values()):
             watcher.stop()
         self._watchers.clear()
@@ -436,12 +464,14 @@ class Engine:
             self._scan_thread.join()
         self.pipeline.stop()
         self._watch_failures.__exit__()
+        self._crashes.__exit__()
         if self.openlineage is not None:
             self.openlineage.stop()  # before the writer: it marks what it delivered
         self.writer.stop()
 
     def run_once(self) -> ScanStats:
         """Index every root once (``lineaged --once``) and return the totals."""
+        self.scanner.large_lane = None  # everything hashed before it returns
         self.writer.start()
         try:
             self._register_roots(self.config.roots)
@@ -500,16 +530,38 @@ class Engine:
         self.roots.roots[:] = [w for w in watched]
         return [w for w in watched if w.path not in existing]
 
-    def _start_watcher(self, root: WatchedRoot, *, force_polling: str = "") -> RootWatcher:
-        watcher = RootWatcher(
-            root,
-            self.pipeline.put,
-            force_polling=force_polling,
-            poll_interval=self.poll_interval,
-            on_trouble=self._on_root_trouble,
-            on_lost=self._on_overflow,
-            failures=self._watch_failures,
-        )
+    def _start_watcher(
+        self, root: WatchedRoot, *, force_polling: str = ""
+    ) -> RootWatcher | DeepWatcher:
+        watcher: RootWatcher | DeepWatcher
+        if deeper_than(root.path, WATCHDOG_MAX_DEPTH):
+            # watchdog's recursive setup and its polling snapshot recurse once per level
+            # (see deepwatch.py). DeepWatcher handles the watch limit itself (it polls only
+            # what it cannot watch); only a network filesystem is polled whole.
+            fs_type = filesystem_type(root.path)
+            network = ""
+            if fs_type in NETWORK_FILESYSTEMS:
+                network = force_polling or (
+                    f"on a network filesystem ({fs_type}) where inotify misses other "
+                    "machines' changes; polling instead"
+                )
+            watcher = DeepWatcher(
+                root,
+                self.pipeline.put,
+                poll_interval=self.poll_interval,
+                on_overflow=self._on_overflow,
+                force_polling=network,
+            )
+        else:
+            watcher = RootWatcher(
+                root,
+                self.pipeline.put,
+                force_polling=force_polling,
+                poll_interval=self.poll_interval,
+                on_trouble=self._on_root_trouble,
+                on_lost=self._on_overflow,
+                failures=self._watch_failures,
+            )
         try:
             watcher.start()
         except Exception as exc:  # never let one root stop the daemon
@@ -611,10 +663,28 @@ class Engine:
             self._next_lost_retry = now + LOST_RETRY_SECONDS
             self.request_scan(f"retrying {self.writer.lost} changes the store could not record")
 
+    def _on_watchdog_crash(self, exc: BaseException | None) -> None:
+        self._watchdog_crashed = True
+        self._scan_wanted.set()
+
     def _check_roots(self) -> None:
         """Notice roots that vanished, came back or were replaced, and watchers to restart."""
+        crashed, self._watchdog_crashed = self._watchdog_crashed, False
         for root in list(self.roots.roots):
             try:
+                too_deep = root.path in self._too_deep
+                self._too_deep.discard(root.path)
+                if (crashed or too_deep) and isinstance(self._watchers.get(root.path), RootWatcher):
+                    # A watchdog thread died; its observer may look alive and be blind.
+                    self._watchers.pop(root.path).stop()
+                    restarted = self._start_watcher(root)
+                    if too_deep:
+                        log.info("%s: deeper than %d levels", root.path, WATCHDOG_MAX_DEPTH)
+                    else:
+                        log.warning("watching %s again after watchdog failed", root.path)
+                    self.request_scan(f"root {root.path} watched again")
+                    if not restarted.started:
+                        continue
                 self._check_root(root)
             except Exception:
                 log.exception("checking root %s failed", root.path)
@@ -637,10 +707,16 @@ class Engine:
         force_polling = ""
         if watcher is not None:
             if watcher.alive and watcher.identity == identity and not watcher.wants_polling:
-                if came_back:
-                    self.request_scan(f"root {path} is back")
-                return
-            if watcher.wants_polling:
+                if isinstance(watcher, DeepWatcher):
+                    if self._deep_watcher_done(watcher):
+                        return
+                else:
+                    if came_back:
+                        self.request_scan(f"root {path} is back")
+                    return
+            elif isinstance(watcher, DeepWatcher):
+                pass  # restarted below, deep or not: never onto a recursive polling walk
+            elif watcher.wants_polling:
                 force_polling = watcher.wants_polling
             elif watcher.polling and watcher.problem:
                 force_polling = watcher.problem  # stay on the fallback that was chosen
@@ -653,6 +729,18 @@ class Engine:
         if restarted.alive:
             log.info("watching %s%s", path, " (polling)" if restarted.polling else "")
             self.request_scan(f"root {path} watched again")
+
+    def _deep_watcher_done(self, watcher: DeepWatcher) -> bool:
+        """Follow a deep-tree watcher: report which part it polls (the message clears when
+        the limit no longer bites); False when the tree is shallow and fully watched again,
+        so the root goes back to watchdog."""
+        self._set_problem(watcher.root.path, "watch", watcher.problem)
+        if watcher.polling or watcher.max_depth > WATCHDOG_MAX_DEPTH:
+            return True
+        if deeper_than(watcher.root.path, WATCHDOG_MAX_DEPTH):
+            return True
+        log.info("%s: no longer deeper than %d levels", watcher.root.path, WATCHDOG_MAX_DEPTH)
+        return False
 
     def _scan_all(self, reason: str) -> ScanStats:
         total = ScanStats()
@@ -706,6 +794,8 @@ class Engine:
                 continue
             stats = self.scanner.scan(root)
             self._note_unreadable(root.path, stats.unreadable, whole_root=True)
+            self._note_too_large(root, stats.too_large, whole_root=True)
+            self._note_depth(root, stats.max_depth)
             total.add(stats)
             self._progress_base.add(stats)
 
@@ -738,7 +828,10 @@ class Engine:
             self._scan, files_seen=files, files_hashed=hashed, bytes_hashed=bytes_hashed
         )
         elapsed = max(1e-9, (time.time_ns() - self._scan.started_at) / 1e9)
-        if elapsed >= PROGRESS_LOG_SECONDS:  # short scans only print their summary
+        now = time.monotonic()
+        # Short scans only print their summary; long ones a line every few seconds at most.
+        if elapsed >= PROGRESS_LOG_SECONDS and now - self._progress_logged >= PROGRESS_LOG_SECONDS:
+            self._progress_logged = now
             log.info(
                 "scanning: %d files seen, %d hashed, %.1f MB (%.1f MB/s)",
                 files,
@@ -757,8 +850,50 @@ class Engine:
         root = self.roots.tracked(directory, is_dir=True)
         if root is None or not os.path.isdir(directory):
             return
-        stats = self.scanner.scan(root, directory, seen=seen)
+        # A directory scan is no progress of the reconcile scan: it neither counts in the
+        # scan state nor logs (a 500-level tree created at once is 500 directory scans).
+        stats = self.scanner.scan(root, directory, seen=seen, report=False)
         self._note_unreadable(root.path, stats.unreadable, whole_root=False)
+        self._note_too_large(root, stats.too_large, whole_root=False)
+        self._note_depth(root, stats.max_depth)
+
+    def _note_depth(self, root: WatchedRoot, depth: int) -> None:
+        """A scan found the tree deeper than watchdog can follow: move the root to
+        DeepWatcher now (watchdog may already have failed below some level)."""
+        if depth > WATCHDOG_MAX_DEPTH and isinstance(self._watchers.get(root.path), RootWatcher):
+            self._too_deep.add(root.path)
+            self._scan_wanted.set()
+
+    def _hash_large(self, root: WatchedRoot, path: str, seen: ChangeKind) -> None:
+        """The scan's hand-off of a big file to the large lane (not waited for)."""
+        self.large_lane.submit(root, path, seen)
+
+    def _on_too_large(self, root: WatchedRoot, path: str) -> None:
+        self._note_too_large(root, [path], whole_root=False)
+
+    def _note_too_large(self, root: WatchedRoot, paths: list[str], *, whole_root: bool) -> None:
+        """Files over the root's ``max_hash_size``: not hashed, and said so in its health.
+
+        They keep their last recorded version (like an unreadable file); a scan of the
+        whole root replaces the list, so a file made smaller or deleted clears it.
+        """
+        with self._problems_lock:
+            known = self._too_large.setdefault(root.path, set())
+            if whole_root:
+                known.clear()
+            known.update(paths)
+            found = sorted(known)
+        if not found:
+            self._set_problem(root.path, "size", "")
+            return
+        shown = ", ".join(found[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        self._set_problem(
+            root.path,
+            "size",
+            f"not hashed: too large (over max_hash_size {root.root.max_hash_size} bytes): "
+            f"{shown}{more}; they keep their last recorded versions",
+        )
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the pipeline and the writer have nothing queued."""
@@ -812,7 +947,7 @@ class Engine:
         degraded: list[str] = []
         for r in self.roots.roots:
             found = problems.get(r.path, {})
-            reasons = [found[kind] for kind in ("root", "watch", "read") if found.get(kind)]
+            reasons = [found[kind] for kind in PROBLEM_KINDS if found.get(kind)]
             watcher = watchers.get(r.path)
             health = "; ".join(reasons) or "ok"
             polling = bool(watcher is not None and watcher.alive and watcher.polling)
@@ -847,7 +982,10 @@ class Engine:
             roots=tuple(roots),
             counts=self._counts(),
             scan=self._scan,
-            queue_depth=self.pipeline.depth + self.writer.depth,
+            queue_depth=self.pipeline.depth
+            + self.writer.depth
+            + self.large_lane.depth
+            + self.small_lane.depth,
             serving=self._serving,
             degraded=tuple(degraded),
             openlineage=openlineage,
@@ -963,8 +1101,8 @@ class Engine:
         self.store.get_run(run_id)  # NotFound early, before hashing anything
         if self.openlineage is not None:
             self.openlineage.busy()
-        linked = self._read_versions(reads, facts)
-        linked = self._match_digests(self._read_versions(reads, facts))
+        linked, hashing = self._read_versions(reads, facts)
+        linked = self._match_digests(linked)
 
         # A read tied to a version is its edge; only what is not (writes, resolved at the run's
         # end; reads of untracked or vanished files) is kept as a raw access. Storing both
@@ -983,11 +1121,41 @@ class Engine:
                 store.link(run_id, version_id, kind, access)
             return len(clean)
 
-        return self.writer.call(job)
+        recorded = self.writer.call(job)
+        self._link_when_hashed(run_id, "read", reads, hashing)
+        return int(recorded)
+
+    def _link_when_hashed(
+        self, run_id: str, kind: str, accesses: Sequence[Access], hashing: dict[str, Ticket]
+    ) -> None:
+        """Tie the run to the files a lane is still hashing, once their versions land.
+
+        The call answered before (it never waits on hashing past ``HASH_WAIT_SECONDS``); the
+        edge is added then, to the version the lane recorded. A daemon stopped before that
+        leaves the access recorded without its edge (a read; a write is resolved again by
+        nothing: the run's output then shows no version).
+        """
+        for access in accesses:
+            ticket = hashing.get(access.path)
+            if ticket is None:
+                continue
+
+            def link(recorded: bool, access: Access = access) -> None:
+                if not recorded:
+                    return
+
+                def job(store: Store) -> None:
+                    current = store.current_version(access.path)
+                    if current is not None:
+                        store.link(run_id, current.id, kind, access)
+
+                self.writer.submit(job, urgent=True)
+
+            ticket.add_done_callback(link)
 
     def _read_versions(
         self, reads: Sequence[Access], facts: _PathFacts
-    ) -> list[tuple[int, Access]]:
+    ) -> tuple[list[tuple[int, Access]], dict[str, Ticket]]:
         """Each read under a root with the version current at its first open.
 
         Reads whose stat key the cache does not vouch for (usually none) are indexed first
@@ -1011,9 +1179,13 @@ class Engine:
                 or state[0] != pack_stat(st)
             ):
                 stale[path] = ChangeKind.MODIFIED
+        hashing: dict[str, Ticket] = {}
         if stale:
-            self.indexer.observe(stale, wait=True)
-            again = [read for read in wanted if read[0] in stale]
+            hashing = self.indexer.observe_within(stale, time.monotonic() + HASH_WAIT_SECONDS)
+            again = [read for read in wanted if read[0] in stale and read[0] not in hashing]
+            for read in wanted:
+                if read[0] in hashing:
+                    versions.pop(read, None)  # linked when its hash lands
             for read in again:
                 versions.pop(read, None)
             versions.update(self.store.read_versions(again))
@@ -1022,7 +1194,7 @@ class Engine:
             version_id = versions.get(read)
             if version_id is not None:
                 linked.append((version_id, access))
-        return linked
+        return linked, hashing
 
     def _match_digests(self, linked: list[tuple[int, Access]]) -> list[tuple[int, Access]]:
         """Reads that carry the client's digest (a capture spooled while the daemon was away,
@@ -1129,11 +1301,12 @@ class Engine:
         run_id = run.run_id
         outputs = self.writer.call(lambda store: store.run_accesses(run_id, AccessMode.WRITE))
         tracked = {a.path: ChangeKind.RUN for a in outputs if self.roots.tracked(a.path)}
+        hashing: dict[str, Ticket] = {}
         if tracked:
-            self.indexer.observe(tracked, wait=True)
+            hashing = self.indexer.observe_within(tracked, time.monotonic() + HASH_WAIT_SECONDS)
         linked: list[tuple[int, Access]] = []
         for access in outputs:
-            if access.path in tracked:
+            if access.path in tracked and access.path not in hashing:
                 current = self.store.current_version(access.path)
                 if access.digest and (current is None or current.digest != access.digest):
                     # Delivered late from a spool: the file may have changed since the run
@@ -1158,6 +1331,7 @@ class Engine:
         self.writer.call(job)
         if self.openlineage is not None:
             self.openlineage.wake()
+        self._link_when_hashed(run_id, "wrote", outputs, hashing)
         finished = self.store.get_run(run_id)
         self._bus.publish([Event(kind="run", run=finished)])
         return finished
@@ -1216,7 +1390,8 @@ class Engine:
         )
         hints = {v.path: ChangeKind.MODIFIED for v in graph.versions if self.roots.tracked(v.path)}
         if hints:
-            self.indexer.observe(hints, wait=True)
+            # Files still hashing by the deadline are checked against what is recorded.
+            self.indexer.observe_within(hints, time.monotonic() + HASH_WAIT_SECONDS)
         return self.store.verify(start, max_nodes=MAX_NODES)
 
     def _check_start(self, start: StartNode) -> StartNode:

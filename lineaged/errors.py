@@ -22,7 +22,9 @@ codes; the client maps status codes back to the same classes.
     │   └── CorruptStore              INTERNAL             exit 1
     │       └── DamagedRow            DATA_LOSS            exit 1
     └── HashError                     INTERNAL             exit 1
-        └── UnstableFile              INTERNAL             exit 1
+        ├── UnstableFile              INTERNAL             exit 1
+        ├── TooLarge                  INTERNAL             exit 1
+        └── HashCancelled             INTERNAL             exit 1
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "DamagedRow",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "HashCancelled",
     "HashError",
     "InvalidArgument",
     "LineageError",
@@ -50,6 +53,7 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "StoreError",
+    "TooLarge",
     "Unauthenticated",
     "UnstableFile",
     "error_for_status",
@@ -167,6 +171,14 @@ class HashError(LineageError):
 
 class UnstableFile(HashError):
     """A file kept changing while it was hashed, beyond the retry bound."""
+
+
+class TooLarge(HashError):
+    """A file is bigger than its root's ``max_hash_size``: not hashed (said so in status)."""
+
+
+class HashCancelled(HashError):
+    """Hashing was stopped because the daemon is stopping."""
 
 
 _BY_STATUS: dict[str, type[LineageError]] = {

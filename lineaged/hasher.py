@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
-from lineaged.errors import HashError, UnstableFile
+from lineaged import dirfd
+from lineaged.errors import HashCancelled, HashError, TooLarge, UnstableFile
 from lineaged.models import StatKey
 
 if TYPE_CHECKING:
@@ -60,13 +61,17 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_PATHS",
     "HASH_FORMAT",
+    "LARGE_FILE",
     "MT_THRESHOLD",
     "POOL_MIN_PATHS",
     "RACY_WINDOW_NS",
+    "Deferred",
     "HashResult",
+    "die_with_parent",
     "hash_bytes",
     "hash_file",
     "hash_many",
+    "kill_helpers",
 ]
 
 HASH_FORMAT: int = 1
@@ -84,6 +89,10 @@ POOL_MIN_PATHS: int = 2000
 CHUNK_PATHS: int = 1000
 """Paths per task sent to a ``hash_many`` worker process."""
 
+LARGE_FILE: int = 16 << 20
+"""Files at least this big are hashed on the daemon's large-file lane (one at a time, off the
+threads that index small files and answer clients); the same size sends them to the mmap helper."""
+
 # 2 MiB chunks stay in the CPU cache between the read and the hash (16 MiB ones measured
 # ~25% slower); the same size is the per-thread buffer, which covers every small file.
 _CHUNK = 2 << 20
@@ -98,6 +107,9 @@ log = logging.getLogger(__name__)
 _after_read_hook: Callable[[int], None] | None = None
 """Test seam: called with the descriptor after the read, before the second ``fstat``."""
 
+_before_open_hook: Callable[[str], None] | None = None
+"""Test seam: called with the path just before a file under a root is opened."""
+
 
 @dataclass(frozen=True, slots=True)
 class HashResult:
@@ -108,7 +120,22 @@ class HashResult:
 
 
 class _Deferred(Exception):
-    """A worker process found a big file: the caller hashes it with the threaded core."""
+    """A file at least ``defer_at`` bytes: the caller hashes it elsewhere."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """``hash_many`` did not hash this file: it is ``size`` bytes, at least ``defer_at``."""
+
+    size: int
+
+
+Outcome = HashResult | OSError | HashError | Deferred
+"""What ``hash_many`` yields for each path."""
 
 
 class _Buffers(threading.local):
@@ -128,9 +155,41 @@ def hash_bytes(data: bytes) -> str:
     return str(blake3(data, max_threads=threads).hexdigest())
 
 
-def hash_file(path: str | os.PathLike[str], *, retries: int = 5) -> HashResult:
-    """Hash one regular file; raise ``OSError`` as is, ``UnstableFile`` if it keeps changing."""
-    return _hash_path(os.fspath(path), retries, defer_at=None)
+def hash_file(
+    path: str | os.PathLike[str],
+    *,
+    retries: int = 5,
+    root: str | None = None,
+    max_size: int = 0,
+    cancel: threading.Event | None = None,
+) -> HashResult:
+    """Hash one regular file; raise ``OSError`` as is, ``UnstableFile`` if it keeps changing.
+
+    With ``root``, the file is opened through descriptors from the root down (``dirfd``):
+    no link anywhere on its path is followed. ``max_size`` (0: none) raises ``TooLarge``
+    for a bigger file without reading it; ``cancel`` set stops a long hash (``HashCancelled``).
+    """
+    text = os.fspath(path)
+    if root is None:
+        return _hash_path(text, retries, _path_opener(text), max_size=max_size, cancel=cancel)
+    with dirfd.FolderDescriptors(root, limit=4) as folders:
+        return _hash_path(
+            text, retries, _beneath_opener(folders, text), max_size=max_size, cancel=cancel
+        )
+
+
+def _path_opener(path: str) -> Callable[[], int]:
+    return lambda: os.open(path, _OPEN_FLAGS)
+
+
+def _beneath_opener(folders: dirfd.FolderDescriptors, path: str) -> Callable[[], int]:
+    def opener() -> int:
+        hook = _before_open_hook
+        if hook is not None:
+            hook(path)
+        return folders.open_file(path)
+
+    return opener
 
 
 def hash_many(
@@ -140,13 +199,23 @@ def hash_many(
     retries: int = 5,
     pool_min_paths: int = POOL_MIN_PATHS,
     chunk_paths: int = CHUNK_PATHS,
-) -> Iterator[tuple[str, HashResult | OSError | HashError]]:
+    root: str | None = None,
+    defer_at: int = 0,
+    max_size: int = 0,
+    cancel: threading.Event | None = None,
+) -> Iterator[tuple[str, Outcome]]:
     """Hash many files, yielding ``(path, result or the error)`` for each path in any order.
 
     Small files go to a pool of worker processes in chunks of ``chunk_paths`` (threads
     measured 5-7x slower than a plain loop: per-call overhead and GIL hand-offs); files of
     ``MT_THRESHOLD`` bytes or more come back to this process for the multithreaded core.
     With fewer than ``pool_min_paths`` paths, or one worker, it just loops in process.
+
+    With ``root``, every file is opened through directory descriptors from the root down
+    (``dirfd``; worker processes do the same): a link swapped in for a directory is never
+    followed. Files of ``defer_at`` bytes or more (0: none) are not hashed: ``Deferred``
+    says so and the caller hashes them on its own lane; files over ``max_size`` (0: no
+    limit) give ``TooLarge``.
 
     ``paths`` may be a generator (a directory walk): each chunk is sent to the pool as soon
     as it is full, and results are handed back while the rest is still being produced, so
@@ -156,25 +225,87 @@ def hash_many(
         workers = len(os.sched_getaffinity(0))
     remaining = iter(paths)
     first = list(itertools.islice(remaining, pool_min_paths))
-    if len(first) < pool_min_paths or workers <= 1:
-        for path in itertools.chain(first, remaining):
-            yield path, _outcome(path, retries)
-        return
+    local = _Local(root, retries, defer_at, max_size, cancel)
+    try:
+        if len(first) < pool_min_paths or workers <= 1:
+            for path in itertools.chain(first, remaining):
+                yield path, local.outcome(path)
+            return
+        yield from _hash_in_pool(
+            itertools.chain(first, remaining), local, workers, chunk_paths, root, retries
+        )
+    finally:
+        local.close()
+
+
+class _Local:
+    """Hashes files in this process, opening them through cached folder descriptors."""
+
+    def __init__(
+        self,
+        root: str | None,
+        retries: int,
+        defer_at: int,
+        max_size: int,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.folders = dirfd.FolderDescriptors(root) if root is not None else None
+        self.retries = retries
+        self.defer_at = defer_at
+        self.max_size = max_size
+        self.cancel = cancel
+
+    def outcome(self, path: str) -> Outcome:
+        opener = _path_opener(path) if self.folders is None else _beneath_opener(self.folders, path)
+        try:
+            return _hash_path(
+                path,
+                self.retries,
+                opener,
+                defer_at=self.defer_at,
+                max_size=self.max_size,
+                cancel=self.cancel,
+            )
+        except _Deferred as deferred:
+            return Deferred(deferred.size)
+        except (OSError, HashError) as exc:
+            return exc
+
+    def close(self) -> None:
+        if self.folders is not None:
+            self.folders.close()
+
+
+def _hash_in_pool(
+    paths: Iterator[str],
+    local: _Local,
+    workers: int,
+    chunk_paths: int,
+    root: str | None,
+    retries: int,
+) -> Iterator[tuple[str, Outcome]]:
     # Imported here: they cost ~40 ms, which a CLI that only hashes one file should not pay.
     from concurrent.futures import ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
     # spawn, not fork: the daemon has threads (gRPC, watchdog), and a forked child inherits
-    # their locks in whatever state they were in.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    # their locks in whatever state they were in. Each worker dies with this process.
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    )
     pending: dict[Future[list[_Packed | OSError | HashError | None]], list[str]] = {}
     with pool:
         try:
-            chunks = _chunks_of(itertools.chain(first, remaining), chunk_paths)
+            chunks = _chunks_of(paths, chunk_paths)
             for chunk in chunks:
+                if local.cancel is not None and local.cancel.is_set():
+                    return
                 try:
-                    pending[pool.submit(_hash_chunk, chunk, retries)] = chunk
+                    pending[pool.submit(_hash_chunk, chunk, retries, root, local.max_size)] = chunk
                 except (OSError, BrokenProcessPool) as exc:
                     # No processes allowed (task limits, a sandbox), or a worker died (the
                     # OOM killer) while the walk went on: slower, but complete. Chunks already
@@ -185,18 +316,40 @@ def hash_many(
                     taken_back = [path for sent in pending.values() for path in sent]
                     pending.clear()
                     for path in itertools.chain(taken_back, chunk, *chunks):
-                        yield path, _outcome(path, retries)
+                        yield path, local.outcome(path)
                     break
                 for future in [f for f in pending if f.done()]:
-                    yield from _chunk_outcomes(future, pending.pop(future), retries)
+                    yield from _chunk_outcomes(future, pending.pop(future), local)
             while pending:
                 done, _ = wait(pending, return_when="FIRST_COMPLETED")
                 for future in done:
-                    yield from _chunk_outcomes(future, pending.pop(future), retries)
+                    yield from _chunk_outcomes(future, pending.pop(future), local)
         finally:
             # The consumer may stop early: do not make it wait for chunks it will not read.
             for future in pending:
                 future.cancel()
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a child process: be killed (SIGKILL) when the parent dies, even by ``kill -9``.
+
+    ``PR_SET_PDEATHSIG`` fires when the thread that started the child exits; lineaged starts
+    its helpers from long-lived threads (the scan thread, the large-file lane). A parent
+    that died before the call is caught by comparing ``getppid``.
+    """
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the helpers still exit on EOF
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _chunks_of(paths: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -205,21 +358,22 @@ def _chunks_of(paths: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _chunk_outcomes(
-    future: Future[list[_Packed | OSError | HashError | None]], chunk: list[str], retries: int
-) -> Iterator[tuple[str, HashResult | OSError | HashError]]:
+    future: Future[list[_Packed | OSError | HashError | None]], chunk: list[str], local: _Local
+) -> Iterator[tuple[str, Outcome]]:
     """The outcomes of one finished worker task, in the order of its paths."""
+    from concurrent.futures import CancelledError
     from concurrent.futures.process import BrokenProcessPool
 
     try:
         packed = future.result()
-    except BrokenProcessPool:
+    except (BrokenProcessPool, CancelledError):
         # A worker died (OOM killer, a signal): this chunk is hashed here instead.
         for path in chunk:
-            yield path, _outcome(path, retries)
+            yield path, local.outcome(path)
         return
     for path, outcome in zip(chunk, packed, strict=True):
         if outcome is None:
-            yield path, _outcome(path, retries)
+            yield path, local.outcome(path)
         elif isinstance(outcome, tuple):
             digest, dev, ino, size, mtime_ns, ctime_ns = outcome
             yield path, HashResult(digest, StatKey(dev, ino, size, mtime_ns, ctime_ns))
@@ -232,50 +386,67 @@ def _chunk_outcomes(
 _Packed = tuple[str, int, int, int, int, int]
 
 
-def _hash_chunk(paths: list[str], retries: int) -> list[_Packed | OSError | HashError | None]:
+def _hash_chunk(
+    paths: list[str], retries: int, root: str | None = None, max_size: int = 0
+) -> list[_Packed | OSError | HashError | None]:
     """Worker-process task: hash the small files of ``paths``, in order; ``None`` marks a
     big file left to the caller's multithreaded core."""
     outcomes: list[_Packed | OSError | HashError | None] = []
-    for path in paths:
-        try:
-            result = _hash_path(path, retries, defer_at=MT_THRESHOLD)
-        except _Deferred:
-            outcomes.append(None)
-        except (OSError, HashError) as exc:
-            outcomes.append(exc)
-        else:
-            key = result.stat_key
-            outcomes.append((result.digest, key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns))
+    folders = dirfd.FolderDescriptors(root) if root is not None else None
+    try:
+        for path in paths:
+            opener = _path_opener(path) if folders is None else _beneath_opener(folders, path)
+            try:
+                result = _hash_path(path, retries, opener, defer_at=MT_THRESHOLD, max_size=max_size)
+            except _Deferred:
+                outcomes.append(None)
+            except (OSError, HashError) as exc:
+                outcomes.append(exc)
+            else:
+                key = result.stat_key
+                outcomes.append(
+                    (result.digest, key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns)
+                )
+    finally:
+        if folders is not None:
+            folders.close()
     return outcomes
 
 
-def _outcome(path: str, retries: int) -> HashResult | OSError | HashError:
-    try:
-        return _hash_path(path, retries, defer_at=None)
-    except (OSError, HashError) as exc:
-        return exc
-
-
-def _hash_path(path: str, retries: int, defer_at: int | None) -> HashResult:
-    fd = os.open(path, _OPEN_FLAGS)
+def _hash_path(
+    path: str,
+    retries: int,
+    opener: Callable[[], int],
+    *,
+    defer_at: int = 0,
+    max_size: int = 0,
+    cancel: threading.Event | None = None,
+) -> HashResult:
+    fd = opener()
     try:
         for _ in range(max(1, retries)):
             before = _settled_stat(fd, path)
             if before is None:
                 continue  # it changed while we waited for its timestamps to age
-            if defer_at is not None and before.st_size >= defer_at:
-                raise _Deferred
-            digest, nread = _hash_fd(fd, before.st_size)
+            if max_size and before.st_size > max_size:
+                raise TooLarge(
+                    f"{path}: not hashed: too large ({before.st_size} bytes, "
+                    f"max_hash_size {max_size})"
+                )
+            if defer_at and before.st_size >= defer_at:
+                raise _Deferred(before.st_size)
+            digest, nread = _hash_fd(fd, before.st_size, cancel)
             hook = _after_read_hook
             if hook is not None:
                 hook(fd)
             after = os.fstat(fd)
             if after.st_nlink == 0:
                 # Unlinked or replaced (an atomic save renames over it): what the path
-                # holds now is another inode, or nothing, so start again from the path.
+                # holds now is another inode, or nothing, so start again from the path
+                # (through the same descriptors: still no link followed).
                 os.close(fd)
                 fd = -1
-                fd = os.open(path, _OPEN_FLAGS)
+                fd = opener()
                 continue
             if (
                 nread == before.st_size
@@ -323,18 +494,23 @@ def _racy_wait_ns(now: int, st: os.stat_result) -> int:
     return window - age
 
 
-def _hash_fd(fd: int, size: int) -> tuple[str, int]:
+def _hash_fd(fd: int, size: int, cancel: threading.Event | None = None) -> tuple[str, int]:
     """Hash from offset 0 to EOF; return the digest and the bytes read (stops past ``size``)."""
     if size < MT_THRESHOLD and size < _CHUNK:
         return _hash_small(fd, size)
     with contextlib.suppress(OSError):  # only a read-ahead hint
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     if size < _READ_AHEAD_MIN:
-        return _hash_chunked(fd, size)
-    mapped = _mapping_helper.digest(fd, size)
+        return _hash_chunked(fd, size, cancel)
+    mapped = _mapping_helper.digest(fd, size, cancel)
     if mapped is not None:
         return mapped
-    return _hash_read_ahead(fd, size)
+    return _hash_read_ahead(fd, size, cancel)
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise HashCancelled("hashing stopped: lineaged is stopping")
 
 
 def _hash_small(fd: int, size: int) -> tuple[str, int]:
@@ -353,11 +529,12 @@ def _hash_small(fd: int, size: int) -> tuple[str, int]:
     return str(blake3(view[:got]).hexdigest()), got
 
 
-def _hash_chunked(fd: int, size: int) -> tuple[str, int]:
+def _hash_chunked(fd: int, size: int, cancel: threading.Event | None = None) -> tuple[str, int]:
     view = _buffers.views[0]
     hasher = blake3(max_threads=blake3.AUTO)
     offset = 0
     while offset <= size:
+        _check_cancel(cancel)
         n = os.preadv(fd, [view], offset)
         if n == 0:
             break
@@ -368,7 +545,7 @@ def _hash_chunked(fd: int, size: int) -> tuple[str, int]:
     return str(hasher.hexdigest()), offset
 
 
-def _hash_read_ahead(fd: int, size: int) -> tuple[str, int]:
+def _hash_read_ahead(fd: int, size: int, cancel: threading.Event | None = None) -> tuple[str, int]:
     """Read the next chunk in a thread while the Rust core hashes this one."""
     views = _buffers.views
     filled: queue.SimpleQueue[tuple[int, int] | BaseException] = queue.SimpleQueue()
@@ -401,6 +578,7 @@ def _hash_read_ahead(fd: int, size: int) -> tuple[str, int]:
             total += n
             if n == 0 or total > size:
                 break
+            _check_cancel(cancel)
             hasher.update(views[index][:n])
             free.put(index)
     finally:
@@ -411,8 +589,12 @@ def _hash_read_ahead(fd: int, size: int) -> tuple[str, int]:
 
 # Runs in the helper process: only the standard library and blake3, so it starts fast.
 _HELPER_SOURCE = """
-import mmap, os, socket, sys
+import ctypes, mmap, os, signal, socket, sys
 from blake3 import blake3
+# Killed with its parent, even by kill -9 (PR_SET_PDEATHSIG = 1); a parent already gone: exit.
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+if os.getppid() != int(sys.argv[2]):
+    sys.exit(1)
 channel = socket.socket(fileno=int(sys.argv[1]))
 while True:
     message, fds, _, _ = socket.recv_fds(channel, 8, 1)
@@ -441,11 +623,14 @@ class _MappingHelper:
         self._answered = False
         self._disabled = False
 
-    def digest(self, fd: int, size: int) -> tuple[str, int] | None:
+    def digest(
+        self, fd: int, size: int, cancel: threading.Event | None = None
+    ) -> tuple[str, int] | None:
         """Digest and size of the file's first ``size`` bytes, or None to read it here."""
         with self._lock:
             if self._disabled:
                 return None
+            _check_cancel(cancel)
             try:
                 channel = self._channel or self._start()
                 socket.send_fds(channel, [size.to_bytes(8, "little")], [fd])
@@ -453,6 +638,10 @@ class _MappingHelper:
             except OSError as exc:
                 log.info("mmap hashing helper unusable: %s", exc)
                 reply = b""
+            if len(reply) != 64 and cancel is not None and cancel.is_set():
+                # Killed because the daemon is stopping (kill_helpers), not broken.
+                self._stop()
+                raise HashCancelled("hashing stopped: lineaged is stopping")
             if len(reply) != 64:
                 # It died: most likely a SIGBUS, the file truncated under its mapping.
                 if not self._answered:
@@ -470,11 +659,18 @@ class _MappingHelper:
         with self._lock:
             self._stop()
 
+    def kill(self) -> None:
+        """SIGKILL the helper now, even mid-hash (without the lock its caller holds)."""
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(OSError):
+                process.kill()
+
     def _start(self) -> socket.socket:
         ours, theirs = socket.socketpair()
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", _HELPER_SOURCE, str(theirs.fileno())],
+                [sys.executable, "-c", _HELPER_SOURCE, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C meant for the daemon must not kill it
@@ -512,3 +708,8 @@ def _receive(channel: socket.socket, size: int) -> bytes:
 
 _mapping_helper = _MappingHelper()
 atexit.register(_mapping_helper.close)
+
+
+def kill_helpers() -> None:
+    """Kill the mmap helper mid-hash (stopping): the hash waiting on it raises if cancelled."""
+    _mapping_helper.kill()

@@ -6,20 +6,25 @@ reconcile scan (``scanner.py``) uses the same rules in bulk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat as stat_module
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineaged import hasher
 from lineaged.config import IgnoreRules
-from lineaged.errors import HashError
+from lineaged.errors import HashCancelled, HashError, TooLarge
 from lineaged.models import ChangeKind, Root, StatKey
 from lineaged.store import CacheEntry, Store, VersionWrite, Writer
+
+if TYPE_CHECKING:
+    from lineaged.lanes import HashLane, Ticket
 
 __all__ = ["RACY_NS", "Indexer", "RootSet", "WatchedRoot", "needs_hash"]
 
@@ -114,12 +119,29 @@ class RootSet:
 
 
 class Indexer:
-    """Observe paths under the roots and record what they hold now."""
+    """Observe paths under the roots and record what they hold now.
 
-    def __init__(self, store: Store, writer: Writer, roots: RootSet) -> None:
+    With lanes set (the daemon), files of ``hasher.LARGE_FILE`` bytes or more are hashed on
+    the large lane, never on the calling thread; ``observe_within`` (client calls) hands
+    what is not hashed by its deadline to a lane. Without (``--once``, tools), all inline.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        writer: Writer,
+        roots: RootSet,
+        *,
+        cancel: threading.Event | None = None,
+        on_too_large: Callable[[WatchedRoot, str], None] | None = None,
+    ) -> None:
         self.store = store
         self.writer = writer
         self.roots = roots
+        self.cancel = cancel
+        self.on_too_large = on_too_large
+        self.large_lane: HashLane | None = None
+        self.small_lane: HashLane | None = None
 
     def observe(
         self, hints: dict[str, ChangeKind], *, wait: bool = False
@@ -128,7 +150,35 @@ class Indexer:
 
         ``hints`` maps paths to how the change was seen. Paths not under a root or ignored
         are skipped. Returns the writer's future (None when there was nothing to write).
+        Big files go to the large lane (not waited for).
         """
+        future, _ = self._observe(hints, wait=wait, deadline=None, use_lanes=True)
+        return future
+
+    def observe_within(self, hints: dict[str, ChangeKind], deadline: float) -> dict[str, Ticket]:
+        """``observe`` for a client's call: wait until ``deadline`` (``time.monotonic``) at
+        most; returns the lanes' tickets of the files still being hashed then."""
+        _, tickets = self._observe(hints, wait=True, deadline=deadline, use_lanes=True)
+        pending: dict[str, Ticket] = {}
+        for path, ticket in tickets.items():
+            if not ticket.wait(deadline - time.monotonic()):
+                pending[path] = ticket
+        return pending
+
+    def hash_and_record(self, root: WatchedRoot, path: str, seen: ChangeKind) -> bool:
+        """A lane's work: index one path on this thread; whether its state is recorded."""
+        future, _ = self._observe({path: seen}, wait=True, deadline=None, use_lanes=False)
+        return future is None or future.done()
+
+    def _observe(
+        self,
+        hints: dict[str, ChangeKind],
+        *,
+        wait: bool,
+        deadline: float | None,
+        use_lanes: bool,
+    ) -> tuple[Future[list[Any]] | None, dict[str, Ticket]]:
+        tickets: dict[str, Ticket] = {}
         writes: list[VersionWrite] = []
         gone: dict[ChangeKind, list[str]] = {}
         touched: list[tuple[str, StatKey, int]] = []
@@ -168,10 +218,27 @@ class Indexer:
             entry = self.store.cache_entry(path)
             if not needs_hash(entry, key):
                 continue
+            lane = None
+            if use_lanes:
+                if st.st_size >= hasher.LARGE_FILE:
+                    lane = self.large_lane
+                elif deadline is not None and time.monotonic() >= deadline:
+                    lane = self.small_lane
+            if lane is not None:
+                tickets[path] = lane.submit(root, path, seen)
+                continue
             try:
-                result = hasher.hash_file(path)
+                result = hasher.hash_file(
+                    path, root=root.path, max_size=root.root.max_hash_size, cancel=self.cancel
+                )
             except FileNotFoundError:
                 gone.setdefault(ChangeKind.DELETED, []).append(path)
+                continue
+            except TooLarge:
+                if self.on_too_large is not None:
+                    self.on_too_large(root, path)
+                continue
+            except HashCancelled:
                 continue
             except (OSError, HashError) as exc:
                 log.warning("cannot hash %s: %s", path, exc)
@@ -192,7 +259,7 @@ class Indexer:
                 )
             )
         if not writes and not gone and not touched:
-            return None
+            return None, tickets
         at = time.time_ns()
 
         def job(store: Store) -> list[Any]:
@@ -207,8 +274,13 @@ class Indexer:
         # A caller that waits (a run ending, a verify) is not kept for the writer's batching.
         future = self.writer.submit(job, urgent=wait)
         if wait:
-            future.result(timeout=120)
-        return future
+            if deadline is None:
+                future.result(timeout=120)
+            else:
+                # Past the deadline the write still lands; the caller answers without it.
+                with contextlib.suppress(TimeoutError):
+                    future.result(timeout=max(0.0, deadline - time.monotonic()))
+        return future, tickets
 
     def observe_gone_tree(self, directory: str, how: ChangeKind) -> Future[list[Any]] | None:
         """Every live path at or below ``directory`` is gone (a directory deleted or moved)."""

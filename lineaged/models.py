@@ -134,6 +134,7 @@ class Root:
     id: int | None = None
     health: str = "ok"  # "ok", or a short reason it cannot see everything
     polling: bool = False
+    max_hash_size: int = 0  # bytes; bigger files are not hashed ("too large"); 0: no limit
 
 
 @dataclass(frozen=True, slots=True)

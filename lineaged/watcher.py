@@ -150,6 +150,17 @@ class _Handler(FileSystemEventHandler):
             self.put(Change(src, ChangeKind.MODIFIED))
 
 
+def _below_any(path: str, directories: set[str]) -> bool:
+    """Whether a directory above ``path`` is in ``directories`` (iterative: trees are deep)."""
+    parent = path
+    while True:
+        parent, sep, _ = parent.rpartition("/")
+        if not sep or not parent:
+            return False
+        if parent in directories:
+            return True
+
+
 def _text(path: str | bytes) -> str:
     return path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else path
 
@@ -592,6 +603,9 @@ class Pipeline:
         roots = self.indexer.roots
         present: dict[str, bool] = {}
         dropped = 0
+        # A directory scan covers everything below it: a tree made at once (mkdir -p, a
+        # 500-level tree) is one scan of its top, not one per level.
+        scans = {c.path for c in due if c.is_dir and not c.gone_tree}
         files: dict[str, ChangeKind] = {}
         for change in due:
             root = roots.root_for(change.path)
@@ -613,6 +627,8 @@ class Pipeline:
                 if change.gone_tree:
                     self.indexer.observe_gone_tree(change.path, change.seen)
                 if change.is_dir and not change.gone_tree:
+                    if len(scans) > 1 and _below_any(change.path, scans):
+                        continue
                     self.scan_directory(change.path, change.seen)
                 elif not change.is_dir:
                     files[change.path] = change.seen

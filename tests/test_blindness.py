@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from watchdog.observers import inotify_c
 
+from lineaged import dirfd
 from lineaged import watcher as watcher_module
 from lineaged.store import DB_NAME
 from tests.helpers import EngineHarness, b3, ground_truth, history, live_digests, wait_for
@@ -249,15 +250,17 @@ def test_unreadable_directory_is_reported_and_its_files_are_kept(
     (tmp_path / "data" / "open.csv").write_bytes(b"open v2")
     (locked / "new.csv").write_bytes(b"new while locked")
 
-    blocked = {str(locked)}
-    real_scandir = os.scandir
+    # The walk opens each directory from its parent's descriptor (lineaged/dirfd.py): refusing
+    # that open is how an unreadable directory looks to it (as root, modes do not refuse).
+    blocked = {locked.name}
+    real_open_dir_at = dirfd.open_dir_at
 
-    def scandir(path: str) -> object:
-        if str(path) in blocked:
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_scandir(path)
+    def open_dir_at(dir_fd: int, name: str) -> int:
+        if name in blocked:
+            raise PermissionError(errno.EACCES, "Permission denied", name)
+        return real_open_dir_at(dir_fd, name)
 
-    monkeypatch.setattr("lineaged.scanner.os.scandir", scandir)
+    monkeypatch.setattr(dirfd, "open_dir_at", open_dir_at)
     h = make_harness(scan_interval=1.0)
     live = live_digests(h.db)
     assert live[str(locked / "a.csv")] == b3(b"locked a")
