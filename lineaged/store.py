@@ -46,6 +46,7 @@ from lineaged.hasher import hash_bytes
 from lineaged.models import (
     Access,
     AccessMode,
+    Capture,
     ChangeKind,
     CodeState,
     Counts,
@@ -92,7 +93,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "lineaged.db"
 APP_ID = 0x4C494E45  # "LINE": PRAGMA application_id marks a lineaged database
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
 DIGEST_BYTES = 32
 MIN_PREFIX = 8
@@ -259,7 +260,16 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.table("edges").create_index(["version_id", "kind"], index_name="edges_by_version")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1,)
+def _migration_capture_completeness(db: sqlite_utils.Database) -> None:
+    """How completely each run's file accesses were captured (JSON of ``Capture``; NULL:
+    not known, as for every run recorded before)."""
+    db.execute("ALTER TABLE runs ADD COLUMN capture TEXT")
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migration_1,
+    _migration_capture_completeness,
+)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -305,7 +315,8 @@ _VERSION_COLUMNS = (
 
 _RUN_COLUMNS = (
     "r.id, r.run_id, r.name, r.argv, r.cwd, r.host, r.user, r.pid, r.started_at, r.ended_at, "
-    "r.status, r.exit_code, r.params, r.parent_run_id, r.code, r.diff_digest, e.body, r.warnings"
+    "r.status, r.exit_code, r.params, r.parent_run_id, r.code, r.diff_digest, e.body, r.warnings, "
+    "r.capture"
 )
 
 
@@ -440,9 +451,30 @@ def _run_rows(
                 _env_from_json(row[16]),
                 tuple(warnings),
                 row[0],
+                _capture_from_json(row[18]),
             )
         )
     return runs
+
+
+def _capture_from_json(text: str | None) -> Capture | None:
+    if not text:
+        return None
+    raw = json.loads(text)
+    return Capture(
+        complete=bool(raw.get("complete")),
+        reasons=tuple(raw.get("reasons", ())),
+        method=str(raw.get("method", "")),
+    )
+
+
+def _capture_to_json(capture: Capture | None) -> str | None:
+    """The stored form of a run's capture (None when not known)."""
+    if capture is None:
+        return None
+    return json.dumps(
+        {"complete": capture.complete, "reasons": list(capture.reasons), "method": capture.method}
+    )
 
 
 def _run_code(
@@ -1081,6 +1113,7 @@ class Store:
         status: RunStatus,
         ended_at: int,
         warnings: Sequence[str],
+        capture: Capture | None = None,
     ) -> None:
         """Close a running run."""
         conn = self._wc
@@ -1090,12 +1123,13 @@ class Store:
         if status is RunStatus.RUNNING:
             raise InvalidArgument("a run cannot end with status running")
         conn.execute(
-            "UPDATE runs SET ended_at=?, status=?, exit_code=?, warnings=? WHERE id=?",
+            "UPDATE runs SET ended_at=?, status=?, exit_code=?, warnings=?, capture=? WHERE id=?",
             (
                 max(ended_at, started_at),
                 status.value,
                 exit_code,
                 json.dumps(list(warnings)),
+                _capture_to_json(capture),
                 row_id,
             ),
         )
@@ -1575,7 +1609,7 @@ SELECT 'r', {_RUN_COLUMNS} FROM runs r LEFT JOIN envs e ON e.id = r.env_id
 UNION ALL
 SELECT 'v', v.id, a.path, lower(hex(v.digest)), v.size, v.mtime_ns, v.valid_from,
        v.valid_until, v.seen, v.closed_by, a.root_id IS NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
   FROM versions v JOIN artifacts a ON a.id = v.artifact_id
  WHERE v.id IN (SELECT value FROM json_each(:versions))
 """

@@ -21,7 +21,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lineage_client._reach import PARENT_ENV, find_socket, probe_socket
-from lineage_client.capture.runner import capture_command, python_interpreter
+from lineage_client.capture.runner import (
+    capture_command,
+    capture_plan,
+    python_interpreter,
+    refuse_partial,
+)
 from lineaged.errors import InvalidArgument, LineageError
 from lineaged.runid import new_run_id
 
@@ -37,10 +42,12 @@ if TYPE_CHECKING:
 # lineaged.models (tens of milliseconds of dataclass building) and the client (grpc) are
 # imported beside the running command, never before it starts.
 
-__all__ = ["PARENT_ENV", "main_run", "run_name"]
+__all__ = ["PARENT_ENV", "capture_summary", "main_run", "run_name"]
 
 DIFF_CAP_ENV = "LINEAGE_DIFF_CAP"  # bytes of `git diff` stored with a run (default 1 MiB)
 ENV_ALLOW_ENV = "LINEAGE_ENV_ALLOW"  # extra comma-separated variable patterns to record
+CAPTURE_ENV = "LINEAGE_CAPTURE"  # the default of --capture
+REQUIRE_COMPLETE_ENV = "LINEAGE_REQUIRE_COMPLETE"  # "1": the default of --require-complete
 
 
 def run_name(command: Sequence[str]) -> str:
@@ -104,6 +111,31 @@ def _environment(command: Sequence[str], cwd: str, warnings: list[str]) -> EnvSt
     except (OSError, ValueError) as exc:
         warnings.append(f"could not describe the environment of {python}: {exc}")
         return env_state(allowlist)
+
+
+def _capture_mode(args: argparse.Namespace) -> str:
+    mode = getattr(args, "capture", None) or os.environ.get(CAPTURE_ENV, "") or "auto"
+    return str(mode)
+
+
+def _require_complete(args: argparse.Namespace) -> bool:
+    """``--require-complete``, else ``$LINEAGE_REQUIRE_COMPLETE`` (1/yes/true or 0/no/false)."""
+    flag = getattr(args, "require_complete", None)
+    if flag is not None:
+        return bool(flag)
+    raw = os.environ.get(REQUIRE_COMPLETE_ENV, "").strip().lower()
+    if raw in ("", "0", "no", "false", "off"):
+        return False
+    if raw in ("1", "yes", "true", "on"):
+        return True
+    raise InvalidArgument(f"{REQUIRE_COMPLETE_ENV} must be 1 or 0, got {raw!r}")
+
+
+def capture_summary(captured: CapturedRun) -> str:
+    """``capture: complete`` or ``capture: partial (reason; reason)``, as the summary shows it."""
+    if captured.complete:
+        return f"capture: complete ({captured.method})"
+    return f"capture: partial ({'; '.join(captured.capture_reasons)})"
 
 
 def _status(captured: CapturedRun) -> RunStatus:
@@ -240,8 +272,13 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         )
     params = _params(args.param or [])
     _check_diff_cap()  # a bad LINEAGE_DIFF_CAP stops us before the command runs, as it did
-    _check_daemon(args)
+    mode = _capture_mode(args)
+    strict = _require_complete(args)
     cwd = os.getcwd()
+    if strict:
+        # Before anything else: a refused command must not look started.
+        refuse_partial(capture_plan(command, cwd=cwd, extra_env={PARENT_ENV: ""}, mode=mode))
+    _check_daemon(args)
     run_id = new_run_id()
     name = args.name or run_name(command)
     # RunStart's fields: the value itself is built beside the running command.
@@ -284,6 +321,8 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
             on_started=started,
             more_excluded=daemon_dirs,
             on_poll=begun.offer,
+            mode=mode,
+            require_complete=strict,
         )
         daemon_dirs()  # the command could not start: the thread still ran
         for warning in [*begun.notes, *captured.warnings]:
@@ -300,9 +339,13 @@ def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
     if begun.error is not None or client is None or status is None:
         error = begun.error
         reason = error.message if isinstance(error, LineageError) else repr(error)
-        print(f"lineage: error: the run was not recorded: {reason}", file=sys.stderr)
+        print(
+            f"lineage: error: the run was not recorded: {reason} ({capture_summary(captured)})",
+            file=sys.stderr,
+        )
         return captured.exit_code
     from lineage_client.capture.stream import unsent
+    from lineaged.models import Capture
 
     # What went to the daemon while the command ran, and the daemon confirmed; the rest
     # (and any read whose final form differs) goes now.
@@ -318,6 +361,11 @@ def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
             exit_code=captured.exit_code,
             ended_at=captured.ended_at,
             warnings=[*begun.warnings, *captured.warnings],
+            capture=Capture(
+                complete=captured.complete,
+                reasons=captured.capture_reasons,
+                method=captured.method,
+            ),
         )
     except LineageError as exc:
         # The command ran; its exit status is what the caller's pipeline depends on.
@@ -328,7 +376,7 @@ def _record(run_id: str, begun: _Begun, captured: CapturedRun) -> int:
     print(
         f"lineage: run {ended.run_id} {ended.status.value} (exit {captured.exit_code}): "
         f"{reads} inputs ({len(sent)} recorded while it ran), {writes} outputs, "
-        f"{len(captured.sources)} source files, traced with {captured.method}",
+        f"{len(captured.sources)} source files, {capture_summary(captured)}",
         file=sys.stderr,
     )
     return captured.exit_code

@@ -138,6 +138,10 @@ def _parse(data: bytes, events: RawEvents) -> None:
             continue
         if kind == "d":
             events.add_remove(first, target)
+        elif kind == "i" and len(fields) >= 5:
+            events.add_identity(target, first, fields[4])
+        elif kind == "S" and len(fields) >= 5:
+            events.escaped[target] = fields[4]
         elif kind == "s":
             events.add_source(target, first)
         elif kind == "m" and len(fields) >= 5:

@@ -1,0 +1,706 @@
+/* lineage run's LD_PRELOAD interposer: records the files every dynamically linked process
+ * of a run opens, creates, renames and removes, whatever language it is written in.
+ *
+ * Built by lineage_client.capture.native with the system C compiler on first use and
+ * cached per user, keyed by the digest of this file. Loaded into every process of the run
+ * through LD_PRELOAD (re-added to the environment of each exec that dropped it). Records go
+ * to one trace file per process in $LINEAGE_TRACE_DIR, in the audit hook's format (see
+ * _boot/sitecustomize.py), one write(2) per record on an O_APPEND descriptor:
+ *
+ *   r  <t> <t> <path>                 opened for reading (successfully)
+ *   w  <t> <t> <path>                 opened for writing, created, truncated
+ *   i  <t> <t> <path> <identity>      the path just before that write-open:
+ *                                     dev:ino:size:mtime_ns:ctime_ns, or "-" if absent
+ *   m  <t> <t> <src> <dst>            renamed
+ *   d  <t> <t> <path>                 removed
+ *   S  <t> <t> <program> <why>        an exec this library cannot follow into
+ *                                     (static, setuid or 32-bit program)
+ *
+ * Blind spots (documented in docs/capture.md): static programs, raw syscall(2), io_uring,
+ * and libc's internal opens that do not go through these symbols. Paths under the folders
+ * of $LINEAGE_TRACE_EXCLUDE (colon-separated) and the system folders are not written out.
+ * The library never changes what a call returns or errno. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_EXCLUDED 64
+#define LINE_MAX_BYTES (4 * PATH_MAX + 256)
+
+extern char **environ;
+
+static char trace_dir[PATH_MAX];
+static size_t trace_dir_len;
+static const char *excluded[MAX_EXCLUDED];
+static size_t excluded_len[MAX_EXCLUDED];
+static int excluded_count;
+static int enabled;
+
+/* This process's trace file; checked against its identity before each write, so that a
+ * process that closed every descriptor (and reused the number) never gets our records. */
+static int trace_fd = -1;
+static pid_t trace_pid;
+static dev_t trace_dev;
+static ino_t trace_ino;
+static unsigned file_counter;
+static __thread int busy;
+
+static const char *const system_prefixes[] = {"/proc/", "/sys/", "/dev/", "/usr/", "/etc/",
+                                              "/lib", "/bin/", "/sbin/", "/run/", "/var/lib/"};
+
+static char excluded_storage[8192];
+
+__attribute__((constructor)) static void lineage_init(void) {
+    const char *dir = getenv("LINEAGE_TRACE_DIR");
+    if (dir == NULL || dir[0] != '/' || strlen(dir) >= sizeof(trace_dir) - 64) return;
+    strcpy(trace_dir, dir);
+    trace_dir_len = strlen(trace_dir);
+    const char *list = getenv("LINEAGE_TRACE_EXCLUDE");
+    if (list != NULL && strlen(list) < sizeof(excluded_storage)) {
+        strcpy(excluded_storage, list);
+        char *save = NULL;
+        for (char *item = strtok_r(excluded_storage, ":", &save);
+             item != NULL && excluded_count < MAX_EXCLUDED; item = strtok_r(NULL, ":", &save)) {
+            size_t len = strlen(item);
+            while (len > 1 && item[len - 1] == '/') item[--len] = '\0';
+            if (len <= 1) continue; /* "/" would swallow everything */
+            excluded[excluded_count] = item;
+            excluded_len[excluded_count++] = len;
+        }
+    }
+    enabled = 1;
+}
+
+#define REAL(name) static __typeof__(name) *real_##name; \
+    if (real_##name == NULL) real_##name = (__typeof__(name) *)dlsym(RTLD_NEXT, #name)
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int is_ignored(const char *path) {
+    if (strncmp(path, trace_dir, trace_dir_len) == 0 &&
+        (path[trace_dir_len] == '/' || path[trace_dir_len] == '\0'))
+        return 1;
+    for (size_t i = 0; i < sizeof(system_prefixes) / sizeof(system_prefixes[0]); i++)
+        if (strncmp(path, system_prefixes[i], strlen(system_prefixes[i])) == 0) return 1;
+    for (int i = 0; i < excluded_count; i++)
+        if (strncmp(path, excluded[i], excluded_len[i]) == 0 &&
+            (path[excluded_len[i]] == '/' || path[excluded_len[i]] == '\0'))
+            return 1;
+    return 0;
+}
+
+/* The absolute form of path (relative to dirfd), in out; 0 when it cannot be made. */
+static int absolute(int dirfd, const char *path, char *out, size_t size) {
+    if (path == NULL) return 0;
+    if (path[0] == '/') {
+        size_t len = strlen(path);
+        if (len >= size) return 0;
+        memcpy(out, path, len + 1);
+        return 1;
+    }
+    size_t base;
+    if (dirfd == AT_FDCWD) {
+        if (getcwd(out, size) == NULL) return 0;
+        base = strlen(out);
+    } else {
+        char link[64];
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
+        ssize_t n = readlink(link, out, size - 1);
+        if (n <= 0) return 0;
+        base = (size_t)n;
+    }
+    size_t len = strlen(path);
+    if (base + 1 + len >= size) return 0;
+    out[base] = '/';
+    memcpy(out + base + 1, path, len + 1);
+    return 1;
+}
+
+static char *put_escaped(char *cursor, const char *end, const char *text) {
+    for (; *text != '\0' && cursor < end - 2; text++) {
+        char c = *text;
+        if (c == '\\' || c == '\n' || c == '\t') {
+            *cursor++ = '\\';
+            c = c == '\n' ? 'n' : c == '\t' ? 't' : '\\';
+        }
+        *cursor++ = c;
+    }
+    return cursor;
+}
+
+static int open_trace_file(void) {
+    char name[PATH_MAX];
+    for (int attempt = 0; attempt < 8; attempt++) {
+        snprintf(name, sizeof(name), "%s/%d-n%u-%llx.trace", trace_dir, (int)getpid(),
+                 file_counter++, (unsigned long long)now_ns());
+        int fd = (int)syscall(SYS_openat, AT_FDCWD, name,
+                              O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+        if (fd >= 0 || errno != EEXIST) return fd;
+    }
+    return -1;
+}
+
+static int same_file(int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 && st.st_dev == trace_dev && st.st_ino == trace_ino;
+}
+
+/* This process's trace descriptor, opened on first use (and again in a forked child). */
+static int trace_descriptor(void) {
+    pid_t pid = getpid();
+    if (trace_fd >= 0 && trace_pid == pid && same_file(trace_fd)) return trace_fd;
+    int fd = open_trace_file();
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return -1;
+    }
+    /* The inherited descriptor of a forked child is left alone: the number may be in use. */
+    trace_fd = fd;
+    trace_pid = pid;
+    trace_dev = st.st_dev;
+    trace_ino = st.st_ino;
+    return fd;
+}
+
+static void emit_to(int fd, char kind, const char *path, const char *extra) {
+    char line[LINE_MAX_BYTES];
+    char *end = line + sizeof(line);
+    long long when = now_ns();
+    int n = snprintf(line, sizeof(line), "%c\t%lld\t%lld\t", kind, when, when);
+    char *cursor = put_escaped(line + n, end, path);
+    if (extra != NULL) {
+        *cursor++ = '\t';
+        cursor = put_escaped(cursor, end, extra);
+    }
+    *cursor++ = '\n';
+    if (fd >= 0) {
+        int saved = errno;
+        ssize_t ignored = write(fd, line, (size_t)(cursor - line));
+        (void)ignored;
+        errno = saved;
+    }
+}
+
+static void emit(char kind, const char *path, const char *extra) {
+    int saved = errno;
+    emit_to(trace_descriptor(), kind, path, extra);
+    errno = saved;
+}
+
+static void identity_of(int dirfd, const char *path, char *out, size_t size) {
+    struct stat st;
+    if (fstatat(dirfd, path, &st, 0) != 0) {
+        snprintf(out, size, "-");
+        return;
+    }
+    snprintf(out, size, "%llu:%llu:%lld:%lld:%lld", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino, (long long)st.st_size,
+             (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec,
+             (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec);
+}
+
+static int writing_flags(int flags) {
+    return (flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND)) != 0;
+}
+
+/* Before a write-open: where the path is and what it was (empty when not recorded). */
+struct pending {
+    char path[PATH_MAX];
+    char identity[128];
+    int record;
+};
+
+static void before_open(struct pending *p, int dirfd, const char *path, int flags) {
+    p->record = 0;
+    if (!enabled || busy || (flags & O_DIRECTORY)) return;
+    busy = 1;
+    if (absolute(dirfd, path, p->path, sizeof(p->path)) && !is_ignored(p->path)) {
+        p->record = 1;
+        if (writing_flags(flags)) {
+            int saved = errno;
+            identity_of(dirfd, path, p->identity, sizeof(p->identity));
+            errno = saved;
+        }
+    }
+    busy = 0;
+}
+
+static void after_open(struct pending *p, int flags, int ok) {
+    if (!p->record || !ok) return;
+    busy = 1;
+    if (writing_flags(flags)) {
+        emit('i', p->path, p->identity);
+        emit('w', p->path, NULL);
+    } else {
+        emit('r', p->path, NULL);
+    }
+    busy = 0;
+}
+
+static int mode_flags(const char *mode) {
+    if (mode == NULL) return 0;
+    if (strchr(mode, '+') != NULL) return O_RDWR;
+    if (mode[0] == 'w' || mode[0] == 'a' || mode[0] == 'x') return O_WRONLY | O_CREAT;
+    return O_RDONLY;
+}
+
+static int needs_mode(int flags) {
+    return (flags & O_CREAT) != 0 || (flags & O_TMPFILE) == O_TMPFILE;
+}
+
+#define OPEN_LIKE(name, ...)                                                 \
+    int name(__VA_ARGS__, int flags, ...) {                                  \
+        REAL(name);                                                          \
+        mode_t mode = 0;                                                     \
+        if (needs_mode(flags)) {                                             \
+            va_list args;                                                    \
+            va_start(args, flags);                                           \
+            mode = va_arg(args, mode_t);                                     \
+            va_end(args);                                                    \
+        }
+
+OPEN_LIKE(open, const char *path)
+    struct pending p;
+    before_open(&p, AT_FDCWD, path, flags);
+    int fd = real_open(path, flags, mode);
+    int saved = errno;
+    after_open(&p, flags, fd >= 0);
+    errno = saved;
+    return fd;
+}
+
+OPEN_LIKE(open64, const char *path)
+    struct pending p;
+    before_open(&p, AT_FDCWD, path, flags);
+    int fd = real_open64(path, flags, mode);
+    int saved = errno;
+    after_open(&p, flags, fd >= 0);
+    errno = saved;
+    return fd;
+}
+
+OPEN_LIKE(openat, int dirfd, const char *path)
+    struct pending p;
+    before_open(&p, dirfd, path, flags);
+    int fd = real_openat(dirfd, path, flags, mode);
+    int saved = errno;
+    after_open(&p, flags, fd >= 0);
+    errno = saved;
+    return fd;
+}
+
+OPEN_LIKE(openat64, int dirfd, const char *path)
+    struct pending p;
+    before_open(&p, dirfd, path, flags);
+    int fd = real_openat64(dirfd, path, flags, mode);
+    int saved = errno;
+    after_open(&p, flags, fd >= 0);
+    errno = saved;
+    return fd;
+}
+
+/* The _FORTIFY_SOURCE entry points, which call the kernel without going through open(). */
+int __open_2(const char *path, int flags);
+int __open64_2(const char *path, int flags);
+int __openat_2(int dirfd, const char *path, int flags);
+int __openat64_2(int dirfd, const char *path, int flags);
+
+#define FORTIFIED(name, dirfd_expr, call)                 \
+    {                                                     \
+        REAL(name);                                       \
+        struct pending p;                                 \
+        before_open(&p, dirfd_expr, path, flags);         \
+        int fd = call;                                    \
+        int saved = errno;                                \
+        after_open(&p, flags, fd >= 0);                   \
+        errno = saved;                                    \
+        return fd;                                        \
+    }
+
+int __open_2(const char *path, int flags) FORTIFIED(__open_2, AT_FDCWD, real___open_2(path, flags))
+int __open64_2(const char *path, int flags)
+    FORTIFIED(__open64_2, AT_FDCWD, real___open64_2(path, flags))
+int __openat_2(int dirfd, const char *path, int flags)
+    FORTIFIED(__openat_2, dirfd, real___openat_2(dirfd, path, flags))
+int __openat64_2(int dirfd, const char *path, int flags)
+    FORTIFIED(__openat64_2, dirfd, real___openat64_2(dirfd, path, flags))
+
+int creat(const char *path, mode_t mode) {
+    REAL(creat);
+    int flags = O_CREAT | O_WRONLY | O_TRUNC;
+    struct pending p;
+    before_open(&p, AT_FDCWD, path, flags);
+    int fd = real_creat(path, mode);
+    int saved = errno;
+    after_open(&p, flags, fd >= 0);
+    errno = saved;
+    return fd;
+}
+
+int creat64(const char *path, mode_t mode) {
+    REAL(creat64);
+    int flags = O_CREAT | O_WRONLY | O_TRUNC;
+    struct pending p;
+    before_open(&p, AT_FDCWD, path, flags);
+    int fd = real_creat64(path, mode);
+    int saved = errno;
+    after_open(&p, flags, fd >= 0);
+    errno = saved;
+    return fd;
+}
+
+#define FOPEN_LIKE(name, ...)                                 \
+    FILE *name(const char *path, const char *mode __VA_ARGS__) { \
+        REAL(name);                                           \
+        int flags = mode_flags(mode);                         \
+        struct pending p;                                     \
+        before_open(&p, AT_FDCWD, path, flags);
+
+FOPEN_LIKE(fopen)
+    FILE *stream = real_fopen(path, mode);
+    int saved = errno;
+    after_open(&p, flags, stream != NULL);
+    errno = saved;
+    return stream;
+}
+
+FOPEN_LIKE(fopen64)
+    FILE *stream = real_fopen64(path, mode);
+    int saved = errno;
+    after_open(&p, flags, stream != NULL);
+    errno = saved;
+    return stream;
+}
+
+FOPEN_LIKE(freopen, , FILE *old)
+    FILE *stream = real_freopen(path, mode, old);
+    int saved = errno;
+    after_open(&p, flags, stream != NULL && path != NULL);
+    errno = saved;
+    return stream;
+}
+
+FOPEN_LIKE(freopen64, , FILE *old)
+    FILE *stream = real_freopen64(path, mode, old);
+    int saved = errno;
+    after_open(&p, flags, stream != NULL && path != NULL);
+    errno = saved;
+    return stream;
+}
+
+int truncate(const char *path, off_t length) {
+    REAL(truncate);
+    struct pending p;
+    before_open(&p, AT_FDCWD, path, O_WRONLY);
+    int result = real_truncate(path, length);
+    int saved = errno;
+    after_open(&p, O_WRONLY, result == 0);
+    errno = saved;
+    return result;
+}
+
+int truncate64(const char *path, off64_t length) {
+    REAL(truncate64);
+    struct pending p;
+    before_open(&p, AT_FDCWD, path, O_WRONLY);
+    int result = real_truncate64(path, length);
+    int saved = errno;
+    after_open(&p, O_WRONLY, result == 0);
+    errno = saved;
+    return result;
+}
+
+/* mkstemp and friends create a file through libc's internal open. */
+static int made_temp(int fd) {
+    if (fd < 0 || !enabled || busy) return fd;
+    int saved = errno;
+    busy = 1;
+    char link[64], path[PATH_MAX];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof(path) - 1);
+    if (n > 0) {
+        path[n] = '\0';
+        if (path[0] == '/' && !is_ignored(path)) {
+            emit('i', path, "-");
+            emit('w', path, NULL);
+        }
+    }
+    busy = 0;
+    errno = saved;
+    return fd;
+}
+
+int mkstemp(char *template) {
+    REAL(mkstemp);
+    return made_temp(real_mkstemp(template));
+}
+
+int mkostemp(char *template, int flags) {
+    REAL(mkostemp);
+    return made_temp(real_mkostemp(template, flags));
+}
+
+int mkstemps(char *template, int suffixlen) {
+    REAL(mkstemps);
+    return made_temp(real_mkstemps(template, suffixlen));
+}
+
+int mkostemps(char *template, int suffixlen, int flags) {
+    REAL(mkostemps);
+    return made_temp(real_mkostemps(template, suffixlen, flags));
+}
+
+static void moved(int old_dirfd, const char *old, int new_dirfd, const char *new, int ok) {
+    if (!ok || !enabled || busy) return;
+    int saved = errno;
+    busy = 1;
+    char source[PATH_MAX], target[PATH_MAX];
+    if (absolute(old_dirfd, old, source, sizeof(source)) &&
+        absolute(new_dirfd, new, target, sizeof(target)) &&
+        !(is_ignored(source) && is_ignored(target)))
+        emit('m', source, target);
+    busy = 0;
+    errno = saved;
+}
+
+int rename(const char *old, const char *new) {
+    REAL(rename);
+    int result = real_rename(old, new);
+    moved(AT_FDCWD, old, AT_FDCWD, new, result == 0);
+    return result;
+}
+
+int renameat(int old_dirfd, const char *old, int new_dirfd, const char *new) {
+    REAL(renameat);
+    int result = real_renameat(old_dirfd, old, new_dirfd, new);
+    moved(old_dirfd, old, new_dirfd, new, result == 0);
+    return result;
+}
+
+int renameat2(int old_dirfd, const char *old, int new_dirfd, const char *new, unsigned flags) {
+    REAL(renameat2);
+    int result = real_renameat2(old_dirfd, old, new_dirfd, new, flags);
+    moved(old_dirfd, old, new_dirfd, new, result == 0);
+    return result;
+}
+
+static void removed(int dirfd, const char *path, int ok) {
+    if (!ok || !enabled || busy) return;
+    int saved = errno;
+    busy = 1;
+    char where[PATH_MAX];
+    if (absolute(dirfd, path, where, sizeof(where)) && !is_ignored(where)) emit('d', where, NULL);
+    busy = 0;
+    errno = saved;
+}
+
+int unlink(const char *path) {
+    REAL(unlink);
+    int result = real_unlink(path);
+    removed(AT_FDCWD, path, result == 0);
+    return result;
+}
+
+int unlinkat(int dirfd, const char *path, int flags) {
+    REAL(unlinkat);
+    int result = real_unlinkat(dirfd, path, flags);
+    removed(dirfd, path, result == 0 && !(flags & AT_REMOVEDIR));
+    return result;
+}
+
+int remove(const char *path) {
+    REAL(remove);
+    int result = real_remove(path);
+    removed(AT_FDCWD, path, result == 0);
+    return result;
+}
+
+/* --- exec: follow the run into the new program, or say it cannot be followed ----------- */
+
+/* Why this library would not load into the program at path ("" when it would). */
+static const char *escape_reason(const char *path, int depth) {
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return "";
+    const char *why = "";
+    struct stat st;
+    unsigned char head[256];
+    ssize_t n = 0;
+    if (fstat(fd, &st) == 0 && (st.st_mode & (S_ISUID | S_ISGID)) &&
+        (st.st_uid != getuid() || st.st_gid != getgid()))
+        why = "setuid";
+    else
+        n = pread(fd, head, sizeof(head) - 1, 0);
+    if (n > 2 && head[0] == '#' && head[1] == '!') {
+        head[n] = '\0';
+        char *start = (char *)head + 2;
+        while (*start == ' ' || *start == '\t') start++;
+        char *stop = start;
+        while (*stop && *stop != ' ' && *stop != '\t' && *stop != '\n') stop++;
+        *stop = '\0';
+        if (depth < 3 && start[0] == '/') {
+            close(fd);
+            return escape_reason(start, depth + 1);
+        }
+    } else if (n >= (ssize_t)sizeof(Elf64_Ehdr) && memcmp(head, ELFMAG, SELFMAG) == 0) {
+        if (head[EI_CLASS] != ELFCLASS64) {
+            why = "32-bit";
+        } else {
+            Elf64_Ehdr header;
+            memcpy(&header, head, sizeof(header));
+            int interpreted = 0;
+            for (int i = 0; i < header.e_phnum && i < 128; i++) {
+                Elf64_Phdr ph;
+                off_t at = (off_t)header.e_phoff + (off_t)i * header.e_phentsize;
+                if (pread(fd, &ph, sizeof(ph), at) != (ssize_t)sizeof(ph)) break;
+                if (ph.p_type == PT_INTERP) {
+                    interpreted = 1;
+                    break;
+                }
+            }
+            if (!interpreted) why = "static";
+        }
+    }
+    close(fd);
+    return why;
+}
+
+static void record_exec_escape(const char *program) {
+    if (!enabled || busy || program == NULL) return;
+    int saved = errno;
+    busy = 1;
+    char where[PATH_MAX];
+    if (absolute(AT_FDCWD, program, where, sizeof(where))) {
+        const char *why = escape_reason(where, 0);
+        if (why[0] != '\0') {
+            /* A file of its own: between vfork and exec, this process's globals are its
+             * parent's. */
+            int fd = open_trace_file();
+            emit_to(fd, 'S', where, why);
+            if (fd >= 0) close(fd);
+        }
+    }
+    busy = 0;
+    errno = saved;
+}
+
+/* The program execvp would run for file: itself when it names a path, else a PATH search. */
+static const char *search_path(const char *file, char *out, size_t size) {
+    if (file == NULL || strchr(file, '/') != NULL) return file;
+    const char *search = getenv("PATH");
+    if (search == NULL) search = "/bin:/usr/bin";
+    while (*search) {
+        const char *colon = strchr(search, ':');
+        size_t len = colon ? (size_t)(colon - search) : strlen(search);
+        if (len + 2 + strlen(file) < size) {
+            if (len == 0) {
+                snprintf(out, size, "%s", file);
+            } else {
+                snprintf(out, size, "%.*s/%s", (int)len, search, file);
+            }
+            if (access(out, X_OK) == 0) return out;
+        }
+        if (!colon) break;
+        search = colon + 1;
+    }
+    return NULL;
+}
+
+/* What this library needs in a child's environment; added to envp where it was dropped. */
+static const char *const carried[] = {"LD_PRELOAD", "LINEAGE_TRACE_DIR", "LINEAGE_TRACE_EXCLUDE"};
+#define CARRIED (sizeof(carried) / sizeof(carried[0]))
+
+static char *const *carry_environment(char *const envp[], char **buffer, size_t slots) {
+    if (!enabled || envp == NULL || envp == environ) return envp;
+    size_t count = 0;
+    int present[CARRIED] = {0};
+    for (; envp[count] != NULL; count++)
+        for (size_t k = 0; k < CARRIED; k++) {
+            size_t len = strlen(carried[k]);
+            if (strncmp(envp[count], carried[k], len) == 0 && envp[count][len] == '=')
+                present[k] = 1;
+        }
+    int missing = 0;
+    for (size_t k = 0; k < CARRIED; k++) missing += !present[k] && getenv(carried[k]) != NULL;
+    if (!missing || count + CARRIED + 1 > slots) return envp;
+    size_t out = 0;
+    for (size_t i = 0; i < count; i++) buffer[out++] = envp[i];
+    for (size_t k = 0; k < CARRIED; k++) {
+        if (present[k]) continue;
+        size_t len = strlen(carried[k]);
+        /* environ's own "NAME=value" entry: no allocation between fork and exec. */
+        for (char **entry = environ; entry != NULL && *entry != NULL; entry++)
+            if (strncmp(*entry, carried[k], len) == 0 && (*entry)[len] == '=') {
+                buffer[out++] = *entry;
+                break;
+            }
+    }
+    buffer[out] = NULL;
+    return buffer;
+}
+
+#define ENV_SLOTS 4096
+
+int execve(const char *path, char *const argv[], char *const envp[]) {
+    REAL(execve);
+    record_exec_escape(path);
+    char *buffer[ENV_SLOTS];
+    return real_execve(path, argv, carry_environment(envp, buffer, ENV_SLOTS));
+}
+
+int execv(const char *path, char *const argv[]) {
+    REAL(execv);
+    record_exec_escape(path);
+    return real_execv(path, argv);
+}
+
+int execvpe(const char *file, char *const argv[], char *const envp[]) {
+    REAL(execvpe);
+    char found[PATH_MAX];
+    record_exec_escape(search_path(file, found, sizeof(found)));
+    char *buffer[ENV_SLOTS];
+    return real_execvpe(file, argv, carry_environment(envp, buffer, ENV_SLOTS));
+}
+
+int execvp(const char *file, char *const argv[]) {
+    REAL(execvp);
+    char found[PATH_MAX];
+    record_exec_escape(search_path(file, found, sizeof(found)));
+    return real_execvp(file, argv);
+}
+
+int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
+                const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
+    REAL(posix_spawn);
+    record_exec_escape(path);
+    char *buffer[ENV_SLOTS];
+    return real_posix_spawn(pid, path, actions, attr, argv,
+                            carry_environment(envp, buffer, ENV_SLOTS));
+}
+
+int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *actions,
+                 const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
+    REAL(posix_spawnp);
+    char found[PATH_MAX];
+    record_exec_escape(search_path(file, found, sizeof(found)));
+    char *buffer[ENV_SLOTS];
+    return real_posix_spawnp(pid, file, actions, attr, argv,
+                             carry_environment(envp, buffer, ENV_SLOTS));
+}
