@@ -143,10 +143,12 @@ def build_interposer(env: Mapping[str, str] | None = None) -> Interposer:
 
 
 def preload_environment(base: Mapping[str, str], library: str) -> dict[str, str]:
-    """``base`` with ``library`` first in ``LD_PRELOAD`` (the hook's variables set already)."""
+    """``base`` with ``library`` first in ``LD_PRELOAD`` (the hook's variables set already),
+    and the audit hook told to leave opens to it."""
     env = dict(base)
     previous = env.get("LD_PRELOAD", "")
     env["LD_PRELOAD"] = library + (" " + previous if previous else "")
+    env["LINEAGE_HOOK_OPENS"] = "0"  # the audit hook leaves opens to the interposer
     return env
 
 
