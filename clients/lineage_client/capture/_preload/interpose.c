@@ -43,6 +43,9 @@ extern char **environ;
 
 static char trace_dir[PATH_MAX];
 static size_t trace_dir_len;
+/* "<folder of trace_dir>/lineage-trace-": the trace folders of nested lineage runs. */
+static char trace_siblings[PATH_MAX];
+static size_t trace_siblings_len;
 static const char *excluded[MAX_EXCLUDED];
 static size_t excluded_len[MAX_EXCLUDED];
 static int excluded_count;
@@ -67,6 +70,13 @@ __attribute__((constructor)) static void lineage_init(void) {
     if (dir == NULL || dir[0] != '/' || strlen(dir) >= sizeof(trace_dir) - 64) return;
     strcpy(trace_dir, dir);
     trace_dir_len = strlen(trace_dir);
+    const char *slash = strrchr(trace_dir, '/');
+    if (slash != NULL) {
+        trace_siblings_len = (size_t)(slash - trace_dir) + 1;
+        memcpy(trace_siblings, trace_dir, trace_siblings_len);
+        strcpy(trace_siblings + trace_siblings_len, "lineage-trace-");
+        trace_siblings_len += strlen("lineage-trace-");
+    }
     const char *list = getenv("LINEAGE_TRACE_EXCLUDE");
     if (list != NULL && strlen(list) < sizeof(excluded_storage)) {
         strcpy(excluded_storage, list);
@@ -96,6 +106,7 @@ static int is_ignored(const char *path) {
     if (strncmp(path, trace_dir, trace_dir_len) == 0 &&
         (path[trace_dir_len] == '/' || path[trace_dir_len] == '\0'))
         return 1;
+    if (trace_siblings_len && strncmp(path, trace_siblings, trace_siblings_len) == 0) return 1;
     for (size_t i = 0; i < sizeof(system_prefixes) / sizeof(system_prefixes[0]); i++)
         if (strncmp(path, system_prefixes[i], strlen(system_prefixes[i])) == 0) return 1;
     for (int i = 0; i < excluded_count; i++)
