@@ -241,7 +241,8 @@ struct pending {
 
 static void before_open(struct pending *p, int dirfd, const char *path, int flags) {
     p->record = 0;
-    if (!enabled || busy || (flags & O_DIRECTORY)) return;
+    /* O_PATH reads no bytes; a folder is no file. */
+    if (!enabled || busy || (flags & (O_DIRECTORY | O_PATH))) return;
     busy = 1;
     if (absolute(dirfd, path, p->path, sizeof(p->path)) && !is_ignored(p->path)) {
         p->record = 1;
