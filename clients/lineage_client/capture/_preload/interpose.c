@@ -4,8 +4,9 @@
  * Built by lineage_client.capture.native with the system C compiler on first use and
  * cached per user, keyed by the digest of this file. Loaded into every process of the run
  * through LD_PRELOAD (re-added to the environment of each exec that dropped it). Records go
- * to one trace file per process in $LINEAGE_TRACE_DIR, in the audit hook's format (see
- * _boot/sitecustomize.py), one write(2) per record on an O_APPEND descriptor:
+ * to one trace file per process in $LINEAGE_TRACE_DIR (named *.atrace), in the audit hook's
+ * record format (see _boot/sitecustomize.py) but appended whole, one write(2) per record on
+ * an O_APPEND descriptor, with no chunks or zero fill:
  *
  *   r  <t> <t> <path>                 opened for reading (successfully)
  *   w  <t> <t> <path>                 opened for writing, created, truncated
@@ -158,7 +159,7 @@ static char *put_escaped(char *cursor, const char *end, const char *text) {
 static int open_trace_file(void) {
     char name[PATH_MAX];
     for (int attempt = 0; attempt < 8; attempt++) {
-        snprintf(name, sizeof(name), "%s/%d-n%u-%llx.trace", trace_dir, (int)getpid(),
+        snprintf(name, sizeof(name), "%s/%d-n%u-%llx.atrace", trace_dir, (int)getpid(),
                  file_counter++, (unsigned long long)now_ns());
         int fd = (int)syscall(SYS_openat, AT_FDCWD, name,
                               O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
