@@ -21,7 +21,7 @@ from lineage_client.capture.native import build_interposer, escape_reason
 from lineage_client.capture.settle import CTIME_SLACK_NS
 from lineage_client.capture.strace import find_strace, strace_problem
 
-from lineaged.errors import NotFound
+from lineaged.errors import CaptureIncomplete, NotFound
 from lineaged.models import AccessMode, Direction, Run, StartNode
 from tests.conftest import DaemonProcess
 from tests.helpers import b3_files, wait_for
@@ -129,17 +129,9 @@ def test_parquet_written_by_pandas_read_by_pandas_pyarrow_and_polars(
         module_daemon,
         """
         import pandas as pd
-        assert len(pd.read_parquet("table.parquet")) == 200
-        """,
-        area,
-    )
-    assert run_io(module_daemon, run_id)[1:] == (digests(table), {})
-
-    run_id, _ = lineage_run(
-        module_daemon,
-        """
         import pyarrow.dataset as ds
         import pyarrow.parquet as pq
+        assert len(pd.read_parquet("table.parquet")) == 200
         table = pq.read_table("table.parquet")
         ds.write_dataset(table, "parts", format="parquet", partitioning=["key"],
                          partitioning_flavor="hive")
@@ -416,4 +408,53 @@ def test_opened_for_writing_but_unchanged_is_a_read(tmp_path: Path, mode: str) -
         (str(kept), AccessMode.READ),
         (str(changed), AccessMode.WRITE),
         (str(tmp_path / "made.txt"), AccessMode.WRITE),
+    }
+
+
+def test_ptrace_forbidden_makes_the_capture_partial_with_the_reason(tmp_path: Path) -> None:
+    # A strace that fails as it does where ptrace is not permitted (PATH, not a mock): the
+    # interposer unavailable too, the run is partial and names both.
+    env = _bare_env(tmp_path)
+    fake = Path(env["PATH"]) / "strace"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'strace: test_ptrace_get_syscall_info: PTRACE_TRACEME: Operation not permitted' >&2\n"
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    (tmp_path / "a.txt").write_text("a\n")
+    run = capture_command(
+        [sys.executable, "-c", "open('a.txt').read()"],
+        cwd=str(tmp_path),
+        extra_env={"PATH": env["PATH"], "XDG_CACHE_HOME": env["XDG_CACHE_HOME"]},
+    )
+    assert (run.method, run.complete) == ("audit-hook", False)
+    (ptrace,) = [r for r in run.capture_reasons if r.startswith("strace cannot trace here")]
+    assert "Operation not permitted" in ptrace
+    with pytest.raises(CaptureIncomplete, match="Operation not permitted"):
+        capture_command(
+            [sys.executable, "-c", "pass"],
+            cwd=str(tmp_path),
+            extra_env={"PATH": env["PATH"], "XDG_CACHE_HOME": env["XDG_CACHE_HOME"]},
+            require_complete=True,
+        )
+
+
+@needs_interposer
+def test_many_opens_lose_no_record(tmp_path: Path) -> None:
+    # More than 256 KiB of records from one process: none may be lost at any boundary.
+    folder = tmp_path / "many"
+    folder.mkdir()
+    names = [f"{'long-name-' * 8}{i:05d}.txt" for i in range(3000)]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    code = (
+        "import os, sys\n"
+        "for name in sorted(os.listdir(sys.argv[1])):\n"
+        "    open(os.path.join(sys.argv[1], name), 'rb').close()\n"
+    )
+    run = capture_command([sys.executable, "-c", code, str(folder)], cwd=str(tmp_path))
+    assert run.method == "interposer"
+    assert {a.path for a in run.accesses if a.role == "data"} == {
+        str(folder / name) for name in names
     }
