@@ -129,9 +129,17 @@ def test_parquet_written_by_pandas_read_by_pandas_pyarrow_and_polars(
         module_daemon,
         """
         import pandas as pd
+        assert len(pd.read_parquet("table.parquet")) == 200
+        """,
+        area,
+    )
+    assert run_io(module_daemon, run_id)[1:] == (digests(table), {})
+
+    run_id, _ = lineage_run(
+        module_daemon,
+        """
         import pyarrow.dataset as ds
         import pyarrow.parquet as pq
-        assert len(pd.read_parquet("table.parquet")) == 200
         table = pq.read_table("table.parquet")
         ds.write_dataset(table, "parts", format="parquet", partitioning=["key"],
                          partitioning_flavor="hive")
