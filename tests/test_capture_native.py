@@ -21,8 +21,17 @@ from lineage_client.capture.native import build_interposer, escape_reason
 from lineage_client.capture.settle import CTIME_SLACK_NS
 from lineage_client.capture.strace import find_strace, strace_problem
 
-from lineaged.errors import CaptureIncomplete, NotFound
-from lineaged.models import AccessMode, Direction, Run, StartNode
+from lineaged.errors import CaptureIncomplete, InvalidArgument, NotFound
+from lineaged.models import (
+    AccessMode,
+    Capture,
+    Direction,
+    Run,
+    RunStart,
+    RunStatus,
+    StartNode,
+)
+from lineaged.store import Store
 from tests.conftest import DaemonProcess
 from tests.helpers import b3_files, wait_for
 
@@ -466,3 +475,50 @@ def test_many_opens_lose_no_record(tmp_path: Path) -> None:
     assert {a.path for a in run.accesses if a.role == "data"} == {
         str(folder / name) for name in names
     }
+
+
+def test_a_runs_capture_is_stored_validated_and_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "lineaged.db"
+    store = Store.open(db)
+    try:
+        first = store.begin_run(RunStart(name="old", started_at=1))
+        second = store.begin_run(RunStart(name="new", started_at=2))
+        partial = Capture(complete=False, reasons=("strace is not installed",), method="none")
+        store.end_run(first, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=3, warnings=())
+        store.end_run(
+            second,
+            exit_code=0,
+            status=RunStatus.SUCCEEDED,
+            ended_at=3,
+            warnings=(),
+            capture=partial,
+        )
+        assert store.get_run(first).capture is None
+        assert store.get_run(second).capture == partial
+    finally:
+        store.close()
+    # A store of schema 1 (no capture column) is migrated when opened, its runs kept.
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE runs DROP COLUMN capture")
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    store = Store.open(db)
+    try:
+        assert store.get_run(second).capture is None
+        assert store.get_run(first).name == "old"
+    finally:
+        store.close()
+
+
+def test_end_run_refuses_a_capture_that_contradicts_itself(module_daemon: DaemonProcess) -> None:
+    client = module_daemon.client()
+    run_id = client.begin_run(RunStart(name="contradiction")).run_id
+    with pytest.raises(InvalidArgument, match="complete capture"):
+        client.end_run(
+            run_id, status=RunStatus.SUCCEEDED, capture=Capture(True, ("missed a process",))
+        )
+    ended = client.end_run(
+        run_id, status=RunStatus.SUCCEEDED, capture=Capture(True, (), "interposer")
+    )
+    assert ended.capture == Capture(True, (), "interposer")
+    assert client.get_run(run_id).capture == Capture(True, (), "interposer")

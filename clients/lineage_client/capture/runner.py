@@ -63,6 +63,7 @@ __all__ = [
     "capture_command",
     "capture_plan",
     "python_interpreter",
+    "refuse_partial",
 ]
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
