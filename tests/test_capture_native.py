@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import sys
 import textwrap
 import time
@@ -522,3 +523,20 @@ def test_end_run_refuses_a_capture_that_contradicts_itself(module_daemon: Daemon
     )
     assert ended.capture == Capture(True, (), "interposer")
     assert client.get_run(run_id).capture == Capture(True, (), "interposer")
+
+
+@needs_interposer
+@pytest.mark.skipif(shutil.which("objcopy") is None, reason="objcopy (binutils) is not installed")
+def test_a_dynamically_linked_go_program_is_reported(tmp_path: Path) -> None:
+    # A real dynamic ELF given the section every Go binary has: Go calls the kernel itself.
+    fake_go = tmp_path / "gotool"
+    real = shutil.which("true") or "/bin/true"
+    subprocess.run(
+        ["objcopy", "--add-section", ".go.buildinfo=/dev/null", real, str(fake_go)], check=True
+    )
+    assert (escape_reason(real), escape_reason(str(fake_go))) == ("", "go")
+    code = f"import subprocess; subprocess.run([{str(fake_go)!r}], check=True)"
+    run = capture_command([sys.executable, "-c", code], cwd=str(tmp_path))
+    (reason,) = run.capture_reasons
+    assert reason.startswith(f"{fake_go} is a Go program")
+    assert capture_command([str(fake_go)], cwd=str(tmp_path), mode="interposer").capture_reasons

@@ -5,7 +5,7 @@ compiled with the system C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
 per-user cache folder, keyed by the digest of the source and the machine, so a new
 version of the source is built once and an unchanged one never again. The interposer sees
 every file a dynamically linked program opens through libc — Python, Arrow's C++, Polars'
-Rust, HDF5, SQLite, ``gzip`` — but not what a static program, a raw ``syscall()`` or
+Rust, HDF5, SQLite, ``gzip`` — but not what a static or Go program, a raw ``syscall()`` or
 io_uring does: :func:`escape_reason` tells which programs it cannot load into.
 """
 
@@ -184,5 +184,33 @@ def escape_reason(program: str, *, depth: int = 0) -> str:
     for index in range(len(table) // max(phentsize, 1)):
         entry = table[index * phentsize : index * phentsize + 4]
         if int.from_bytes(entry, order) == _PT_INTERP:
-            return ""
+            return "go" if _is_go(program, head, order) else ""
     return "static"
+
+
+def _is_go(program: str, head: bytes, order: Literal["little", "big"]) -> bool:
+    """Whether the ELF ``program`` has Go's ``.go.buildinfo`` section (its file calls bypass
+    libc even when it is dynamically linked)."""
+    shoff = int.from_bytes(head[40:48], order)
+    shentsize = int.from_bytes(head[58:60], order)
+    shnum = int.from_bytes(head[60:62], order)
+    shstrndx = int.from_bytes(head[62:64], order)
+    if not shoff or shentsize != 64 or shstrndx >= shnum or shnum > 4096:
+        return False
+    try:
+        with open(program, "rb") as stream:
+            stream.seek(shoff)
+            table = stream.read(shentsize * shnum)
+            names = table[shstrndx * 64 : shstrndx * 64 + 64]
+            names_offset = int.from_bytes(names[24:32], order)
+            names_size = int.from_bytes(names[32:40], order)
+            stream.seek(names_offset)
+            strings = stream.read(min(names_size, 1 << 20))
+    except OSError:
+        return False
+    wanted = b".go.buildinfo\0"
+    for index in range(shnum):
+        name = int.from_bytes(table[index * 64 : index * 64 + 4], order)
+        if strings[name : name + len(wanted)] == wanted:
+            return True
+    return False

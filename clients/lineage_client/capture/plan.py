@@ -39,6 +39,7 @@ _ESCAPES = {
     "static": "is statically linked",
     "setuid": "is setuid (the loader ignores LD_PRELOAD for it)",
     "32-bit": "is a 32-bit program",
+    "go": "is a Go program (it makes its system calls without libc)",
 }
 
 
@@ -109,7 +110,7 @@ def plan_capture(
         else:
             reasons.append(
                 f"{name} {_ESCAPES.get(escape, escape)}: the LD_PRELOAD interposer cannot "
-                "load into it"
+                "see its file accesses"
             )
         if mode == METHOD_INTERPOSER:
             return _fallback(python_launch, name, reasons, warnings)
@@ -150,8 +151,8 @@ def _fallback(
 def escaped_reasons(escaped: Mapping[str, str]) -> list[str]:
     """A reason for each program (path -> why) the interposer could not follow at run time."""
     return [
-        f"{path} {_ESCAPES.get(why, why)}: it ran outside the LD_PRELOAD interposer and its "
-        "file accesses were not seen (install strace and use --capture strace)"
+        f"{path} {_ESCAPES.get(why, why)}: the LD_PRELOAD interposer did not see its file "
+        "accesses (install strace and use --capture strace)"
         for path, why in sorted(escaped.items())
     ]
 

@@ -15,9 +15,10 @@
  *   m  <t> <t> <src> <dst>            renamed
  *   d  <t> <t> <path>                 removed
  *   S  <t> <t> <program> <why>        an exec this library cannot follow into
- *                                     (static, setuid or 32-bit program)
+ *                                     (static, setuid, 32-bit or Go program)
  *
- * Blind spots (documented in docs/capture.md): static programs, raw syscall(2), io_uring,
+ * Blind spots (documented in docs/capture.md): static programs, Go programs (which make
+ * their system calls without libc even when dynamically linked), raw syscall(2), io_uring,
  * and libc's internal opens that do not go through these symbols. Paths under the folders
  * of $LINEAGE_TRACE_EXCLUDE (colon-separated) and the system folders are not written out.
  * The library never changes what a call returns or errno. */
@@ -548,7 +549,28 @@ int remove(const char *path) {
 
 /* --- exec: follow the run into the new program, or say it cannot be followed ----------- */
 
-/* Why this library would not load into the program at path ("" when it would). */
+/* Whether the ELF file behind fd has a section of this name (Go's ".go.buildinfo"). */
+static int has_section(int fd, const Elf64_Ehdr *header, const char *wanted) {
+    if (header->e_shoff == 0 || header->e_shstrndx >= header->e_shnum ||
+        header->e_shentsize != sizeof(Elf64_Shdr) || header->e_shnum > 4096)
+        return 0;
+    Elf64_Shdr names;
+    off_t at = (off_t)header->e_shoff + (off_t)header->e_shstrndx * header->e_shentsize;
+    if (pread(fd, &names, sizeof(names), at) != (ssize_t)sizeof(names)) return 0;
+    size_t wanted_len = strlen(wanted) + 1;
+    for (int i = 0; i < header->e_shnum; i++) {
+        Elf64_Shdr section;
+        at = (off_t)header->e_shoff + (off_t)i * header->e_shentsize;
+        if (pread(fd, &section, sizeof(section), at) != (ssize_t)sizeof(section)) return 0;
+        char name[32];
+        if (section.sh_name >= names.sh_size || wanted_len > sizeof(name)) continue;
+        ssize_t n = pread(fd, name, wanted_len, (off_t)(names.sh_offset + section.sh_name));
+        if (n == (ssize_t)wanted_len && memcmp(name, wanted, wanted_len) == 0) return 1;
+    }
+    return 0;
+}
+
+/* Why this library would not see the program at path ("" when it would). */
 static const char *escape_reason(const char *path, int depth) {
     int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return "";
@@ -588,7 +610,10 @@ static const char *escape_reason(const char *path, int depth) {
                     break;
                 }
             }
-            if (!interpreted) why = "static";
+            if (!interpreted)
+                why = "static";
+            else if (has_section(fd, &header, ".go.buildinfo"))
+                why = "go"; /* dynamically linked, but its file calls bypass libc */
         }
     }
     close(fd);
