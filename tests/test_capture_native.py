@@ -540,3 +540,17 @@ def test_a_dynamically_linked_go_program_is_reported(tmp_path: Path) -> None:
     (reason,) = run.capture_reasons
     assert reason.startswith(f"{fake_go} is a Go program")
     assert capture_command([str(fake_go)], cwd=str(tmp_path), mode="interposer").capture_reasons
+
+
+@needs_interposer
+def test_a_program_that_unsets_ld_preload_still_traces_its_children(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a\n")
+    # The shell drops the variables from its own environment, then execs cp through execve
+    # with that environment: the interposer puts them back.
+    command = "unset LD_PRELOAD LINEAGE_TRACE_DIR; exec cp a.txt b.txt"
+    run = capture_command(["sh", "-c", command], cwd=str(tmp_path))
+    assert run.complete
+    assert {(a.path, a.mode) for a in run.accesses if a.role == "data"} == {
+        (str(tmp_path / "a.txt"), AccessMode.READ),
+        (str(tmp_path / "b.txt"), AccessMode.WRITE),
+    }

@@ -67,6 +67,13 @@ static const char *const system_prefixes[] = {"/proc/", "/sys/", "/dev/", "/usr/
 
 static char excluded_storage[8192];
 
+/* What this library needs in a child's environment: added to an exec's environment that
+ * dropped it ("NAME=value" as this process started with it). */
+static const char *const carried[] = {"LD_PRELOAD", "LINEAGE_TRACE_DIR", "LINEAGE_TRACE_EXCLUDE",
+                                      "LINEAGE_HOOK_OPENS"};
+#define CARRIED (sizeof(carried) / sizeof(carried[0]))
+static char carried_entry[CARRIED][PATH_MAX + 8192];
+
 __attribute__((constructor)) static void lineage_init(void) {
     const char *dir = getenv("LINEAGE_TRACE_DIR");
     if (dir == NULL || dir[0] != '/' || strlen(dir) >= sizeof(trace_dir) - 64) return;
@@ -91,6 +98,11 @@ __attribute__((constructor)) static void lineage_init(void) {
             excluded[excluded_count] = item;
             excluded_len[excluded_count++] = len;
         }
+    }
+    for (size_t k = 0; k < CARRIED; k++) {
+        const char *value = getenv(carried[k]);
+        if (value != NULL && strlen(carried[k]) + 1 + strlen(value) < sizeof(carried_entry[k]))
+            snprintf(carried_entry[k], sizeof(carried_entry[k]), "%s=%s", carried[k], value);
     }
     enabled = 1;
 }
@@ -661,12 +673,8 @@ static const char *search_path(const char *file, char *out, size_t size) {
     return NULL;
 }
 
-/* What this library needs in a child's environment; added to envp where it was dropped. */
-static const char *const carried[] = {"LD_PRELOAD", "LINEAGE_TRACE_DIR", "LINEAGE_TRACE_EXCLUDE"};
-#define CARRIED (sizeof(carried) / sizeof(carried[0]))
-
 static char *const *carry_environment(char *const envp[], char **buffer, size_t slots) {
-    if (!enabled || envp == NULL || envp == environ) return envp;
+    if (!enabled || envp == NULL) return envp;
     size_t count = 0;
     int present[CARRIED] = {0};
     for (; envp[count] != NULL; count++)
@@ -676,20 +684,13 @@ static char *const *carry_environment(char *const envp[], char **buffer, size_t 
                 present[k] = 1;
         }
     int missing = 0;
-    for (size_t k = 0; k < CARRIED; k++) missing += !present[k] && getenv(carried[k]) != NULL;
+    for (size_t k = 0; k < CARRIED; k++) missing += !present[k] && carried_entry[k][0] != '\0';
     if (!missing || count + CARRIED + 1 > slots) return envp;
     size_t out = 0;
     for (size_t i = 0; i < count; i++) buffer[out++] = envp[i];
-    for (size_t k = 0; k < CARRIED; k++) {
-        if (present[k]) continue;
-        size_t len = strlen(carried[k]);
-        /* environ's own "NAME=value" entry: no allocation between fork and exec. */
-        for (char **entry = environ; entry != NULL && *entry != NULL; entry++)
-            if (strncmp(*entry, carried[k], len) == 0 && (*entry)[len] == '=') {
-                buffer[out++] = *entry;
-                break;
-            }
-    }
+    /* Static copies made at start: no allocation between fork and exec. */
+    for (size_t k = 0; k < CARRIED; k++)
+        if (!present[k] && carried_entry[k][0] != '\0') buffer[out++] = carried_entry[k];
     buffer[out] = NULL;
     return buffer;
 }
@@ -704,9 +705,10 @@ int execve(const char *path, char *const argv[], char *const envp[]) {
 }
 
 int execv(const char *path, char *const argv[]) {
-    REAL(execv);
+    REAL(execve);
     record_exec_escape(path);
-    return real_execv(path, argv);
+    char *buffer[ENV_SLOTS];
+    return real_execve(path, argv, carry_environment(environ, buffer, ENV_SLOTS));
 }
 
 int execvpe(const char *file, char *const argv[], char *const envp[]) {
@@ -718,10 +720,11 @@ int execvpe(const char *file, char *const argv[], char *const envp[]) {
 }
 
 int execvp(const char *file, char *const argv[]) {
-    REAL(execvp);
+    REAL(execvpe);
     char found[PATH_MAX];
     record_exec_escape(search_path(file, found, sizeof(found)));
-    return real_execvp(file, argv);
+    char *buffer[ENV_SLOTS];
+    return real_execvpe(file, argv, carry_environment(environ, buffer, ENV_SLOTS));
 }
 
 int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
