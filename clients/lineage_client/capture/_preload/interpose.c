@@ -4,9 +4,9 @@
  * Built by lineage_client.capture.native with the system C compiler on first use and
  * cached per user, keyed by the digest of this file. Loaded into every process of the run
  * through LD_PRELOAD (re-added to the environment of each exec that dropped it). Records go
- * to one trace file per process in $LINEAGE_TRACE_DIR (named *.atrace), in the audit hook's
- * record format (see _boot/sitecustomize.py) but appended whole, one write(2) per record on
- * an O_APPEND descriptor, with no chunks or zero fill:
+ * to trace files in $LINEAGE_TRACE_DIR (named *.atrace; a forked child shares its parent's)
+ * in the audit hook's record format (see _boot/sitecustomize.py), but appended whole, one
+ * write(2) per record on an O_APPEND descriptor, with no chunks or zero fill:
  *
  *   r  <t> <t> <path>                 opened for reading (successfully)
  *   w  <t> <t> <path>                 opened for writing, created, truncated
@@ -53,10 +53,11 @@ static size_t excluded_len[MAX_EXCLUDED];
 static int excluded_count;
 static int enabled;
 
-/* This process's trace file; checked against its identity before each write, so that a
- * process that closed every descriptor (and reused the number) never gets our records. */
+/* The trace file; checked against its identity before each write, so that a process that
+ * closed every descriptor (and reused the number) never gets our records. A forked child
+ * keeps appending to its parent's file: records are whole lines, each one write(2) with
+ * O_APPEND, so processes sharing a file never tear each other's lines. */
 static int trace_fd = -1;
-static pid_t trace_pid;
 static dev_t trace_dev;
 static ino_t trace_ino;
 static unsigned file_counter;
@@ -186,10 +187,9 @@ static int same_file(int fd) {
     return fstat(fd, &st) == 0 && st.st_dev == trace_dev && st.st_ino == trace_ino;
 }
 
-/* This process's trace descriptor, opened on first use (and again in a forked child). */
+/* The trace descriptor, opened on first use (and again if the process closed it). */
 static int trace_descriptor(void) {
-    pid_t pid = getpid();
-    if (trace_fd >= 0 && trace_pid == pid && same_file(trace_fd)) return trace_fd;
+    if (trace_fd >= 0 && same_file(trace_fd)) return trace_fd;
     int fd = open_trace_file();
     if (fd < 0) return -1;
     struct stat st;
@@ -197,9 +197,7 @@ static int trace_descriptor(void) {
         close(fd);
         return -1;
     }
-    /* The inherited descriptor of a forked child is left alone: the number may be in use. */
     trace_fd = fd;
-    trace_pid = pid;
     trace_dev = st.st_dev;
     trace_ino = st.st_ino;
     return fd;
