@@ -554,3 +554,18 @@ def test_a_program_that_unsets_ld_preload_still_traces_its_children(tmp_path: Pa
         (str(tmp_path / "a.txt"), AccessMode.READ),
         (str(tmp_path / "b.txt"), AccessMode.WRITE),
     }
+
+
+def test_capture_mode_from_the_environment(module_daemon: DaemonProcess, tmp_path: Path) -> None:
+    bad = module_daemon.run_cli(
+        "run", "--", "true", cwd=tmp_path, env={**os.environ, "LINEAGE_CAPTURE": "psychic"}
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("Error: unknown capture mode 'psychic'"), bad.stderr
+    assert "started" not in bad.stderr
+    if STRACE is not None and not strace_problem(STRACE):
+        done = module_daemon.run_cli(
+            "run", "--", "true", cwd=tmp_path, env={**os.environ, "LINEAGE_CAPTURE": "strace"}
+        )
+        assert done.returncode == 0, done.stderr
+        assert "capture: complete (strace)" in done.stderr

@@ -114,8 +114,15 @@ def _environment(command: Sequence[str], cwd: str, warnings: list[str]) -> EnvSt
 
 
 def _capture_mode(args: argparse.Namespace) -> str:
-    mode = getattr(args, "capture", None) or os.environ.get(CAPTURE_ENV, "") or "auto"
-    return str(mode)
+    """``--capture``, else ``$LINEAGE_CAPTURE``, else auto; InvalidArgument for an unknown one."""
+    from lineage_client.capture.plan import MODES
+
+    mode = str(getattr(args, "capture", None) or os.environ.get(CAPTURE_ENV, "") or "auto")
+    if mode not in MODES:
+        raise InvalidArgument(
+            f"unknown capture mode {mode!r} (from {CAPTURE_ENV}): use one of {', '.join(MODES)}"
+        )
+    return mode
 
 
 def _require_complete(args: argparse.Namespace) -> bool:
