@@ -569,3 +569,15 @@ def test_capture_mode_from_the_environment(module_daemon: DaemonProcess, tmp_pat
         )
         assert done.returncode == 0, done.stderr
         assert "capture: complete (strace)" in done.stderr
+
+
+@needs_interposer
+def test_hostile_names_survive_the_interposer(tmp_path: Path) -> None:
+    names = ["new\nline.txt", "tab\there.txt", "back\\slash.txt", os.fsdecode(b"caf\xe9.txt")]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    run = capture_command(["sh", "-c", "cat -- * > /dev/null"], cwd=str(tmp_path))
+    assert run.complete
+    assert {(a.path, a.mode) for a in run.accesses if a.role == "data"} == {
+        (str(tmp_path / name), AccessMode.READ) for name in names
+    }
