@@ -343,18 +343,49 @@ def test_require_complete_refuses_a_partial_capture(
         assert marker.exists()
 
 
+# Waits until the wrapper has offered strace to the interposer (or 30 s), then runs the static
+# ldconfig on a cache file of the test's: a read only strace can see.
+STATIC_CHILD = """
+import os, subprocess, sys, time
+offer = os.path.join(os.environ["LINEAGE_TRACE_DIR"], "strace.argv")
+deadline = time.monotonic() + 30
+while sys.argv[2] == "wait" and not os.path.exists(offer) and time.monotonic() < deadline:
+    time.sleep(0.01)
+subprocess.run([sys.argv[1], "-p", "-C", "ld.cache"], capture_output=True)
+"""
+
+
 @needs_interposer
 @pytest.mark.skipif(STATIC is None, reason="no static ldconfig here")
 def test_a_static_program_started_by_the_run_makes_it_partial(tmp_path: Path) -> None:
     assert STATIC is not None
     assert escape_reason(STATIC) == "static"
     assert escape_reason(sys.executable) == ""
-    code = f"import subprocess; subprocess.run([{STATIC!r}, '-p'], capture_output=True)"
-    run = capture_command([sys.executable, "-c", code], cwd=str(tmp_path))
+    (tmp_path / "ld.cache").write_text("not a cache\n")
+    no_strace = tmp_path / "bin"
+    no_strace.mkdir()
+    run = capture_command(
+        [sys.executable, "-c", STATIC_CHILD, STATIC, "no-wait"],
+        cwd=str(tmp_path),
+        extra_env={"PATH": str(no_strace)},
+    )
     assert run.method == "interposer"
     assert not run.complete
     (reason,) = run.capture_reasons
     assert reason.startswith(f"{STATIC} is statically linked")
+
+
+@needs_interposer
+@needs_strace
+@pytest.mark.skipif(STATIC is None, reason="no static ldconfig here")
+def test_a_static_program_started_by_the_run_is_handed_to_strace(tmp_path: Path) -> None:
+    assert STATIC is not None
+    (tmp_path / "ld.cache").write_text("not a cache\n")
+    run = capture_command([sys.executable, "-c", STATIC_CHILD, STATIC, "wait"], cwd=str(tmp_path))
+    assert (run.method, run.capture_reasons) == ("interposer", ())
+    assert {(a.path, a.mode) for a in run.accesses if a.role == "data"} == {
+        (str(tmp_path / "ld.cache"), AccessMode.READ)
+    }
 
 
 @needs_interposer
@@ -536,7 +567,11 @@ def test_a_dynamically_linked_go_program_is_reported(tmp_path: Path) -> None:
     )
     assert (escape_reason(real), escape_reason(str(fake_go))) == ("", "go")
     code = f"import subprocess; subprocess.run([{str(fake_go)!r}], check=True)"
-    run = capture_command([sys.executable, "-c", code], cwd=str(tmp_path))
+    no_strace = tmp_path / "bin"
+    no_strace.mkdir()
+    run = capture_command(
+        [sys.executable, "-c", code], cwd=str(tmp_path), extra_env={"PATH": str(no_strace)}
+    )
     (reason,) = run.capture_reasons
     assert reason.startswith(f"{fake_go} is a Go program")
     assert capture_command([str(fake_go)], cwd=str(tmp_path), mode="interposer").capture_reasons

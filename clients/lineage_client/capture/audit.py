@@ -146,6 +146,8 @@ def _parse(data: bytes, events: RawEvents) -> None:
             events.add_identity(target, first, fields[4])
         elif kind == "S" and len(fields) >= 5:
             events.escaped[target] = fields[4]
+        elif kind == "T" and len(fields) >= 5:
+            events.straced.append((target, _unescape(fields[4])))
         elif kind == "s":
             events.add_source(target, first)
         elif kind == "m" and len(fields) >= 5:

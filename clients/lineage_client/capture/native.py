@@ -17,6 +17,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ __all__ = [
     "build_interposer",
     "cache_dir",
     "escape_reason",
+    "offer_strace",
     "preload_environment",
 ]
 
@@ -214,3 +216,59 @@ def _is_go(program: str, head: bytes, order: Literal["little", "big"]) -> bool:
         if strings[name : name + len(wanted)] == wanted:
             return True
     return False
+
+
+def offer_strace(trace_dir: str, search_path: str, cache: str) -> threading.Thread | None:
+    """Let the interposer hand the programs it cannot see to strace, once strace is known to
+    trace here: its options go to ``trace_dir/strace.argv``, which the interposer reads at
+    such an exec (until then, such a program is reported as escaped).
+
+    The verdict of strace's probes is kept in ``cache`` for this strace and this boot: then
+    the file is written at once. Otherwise a thread probes beside the command (returned:
+    join it before reading the traces).
+    """
+    strace = _which("strace", search_path)
+    if strace is None:
+        return None
+    try:
+        info = os.stat(strace)
+        with open("/proc/sys/kernel/random/boot_id", "rb") as stream:
+            boot = stream.read().strip()
+    except OSError:
+        return None
+    key = hashlib.sha256(
+        os.fsencode(os.path.realpath(strace)) + f":{info.st_mtime_ns}:".encode() + boot
+    ).hexdigest()[:20]
+    verdict = os.path.join(cache, f"strace-{key}.argv")
+    target = os.path.join(trace_dir, "strace.argv")
+    try:
+        with open(verdict, "rb") as stream:
+            _write_atomically(target, stream.read())
+        return None
+    except OSError:
+        pass
+
+    def probe() -> None:
+        from lineage_client.capture.strace import strace_command, strace_problem
+
+        try:
+            if strace_problem(strace):
+                return
+            options = strace_command(strace, [], "-")[:-3]  # without "-o", output, "--"
+            text = "".join(option + "\n" for option in options).encode("utf-8", "surrogateescape")
+            _write_atomically(target, text)
+            os.makedirs(cache, mode=0o700, exist_ok=True)
+            _write_atomically(verdict, text)
+        except OSError:
+            return  # the interposer then reports such programs as escaped
+
+    thread = threading.Thread(target=probe, name="lineage-strace-offer", daemon=True)
+    thread.start()
+    return thread
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    scratch = f"{path}.{os.getpid()}.tmp"
+    with open(scratch, "wb") as stream:
+        stream.write(data)
+    os.replace(scratch, path)

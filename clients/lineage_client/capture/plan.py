@@ -3,7 +3,8 @@
 In ``auto`` mode, the first that sees everything wins:
 
 1. the LD_PRELOAD interposer (``native.py``), when it builds and the command is a program it
-   loads into (not static, setuid or 32-bit) — about 1 µs per open;
+   sees (not static, setuid, 32-bit or Go); the programs of that kind the command starts are
+   handed over to strace when it can trace here;
 2. ``strace -f``, when installed and allowed to trace — about 100 µs per traced call here;
 3. otherwise the capture is *partial*: the audit hook for a Python command (Python's own
    opens, not those of native libraries or other programs), nothing for anything else.
@@ -152,7 +153,8 @@ def escaped_reasons(escaped: Mapping[str, str]) -> list[str]:
     """A reason for each program (path -> why) the interposer could not follow at run time."""
     return [
         f"{path} {_ESCAPES.get(why, why)}: the LD_PRELOAD interposer did not see its file "
-        "accesses (install strace and use --capture strace)"
+        "accesses, and strace could not take over (missing, not allowed to trace, or still "
+        "being checked when it started; --capture strace traces every process)"
         for path, why in sorted(escaped.items())
     ]
 

@@ -28,6 +28,8 @@ class RawEvents:
     # could not follow (path -> "static", "setuid", "32-bit").
     identities: dict[str, tuple[int, str]] = field(default_factory=dict)
     escaped: dict[str, str] = field(default_factory=dict)
+    # Programs the interposer handed over to strace: (strace's output file, cwd at exec).
+    straced: list[tuple[str, str]] = field(default_factory=list)
 
     def add_read(self, path: str, first: int, last: int) -> None:
         """Note that ``path`` was opened for reading between ``first`` and ``last``."""

@@ -146,6 +146,16 @@ def capture_command(
         tail = TraceTail(trace_dir)
         notify = _Once(on_started, started_at)
         hook_excluded = excluded
+        offers: list[threading.Thread] = []
+
+        def on_start() -> None:
+            notify()
+            if method == METHOD_INTERPOSER:
+                from lineage_client.capture.native import cache_dir, offer_strace
+
+                offer = offer_strace(trace_dir, env.get("PATH", os.defpath), cache_dir(env))
+                if offer is not None:
+                    offers.append(offer)
 
         def tick() -> None:
             polled_at = time.time_ns()
@@ -155,13 +165,15 @@ def capture_command(
 
         try:
             returncode, forwarded = _run(
-                command, cwd=workdir, env=env, on_tick=tick, on_start=notify
+                command, cwd=workdir, env=env, on_tick=tick, on_start=on_start
             )
         except OSError as exc:
             returncode, forwarded = 126, False
             warnings.append(f"cannot execute {argv[0]}: {exc.strerror or exc}")
         ended_at = time.time_ns()
         notify()  # the command could not start: the caller still hears of it
+        for offer in offers:
+            offer.join()
         excluded = _excluded_dirs(
             [*exclude_dirs, *(more_excluded() if more_excluded is not None else ())],
             trace_dir,
@@ -177,6 +189,7 @@ def capture_command(
             reasons.extend(untraced_programs_reason(sorted(events.programs)))
         if method == METHOD_INTERPOSER:
             reasons.extend(escaped_reasons(events.escaped))
+            reasons.extend(_parse_handed_over(events))
         from lineage_client.capture.settle import settle_unchanged_writes
 
         settle_unchanged_writes(events, started_at)
@@ -319,6 +332,22 @@ def python_interpreter(
     if "/" not in interpreter:
         return _which(interpreter, environment, os.getcwd()) or interpreter
     return interpreter
+
+
+def _parse_handed_over(events: RawEvents) -> list[str]:
+    """Read the strace output of each program the interposer handed over to strace."""
+    from lineage_client.capture.strace import parse_strace_file
+
+    reasons = []
+    for output, cwd in events.straced:
+        try:
+            parse_strace_file(output, initial_cwd=cwd, events=events)
+        except OSError as exc:
+            reasons.append(
+                f"strace's record of a program the interposer handed over to it is missing "
+                f"({exc.strerror or exc}): its file accesses were not seen"
+            )
+    return reasons
 
 
 def _plan(mode: str, argv: Sequence[str], program: str, env: Mapping[str, str]) -> CapturePlan:

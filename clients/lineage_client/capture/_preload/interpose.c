@@ -16,6 +16,8 @@
  *   d  <t> <t> <path>                 removed
  *   S  <t> <t> <program> <why>        an exec this library cannot follow into
  *                                     (static, setuid, 32-bit or Go program)
+ *   T  <t> <t> <strace output> <cwd>  such a program, run under strace instead (when the
+ *                                     wrapper wrote <trace_dir>/strace.argv)
  *
  * Blind spots (documented in docs/capture.md): static programs, Go programs (which make
  * their system calls without libc even when dynamically linked), raw syscall(2), io_uring,
@@ -78,6 +80,15 @@ static char carried_entry[CARRIED][PATH_MAX + 8192];
 __attribute__((constructor)) static void lineage_init(void) {
     const char *dir = getenv("LINEAGE_TRACE_DIR");
     if (dir == NULL || dir[0] != '/' || strlen(dir) >= sizeof(trace_dir) - 64) return;
+    /* strace running a program this library handed over to it: strace's own calls are no
+     * part of the run, and its exec must not be handed over again. */
+    char self[PATH_MAX];
+    ssize_t length = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (length > 0) {
+        self[length] = '\0';
+        const char *base = strrchr(self, '/');
+        if (strcmp(base != NULL ? base + 1 : self, "strace") == 0) return;
+    }
     strcpy(trace_dir, dir);
     trace_dir_len = strlen(trace_dir);
     const char *slash = strrchr(trace_dir, '/');
@@ -630,25 +641,6 @@ static const char *escape_reason(const char *path, int depth) {
     return why;
 }
 
-static void record_exec_escape(const char *program) {
-    if (!enabled || busy || program == NULL) return;
-    int saved = errno;
-    busy = 1;
-    char where[PATH_MAX];
-    if (absolute(AT_FDCWD, program, where, sizeof(where))) {
-        const char *why = escape_reason(where, 0);
-        if (why[0] != '\0') {
-            /* A file of its own: between vfork and exec, this process's globals are its
-             * parent's. */
-            int fd = open_trace_file();
-            emit_to(fd, 'S', where, why);
-            if (fd >= 0) close(fd);
-        }
-    }
-    busy = 0;
-    errno = saved;
-}
-
 /* The program execvp would run for file: itself when it names a path, else a PATH search. */
 static const char *search_path(const char *file, char *out, size_t size) {
     if (file == NULL || strchr(file, '/') != NULL) return file;
@@ -693,53 +685,151 @@ static char *const *carry_environment(char *const envp[], char **buffer, size_t 
     return buffer;
 }
 
+/* A program this library cannot see, run under strace instead when the wrapper allows it:
+ * once it knows strace can trace here, it writes strace's options, one a line, to
+ * <trace_dir>/strace.argv. */
+#define TAKEOVER_SLOTS 4096
+struct takeover {
+    char *argv[TAKEOVER_SLOTS];
+    char options[8192];
+    char output[PATH_MAX];
+};
+
+static int strace_options(struct takeover *t) {
+    char name[PATH_MAX];
+    snprintf(name, sizeof(name), "%s/strace.argv", trace_dir);
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, t->options, sizeof(t->options) - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    t->options[n] = '\0';
+    int count = 0;
+    char *line = t->options;
+    while (*line != '\0' && count < 64) {
+        char *newline = strchr(line, '\n');
+        if (newline == NULL) break;
+        *newline = '\0';
+        t->argv[count++] = line;
+        line = newline + 1;
+    }
+    return count;
+}
+
+/* Check the program an exec is about to run. Returns 1 with t->argv set when it is to run
+ * under strace; otherwise 0, after recording it as escaped if this library cannot see it.
+ * Records go to a file of their own: between vfork and exec, the globals are the parent's. */
+static int take_over(const char *program, char *const argv[], struct takeover *t) {
+    if (!enabled || busy || program == NULL) return 0;
+    int saved = errno;
+    busy = 1;
+    int taken = 0;
+    char where[PATH_MAX];
+    if (absolute(AT_FDCWD, program, where, sizeof(where))) {
+        const char *why = escape_reason(where, 0);
+        if (why[0] != '\0') {
+            int fd = open_trace_file();
+            /* strace cannot follow a setuid program into its privileges. */
+            int count = strcmp(why, "setuid") == 0 ? 0 : strace_options(t);
+            size_t given = 0;
+            while (argv != NULL && argv[given] != NULL) given++;
+            char cwd[PATH_MAX];
+            if (count > 0 && fd >= 0 && count + 4 + given < TAKEOVER_SLOTS &&
+                getcwd(cwd, sizeof(cwd)) != NULL) {
+                snprintf(t->output, sizeof(t->output), "%s/%d-%llx.strace", trace_dir,
+                         (int)getpid(), (unsigned long long)now_ns());
+                t->argv[count++] = "-o";
+                t->argv[count++] = t->output;
+                t->argv[count++] = "--";
+                t->argv[count++] = where;
+                for (size_t i = 1; i < given; i++) t->argv[count++] = argv[i];
+                t->argv[count] = NULL;
+                emit_to(fd, 'T', t->output, cwd);
+                taken = 1;
+            } else {
+                emit_to(fd, 'S', where, why);
+            }
+            if (fd >= 0) close(fd);
+        }
+    }
+    busy = 0;
+    errno = saved;
+    return taken;
+}
+
+/* strace could not be started after all: the program runs untraced, and the run says so. */
+static void take_over_failed(const char *program) {
+    int saved = errno;
+    int fd = open_trace_file();
+    emit_to(fd, 'S', program, "static");
+    if (fd >= 0) close(fd);
+    errno = saved;
+}
+
 #define ENV_SLOTS 4096
 
 int execve(const char *path, char *const argv[], char *const envp[]) {
     REAL(execve);
-    record_exec_escape(path);
     char *buffer[ENV_SLOTS];
-    return real_execve(path, argv, carry_environment(envp, buffer, ENV_SLOTS));
+    char *const *env = carry_environment(envp, buffer, ENV_SLOTS);
+    struct takeover t;
+    if (take_over(path, argv, &t)) {
+        real_execve(t.argv[0], t.argv, env);
+        take_over_failed(path);
+    }
+    return real_execve(path, argv, env);
 }
 
 int execv(const char *path, char *const argv[]) {
-    REAL(execve);
-    record_exec_escape(path);
-    char *buffer[ENV_SLOTS];
-    return real_execve(path, argv, carry_environment(environ, buffer, ENV_SLOTS));
+    return execve(path, argv, environ);
 }
 
 int execvpe(const char *file, char *const argv[], char *const envp[]) {
     REAL(execvpe);
+    REAL(execve);
     char found[PATH_MAX];
-    record_exec_escape(search_path(file, found, sizeof(found)));
+    const char *program = search_path(file, found, sizeof(found));
     char *buffer[ENV_SLOTS];
-    return real_execvpe(file, argv, carry_environment(envp, buffer, ENV_SLOTS));
+    char *const *env = carry_environment(envp, buffer, ENV_SLOTS);
+    struct takeover t;
+    if (take_over(program, argv, &t)) {
+        real_execve(t.argv[0], t.argv, env);
+        take_over_failed(program);
+    }
+    return real_execvpe(file, argv, env);
 }
 
 int execvp(const char *file, char *const argv[]) {
-    REAL(execvpe);
-    char found[PATH_MAX];
-    record_exec_escape(search_path(file, found, sizeof(found)));
-    char *buffer[ENV_SLOTS];
-    return real_execvpe(file, argv, carry_environment(environ, buffer, ENV_SLOTS));
+    return execvpe(file, argv, environ);
 }
 
 int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
                 const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
     REAL(posix_spawn);
-    record_exec_escape(path);
     char *buffer[ENV_SLOTS];
-    return real_posix_spawn(pid, path, actions, attr, argv,
-                            carry_environment(envp, buffer, ENV_SLOTS));
+    char *const *env = carry_environment(envp, buffer, ENV_SLOTS);
+    struct takeover t;
+    if (take_over(path, argv, &t)) {
+        int result = real_posix_spawn(pid, t.argv[0], actions, attr, t.argv, env);
+        if (result == 0) return 0;
+        take_over_failed(path);
+    }
+    return real_posix_spawn(pid, path, actions, attr, argv, env);
 }
 
 int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *actions,
                  const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
     REAL(posix_spawnp);
+    REAL(posix_spawn);
     char found[PATH_MAX];
-    record_exec_escape(search_path(file, found, sizeof(found)));
+    const char *program = search_path(file, found, sizeof(found));
     char *buffer[ENV_SLOTS];
-    return real_posix_spawnp(pid, file, actions, attr, argv,
-                             carry_environment(envp, buffer, ENV_SLOTS));
+    char *const *env = carry_environment(envp, buffer, ENV_SLOTS);
+    struct takeover t;
+    if (take_over(program, argv, &t)) {
+        int result = real_posix_spawn(pid, t.argv[0], actions, attr, t.argv, env);
+        if (result == 0) return 0;
+        take_over_failed(program);
+    }
+    return real_posix_spawnp(pid, file, actions, attr, argv, env);
 }
