@@ -729,8 +729,14 @@ static int take_over(const char *program, char *const argv[], struct takeover *t
         const char *why = escape_reason(where, 0);
         if (why[0] != '\0') {
             int fd = open_trace_file();
-            /* strace cannot follow a setuid program into its privileges. */
-            int count = strcmp(why, "setuid") == 0 ? 0 : strace_options(t);
+            /* strace cannot follow a setuid program into its privileges; and it passes the
+             * program's path as argv[0]: a program called by another name (busybox) would
+             * change behaviour, so it runs untraced instead. */
+            const char *name = argv != NULL && argv[0] != NULL ? argv[0] : where;
+            const char *own = strrchr(where, '/');
+            const char *called = strrchr(name, '/');
+            int renamed = strcmp(own ? own + 1 : where, called ? called + 1 : name) != 0;
+            int count = strcmp(why, "setuid") == 0 || renamed ? 0 : strace_options(t);
             size_t given = 0;
             while (argv != NULL && argv[given] != NULL) given++;
             char cwd[PATH_MAX];
