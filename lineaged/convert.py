@@ -25,6 +25,7 @@ from lineaged.errors import InvalidArgument, LineageError
 from lineaged.models import (
     Access,
     AccessMode,
+    Capture,
     ChangeKind,
     CodeState,
     Counts,
@@ -66,6 +67,7 @@ __all__ = [
     "ListRunsQuery",
     "add_access_columns",
     "begin_run_to_pb",
+    "capture_to_pb",
     "check_digest_prefix",
     "check_new_run_id",
     "check_path",
@@ -81,6 +83,7 @@ __all__ = [
     "parse_access",
     "parse_access_columns",
     "parse_begin_run",
+    "parse_capture",
     "parse_direction",
     "parse_end_run",
     "parse_lineage",
@@ -496,6 +499,8 @@ def _fill_run(message: pb.Run, run: Run, *, with_diff: bool, encoded: dict[int, 
     message.parent_run_id = run.parent_run_id
     message.warnings.extend(run.warnings)
     message.id = run.id
+    if run.capture is not None:
+        capture_to_pb(message.capture, run.capture)
     _set_time(message, "started_at", run.started_at)
     _set_time(message, "ended_at", run.ended_at)
     if run.exit_code is not None:
@@ -530,6 +535,27 @@ def _decoded_once(
     return value
 
 
+def capture_to_pb(message: pb.RunCapture, capture: Capture) -> pb.RunCapture:
+    """Fill ``message`` with ``capture``."""
+    message.complete = capture.complete
+    message.reasons.extend(capture.reasons)
+    message.method = capture.method
+    return message
+
+
+def _capture_from_pb(message: pb.RunCapture) -> Capture:
+    return Capture(complete=message.complete, reasons=tuple(message.reasons), method=message.method)
+
+
+def parse_capture(request: pb.EndRunRequest) -> Capture | None:
+    """Validate EndRun's capture (None when the client did not say)."""
+    if not request.HasField("capture"):
+        return None
+    reasons = _parse_strings(request.capture.reasons, "capture.reasons")
+    method = _check_text(request.capture.method, "capture.method")
+    return Capture(complete=request.capture.complete, reasons=reasons, method=method)
+
+
 def run_from_pb(message: pb.Run, memo: dict[tuple[Any, bytes], Any] | None = None) -> Run:
     """A run read back from the wire; runs decoded with one ``memo`` share equal code and
     environment values instead of decoding each again."""
@@ -553,6 +579,7 @@ def run_from_pb(message: pb.Run, memo: dict[tuple[Any, bytes], Any] | None = Non
         env=_decoded_once(message.env, _env_from_pb, memo) if message.HasField("env") else None,
         warnings=tuple(message.warnings) if message.warnings else (),
         id=message.id,
+        capture=_capture_from_pb(message.capture) if message.HasField("capture") else None,
     )
 
 
@@ -1015,7 +1042,7 @@ def _put_optional(values: Any, present: Any, column: Sequence[int | None]) -> No
 def _runs_to_columns(message: pb.Graph, runs: Sequence[RunRow]) -> None:
     (
         run_ids, names, argvs, cwds, hosts, users, pids, started, ended, statuses, exit_codes,
-        params, parents, codes, envs, warnings, ids,
+        params, parents, codes, envs, warnings, ids, captures,
     ) = zip(*runs, strict=True)  # fmt: skip
     columns = message.runs
     columns.id.extend(ids)
@@ -1037,6 +1064,12 @@ def _runs_to_columns(message: pb.Graph, runs: Sequence[RunRow]) -> None:
     columns.parent_run_id.extend(parents)
     columns.warning_count.extend(map(len, warnings))
     columns.warning.extend(itertools.chain.from_iterable(warnings))
+    columns.capture_state.extend([0 if c is None else 1 if c.complete else 2 for c in captures])
+    columns.capture_reason_count.extend([len(c.reasons) if c else 0 for c in captures])
+    columns.capture_reason.extend(
+        itertools.chain.from_iterable(c.reasons for c in captures if c is not None)
+    )
+    columns.capture_method.extend([c.method if c else "" for c in captures])
     # Runs of one pipeline mostly share their code and environment (the store builds equal
     # values once): each distinct value is sent once and the runs name it by position.
     columns.code.extend(
@@ -1190,8 +1223,24 @@ def _runs_from_columns(message: pb.Graph) -> tuple[Run, ...]:
             [envs[index] for index in columns.env],
             _split(columns.warning, columns.warning_count, "warning"),
             ids,
+            _captures_from_columns(columns, len(ids)),
         )
     )
+
+
+def _captures_from_columns(columns: pb.RunColumns, count: int) -> list[Capture | None]:
+    """The runs' captures; none known when the daemon sent no capture columns (older)."""
+    states = columns.capture_state
+    if not states:
+        return [None] * count
+    _same_lengths(
+        "capture", (states, columns.capture_reason_count, columns.capture_method, range(count))
+    )
+    reasons = _split(columns.capture_reason, columns.capture_reason_count, "capture reason")
+    return [
+        None if state == 0 else Capture(state == 1, why, method)
+        for state, why, method in zip(states, reasons, columns.capture_method, strict=True)
+    ]
 
 
 def _edges_from_columns(columns: pb.EdgeColumns) -> tuple[Edge, ...]:

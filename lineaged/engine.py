@@ -35,6 +35,7 @@ from lineaged.lanes import HashLane, Ticket
 from lineaged.models import (
     Access,
     AccessMode,
+    Capture,
     ChangeKind,
     Counts,
     Direction,
@@ -1288,12 +1289,21 @@ class Engine:
         status: RunStatus,
         ended_at: int,
         warnings: Sequence[str] = (),
+        capture: Capture | None = None,
     ) -> Run:
         """Finish a run: resolve its outputs to the versions they hold now, and close it."""
         if status is RunStatus.RUNNING:
             raise InvalidArgument("a run cannot end with status running")
         if len(warnings) > 100 or any(len(w) > 4096 or "\x00" in w for w in warnings):
             raise InvalidArgument("at most 100 warnings of at most 4096 characters")
+        if capture is not None and (
+            len(capture.reasons) > 100
+            or any(len(r) > 4096 or "\x00" in r for r in capture.reasons)
+            or len(capture.method) > 64
+        ):
+            raise InvalidArgument("at most 100 capture reasons of at most 4096 characters")
+        if capture is not None and capture.complete and capture.reasons:
+            raise InvalidArgument("a complete capture has no reasons to be partial")
         warnings = self.redactor.texts(warnings)
         run = self.store.get_run(run_id)
         if run.status not in (RunStatus.RUNNING, RunStatus.ABANDONED):
@@ -1325,7 +1335,12 @@ class Engine:
             store.link_many(run_id, "wrote", linked)
             store.flag_changed_reads(run_id, end)
             store.end_run(
-                run_id, exit_code=exit_code, status=status, ended_at=end, warnings=warnings
+                run_id,
+                exit_code=exit_code,
+                status=status,
+                ended_at=end,
+                warnings=warnings,
+                capture=capture,
             )
 
         self.writer.call(job)

@@ -15,7 +15,8 @@ codes; the client maps status codes back to the same classes.
     ├── Unauthenticated               UNAUTHENTICATED      exit 5
     ├── PermissionDenied              PERMISSION_DENIED    exit 5
     ├── FailedPrecondition            FAILED_PRECONDITION  exit 1
-    │   └── AlreadyRunning            FAILED_PRECONDITION  exit 1
+    │   ├── AlreadyRunning            FAILED_PRECONDITION  exit 1
+    │   └── CaptureIncomplete         FAILED_PRECONDITION  exit 2
     ├── ResourceExhausted             RESOURCE_EXHAUSTED   exit 1
     ├── DeadlineExceeded              DEADLINE_EXCEEDED    exit 1
     ├── StoreError                    INTERNAL             exit 1
@@ -38,6 +39,7 @@ __all__ = [
     "AlreadyExists",
     "AlreadyRunning",
     "AmbiguousDigest",
+    "CaptureIncomplete",
     "ConfigError",
     "CorruptStore",
     "DaemonUnavailable",
@@ -135,6 +137,12 @@ class FailedPrecondition(LineageError):
 
 class AlreadyRunning(FailedPrecondition):
     """Another daemon holds the state directory's lock."""
+
+
+class CaptureIncomplete(FailedPrecondition):
+    """``lineage run --require-complete``: the command's capture would be partial."""
+
+    exit_code = 2
 
 
 class ResourceExhausted(LineageError):

@@ -19,6 +19,7 @@ from lineaged.runid import is_new_run_id, new_run_id, run_id_time_ns
 __all__ = [
     "Access",
     "AccessMode",
+    "Capture",
     "ChangeKind",
     "CodeState",
     "Counts",
@@ -219,6 +220,19 @@ class RunStart:
 
 
 @dataclass(frozen=True, slots=True)
+class Capture:
+    """How completely ``lineage run`` saw a run's file accesses.
+
+    ``complete``: every process of the run was traced; otherwise each of ``reasons`` says
+    what was missed and why. ``method`` names the tracer ("interposer", "strace", ...).
+    """
+
+    complete: bool
+    reasons: tuple[str, ...] = ()
+    method: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Run:
     """One execution: who ran what, when, with which code and environment."""
 
@@ -239,6 +253,7 @@ class Run:
     env: EnvState | None
     warnings: tuple[str, ...] = ()
     id: int = 0
+    capture: Capture | None = None  # None: not known (declared runs, older records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +317,7 @@ VersionRow = tuple[int, str, str, int, int, int, int | None, ChangeKind, ChangeK
 RunRow = tuple[
     str, str, tuple[str, ...], str, str, str, int, int, int | None, RunStatus, int | None,
     Mapping[str, str], str, CodeState | None, EnvState | None, tuple[str, ...], int,
+    Capture | None,
 ]  # fmt: skip
 EdgeRow = tuple[str, str, str, str, str, bool]
 

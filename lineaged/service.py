@@ -154,7 +154,12 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         )
         _check_deadline(context)
         run = self._engine.end_run(
-            run_id, exit_code=exit_code, status=status, ended_at=ended_at, warnings=warnings
+            run_id,
+            exit_code=exit_code,
+            status=status,
+            ended_at=ended_at,
+            warnings=warnings,
+            capture=convert.parse_capture(request),
         )
         return pb.EndRunResponse(run=convert.run_to_pb(run))
 

@@ -51,6 +51,7 @@ from lineaged.hasher import hash_bytes
 from lineaged.models import (
     Access,
     AccessMode,
+    Capture,
     ChangeKind,
     CodeState,
     Counts,
@@ -393,11 +394,18 @@ def _migration_capture_spool(db: sqlite_utils.Database) -> None:
     db.table("runs").create_index(["parent_run_id", "id"], index_name="runs_by_parent")
 
 
+def _migration_capture_completeness(db: sqlite_utils.Database) -> None:
+    """How completely each run's file accesses were captured (JSON of ``Capture``; NULL:
+    not known, as for every run recorded before)."""
+    db.execute("ALTER TABLE runs ADD COLUMN capture TEXT")
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migration_1,
     _migration_row_checksum,
     _migration_openlineage,
     _migration_capture_spool,
+    _migration_capture_completeness,
     _migration_redact_secrets,
 )
 SCHEMA_VERSION = len(MIGRATIONS)  # a store at version N has had the first N migrations
@@ -470,7 +478,8 @@ _VERSION_COLUMNS = (
 
 _RUN_COLUMNS = (
     "r.id, r.run_id, r.name, r.argv, r.cwd, r.host, r.user, r.pid, r.started_at, r.ended_at, "
-    "r.status, r.exit_code, r.params, r.parent_run_id, r.code, r.diff_digest, e.body, r.warnings"
+    "r.status, r.exit_code, r.params, r.parent_run_id, r.code, r.diff_digest, e.body, r.warnings, "
+    "r.capture"
 )
 
 
@@ -608,9 +617,30 @@ def _run_rows(
                 _env_from_json(row[16]),
                 tuple(warnings),
                 row[0],
+                _capture_from_json(row[18]),
             )
         )
     return runs
+
+
+def _capture_from_json(text: str | None) -> Capture | None:
+    if not text:
+        return None
+    raw = json.loads(text)
+    return Capture(
+        complete=bool(raw.get("complete")),
+        reasons=tuple(raw.get("reasons", ())),
+        method=str(raw.get("method", "")),
+    )
+
+
+def _capture_to_json(capture: Capture | None) -> str | None:
+    """The stored form of a run's capture (None when not known)."""
+    if capture is None:
+        return None
+    return json.dumps(
+        {"complete": capture.complete, "reasons": list(capture.reasons), "method": capture.method}
+    )
 
 
 def _run_code(
@@ -1294,6 +1324,7 @@ class Store:
         status: RunStatus,
         ended_at: int,
         warnings: Sequence[str],
+        capture: Capture | None = None,
     ) -> None:
         """Close a running run."""
         conn = self._wc
@@ -1303,12 +1334,13 @@ class Store:
         if status is RunStatus.RUNNING:
             raise InvalidArgument("a run cannot end with status running")
         conn.execute(
-            "UPDATE runs SET ended_at=?, status=?, exit_code=?, warnings=? WHERE id=?",
+            "UPDATE runs SET ended_at=?, status=?, exit_code=?, warnings=?, capture=? WHERE id=?",
             (
                 max(ended_at, started_at),
                 status.value,
                 exit_code,
                 json.dumps(list(warnings)),
+                _capture_to_json(capture),
                 row_id,
             ),
         )
@@ -2003,7 +2035,7 @@ SELECT 'r', {_RUN_COLUMNS} FROM runs r LEFT JOIN envs e ON e.id = r.env_id
 UNION ALL
 SELECT 'v', v.id, a.path, lower(hex(v.digest)), v.size, v.mtime_ns, v.valid_from,
        v.valid_until, v.seen, v.closed_by, a.root_id IS NULL,
-       v.checksum, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+       v.checksum, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
   FROM versions v JOIN artifacts a ON a.id = v.artifact_id
  WHERE v.id IN (SELECT value FROM json_each(:versions))
 """

@@ -138,6 +138,9 @@ def test_run_with_no_daemon_spools_its_capture_and_sync_delivers_it_once(
     assert (run.status, run.exit_code, run.name) == (RunStatus.FAILED, 3, "train")
     assert run.env is not None and run.env.python_version
     assert any("delivered late from the spool" in w for w in run.warnings)
+    # How completely the run was seen travels with the spool (docs/capture.md).
+    assert run.capture is not None and run.capture.method == body["end"]["capture"]["method"]
+    assert run.capture.complete is body["end"]["capture"]["complete"]
     expected = ({str(raw): b3(raw.read_bytes())}, {str(model): b3(model.read_bytes())})
     assert io_of(client, run_id) == expected
     edges = edge_count(client, run_id)

@@ -27,7 +27,9 @@ def data(run: CapturedRun) -> set[tuple[str, AccessMode]]:
 @needs_strace
 def test_shell_redirection_records_input_and_output(tmp_path: Path) -> None:
     (tmp_path / "in.txt").write_text("b\na\n")
-    run = capture_command(["sh", "-c", "sort in.txt > out.txt"], cwd=str(tmp_path))
+    run = capture_command(
+        mode="strace", argv=["sh", "-c", "sort in.txt > out.txt"], cwd=str(tmp_path)
+    )
     assert run.method == "strace"
     assert run.exit_code == 0
     assert (tmp_path / "out.txt").read_text() == "a\nb\n"
@@ -43,7 +45,9 @@ def test_relative_paths_follow_cd(tmp_path: Path) -> None:
     (tmp_path / "sub" / "x").write_text("x\n")
     (tmp_path / "x").write_text("decoy\n")
     run = capture_command(
-        ["sh", "-c", "cd sub && cat x > /dev/null && (cd .. && cat x > copy)"], cwd=str(tmp_path)
+        mode="strace",
+        argv=["sh", "-c", "cd sub && cat x > /dev/null && (cd .. && cat x > copy)"],
+        cwd=str(tmp_path),
     )
     assert run.exit_code == 0
     assert data(run) == {
@@ -56,7 +60,8 @@ def test_relative_paths_follow_cd(tmp_path: Path) -> None:
 @needs_strace
 def test_mv_of_a_temp_file_is_a_write_of_the_target(tmp_path: Path) -> None:
     run = capture_command(
-        ["sh", "-c", "echo 1 > out.tmp && mv out.tmp out.txt && echo 2 > junk && rm junk"],
+        mode="strace",
+        argv=["sh", "-c", "echo 1 > out.tmp && mv out.tmp out.txt && echo 2 > junk && rm junk"],
         cwd=str(tmp_path),
     )
     assert run.exit_code == 0
@@ -68,7 +73,9 @@ def test_python_children_of_a_shell_still_report_sources(tmp_path: Path) -> None
     (tmp_path / "job.py").write_text("import tool\nopen('in.txt').read()\n")
     (tmp_path / "tool.py").write_text("VALUE = 1\n")
     (tmp_path / "in.txt").write_text("1\n")
-    run = capture_command(["sh", "-c", f"'{sys.executable}' job.py"], cwd=str(tmp_path))
+    run = capture_command(
+        mode="strace", argv=["sh", "-c", f"'{sys.executable}' job.py"], cwd=str(tmp_path)
+    )
     assert run.method == "strace"
     assert run.exit_code == 0
     assert {source.path for source in run.sources} == {
@@ -81,7 +88,9 @@ def test_python_children_of_a_shell_still_report_sources(tmp_path: Path) -> None
 @needs_strace
 def test_python_that_skips_site_falls_back_to_strace(tmp_path: Path) -> None:
     (tmp_path / "in.txt").write_text("1\n")
-    run = capture_command([sys.executable, "-I", "-c", "open('in.txt').read()"], cwd=str(tmp_path))
+    run = capture_command(
+        mode="strace", argv=[sys.executable, "-I", "-c", "open('in.txt').read()"], cwd=str(tmp_path)
+    )
     assert run.method == "strace"
     assert any("-I" in warning for warning in run.warnings)
     assert data(run) == {(str(tmp_path / "in.txt"), AccessMode.READ)}
@@ -97,13 +106,16 @@ def test_without_strace_the_command_runs_untraced_with_a_warning(tmp_path: Path)
         (bin_dir / tool).symlink_to(real)
     (tmp_path / "in.txt").write_text("hello\n")
     run = capture_command(
-        ["sh", "-c", "cat in.txt > out.txt; exit 4"],
+        mode="strace",
+        argv=["sh", "-c", "cat in.txt > out.txt; exit 4"],
         cwd=str(tmp_path),
         extra_env={"PATH": str(bin_dir)},
     )
     assert run.method == "none"
     assert run.exit_code == 4
-    assert run.warnings == ("strace not found: only declared I/O was captured for this run",)
+    assert run.warnings == ()
+    assert run.capture_reasons[0] == "strace is not installed (apt-get install strace)"
+    assert not run.complete
     assert run.accesses == ()
     assert (tmp_path / "out.txt").read_text() == "hello\n"
 

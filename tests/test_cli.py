@@ -27,7 +27,7 @@ RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 VERSION_NODE_KEYS = {"id", "kind", "path", "digest", "size", "valid_from", "valid_until"}
 RUN_NODE_KEYS = {
     "id", "kind", "run_id", "name", "argv", "cwd", "started_at", "ended_at", "exit_code",
-    "status", "code", "env",
+    "status", "code", "env", "capture",
 }  # fmt: skip
 VERSION_KEYS = {
     "id", "version_id", "path", "digest", "size", "mtime", "valid_from", "valid_until", "seen",

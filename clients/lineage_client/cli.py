@@ -305,6 +305,20 @@ def _add_run_command(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="refuse to start the command when no daemon listens (default: run it and "
         "spool its capture until one does)",
     )
+    parser.add_argument(
+        "--capture",
+        choices=("auto", "interposer", "strace", "audit-hook", "none"),
+        default=None,
+        help="how file accesses are traced (default: $LINEAGE_CAPTURE, else auto: the "
+        "LD_PRELOAD interposer, else strace; see docs/capture.md)",
+    )
+    parser.add_argument(
+        "--require-complete",
+        action="store_true",
+        default=None,
+        help="refuse to start (exit 2) when the capture would be partial "
+        "(default: $LINEAGE_REQUIRE_COMPLETE=1)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
     def run(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from lineaged.errors import (
 from lineaged.models import (
     Access,
     AccessMode,
+    Capture,
     CodeState,
     Direction,
     EnvState,
@@ -566,13 +567,19 @@ class Client:
         exit_code: int | None = None,
         ended_at: int | None = None,
         warnings: Sequence[str] = (),
+        capture: Capture | None = None,
     ) -> Run:
-        """Finish a run with its exit status; outputs resolve to what their paths hold now."""
+        """Finish a run with its exit status; outputs resolve to what their paths hold now.
+
+        ``capture`` says how completely its file accesses were traced (``lineage run``).
+        """
         request = pb.EndRunRequest(
             run_id=run_id,
             status=convert.run_status_to_pb(RunStatus(status)),
             warnings=list(warnings),
         )
+        if capture is not None:
+            convert.capture_to_pb(request.capture, capture)
         if exit_code is not None:
             request.exit_code = exit_code
         if ended_at is not None:

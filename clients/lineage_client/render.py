@@ -16,6 +16,7 @@ from typing import Any
 
 from lineage_client._terminal import escape
 from lineaged.models import (
+    Capture,
     CodeState,
     Direction,
     Edge,
@@ -174,6 +175,25 @@ def env_json(env: EnvState | None) -> dict[str, Any] | None:
     }
 
 
+def capture_json(capture: Capture | None) -> dict[str, Any] | None:
+    """How completely a run was captured (None: not known, e.g. a declared run)."""
+    if capture is None:
+        return None
+    return {
+        "state": "complete" if capture.complete else "partial",
+        "complete": capture.complete,
+        "reasons": list(capture.reasons),
+        "method": capture.method,
+    }
+
+
+def capture_word(capture: Capture | None) -> str:
+    """``complete``, ``partial`` or ``-`` (not known)."""
+    if capture is None:
+        return "-"
+    return "complete" if capture.complete else "partial"
+
+
 def run_json(run: Run) -> dict[str, Any]:
     """A run in ``runs`` and ``show``."""
     return {
@@ -194,6 +214,7 @@ def run_json(run: Run) -> dict[str, Any]:
         "warnings": list(run.warnings),
         "code": code_json(run.code, detail=True),
         "env": env_json(run.env),
+        "capture": capture_json(run.capture),
     }
 
 
@@ -223,6 +244,7 @@ def _run_node(run: Run) -> dict[str, Any]:
         "status": str(run.status),
         "code": code_json(run.code),
         "env": env_json(run.env),
+        "capture": capture_json(run.capture),
     }
 
 
@@ -444,11 +466,12 @@ def runs_table(runs: Sequence[Run], *, full: bool = False) -> str:
             str(r.status) + ("" if r.exit_code is None else f" ({r.exit_code})"),
             local(r.started_at),
             duration((r.ended_at - r.started_at) / 1e9) if r.ended_at else "-",
+            capture_word(r.capture),
             escape(shlex.join(r.argv))[:60],
         ]
         for r in runs
     ]
-    return table(["RUN", "NAME", "STATUS", "STARTED", "TOOK", "COMMAND"], rows)
+    return table(["RUN", "NAME", "STATUS", "STARTED", "TOOK", "CAPTURE", "COMMAND"], rows)
 
 
 def _code_line(code: CodeState | None, full: bool) -> str:
@@ -474,6 +497,15 @@ def _env_line(env: EnvState | None, full: bool) -> str:
     )
 
 
+def _capture_lines(capture: Capture | None) -> list[str]:
+    if capture is None:
+        return ["capture unknown (not traced by lineage run)"]
+    method = f" ({capture.method})" if capture.method else ""
+    if capture.complete:
+        return [f"capture complete{method}"]
+    return [f"capture partial{method}", *(f"  - {escape(reason)}" for reason in capture.reasons)]
+
+
 def run_detail_text(
     run: Run,
     graph: Graph,
@@ -492,6 +524,7 @@ def run_detail_text(
         f"by      {escape(run.user)}@{escape(run.host)} pid {run.pid}",
         _code_line(run.code, full),
         _env_line(run.env, full),
+        *_capture_lines(run.capture),
     ]
     if run.parent_run_id:
         lines.append(f"parent  {escape(run.parent_run_id)}")
@@ -565,9 +598,10 @@ def _run_label(run: Run, full: bool) -> str:
         if run.code and run.code.commit
         else ""
     )
+    partial = "  [capture partial]" if run.capture is not None and not run.capture.complete else ""
     return (
         f"run {_short_id(run.run_id, full)} {escape(repr(run.name))} {run.status}{exit_text}"
-        f"  {local(run.started_at)}{commit}  $ {escape(shlex.join(run.argv))[:80]}"
+        f"{partial}  {local(run.started_at)}{commit}  $ {escape(shlex.join(run.argv))[:80]}"
     )
 
 

@@ -24,7 +24,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lineage_client._reach import PARENT_ENV, find_socket, probe_socket
-from lineage_client.capture.runner import capture_command, python_interpreter
+from lineage_client.capture.runner import (
+    capture_command,
+    capture_plan,
+    python_interpreter,
+    refuse_partial,
+)
 from lineaged.errors import DaemonUnavailable, InvalidArgument, LineageError
 from lineaged.runid import new_run_id
 
@@ -40,7 +45,7 @@ if TYPE_CHECKING:
 # lineaged.models (tens of milliseconds of dataclass building) and the client (grpc) are
 # imported beside the running command, never before it starts.
 
-__all__ = ["PARENT_ENV", "main_run", "run_name"]
+__all__ = ["PARENT_ENV", "capture_summary", "main_run", "run_name"]
 
 MLFLOW_NOTES_ENV = "LINEAGE_MLFLOW_NOTES"  # as mlflow_context.NOTES_ENV (which imports MLflow)
 # Where nested `lineage run`s leave notes for this one (capture/nested.py; named here so the
@@ -48,6 +53,8 @@ MLFLOW_NOTES_ENV = "LINEAGE_MLFLOW_NOTES"  # as mlflow_context.NOTES_ENV (which 
 CHILDREN_ENV = "LINEAGE_CHILD_NOTES"
 DIFF_CAP_ENV = "LINEAGE_DIFF_CAP"  # bytes of `git diff` stored with a run (default 1 MiB)
 ENV_ALLOW_ENV = "LINEAGE_ENV_ALLOW"  # extra comma-separated variable patterns to record
+CAPTURE_ENV = "LINEAGE_CAPTURE"  # the default of --capture
+REQUIRE_COMPLETE_ENV = "LINEAGE_REQUIRE_COMPLETE"  # "1": the default of --require-complete
 
 
 def run_name(command: Sequence[str]) -> str:
@@ -111,6 +118,38 @@ def _environment(command: Sequence[str], cwd: str, warnings: list[str]) -> EnvSt
     except (OSError, ValueError) as exc:
         warnings.append(f"could not describe the environment of {python}: {exc}")
         return env_state(allowlist)
+
+
+def _capture_mode(args: argparse.Namespace) -> str:
+    """``--capture``, else ``$LINEAGE_CAPTURE``, else auto; InvalidArgument for an unknown one."""
+    from lineage_client.capture.plan import MODES
+
+    mode = str(getattr(args, "capture", None) or os.environ.get(CAPTURE_ENV, "") or "auto")
+    if mode not in MODES:
+        raise InvalidArgument(
+            f"unknown capture mode {mode!r} (from {CAPTURE_ENV}): use one of {', '.join(MODES)}"
+        )
+    return mode
+
+
+def _require_complete(args: argparse.Namespace) -> bool:
+    """``--require-complete``, else ``$LINEAGE_REQUIRE_COMPLETE`` (1/yes/true or 0/no/false)."""
+    flag = getattr(args, "require_complete", None)
+    if flag is not None:
+        return bool(flag)
+    raw = os.environ.get(REQUIRE_COMPLETE_ENV, "").strip().lower()
+    if raw in ("", "0", "no", "false", "off"):
+        return False
+    if raw in ("1", "yes", "true", "on"):
+        return True
+    raise InvalidArgument(f"{REQUIRE_COMPLETE_ENV} must be 1 or 0, got {raw!r}")
+
+
+def capture_summary(captured: CapturedRun) -> str:
+    """``capture: complete`` or ``capture: partial (reason; reason)``, as the summary shows it."""
+    if captured.complete:
+        return f"capture: complete ({captured.method})"
+    return f"capture: partial ({'; '.join(captured.capture_reasons)})"
 
 
 def _status(captured: CapturedRun) -> RunStatus:
@@ -375,9 +414,14 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         )
     params = _params(args.param or [])
     _check_diff_cap()  # a bad LINEAGE_DIFF_CAP stops us before the command runs, as it did
+    mode = _capture_mode(args)
+    strict = _require_complete(args)
+    cwd = os.getcwd()
+    if strict:
+        # Before anything else: a refused command must not look started.
+        refuse_partial(capture_plan(command, cwd=cwd, extra_env={PARENT_ENV: ""}, mode=mode))
     missing = _daemon_missing(args)
     wrapper_started = time.time_ns()
-    cwd = os.getcwd()
     run_id = new_run_id()
     _tell_parent(run_id, wrapper_started)
     name = args.name or run_name(command)
@@ -449,6 +493,8 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
             on_started=started,
             more_excluded=daemon_dirs,
             on_poll=begun.offer,
+            mode=mode,
+            require_complete=strict,
         )
         daemon_dirs()  # the command could not start: the thread still ran
         from lineage_client._terminal import escape
@@ -494,6 +540,7 @@ def _record(
     """
     client, status = begun.client, begun.status
     from lineage_client.capture.stream import unsent
+    from lineaged.models import Capture
 
     # What went to the daemon while the command ran, and the daemon confirmed; the rest
     # (and any read whose final form differs) goes now.
@@ -533,6 +580,11 @@ def _record(
             exit_code=captured.exit_code,
             ended_at=captured.ended_at,
             warnings=[*begun.warnings, *captured.warnings],
+            capture=Capture(
+                complete=captured.complete,
+                reasons=captured.capture_reasons,
+                method=captured.method,
+            ),
         )
     except LineageError as exc:
         if not _unreachable(exc):
@@ -545,7 +597,7 @@ def _record(
     print(
         f"lineage: run {ended.run_id} {ended.status.value} (exit {captured.exit_code}): "
         f"{reads} inputs ({len(sent)} recorded while it ran), {writes} outputs, "
-        f"{len(captured.sources)} source files, traced with {captured.method}"
+        f"{len(captured.sources)} source files, {capture_summary(captured)}"
         + (
             f", {nested} nested run{'s' if nested != 1 else ''} (their I/O is theirs)"
             if nested
@@ -627,7 +679,7 @@ def _spool(
     """Journal the part of the run the daemon did not confirm; the command's exit status."""
     from lineage_client import spool
     from lineage_client.capture.digest import hash_external
-    from lineaged.models import RunStart
+    from lineaged.models import Capture, RunStart
 
     start = begun.start or RunStart(**{**fields, "started_at": captured.started_at})
     # No daemon tied these to versions: their bytes, hashed now as the user, say which
@@ -643,6 +695,11 @@ def _spool(
             ended_at=captured.ended_at,
             warnings=[*begun.warnings, *captured.warnings],
             reason=reason,
+            capture=Capture(
+                complete=captured.complete,
+                reasons=captured.capture_reasons,
+                method=captured.method,
+            ),
         )
     except (OSError, LineageError) as exc:
         message = exc.message if isinstance(exc, LineageError) else str(exc)

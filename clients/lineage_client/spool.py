@@ -47,7 +47,7 @@ from lineaged.errors import (
 
 if TYPE_CHECKING:
     from lineage_client.client import Client
-    from lineaged.models import Access, RunStart, RunStatus
+    from lineaged.models import Access, Capture, RunStart, RunStatus
 
 __all__ = [
     "FORMAT",
@@ -102,6 +102,7 @@ class SpooledRun:
     ended_at: int
     warnings: tuple[str, ...]
     reason: str
+    capture: Capture | None = None  # how completely lineage run saw the run
 
 
 @dataclass(slots=True)
@@ -128,6 +129,7 @@ def write_run(
     ended_at: int,
     warnings: Sequence[str],
     reason: str,
+    capture: Capture | None = None,
     folder: Path | None = None,
 ) -> Path:
     """Journal one run (atomically, mode 0600) and return its file.
@@ -161,6 +163,13 @@ def write_run(
             "exit_code": exit_code,
             "ended_at": ended_at,
             "warnings": list(warnings),
+            "capture": None
+            if capture is None
+            else {
+                "complete": capture.complete,
+                "reasons": list(capture.reasons),
+                "method": capture.method,
+            },
         },
     }
     spool = _private_dir(folder or spool_dir())
@@ -192,7 +201,7 @@ def _read(path: Path, data: bytes) -> SpooledRun:
 
     from lineaged import convert
     from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-    from lineaged.models import RunStatus
+    from lineaged.models import Capture, RunStatus
 
     try:
         body = json.loads(data)
@@ -214,6 +223,13 @@ def _read(path: Path, data: bytes) -> SpooledRun:
             ended_at=int(end["ended_at"]),
             warnings=tuple(str(w) for w in end["warnings"]),
             reason=str(body.get("reason", "")),
+            capture=None
+            if end.get("capture") is None
+            else Capture(
+                complete=bool(end["capture"]["complete"]),
+                reasons=tuple(str(r) for r in end["capture"]["reasons"]),
+                method=str(end["capture"]["method"]),
+            ),
         )
     except (ValueError, KeyError, TypeError, json_format.ParseError) as exc:
         raise InvalidArgument(f"spooled run {path} cannot be read: {exc}") from None
@@ -342,6 +358,7 @@ def _deliver_one(client: Client, entry: SpooledRun) -> str:
             exit_code=entry.exit_code,
             ended_at=entry.ended_at,
             warnings=warnings[:100],
+            capture=entry.capture,
         )
     return ""
 

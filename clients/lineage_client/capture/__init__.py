@@ -3,7 +3,7 @@
 - :func:`git_state` — commit, branch, remote, dirty flag, diff and untracked files.
 - :func:`env_state` — interpreter, platform, installed distributions, allowlisted variables.
 - :func:`capture_command` — run a command and trace its file accesses and source files
-  (audit hook for Python, strace otherwise).
+  (LD_PRELOAD interposer, else strace, else partial; the audit hook for Python sources).
 - :func:`hash_external` — fill digest, size and mtime of a file the daemon must not open.
 """
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from lineage_client.capture.result import CapturedRun
     from lineage_client.capture.runner import (
         METHOD_AUDIT_HOOK,
+        METHOD_INTERPOSER,
         METHOD_NONE,
         METHOD_STRACE,
         MODES,
@@ -39,6 +40,7 @@ _HOMES = {
     "git_state": "git",
     "strip_credentials": "git",
     "METHOD_AUDIT_HOOK": "runner",
+    "METHOD_INTERPOSER": "runner",
     "METHOD_NONE": "runner",
     "METHOD_STRACE": "runner",
     "MODES": "runner",
@@ -52,6 +54,7 @@ __all__ = [
     "DEFAULT_ALLOWLIST",
     "DEFAULT_DIFF_CAP",
     "METHOD_AUDIT_HOOK",
+    "METHOD_INTERPOSER",
     "METHOD_NONE",
     "METHOD_STRACE",
     "MODES",

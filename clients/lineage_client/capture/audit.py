@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from lineage_client.capture.raw import RawEvents
 
 __all__ = [
+    "APPEND_SUFFIX",
     "BOOT_DIR",
     "CHUNK",
     "TRACE_SUFFIX",
@@ -29,6 +30,9 @@ __all__ = [
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
 TRACE_SUFFIX = ".trace"
+# The LD_PRELOAD interposer's files: the same records, appended whole by one write(2) each,
+# with no chunks and no zero fill (a line may cross a CHUNK boundary).
+APPEND_SUFFIX = ".atrace"
 CHUNK = 1 << 18  # the hook grows its files by this much: keep equal to _boot's _CHUNK
 
 _UNESCAPED = {"\\": "\\", "n": "\n", "t": "\t"}
@@ -138,6 +142,12 @@ def _parse(data: bytes, events: RawEvents) -> None:
             continue
         if kind == "d":
             events.add_remove(first, target)
+        elif kind == "i" and len(fields) >= 5:
+            events.add_identity(target, first, fields[4])
+        elif kind == "S" and len(fields) >= 5:
+            events.escaped[target] = fields[4]
+        elif kind == "T" and len(fields) >= 5:
+            events.straced.append((target, _unescape(fields[4])))
         elif kind == "s":
             events.add_source(target, first)
         elif kind == "m" and len(fields) >= 5:
@@ -206,14 +216,28 @@ class TraceTail:
         gc.disable()
         try:
             for name in names:
-                if name.endswith(TRACE_SUFFIX):
-                    try:
+                try:
+                    if name.endswith(TRACE_SUFFIX):
                         self._advance(name, final)
-                    except OSError:
-                        continue
+                    elif name.endswith(APPEND_SUFFIX):
+                        self._advance_appended(name)
+                except OSError:
+                    continue
         finally:
             if collecting:
                 gc.enable()
+
+    def _advance_appended(self, name: str) -> None:
+        # Each record is one write(2): whatever ends with a newline is complete, final or not
+        # (a process killed mid-write leaves at most one torn line, never followed by more).
+        offset = self._offsets.get(name, 0)
+        with open(os.path.join(self._dir, name), "rb") as stream:
+            stream.seek(offset)
+            data = stream.read()
+        end = data.rfind(b"\n")
+        if end >= 0:
+            _parse(data[: end + 1], self.events)
+            self._offsets[name] = offset + end + 1
 
     def _advance(self, name: str, final: bool) -> None:
         offset = self._offsets.get(name, 0)

@@ -23,6 +23,13 @@ class RawEvents:
     # Interpreters that ran the hook, and programs a traced Python process started.
     executables: set[str] = field(default_factory=set)
     programs: set[str] = field(default_factory=set)
+    # The interposer's view of a path just before the run first opened it for writing
+    # (first seen, "dev:ino:size:mtime_ns:ctime_ns" or "-" when absent), and the programs it
+    # could not follow (path -> "static", "setuid", "32-bit").
+    identities: dict[str, tuple[int, str]] = field(default_factory=dict)
+    escaped: dict[str, str] = field(default_factory=dict)
+    # Programs the interposer handed over to strace: (strace's output file, cwd at exec).
+    straced: list[tuple[str, str]] = field(default_factory=list)
 
     def add_read(self, path: str, first: int, last: int) -> None:
         """Note that ``path`` was opened for reading between ``first`` and ``last``."""
@@ -39,6 +46,12 @@ class RawEvents:
     def add_remove(self, when: int, path: str) -> None:
         """Note a removal of ``path``."""
         self.removes.append((when, path))
+
+    def add_identity(self, path: str, when: int, identity: str) -> None:
+        """Note what ``path`` was before a write-open at ``when`` (the earliest one is kept)."""
+        previous = self.identities.get(path)
+        if previous is None or when < previous[0]:
+            self.identities[path] = (when, identity)
 
     def add_source(self, path: str, when: int) -> None:
         """Note a source file (script, module, executed program) first used at ``when``."""

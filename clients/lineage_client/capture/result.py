@@ -27,3 +27,10 @@ class CapturedRun:
     started_at: int
     ended_at: int
     killed_by: int = 0
+    # Why the record misses file accesses; empty: every process was traced (complete).
+    capture_reasons: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every process of the command was traced."""
+        return not self.capture_reasons

@@ -1,9 +1,10 @@
 """``lineage run -- CMD``: run a command, trace what it reads and writes, and report it.
 
-Python commands are traced by the audit hook (``_boot/sitecustomize.py``), which also
-reports the project's source files; other commands by strace, which follows every child
-(Python children still load the hook, for their sources). Without strace, a non-Python
-command runs untraced, with a warning.
+Every process of the command is traced by the LD_PRELOAD interposer (``native.py``), which
+sees the files native code opens too; Python processes also load the audit hook
+(``_boot/sitecustomize.py``), which reports the project's source files. Where the
+interposer cannot be built or cannot load, strace follows the command instead; without
+either, the capture is partial and the run says why (``plan.py`` chooses).
 
 Signals: the command runs in its own process group. SIGINT, SIGTERM and SIGHUP sent to
 the wrapper are forwarded to that group and the run is marked interrupted. When the
@@ -28,7 +29,18 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from lineage_client.capture.audit import BOOT_DIR, TraceTail, compile_boot, hook_environment
-from lineaged.errors import InvalidArgument
+from lineage_client.capture.plan import (
+    METHOD_AUDIT_HOOK,
+    METHOD_INTERPOSER,
+    METHOD_NONE,
+    METHOD_STRACE,
+    MODES,
+    CapturePlan,
+    escaped_reasons,
+    plan_capture,
+    untraced_programs_reason,
+)
+from lineaged.errors import CaptureIncomplete, InvalidArgument
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -43,23 +55,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHOD_AUDIT_HOOK",
+    "METHOD_INTERPOSER",
     "METHOD_NONE",
     "METHOD_STRACE",
     "MODES",
     "CapturedRun",
     "capture_command",
+    "capture_plan",
     "python_interpreter",
+    "refuse_partial",
 ]
-
-METHOD_AUDIT_HOOK = "audit-hook"
-METHOD_STRACE = "strace"
-METHOD_NONE = "none"
-MODES = ("auto", METHOD_AUDIT_HOOK, METHOD_STRACE, METHOD_NONE)
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How often the wait loop wakes up: to read traces as they grow and to notice Ctrl-Z.
 _TICK = 0.05
-_UNTRACED = "only declared I/O was captured for this run"
 
 
 def capture_command(
@@ -72,6 +81,7 @@ def capture_command(
     on_started: Callable[[int], None] | None = None,
     more_excluded: Callable[[], Sequence[str]] | None = None,
     on_poll: Callable[[RawEvents, int, Sequence[str]], None] | None = None,
+    require_complete: bool = False,
 ) -> CapturedRun:
     """Run ``argv`` to completion, tracing the files it reads and writes (see module doc).
 
@@ -81,6 +91,8 @@ def capture_command(
     (known only then: they are left out after the run rather than by the hook).
     ``on_poll(events, polled_at_ns, excluded)`` is called after each read of the traces
     while the command runs (``lineage run`` sends the reads that are final from there).
+    ``require_complete`` raises :class:`CaptureIncomplete` instead of starting a command
+    whose capture would be partial.
     """
     if not argv:
         raise InvalidArgument("no command to run")
@@ -110,7 +122,11 @@ def capture_command(
             ended_at=time.time_ns(),
         )
 
-    method, strace, warnings = _choose_method(mode, argv, program, env)
+    plan = _plan(mode, argv, program, env)
+    if require_complete and plan.reasons:
+        raise CaptureIncomplete(_refusal(plan))
+    method, strace, warnings = plan.method, plan.strace, plan.warnings
+    reasons = list(plan.reasons)
     trace_dir = _trace_dir()
     try:
         excluded = _excluded_dirs(exclude_dirs, trace_dir)
@@ -118,6 +134,10 @@ def capture_command(
         if method != METHOD_NONE:
             compile_boot()
             env = hook_environment(env, trace_dir, excluded)
+        if method == METHOD_INTERPOSER:
+            from lineage_client.capture.native import preload_environment
+
+            env = preload_environment(env, plan.interposer)
         strace_output = os.path.join(trace_dir, "strace.out")
         if method == METHOD_STRACE and strace is not None:
             from lineage_client.capture.strace import strace_command
@@ -126,6 +146,16 @@ def capture_command(
         tail = TraceTail(trace_dir)
         notify = _Once(on_started, started_at)
         hook_excluded = excluded
+        offers: list[threading.Thread] = []
+
+        def on_start() -> None:
+            notify()
+            if method == METHOD_INTERPOSER:
+                from lineage_client.capture.native import cache_dir, offer_strace
+
+                offer = offer_strace(trace_dir, env.get("PATH", os.defpath), cache_dir(env))
+                if offer is not None:
+                    offers.append(offer)
 
         def tick() -> None:
             polled_at = time.time_ns()
@@ -135,13 +165,15 @@ def capture_command(
 
         try:
             returncode, forwarded = _run(
-                command, cwd=workdir, env=env, on_tick=tick, on_start=notify
+                command, cwd=workdir, env=env, on_tick=tick, on_start=on_start
             )
         except OSError as exc:
             returncode, forwarded = 126, False
             warnings.append(f"cannot execute {argv[0]}: {exc.strerror or exc}")
         ended_at = time.time_ns()
         notify()  # the command could not start: the caller still hears of it
+        for offer in offers:
+            offer.join()
         excluded = _excluded_dirs(
             [*exclude_dirs, *(more_excluded() if more_excluded is not None else ())],
             trace_dir,
@@ -154,7 +186,13 @@ def capture_command(
 
             parse_strace_file(strace_output, initial_cwd=workdir, events=events)
         elif method == METHOD_AUDIT_HOOK:
-            warnings.extend(_untraced_programs(events.programs))
+            reasons.extend(untraced_programs_reason(sorted(events.programs)))
+        if method == METHOD_INTERPOSER:
+            reasons.extend(escaped_reasons(events.escaped))
+            reasons.extend(_parse_handed_over(events))
+        from lineage_client.capture.settle import settle_unchanged_writes
+
+        settle_unchanged_writes(events, started_at)
         accesses, sources = _collect(events, excluded)
     finally:
         import shutil
@@ -174,6 +212,7 @@ def capture_command(
         started_at=started_at,
         ended_at=ended_at,
         killed_by=killed_by,
+        capture_reasons=tuple(reasons),
     )
 
 
@@ -295,52 +334,56 @@ def python_interpreter(
     return interpreter
 
 
-def _choose_method(
-    mode: str, argv: Sequence[str], program: str, env: Mapping[str, str]
-) -> tuple[str, str | None, list[str]]:
-    warnings: list[str] = []
-    if mode == METHOD_NONE:
-        return METHOD_NONE, None, [f"tracing disabled: {_UNTRACED}"]
-    if mode == METHOD_AUDIT_HOOK:
-        launch = _python_launch(argv, program)
-        if launch is None or not launch[1]:
-            warnings.append(
-                f"{os.path.basename(argv[0])} does not load the capture hook: only the Python "
-                "processes it starts are traced"
+def _parse_handed_over(events: RawEvents) -> list[str]:
+    """Read the strace output of each program the interposer handed over to strace."""
+    from lineage_client.capture.strace import parse_strace_file
+
+    reasons = []
+    for output, cwd in events.straced:
+        try:
+            parse_strace_file(output, initial_cwd=cwd, events=events)
+        except OSError as exc:
+            reasons.append(
+                f"strace's record of a program the interposer handed over to it is missing "
+                f"({exc.strerror or exc}): its file accesses were not seen"
             )
-        return METHOD_AUDIT_HOOK, None, warnings
-    if mode == "auto":
-        launch = _python_launch(argv, program)
-        if launch is not None:
-            if launch[1]:
-                return METHOD_AUDIT_HOOK, None, warnings
-            warnings.append(
-                f"{os.path.basename(launch[0])} runs with -I, -E or -S, which skips the "
-                "capture hook: tracing with strace instead"
-            )
-    from lineage_client.capture.strace import STRACE_MISSING_WARNING, find_strace, strace_problem
-
-    strace = find_strace(env.get("PATH", os.defpath))
-    if strace is None:
-        warnings.append(STRACE_MISSING_WARNING)
-        return METHOD_NONE, None, warnings
-    problem = strace_problem(strace)
-    if problem:
-        warnings.append(f"strace cannot trace here ({problem}): {_UNTRACED}")
-        return METHOD_NONE, None, warnings
-    return METHOD_STRACE, strace, warnings
+    return reasons
 
 
-def _untraced_programs(programs: set[str]) -> list[str]:
-    """A warning naming the non-Python programs the hook saw started, if any."""
-    names = sorted({os.path.basename(p) for p in programs if not _is_python_name(p)})
-    if not names:
-        return []
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return [
-        f"the command started programs that are not Python ({shown}): the files they "
-        "read or wrote were not traced (mode strace traces them)"
-    ]
+def _plan(mode: str, argv: Sequence[str], program: str, env: Mapping[str, str]) -> CapturePlan:
+    return plan_capture(mode, argv, program, env, _python_launch(argv, program))
+
+
+def _refusal(plan: CapturePlan) -> str:
+    return "the capture of this command would be partial (--require-complete): " + "; ".join(
+        plan.reasons
+    )
+
+
+def capture_plan(
+    argv: Sequence[str],
+    *,
+    cwd: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    mode: str = "auto",
+) -> CapturePlan:
+    """The tracer ``capture_command`` would choose for ``argv``, and why it would be partial."""
+    if not argv:
+        raise InvalidArgument("no command to run")
+    if mode not in MODES:
+        raise InvalidArgument(f"unknown capture mode {mode!r}: use one of {', '.join(MODES)}")
+    workdir = os.path.abspath(cwd if cwd is not None else os.getcwd())
+    env = {**os.environ, **(extra_env or {})}
+    program = _which(argv[0], env, workdir)
+    if program is None or not os.access(program, os.X_OK) or os.path.isdir(program):
+        return CapturePlan(METHOD_NONE)  # it will not start: nothing to miss
+    return _plan(mode, argv, program, env)
+
+
+def refuse_partial(plan: CapturePlan) -> None:
+    """Raise :class:`CaptureIncomplete` naming the reasons when ``plan`` is partial."""
+    if plan.reasons:
+        raise CaptureIncomplete(_refusal(plan))
 
 
 # --- what is not data --------------------------------------------------------------------

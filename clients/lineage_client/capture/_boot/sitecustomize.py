@@ -53,6 +53,9 @@ def _install(trace_dir: str) -> None:
     write_flags = _WRITE_FLAGS
     started_at = time_ns()
     start_cwd = getcwd()
+    # "0" when the LD_PRELOAD interposer records this process's opens (it sees them all,
+    # native ones included): the hook then keeps to what only it knows, the sources.
+    trace_opens = os.environ.get("LINEAGE_HOOK_OPENS", "1") != "0"
     trace_dir = os.path.abspath(trace_dir)
 
     ignored: list[str] = [trace_dir, _BOOT_DIR, "/proc", "/sys", "/dev"]
@@ -304,6 +307,8 @@ def _install(trace_dir: str) -> None:
                     handler(args)
                 except Exception:
                     pass
+            return
+        if not trace_opens:
             return
         try:
             path = args[0]

@@ -506,6 +506,7 @@ class Run(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    CAPTURE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     name: _builtins.str
     cwd: _builtins.str
@@ -536,6 +537,10 @@ class Run(_message.Message):
 
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def capture(self) -> Global___RunCapture:
+        """unset: not known (a declared run, or one recorded before)"""
+
     def __init__(
         self,
         *,
@@ -556,16 +561,48 @@ class Run(_message.Message):
         env: Global___EnvState | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         id: _builtins.int = ...,
+        capture: Global___RunCapture | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "code", b"code", "ended_at", b"ended_at", "env", b"env", "exit_code", b"exit_code", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "capture", b"capture", "code", b"code", "ended_at", b"ended_at", "env", b"env", "exit_code", b"exit_code", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "argv", b"argv", "code", b"code", "cwd", b"cwd", "ended_at", b"ended_at", "env", b"env", "exit_code", b"exit_code", "host", b"host", "id", b"id", "name", b"name", "params", b"params", "parent_run_id", b"parent_run_id", "pid", b"pid", "run_id", b"run_id", "started_at", b"started_at", "status", b"status", "user", b"user", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "argv", b"argv", "capture", b"capture", "code", b"code", "cwd", b"cwd", "ended_at", b"ended_at", "env", b"env", "exit_code", b"exit_code", "host", b"host", "id", b"id", "name", b"name", "params", b"params", "parent_run_id", b"parent_run_id", "pid", b"pid", "run_id", b"run_id", "started_at", b"started_at", "status", b"status", "user", b"user", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class RunCapture(_message.Message):
+    """How completely lineage run's tracers saw a run's file accesses. complete is true when
+    every process of the run was traced; otherwise reasons says what was missed, and why.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    complete: _builtins.bool
+    method: _builtins.str
+    """"interposer", "strace", "audit-hook" or "none" """
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        complete: _builtins.bool = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+        method: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "method", b"method", "reasons", b"reasons"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCapture: _TypeAlias = RunCapture  # noqa: Y015
 
 @_typing.final
 class Access(_message.Message):
@@ -838,6 +875,10 @@ class RunColumns(_message.Message):
     WARNING_COUNT_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
     ENDED_FIELD_NUMBER: _builtins.int
+    CAPTURE_STATE_FIELD_NUMBER: _builtins.int
+    CAPTURE_REASON_COUNT_FIELD_NUMBER: _builtins.int
+    CAPTURE_REASON_FIELD_NUMBER: _builtins.int
+    CAPTURE_METHOD_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -894,6 +935,18 @@ class RunColumns(_message.Message):
     def ended(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
         """false while running"""
 
+    @_builtins.property
+    def capture_state(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The capture of each run (see RunCapture): 0 unknown, 1 complete, 2 partial; its reasons
+        flattened like warnings, and its method.
+        """
+
+    @_builtins.property
+    def capture_reason_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def capture_reason(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def capture_method(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -920,10 +973,14 @@ class RunColumns(_message.Message):
         warning_count: _abc.Iterable[_builtins.int] | None = ...,
         warning: _abc.Iterable[_builtins.str] | None = ...,
         ended: _abc.Iterable[_builtins.bool] | None = ...,
+        capture_state: _abc.Iterable[_builtins.int] | None = ...,
+        capture_reason_count: _abc.Iterable[_builtins.int] | None = ...,
+        capture_reason: _abc.Iterable[_builtins.str] | None = ...,
+        capture_method: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "argv_count", b"argv_count", "code", b"code", "cwd", b"cwd", "ended", b"ended", "ended_at_ns", b"ended_at_ns", "env", b"env", "exit_code", b"exit_code", "exited", b"exited", "host", b"host", "id", b"id", "name", b"name", "param_count", b"param_count", "param_key", b"param_key", "param_value", b"param_value", "parent_run_id", b"parent_run_id", "pid", b"pid", "run_id", b"run_id", "started_at_ns", b"started_at_ns", "status", b"status", "user", b"user", "warning", b"warning", "warning_count", b"warning_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "argv_count", b"argv_count", "capture_method", b"capture_method", "capture_reason", b"capture_reason", "capture_reason_count", b"capture_reason_count", "capture_state", b"capture_state", "code", b"code", "cwd", b"cwd", "ended", b"ended", "ended_at_ns", b"ended_at_ns", "env", b"env", "exit_code", b"exit_code", "exited", b"exited", "host", b"host", "id", b"id", "name", b"name", "param_count", b"param_count", "param_key", b"param_key", "param_value", b"param_value", "parent_run_id", b"parent_run_id", "pid", b"pid", "run_id", b"run_id", "started_at_ns", b"started_at_ns", "status", b"status", "user", b"user", "warning", b"warning", "warning_count", b"warning_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1562,6 +1619,7 @@ class EndRunRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    CAPTURE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     exit_code: _builtins.int
     status: Global___RunStatus.ValueType
@@ -1572,6 +1630,10 @@ class EndRunRequest(_message.Message):
 
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def capture(self) -> Global___RunCapture:
+        """unset: not known"""
+
     def __init__(
         self,
         *,
@@ -1580,10 +1642,11 @@ class EndRunRequest(_message.Message):
         status: Global___RunStatus.ValueType = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        capture: Global___RunCapture | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "ended_at", b"ended_at", "exit_code", b"exit_code"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "capture", b"capture", "ended_at", b"ended_at", "exit_code", b"exit_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "ended_at", b"ended_at", "exit_code", b"exit_code", "run_id", b"run_id", "status", b"status", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "capture", b"capture", "ended_at", b"ended_at", "exit_code", b"exit_code", "run_id", b"run_id", "status", b"status", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
