@@ -295,7 +295,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
 def _migration_row_checksum(db: sqlite_utils.Database) -> None:
     """``versions.checksum`` (see :func:`version_checksum`), computed for existing rows."""
     conn = db.conn
-    conn.execute("ALTER TABLE versions ADD COLUMN checksum BLOB")
+    _add_column(conn, "versions", "checksum", "BLOB")
     last = 0
     while True:
         rows = conn.execute(
@@ -375,7 +375,7 @@ def _migration_openlineage(db: sqlite_utils.Database) -> None:
     # The event itself is built from the run at delivery (history is append-only, so the same
     # row always gives the same event); a row records the phase, not the payload.
     db.execute(
-        "CREATE TABLE openlineage_outbox ("
+        "CREATE TABLE IF NOT EXISTS openlineage_outbox ("
         " id INTEGER PRIMARY KEY,"
         " run_id INTEGER NOT NULL REFERENCES runs(id),"
         " phase TEXT NOT NULL CHECK (phase IN ('start', 'end')),"
@@ -385,19 +385,30 @@ def _migration_openlineage(db: sqlite_utils.Database) -> None:
         " delivered_at INTEGER)"
     )
     db.execute(
-        "CREATE INDEX openlineage_pending ON openlineage_outbox(id) WHERE delivered_at IS NULL"
+        "CREATE INDEX IF NOT EXISTS openlineage_pending ON openlineage_outbox(id) "
+        "WHERE delivered_at IS NULL"
     )
 
 
 def _migration_capture_spool(db: sqlite_utils.Database) -> None:
     # `lineage show` lists a run's nested runs (ListRuns by parent): one index lookup.
-    db.table("runs").create_index(["parent_run_id", "id"], index_name="runs_by_parent")
+    db.table("runs").create_index(
+        ["parent_run_id", "id"], index_name="runs_by_parent", if_not_exists=True
+    )
 
 
 def _migration_capture_completeness(db: sqlite_utils.Database) -> None:
     """How completely each run's file accesses were captured (JSON of ``Capture``; NULL:
     not known, as for every run recorded before)."""
-    db.execute("ALTER TABLE runs ADD COLUMN capture TEXT")
+    _add_column(db.conn, "runs", "capture", "TEXT")
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str, kind: str) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` unless the column is there: a migration after the first
+    leaves what it finds already done, so running one again is harmless."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    if column not in have:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (

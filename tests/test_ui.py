@@ -23,7 +23,7 @@ from lineage_client.ui._assets import asset_url
 from lineage_client.ui.server import CSP, UiServer
 
 from lineaged.errors import ConfigError
-from lineaged.models import CodeState, Run
+from lineaged.models import Capture, CodeState
 from tests.conftest import DaemonProcess
 from tests.helpers import b3, wait_for
 from tests.ui_helpers import (
@@ -245,7 +245,7 @@ def test_copies_and_changed_inputs_are_marked(ui: str, pipeline: Pipeline) -> No
     source.write_bytes(b"before\n")
     current_version(client, source, b3(b"before\n"))
     output = folder / "out.bin"
-    with client.run("changes-input") as run:
+    with client.run("changes-input", capture=False) as run:
         run.input(source)
         run.flush()
         source.write_bytes(b"after, while the run used it\n")
@@ -430,58 +430,50 @@ def test_a_port_in_use_is_a_clear_error(ui: str, pipeline: Pipeline) -> None:
     assert "cannot listen on 127.0.0.1" in result.stderr and "--port" in result.stderr
 
 
-# --- the capture marker, read from whatever field a run has -----------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _MarkedRun:
-    run_id: str
-    capture: str
-    capture_reasons: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class _FlaggedRun:
-    run_id: str
-    capture_complete: bool
+# --- the capture marker ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("run", "partial"),
+    ("capture", "shown", "partial"),
     [
-        (_MarkedRun("a", "partial", ("strace is not installed",)), True),
-        (_MarkedRun("b", "complete", ()), False),
-        (_FlaggedRun("c", False), True),
-        (_FlaggedRun("d", True), False),
+        (None, {}, False),
+        (Capture(complete=True, method="interposer"), {"state": "complete", "method": "interposer"}, False),
+        (
+            Capture(complete=False, reasons=("strace is not installed",), method="none"),
+            {"state": "partial", "method": "none", "reasons": ["strace is not installed"]},
+            True,
+        ),
     ],
-)
-def test_a_capture_marker_is_shown_whatever_its_field(run: object, partial: bool) -> None:
-    capture = _views._capture(run)  # type: ignore[arg-type]
-    assert _views._partial(capture) is partial
-    assert "run_id" not in capture
-    if isinstance(run, _MarkedRun) and run.capture_reasons:
-        assert capture["capture_reasons"] == list(run.capture_reasons)
+)  # fmt: skip
+def test_a_runs_capture_is_shown(
+    pipeline: Pipeline, capture: Capture | None, shown: dict[str, object], partial: bool
+) -> None:
+    run = dataclasses.replace(pipeline.client.get_run(pipeline.train.run_id), capture=capture)
+    found = _views._capture(run)
+    assert found == shown
+    assert _views._partial(found) is partial
 
 
 def test_a_partial_run_is_marked_on_the_page(pipeline: Pipeline) -> None:
-    """A run carrying a capture field (as ``lineage run`` will record) is drawn and listed as
-    partial; the marker is read from the field, whatever the field is called."""
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class CapturedRun(Run):
-        capture: str = "partial"
-        capture_reasons: tuple[str, ...] = ("a static binary ran: its reads are not seen",)
-
+    """A run whose capture was partial (as ``lineage run`` records it) is drawn and listed as
+    partial, with its reasons."""
     graph = pipeline.client.trace(str(pipeline.model))
     train = next(run for run in graph.runs if run.name == "train")
-    fields = {f.name: getattr(train, f.name) for f in dataclasses.fields(Run)}
+    partial = Capture(
+        complete=False,
+        reasons=("a static binary ran: its reads are not seen",),
+        method="interposer",
+    )
     marked = dataclasses.replace(
-        graph, runs=tuple(CapturedRun(**fields) if r is train else r for r in graph.runs)
+        graph,
+        runs=tuple(
+            dataclasses.replace(r, capture=partial) if r is train else r for r in graph.runs
+        ),
     )
     view = _views.graph_json(marked)
     node = next(n for n in view["nodes"] if n["kind"] == "run" and n["name"] == "train")
     assert node["partial"] is True
-    assert node["capture"]["capture_reasons"] == ["a static binary ran: its reads are not seen"]
+    assert node["capture"]["reasons"] == ["a static binary ran: its reads are not seen"]
     others = [n for n in view["nodes"] if n["kind"] == "run" and n["name"] != "train"]
     assert [n["partial"] for n in others] == [False]
     view.update(

@@ -201,7 +201,7 @@ def test_a_script_every_run_read_is_drawn_beside_each_run(
     current_version(client, current, b3(current.read_bytes()))
     for step in range(1, 4):
         output = folder / f"v{step}.csv"
-        with client.run(f"step-{step}") as run:
+        with client.run(f"step-{step}", capture=False) as run:
             run.input(current)
             run.input(code, role="code")
             output.write_bytes(f"{step}\n".encode())

@@ -7,8 +7,6 @@ graphs, the drawing (embedded in the page as a JSON block). Nothing here talks H
 from __future__ import annotations
 
 import collections
-import dataclasses
-import enum
 import os
 import re
 import shlex
@@ -115,34 +113,20 @@ def graph_query(params: Mapping[str, str]) -> GraphQuery:
 
 
 def _capture(run: Run) -> dict[str, Any]:
-    """How complete the run's capture is, from whatever capture fields ``Run`` has.
-
-    Another change adds a complete/partial marker to runs; this reads any field whose name
-    mentions capture or partial, so the page shows it as soon as the field exists.
-    """
-    found: dict[str, Any] = {}
-    for item in dataclasses.fields(run):
-        if "capture" not in item.name and "partial" not in item.name:
-            continue
-        value = getattr(run, item.name)
-        if isinstance(value, enum.Enum):
-            value = str(value.value)
-        if isinstance(value, (tuple, list)):
-            value = [str(part) for part in value]
-        if isinstance(value, (str, bool, int, float, list)) and value not in ("", []):
-            found[item.name] = value
+    """How completely ``lineage run`` saw the run's file accesses ({} when not known)."""
+    capture = run.capture
+    if capture is None:
+        return {}
+    found: dict[str, Any] = {"state": "complete" if capture.complete else "partial"}
+    if capture.method:
+        found["method"] = capture.method
+    if capture.reasons:
+        found["reasons"] = list(capture.reasons)
     return found
 
 
 def _partial(capture: Mapping[str, Any]) -> bool:
-    for name, value in capture.items():
-        if isinstance(value, str) and value.lower() == "partial":
-            return True
-        if isinstance(value, bool) and (
-            ("partial" in name and value) or ("complete" in name and not value)
-        ):
-            return True
-    return False
+    return capture.get("state") == "partial"
 
 
 def _version_node(version: Version) -> dict[str, Any]:
