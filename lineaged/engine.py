@@ -88,6 +88,10 @@ SUBSCRIBER_BUFFER = 10_000
 ROOT_CHECK_SECONDS = 5.0
 MISSING_ROOT_CHECK_SECONDS = 1.0  # a vanished root is looked for more often: cheap (one stat)
 LOST_RETRY_SECONDS = 30.0  # between rescans that retry changes a failing store gave up on
+# A root polled because inotify ran out of watches or instances tries inotify again this
+# often: when the limit no longer bites (raised, or the tree shrank), it is watched again.
+LIMIT_RETRY_SECONDS = 60.0
+_LIMIT_PROBLEMS = ("inotify watch limit reached", "inotify instance limit reached")
 HASH_WAIT_SECONDS = 2.0  # the longest a client's call waits on hashing (then: a lane)
 PROBLEM_KINDS = ("root", "watch", "read", "size")  # the order status lists them in
 ROOT_MISSING = (
@@ -375,6 +379,7 @@ class Engine:
         self._counts_cache: tuple[float, Counts] | None = None
         self._progress_base = ScanStats()
         self._watch_problem = ""  # set when lost events cannot be detected
+        self._limit_retry_at: dict[str, float] = {}  # root -> when to try inotify again
         # The daemon trusts no client to have redacted: every run is redacted again here,
         # with the store's key (made when the first run arrives).
         self._redactor: Redactor | None = None
@@ -714,6 +719,8 @@ class Engine:
                 else:
                     if came_back:
                         self.request_scan(f"root {path} is back")
+                    if watcher.polling and watcher.problem.startswith(_LIMIT_PROBLEMS):
+                        self._retry_inotify(root, watcher)
                     return
             elif isinstance(watcher, DeepWatcher):
                 pass  # restarted below, deep or not: never onto a recursive polling walk
@@ -730,6 +737,36 @@ class Engine:
         if restarted.alive:
             log.info("watching %s%s", path, " (polling)" if restarted.polling else "")
             self.request_scan(f"root {path} watched again")
+
+    def _retry_inotify(self, root: WatchedRoot, polled: RootWatcher) -> None:
+        """Try inotify again on a root polled for an inotify limit; switch when it works."""
+        now = time.monotonic()
+        due = self._limit_retry_at.setdefault(root.path, now + LIMIT_RETRY_SECONDS)
+        if now < due:
+            return
+        self._limit_retry_at[root.path] = now + LIMIT_RETRY_SECONDS
+        trial = RootWatcher(
+            root,
+            self.pipeline.put,
+            poll_interval=self.poll_interval,
+            on_trouble=self._on_root_trouble,
+            on_lost=self._on_overflow,
+            failures=self._watch_failures,
+        )
+        try:
+            trial.start()
+        except Exception:  # as in _start_watcher: one root never stops the daemon
+            log.exception("retrying inotify on %s failed", root.path)
+            trial.polling = True
+        if trial.polling or not trial.alive:  # the limit still bites: keep polling
+            trial.stop()
+            return
+        self._watchers[root.path] = trial
+        polled.stop()
+        self._limit_retry_at.pop(root.path, None)
+        self._set_problem(root.path, "watch", "")
+        log.info("%s: inotify watches the whole root again", root.path)
+        self.request_scan(f"root {root.path} watched by inotify again")
 
     def _deep_watcher_done(self, watcher: DeepWatcher) -> bool:
         """Follow a deep-tree watcher: report which part it polls (the message clears when

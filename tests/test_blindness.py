@@ -196,6 +196,37 @@ def test_watch_limit_reached_later_switches_to_polling(
     h.assert_working()
 
 
+def test_a_root_polled_for_the_watch_limit_is_watched_again_when_it_no_longer_bites(
+    make_harness: Callable[..., Harness],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The health message clears when the condition does: inotify is tried again."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr("lineaged.engine.LIMIT_RETRY_SECONDS", 0.2)
+    deep = tmp_path / "data" / "deep"
+    deep.mkdir(parents=True)
+    real = inotify_c.inotify_add_watch
+    failed = fail_add_watch(monkeypatch, errno.ENOSPC, deep)
+    h = make_harness()
+    assert failed and h.root(h.data).polling
+    assert h.root(h.data).health.startswith("inotify watch limit reached")
+    before = len(failed)
+    h.engine.request_scan("look again")  # the retry is tried, and still fails
+    wait_for(lambda: len(failed) > before, what="inotify tried again")
+    assert h.root(h.data).polling
+    monkeypatch.setattr(inotify_c, "inotify_add_watch", real)  # the limit was raised
+    wait_for(
+        lambda: not h.root(h.data).polling and h.root(h.data).health == "ok",
+        what="the root watched by inotify again",
+    )
+    assert f"{h.data}: inotify watches the whole root again" in caplog.text
+    assert not any(d.startswith(str(h.data)) for d in h.engine.status().degraded)
+    record_changes_through(h, deep)
+    h.assert_working()
+
+
 def test_network_filesystem_is_polled(
     make_harness: Callable[..., Harness],
     tmp_path: Path,
