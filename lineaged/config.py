@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from lineaged.errors import ConfigError
-from lineaged.models import Role, Root
+from lineaged.models import Keep, Role, Root
 from lineaged.paths import default_socket, default_state_dir
 
-__all__ = ["DEFAULT_IGNORE", "Config", "IgnoreRules", "load_config", "parse_watch"]
+__all__ = [
+    "DEFAULT_IGNORE",
+    "Config",
+    "IgnoreRules",
+    "load_config",
+    "parse_size",
+    "parse_watch",
+]
 
 # Editor swap and backup files, partial downloads, temporaries, VCS metadata, byte code.
 DEFAULT_IGNORE: tuple[str, ...] = (
@@ -119,6 +126,13 @@ class Config:
     max_concurrent_rpcs: int = 64
     once: bool = False
     config_file: str = ""
+    objects_dir: str = ""  # the content store's folder ("": <state_dir>/objects)
+    objects_budget: int = 0  # bytes the content store may hold (0: no budget)
+
+    @property
+    def objects_path(self) -> Path:
+        """Where the content store keeps its objects."""
+        return Path(self.objects_dir) if self.objects_dir else self.state_dir / "objects"
 
     def ignore_rules(self, root: Root) -> IgnoreRules:
         """The default ignore patterns plus the root's own."""
@@ -153,7 +167,26 @@ def _root_from_toml(entry: Any, base: Path) -> Root:
     ignore = entry.get("ignore", [])
     if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
         raise ConfigError(f"root {entry['path']!r}: ignore must be a list of patterns")
-    return replace(root, role=Role(role), ignore=tuple(ignore))
+    keep = entry.get("keep", Keep.LINEAGE.value)
+    if keep not in {k.value for k in Keep}:
+        raise ConfigError(
+            f'root {entry["path"]!r}: keep must be "lineage", "all" or "none", not {keep!r}'
+        )
+    return replace(root, role=Role(role), ignore=tuple(ignore), keep=Keep(keep))
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """A size in bytes from an integer or text such as ``"50G"``, ``"1.5 TiB"``, ``"800M"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.fullmatch(str(value)) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(f"objects_budget: cannot read {value!r} as a size (e.g. 50G, 800M)")
+    power = " kmgt".index(match.group(2).lower() or " ")
+    return int(float(match.group(1)) * 1024**power)
 
 
 _TOML_KEYS = {
@@ -170,6 +203,8 @@ _TOML_KEYS = {
     "max_message_bytes",
     "max_concurrent_rpcs",
     "roots",
+    "objects_dir",
+    "objects_budget",
 }
 
 
@@ -206,7 +241,9 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     for spec in getattr(args, "watch", None) or []:
         root = parse_watch(spec)
         previous = roots_by_path.get(root.path)
-        roots_by_path[root.path] = replace(root, ignore=previous.ignore) if previous else root
+        roots_by_path[root.path] = (
+            replace(root, ignore=previous.ignore, keep=previous.keep) if previous else root
+        )
     roots = tuple(roots_by_path.values())
     _check_nesting(roots)
 
@@ -237,6 +274,12 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         max_concurrent_rpcs=int(pick("max_concurrent_rpcs", "max_concurrent_rpcs", 64)),
         once=bool(getattr(args, "once", False)),
         config_file=str(getattr(args, "config", "") or ""),
+        objects_dir=(
+            str((base / os.path.expanduser(str(data["objects_dir"]))).absolute())
+            if data.get("objects_dir")
+            else ""
+        ),
+        objects_budget=parse_size(data.get("objects_budget", 0)),
     )
     _validate(config)
     return config

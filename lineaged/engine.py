@@ -24,6 +24,7 @@ from lineaged.config import Config
 from lineaged.errors import (
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PathOutsideRoots,
     ResourceExhausted,
 )
@@ -35,9 +36,12 @@ from lineaged.models import (
     Counts,
     Direction,
     Event,
+    GcReport,
     GraphTable,
+    PinReport,
     Root,
     Run,
+    RunFile,
     RunStart,
     RunStatus,
     ScanState,
@@ -46,7 +50,9 @@ from lineaged.models import (
     VerifyItem,
     Version,
 )
+from lineaged.objects import CHUNK, ObjectStore
 from lineaged.paths import is_normal_path
+from lineaged.retention import Keeper
 from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat
 from lineaged.watcher import POLL_SECONDS, OverflowDetector, Pipeline, RootWatcher, root_identity
@@ -281,11 +287,17 @@ class Engine:
         self._problems: dict[str, dict[str, str]] = {}
         self._problems_lock = threading.Lock()
         self._watchers: dict[str, RootWatcher] = {}
-        self.roots = RootSet([], excluded=[str(config.state_dir)])
+        self.roots = RootSet([], excluded=[str(config.state_dir), str(config.objects_path)])
+        self.objects = ObjectStore(config.objects_path)
+        self.keeper = Keeper(
+            store, self.writer, self.objects, self.roots, budget=config.objects_budget
+        )
         self.indexer = Indexer(store, self.writer, self.roots)
+        self.indexer.keeper = self.keeper
         self.scanner = Scanner(
             store, self.writer, self.roots, progress=self._progress, stop=self._stop
         )
+        self.scanner.keeper = self.keeper
         self.pipeline = Pipeline(
             self.indexer,
             settle=config.settle_ms / 1000.0,
@@ -813,7 +825,10 @@ class Engine:
                 store.link(run_id, version_id, kind, access)
             return len(clean)
 
-        return self.writer.call(job)
+        recorded = self.writer.call(job)
+        # Before the run ends: the bytes it read are copied while its reads are reported.
+        self.keeper.keep_versions([version_id for version_id, _ in linked])
+        return recorded
 
     def _read_versions(
         self, reads: Sequence[Access], facts: _PathFacts
@@ -919,6 +934,7 @@ class Engine:
                 if current is not None:
                     linked.append((current.id, access))
         end = ended_at or time.time_ns()
+        self.keeper.keep_versions([version_id for version_id, _ in linked])
 
         def job(store: Store) -> None:
             store.link_many(run_id, "wrote", linked)
@@ -997,6 +1013,62 @@ class Engine:
         if start.version_id < 0:
             raise InvalidArgument("a version id is a positive integer")
         return start
+
+    # -- content store
+
+    def pin(self, start: StartNode, note: str = "") -> PinReport:
+        """Pin a path's current version, every version of a digest, or a run's files."""
+        start = self._check_start(start)
+        if start.run_id:
+            versions = [f.version for f in self.store.run_files(start.run_id)]
+        else:
+            versions, _ = self.store.start_versions(start)
+        return self.keeper.pin(start, versions, note)
+
+    def collect_garbage(self, *, dry_run: bool) -> GcReport:
+        """Free what the keep policy no longer wants (``lineage gc``)."""
+        return self.keeper.collect(dry_run=dry_run)
+
+    def version_to_restore(self, path: str, at: int | None, digest: str) -> Version:
+        """The version ``lineage restore`` means: PATH (its newest version), PATH@TIME,
+        PATH@DIGEST or a digest alone; NotFound when its bytes are not kept."""
+        if not path and not digest:
+            raise InvalidArgument("restore needs a path, a digest, or both")
+        if path:
+            path = _check_abs(path)
+        if digest:
+            candidates = self.store.versions_by_digest(digest, limit=MAX_PAGE)
+            same_path = [v for v in candidates if v.path == path]
+            if path and not same_path:
+                raise NotFound(f"{path} never held {candidates[0].digest}")
+            version = (same_path or candidates)[0]
+        elif at is not None:
+            version = self.store.version_at(path, at)
+        else:
+            version = self.store.history(path, limit=1)[0]
+        if not self.store.object_kept(version.digest):
+            files = self.store.not_kept_reason(version.id)
+            why = f": {files}" if files else " (the keep policy did not ask for them)"
+            raise NotFound(
+                f"the bytes of {version.path} version {version.id} ({version.digest[:12]}) "
+                f"were not kept{why}"
+            )
+        return version
+
+    def object_chunks(self, digest: str) -> Iterator[bytes]:
+        """The kept bytes of ``digest``, verified before the first chunk (``CorruptObject``)."""
+        return self.objects.chunks(digest, CHUNK)
+
+    def run_files(self, run_id: str) -> list[RunFile]:
+        """Every version a run read or wrote, and whether its bytes are kept."""
+        return self.store.run_files(run_id)
+
+    def link_reproduction(self, run_id: str, original_run_id: str) -> None:
+        """Record that ``run_id`` re-ran ``original_run_id``."""
+        run = self.store.get_run(run_id)
+        original = self.store.get_run(original_run_id)
+        at = time.time_ns()
+        self.writer.call(lambda store: store.link_reproduction(run.run_id, original.run_id, at))
 
     # -- events
 

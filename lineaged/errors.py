@@ -19,7 +19,8 @@ codes; the client maps status codes back to the same classes.
     ├── ResourceExhausted             RESOURCE_EXHAUSTED   exit 1
     ├── DeadlineExceeded              DEADLINE_EXCEEDED    exit 1
     ├── StoreError                    INTERNAL             exit 1
-    │   └── CorruptStore              INTERNAL             exit 1
+    │   ├── CorruptStore              INTERNAL             exit 1
+    │   └── CorruptObject             DATA_LOSS            exit 1
     └── HashError                     INTERNAL             exit 1
         └── UnstableFile              INTERNAL             exit 1
 """
@@ -36,6 +37,7 @@ __all__ = [
     "AlreadyRunning",
     "AmbiguousDigest",
     "ConfigError",
+    "CorruptObject",
     "CorruptStore",
     "DaemonUnavailable",
     "DeadlineExceeded",
@@ -153,6 +155,12 @@ class CorruptStore(StoreError):
     """The database file is corrupt or is not a lineaged store; it is left untouched."""
 
 
+class CorruptObject(StoreError):
+    """A kept object's bytes no longer hash to its digest: it is never handed out."""
+
+    grpc_status = "DATA_LOSS"
+
+
 class HashError(LineageError):
     """A file could not be hashed."""
 
@@ -171,6 +179,7 @@ _BY_STATUS: dict[str, type[LineageError]] = {
     "FAILED_PRECONDITION": FailedPrecondition,
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
+    "DATA_LOSS": CorruptObject,
 }
 
 

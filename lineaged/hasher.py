@@ -67,6 +67,7 @@ __all__ = [
     "hash_bytes",
     "hash_file",
     "hash_many",
+    "hash_own_file",
 ]
 
 HASH_FORMAT: int = 1
@@ -131,6 +132,19 @@ def hash_bytes(data: bytes) -> str:
 def hash_file(path: str | os.PathLike[str], *, retries: int = 5) -> HashResult:
     """Hash one regular file; raise ``OSError`` as is, ``UnstableFile`` if it keeps changing."""
     return _hash_path(os.fspath(path), retries, defer_at=None)
+
+
+def hash_own_file(fd: int) -> tuple[str, int]:
+    """Digest and length of a file only lineaged writes (a kept object, a copy being made).
+
+    No settling wait and no stat comparison: nobody else writes it, and what matters is the
+    digest of exactly the bytes it holds, which the caller compares with the name it expects.
+    """
+    size = os.fstat(fd).st_size
+    digest, nread = _hash_fd(fd, size)
+    if nread != size:
+        return "", nread
+    return digest, nread
 
 
 def hash_many(

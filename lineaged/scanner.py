@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineaged import hasher
 from lineaged.indexer import RACY_NS, RootSet, WatchedRoot
 from lineaged.models import ChangeKind
 from lineaged.store import Store, VersionWrite, Writer
+
+if TYPE_CHECKING:
+    from lineaged.retention import Keeper
 
 __all__ = ["ScanStats", "Scanner"]
 
@@ -79,6 +82,7 @@ class Scanner:
         self.roots = roots
         self.progress = progress
         self.stop = stop or threading.Event()
+        self.keeper: Keeper | None = None  # set by the engine: keeps bytes where roots want all
 
     def scan(
         self,
@@ -98,6 +102,11 @@ class Scanner:
         unseen = dict(trusted)  # the walk pops what it finds: what remains has gone
         futures = []
         writes: list[VersionWrite] = []
+        keeper = (
+            self.keeper if self.keeper is not None and self.keeper.wants_all(root.root_id) else None
+        )
+        kept: list[tuple[str, int, str]] = []
+        not_kept: list[tuple[str, str, str]] = []
         scan_started_at = time.time_ns()
         last_progress = time.monotonic()
         # The walk is a generator: files are hashed while it goes on (a first index of
@@ -124,9 +133,18 @@ class Scanner:
             writes.append(
                 VersionWrite(path, root.root_id, result.digest, result.stat_key, seen, observed_at)
             )
+            if keeper is not None:
+                # Synced once per batch (below), before the store says the bytes are kept.
+                outcome = keeper.put(path, result.digest, sync=False)
+                if outcome.kept:
+                    kept.append((outcome.digest, outcome.size, outcome.method))
+                else:
+                    not_kept.append((path, result.digest, outcome.reason))
             if len(writes) >= WRITE_BATCH:
-                futures.append(self.writer.submit(_record_job(writes)))
-                writes = []
+                if keeper is not None:
+                    keeper.objects.flush()
+                futures.append(self.writer.submit(_record_job(writes, kept, not_kept)))
+                writes, kept, not_kept = [], [], []
                 if self.progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
                     last_progress = time.monotonic()
                     stats.seconds = time.monotonic() - started
@@ -135,7 +153,9 @@ class Scanner:
             self.progress(stats)
         # The scan waits for what follows: it is committed without waiting for more jobs.
         if writes:
-            futures.append(self.writer.submit(_record_job(writes), urgent=True))
+            if keeper is not None:
+                keeper.objects.flush()
+            futures.append(self.writer.submit(_record_job(writes, kept, not_kept), urgent=True))
         gone = [p for p in unseen if not _under_any(p, stats.unreadable)]
         if gone and not self.stop.is_set():
             at = time.time_ns()
@@ -227,9 +247,18 @@ class Scanner:
         stats.files = files
 
 
-def _record_job(writes: list[VersionWrite]) -> Callable[[Store], list[Any]]:
+def _record_job(
+    writes: list[VersionWrite],
+    kept: list[tuple[str, int, str]],
+    not_kept: list[tuple[str, str, str]],
+) -> Callable[[Store], list[Any]]:
     def job(store: Store) -> list[Any]:
-        return list(store.record_versions(writes, hasher.HASH_FORMAT))
+        created: list[Any] = list(store.record_versions(writes, hasher.HASH_FORMAT))
+        if kept:
+            store.record_objects(kept, time.time_ns())
+        if not_kept:
+            store.mark_not_kept_current(not_kept)
+        return created
 
     return job
 

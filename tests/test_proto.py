@@ -81,8 +81,10 @@ def test_service_methods() -> None:
     assert {m.name for m in service.methods} == {
         "GetStatus", "GetHistory", "FindDigest", "GetVersionAt", "GetVersion", "BeginRun",
         "RecordAccesses", "EndRun", "GetRun", "ListRuns", "GetLineage", "Verify", "Subscribe",
+        "GetRunFiles", "ReadVersionBytes", "PinVersions", "CollectGarbage", "LinkReproduction",
     }  # fmt: skip
     assert service.methods_by_name["Subscribe"].server_streaming
+    assert service.methods_by_name["ReadVersionBytes"].server_streaming
 
 
 # --- strategies --------------------------------------------------------------------------

@@ -35,8 +35,6 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class LineageServiceStub:
-    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it."""
-
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -54,11 +52,14 @@ class LineageServiceStub:
     GetLineage: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.GetLineageRequest, _lineage_pb2.GetLineageResponse]
     Verify: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.VerifyRequest, _lineage_pb2.VerifyResponse]
     Subscribe: _grpc.UnaryStreamMultiCallable[_lineage_pb2.SubscribeRequest, _lineage_pb2.Event]
+    GetRunFiles: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.GetRunFilesRequest, _lineage_pb2.GetRunFilesResponse]
+    ReadVersionBytes: _grpc.UnaryStreamMultiCallable[_lineage_pb2.ReadVersionBytesRequest, _lineage_pb2.VersionBytes]
+    PinVersions: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.PinVersionsRequest, _lineage_pb2.PinVersionsResponse]
+    CollectGarbage: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.CollectGarbageRequest, _lineage_pb2.CollectGarbageResponse]
+    LinkReproduction: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.LinkReproductionRequest, _lineage_pb2.LinkReproductionResponse]
 
 @_typing.type_check_only
 class LineageServiceAsyncStub(LineageServiceStub):
-    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it."""
-
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetStatusRequest, _lineage_pb2.GetStatusResponse]  # type: ignore[assignment]
     GetHistory: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetHistoryRequest, _lineage_pb2.GetHistoryResponse]  # type: ignore[assignment]
@@ -73,10 +74,13 @@ class LineageServiceAsyncStub(LineageServiceStub):
     GetLineage: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetLineageRequest, _lineage_pb2.GetLineageResponse]  # type: ignore[assignment]
     Verify: _aio.UnaryUnaryMultiCallable[_lineage_pb2.VerifyRequest, _lineage_pb2.VerifyResponse]  # type: ignore[assignment]
     Subscribe: _aio.UnaryStreamMultiCallable[_lineage_pb2.SubscribeRequest, _lineage_pb2.Event]  # type: ignore[assignment]
+    GetRunFiles: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetRunFilesRequest, _lineage_pb2.GetRunFilesResponse]  # type: ignore[assignment]
+    ReadVersionBytes: _aio.UnaryStreamMultiCallable[_lineage_pb2.ReadVersionBytesRequest, _lineage_pb2.VersionBytes]  # type: ignore[assignment]
+    PinVersions: _aio.UnaryUnaryMultiCallable[_lineage_pb2.PinVersionsRequest, _lineage_pb2.PinVersionsResponse]  # type: ignore[assignment]
+    CollectGarbage: _aio.UnaryUnaryMultiCallable[_lineage_pb2.CollectGarbageRequest, _lineage_pb2.CollectGarbageResponse]  # type: ignore[assignment]
+    LinkReproduction: _aio.UnaryUnaryMultiCallable[_lineage_pb2.LinkReproductionRequest, _lineage_pb2.LinkReproductionResponse]  # type: ignore[assignment]
 
 class LineageServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it."""
-
     @_abc_1.abstractmethod
     def GetStatus(
         self,
@@ -167,5 +171,40 @@ class LineageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lineage_pb2.SubscribeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_lineage_pb2.Event], _abc.AsyncIterator[_lineage_pb2.Event]]: ...
+
+    @_abc_1.abstractmethod
+    def GetRunFiles(
+        self,
+        request: _lineage_pb2.GetRunFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lineage_pb2.GetRunFilesResponse, _abc.Awaitable[_lineage_pb2.GetRunFilesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadVersionBytes(
+        self,
+        request: _lineage_pb2.ReadVersionBytesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_lineage_pb2.VersionBytes], _abc.AsyncIterator[_lineage_pb2.VersionBytes]]: ...
+
+    @_abc_1.abstractmethod
+    def PinVersions(
+        self,
+        request: _lineage_pb2.PinVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lineage_pb2.PinVersionsResponse, _abc.Awaitable[_lineage_pb2.PinVersionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CollectGarbage(
+        self,
+        request: _lineage_pb2.CollectGarbageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lineage_pb2.CollectGarbageResponse, _abc.Awaitable[_lineage_pb2.CollectGarbageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LinkReproduction(
+        self,
+        request: _lineage_pb2.LinkReproductionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lineage_pb2.LinkReproductionResponse, _abc.Awaitable[_lineage_pb2.LinkReproductionResponse]]: ...
 
 def add_LineageServiceServicer_to_server(servicer: LineageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

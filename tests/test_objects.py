@@ -1,0 +1,121 @@
+"""The content store on its own: atomic, verified, deduplicated; and the keep config."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from lineaged import hasher, objects
+from lineaged.config import load_config, parse_size
+from lineaged.errors import ConfigError, CorruptObject, NotFound
+from lineaged.models import Keep
+from lineaged.objects import ObjectStore
+from tests.helpers import b3
+
+
+def _leftovers(store: ObjectStore) -> list[str]:
+    return [str(p) for p in store.root.rglob(".tmp-*")]
+
+
+def test_put_keeps_the_bytes_under_their_digest_once(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    data = os.urandom(3 << 20) + b"tail"
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    first.write_bytes(data)
+    second.write_bytes(data)
+    digest = b3(data)
+    kept = store.put(str(first), digest)
+    assert kept.kept and kept.size == len(data) and kept.method in ("reflink", "copy")
+    assert store.path_of(digest) == tmp_path / "objects" / digest[:2] / digest[2:]
+    assert store.path_of(digest).read_bytes() == data
+    again = store.put(str(second), digest)
+    assert again.kept and again.method == "present"
+    count, _ = store.disk_usage()
+    assert count == 1
+    assert b"".join(store.chunks(digest, chunk=1 << 20)) == data
+    assert not _leftovers(store)
+
+
+def test_a_file_that_changed_before_it_was_copied_is_not_kept(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"first content\n")
+    digest = hasher.hash_file(path).digest
+    path.write_bytes(b"second content, written before the copy\n")
+    result = store.put(str(path), digest)
+    assert not result.kept and "changed" in result.reason
+    assert not store.path_of(digest).exists()
+    assert not _leftovers(store)
+    gone = store.put(str(tmp_path / "missing"), digest)
+    assert not gone.kept and "gone" in gone.reason
+
+
+def test_a_corrupt_object_is_refused_not_handed_out(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    path = tmp_path / "model.pkl"
+    path.write_bytes(b"model bytes" * 1000)
+    digest = b3(path.read_bytes())
+    assert store.put(str(path), digest).kept
+    target = store.path_of(digest)
+    os.chmod(target, 0o600)
+    damaged = bytearray(target.read_bytes())
+    damaged[100] ^= 0xFF
+    target.write_bytes(bytes(damaged))
+    chunks = store.chunks(digest)
+    with pytest.raises(CorruptObject, match="no longer holds"):
+        next(chunks)
+    with pytest.raises(NotFound):
+        next(store.chunks(b3(b"never kept")))
+
+
+def test_the_copy_falls_back_when_the_kernel_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No reflink and no copy_file_range (EXDEV from an old kernel): sendfile still copies."""
+
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.EXDEV, "cross-device")
+
+    def no_clone(*args: object) -> int:
+        raise OSError(errno.EOPNOTSUPP, "no reflinks here")
+
+    monkeypatch.setattr(objects.os, "copy_file_range", refuse)
+    monkeypatch.setattr(objects.fcntl, "ioctl", no_clone)
+    store = ObjectStore(tmp_path / "objects")
+    data = os.urandom((1 << 20) + 17)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    result = store.put(str(path), b3(data))
+    assert result.kept and result.method == "copy"
+    assert store.path_of(b3(data)).read_bytes() == data
+
+
+def test_keep_policy_and_budget_come_from_the_toml(tmp_path: Path) -> None:
+    data, models = tmp_path / "data", tmp_path / "models"
+    data.mkdir()
+    models.mkdir()
+    config = tmp_path / "lineaged.toml"
+    config.write_text(
+        'objects_dir = "store"\nobjects_budget = "2G"\n'
+        f'[[roots]]\npath = "{data}"\nrole = "data"\nkeep = "all"\n'
+        f'[[roots]]\npath = "{models}"\nrole = "model"\n'
+    )
+    args = argparse.Namespace(
+        config=str(config), watch=[f"{data}:data"], state_dir=str(tmp_path / "state")
+    )
+    loaded = load_config(args)
+    keeps = {Path(r.path).name: r.keep for r in loaded.roots}
+    assert keeps == {"data": Keep.ALL, "models": Keep.LINEAGE}  # --watch keeps the TOML policy
+    assert loaded.objects_path == tmp_path / "store"
+    assert loaded.objects_budget == 2 << 30
+    assert parse_size(1234) == 1234 and parse_size("1.5k") == 1536
+    config.write_text(f'[[roots]]\npath = "{data}"\nkeep = "some"\n')
+    with pytest.raises(ConfigError, match="keep must be"):
+        load_config(argparse.Namespace(config=str(config)))
+    config.write_text('objects_budget = "lots"\n')
+    with pytest.raises(ConfigError, match="objects_budget"):
+        load_config(argparse.Namespace(config=str(config)))
