@@ -160,6 +160,13 @@ def parse_watch(spec: str, *, base: Path | None = None) -> Root:
 def _root_from_toml(entry: Any, base: Path) -> Root:
     if not isinstance(entry, Mapping) or "path" not in entry:
         raise ConfigError("each [[roots]] entry needs a path")
+    unknown = set(entry) - {"path", "role", "ignore", "keep"}
+    if unknown:
+        # A top-level key written after a [[roots]] header lands in that root: say so.
+        raise ConfigError(
+            f"root {entry['path']!r}: unknown keys {', '.join(sorted(unknown))} (top-level "
+            "keys go before the first [[roots]])"
+        )
     root = parse_watch(str(entry["path"]), base=base)
     role = entry.get("role", root.role.value)
     if role not in {r.value for r in Role}:

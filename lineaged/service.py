@@ -246,6 +246,9 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         path, at, digest = convert.parse_read_version_bytes(request)
         _check_deadline(context)
         version = self._engine.version_to_restore(path, at, digest)
+        if request.probe:
+            yield pb.VersionBytes(version=convert.version_to_pb(version))
+            return
         chunks = self._engine.object_chunks(version.digest)
         first = next(chunks, b"")  # verification happens before this first chunk
         yield pb.VersionBytes(version=convert.version_to_pb(version), data=first)

@@ -116,6 +116,9 @@ def test_keep_policy_and_budget_come_from_the_toml(tmp_path: Path) -> None:
     config.write_text(f'[[roots]]\npath = "{data}"\nkeep = "some"\n')
     with pytest.raises(ConfigError, match="keep must be"):
         load_config(argparse.Namespace(config=str(config)))
+    config.write_text(f'[[roots]]\npath = "{data}"\nobjects_budget = 10\n')
+    with pytest.raises(ConfigError, match="top-level keys go before"):
+        load_config(argparse.Namespace(config=str(config)))
     config.write_text('objects_budget = "lots"\n')
     with pytest.raises(ConfigError, match="objects_budget"):
         load_config(argparse.Namespace(config=str(config)))

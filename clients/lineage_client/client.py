@@ -643,6 +643,22 @@ class Client:
 
         return convert.version_from_pb(first.version), chunks()
 
+    def kept_version(self, path: str = "", *, digest: str = "") -> Version | None:
+        """The version whose bytes ``read_version_bytes`` would give back, or None when they
+        are not kept (nothing is read or sent)."""
+        request = pb.ReadVersionBytesRequest(
+            path=self._abspath(path) if path else "", digest=digest, probe=True
+        )
+        try:
+            for message in self._stub.ReadVersionBytes(request, metadata=self._metadata):
+                return convert.version_from_pb(message.version)
+        except grpc.RpcError as exc:
+            error = self._error(exc)
+            if isinstance(error, NotFound):
+                return None
+            raise error from None
+        return None
+
     def pin(self, target: str, *, note: str = "") -> PinReport:
         """Pin a version and everything upstream of it: a path (its current version),
         ``PATH@TIME``, a digest (every version with it) or a run (its files)."""

@@ -713,6 +713,7 @@ def checkout_json(done: Checkout) -> dict[str, Any]:
         "workdir": done.workdir,
         "code": done.code,
         "files": [{"path": path, "digest": digest} for path, digest in done.files],
+        "outside": list(done.outside),
         "missing": [{"path": m.path, "reason": m.reason} for m in done.missing],
     }
 
@@ -723,6 +724,7 @@ def checkout_text(done: Checkout) -> str:
         f"checked out run {done.run.run_id} in {done.directory}",
         f"  code: {done.code or 'not materialised'}",
         f"  inputs restored: {len(done.files)}",
+        f"  inputs outside the run's tree, unchanged, used in place: {len(done.outside)}",
         f"  run it from: {done.workdir}",
     ]
     if done.missing:

@@ -30,7 +30,6 @@ from lineaged.errors import (
     FailedPrecondition,
     InvalidArgument,
     LineageError,
-    NotFound,
 )
 from lineaged.models import EnvState, Run, Version
 
@@ -85,6 +84,7 @@ class Checkout:
     files: tuple[tuple[str, str], ...]  # (path written, digest) of every input restored
     code: str  # how the code was materialised ("" when it was not)
     missing: tuple[Missing, ...] = ()
+    outside: tuple[str, ...] = ()  # inputs outside the run's tree, used in place (unchanged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +160,11 @@ def restore(
             current, _, _ = digest_file(dest)
             if current == version.digest:
                 return Restored(version, dest, version.size, unchanged=True)
-            if not force and not _recorded(client, dest, current):
+            if not force and client.kept_version(digest=current) is None:
                 raise FailedPrecondition(
-                    f"{dest} holds unsaved changes (its content {current[:12]} is no recorded "
-                    "version of it); restoring would lose them: use --force to overwrite"
+                    f"{dest} holds unsaved changes (lineaged does not keep its content "
+                    f"{current[:12]}, so it could not give it back); restoring over it would "
+                    "lose them: use --force to overwrite"
                 )
         size = write_verified(dest, chunks, version.digest)
     finally:
@@ -180,19 +181,6 @@ def _destination(client: Client, version: Version, to: str | os.PathLike[str] | 
     if os.path.isdir(dest):
         dest = os.path.join(dest, os.path.basename(version.path))
     return dest
-
-
-def _recorded(client: Client, path: str, digest: str) -> bool:
-    """Whether ``digest`` is a recorded version of ``path`` (or, for a path outside every
-    root, of any path): overwriting it loses nothing lineaged knows of."""
-    try:
-        versions = client.find_digest(digest)
-    except NotFound:
-        return False
-    if client.under_root(path) is None:
-        return bool(versions)
-    real = os.path.realpath(path)
-    return any(v.path == real for v in versions)
 
 
 def write_verified(dest: str, chunks: Iterable[bytes], digest: str) -> int:
@@ -265,14 +253,28 @@ def checkout(client: Client, run_id: str, to: str) -> Checkout:
         if problem:
             missing.append(Missing(top, problem))
     written_by_run = {(f.version.path, f.version.digest) for f in files if f.kind == "wrote"}
+    for path, _ in written_by_run:
+        # The run's outputs go where it wrote them: their folders are part of its layout.
+        relative = os.path.relpath(os.path.dirname(path), base)
+        if not relative.startswith(".."):
+            os.makedirs(os.path.join(directory, relative), exist_ok=True)
     restored: list[tuple[str, str]] = []
+    outside: list[str] = []
     for item in files:
         version = item.version
         if item.kind != "read" or (version.path, version.digest) in written_by_run:
             continue
         relative = os.path.relpath(version.path, base)
         if relative.startswith(".."):
-            missing.append(Missing(version.path, f"outside the run's directory {base}"))
+            # Outside the run's tree (the interpreter's files, a shared dataset): used where
+            # it is, which is only the same input while it holds the same bytes.
+            problem = _check_in_place(version.path, version.digest)
+            if problem:
+                missing.append(
+                    Missing(version.path, f"outside the run's directory {base}: {problem}")
+                )
+            else:
+                outside.append(version.path)
             continue
         dest = os.path.join(directory, relative)
         if item.role == "code" and how:
@@ -298,6 +300,7 @@ def checkout(client: Client, run_id: str, to: str) -> Checkout:
         files=tuple(restored),
         code=how,
         missing=tuple(missing),
+        outside=tuple(outside),
     )
 
 
@@ -354,6 +357,16 @@ def _materialise_code(top: str, run: Run, directory: str) -> tuple[str, str]:
     if applied.returncode != 0:
         return how, f"the recorded diff does not apply: {applied.stderr.decode().strip()}"
     return how + " + recorded diff", ""
+
+
+def _check_in_place(path: str, digest: str) -> str:
+    """ "" when ``path`` still holds the bytes the run read, else why it cannot be used."""
+    problem = _check_code_file(path, digest)
+    if not problem:
+        return ""
+    if "neither in the commit" in problem:
+        return "it is gone"
+    return problem.replace("the checked-out source file", "it now")
 
 
 def _check_code_file(path: str, digest: str) -> str:

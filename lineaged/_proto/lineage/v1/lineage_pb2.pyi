@@ -1934,8 +1934,13 @@ class ReadVersionBytesRequest(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    PROBE_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     digest: _builtins.str
+    probe: _builtins.bool
+    """Only the first message, with the version and no bytes: NOT_FOUND tells that its bytes
+    are not kept (restore asks this of the content it would overwrite).
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1944,10 +1949,11 @@ class ReadVersionBytesRequest(_message.Message):
         path: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         digest: _builtins.str = ...,
+        probe: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "digest", b"digest", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "digest", b"digest", "path", b"path", "probe", b"probe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
