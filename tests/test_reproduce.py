@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from lineaged.errors import NotFound
+from lineaged.models import Access, AccessMode
 from tests.conftest import DaemonProcess, short_tmp_dir
 from tests.helpers import b3, wait_for
 from tests.test_pipeline import FEATURES, PREPARE, git, write_raw
@@ -296,6 +298,34 @@ def test_a_corrupt_object_is_refused(pipeline: Pipeline) -> None:
     assert result.returncode == 1
     assert "no longer holds the bytes" in result.stderr and "Traceback" not in result.stderr
     assert not dest.exists()
+
+
+def test_a_version_that_changed_before_it_could_be_kept_is_recorded_not_kept(
+    pipeline: Pipeline,
+) -> None:
+    client = pipeline.daemon.client()
+    path = pipeline.repo / "data" / "volatile.csv"
+
+    def current() -> str:
+        try:
+            return client.history(path).items[0].digest
+        except NotFound:
+            return ""
+
+    path.write_bytes(b"first\n")
+    first = b3(b"first\n")
+    wait_for(lambda: current() == first, what="the first version recorded")
+    opened_at = time.time_ns()  # the run opened the first version ...
+    path.write_bytes(b"second, written before the run reported its read\n")
+    wait_for(lambda: current() == b3(path.read_bytes()), what="the second version recorded")
+    with client.run("volatile") as run:  # ... and reports the read only now
+        read = Access(str(path), AccessMode.READ, first_at=opened_at, last_at=opened_at)
+        client.record_accesses(run.run_id, [read])
+    (item,) = [f for f in client.run_files(run.run_id).files if f.version.path == str(path)]
+    assert item.version.digest == first and not item.kept
+    assert "changed before its bytes could be kept" in item.not_kept
+    refused = pipeline.lineage("restore", f"data/volatile.csv@{first}", check=False)
+    assert refused.returncode == 3 and "changed before its bytes could be kept" in refused.stderr
 
 
 def test_gc_keeps_what_is_upstream_of_a_pinned_model(pipeline: Pipeline) -> None:
