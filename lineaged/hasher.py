@@ -106,6 +106,7 @@ class HashResult:
 
     digest: str
     stat_key: StatKey
+    kept: str = ""  # hash_many(keep_into=...): how the hashed bytes were kept, "" if they were not
 
 
 class _Deferred(Exception):
@@ -154,6 +155,7 @@ def hash_many(
     retries: int = 5,
     pool_min_paths: int = POOL_MIN_PATHS,
     chunk_paths: int = CHUNK_PATHS,
+    keep_into: str | None = None,
 ) -> Iterator[tuple[str, HashResult | OSError | HashError]]:
     """Hash many files, yielding ``(path, result or the error)`` for each path in any order.
 
@@ -165,6 +167,11 @@ def hash_many(
     ``paths`` may be a generator (a directory walk): each chunk is sent to the pool as soon
     as it is full, and results are handed back while the rest is still being produced, so
     the walk and the hashing overlap.
+
+    ``keep_into`` (a content store folder): the bytes of each file smaller than
+    ``MT_THRESHOLD`` are kept there as soon as they are hashed, from the very buffer that was
+    hashed (one read; ``HashResult.kept`` says how), without being synced: the caller syncs
+    the batch before it records it. Bigger files are left to the caller.
     """
     if workers is None:
         workers = len(os.sched_getaffinity(0))
@@ -172,7 +179,7 @@ def hash_many(
     first = list(itertools.islice(remaining, pool_min_paths))
     if len(first) < pool_min_paths or workers <= 1:
         for path in itertools.chain(first, remaining):
-            yield path, _outcome(path, retries)
+            yield path, _outcome(path, retries, keep_into)
         return
     # Imported here: they cost ~40 ms, which a CLI that only hashes one file should not pay.
     from concurrent.futures import ProcessPoolExecutor, wait
@@ -188,7 +195,7 @@ def hash_many(
             chunks = _chunks_of(itertools.chain(first, remaining), chunk_paths)
             for chunk in chunks:
                 try:
-                    pending[pool.submit(_hash_chunk, chunk, retries)] = chunk
+                    pending[pool.submit(_hash_chunk, chunk, retries, keep_into)] = chunk
                 except (OSError, BrokenProcessPool) as exc:
                     # No processes allowed (task limits, a sandbox), or a worker died (the
                     # OOM killer) while the walk went on: slower, but complete. Chunks already
@@ -199,14 +206,14 @@ def hash_many(
                     taken_back = [path for sent in pending.values() for path in sent]
                     pending.clear()
                     for path in itertools.chain(taken_back, chunk, *chunks):
-                        yield path, _outcome(path, retries)
+                        yield path, _outcome(path, retries, keep_into)
                     break
                 for future in [f for f in pending if f.done()]:
-                    yield from _chunk_outcomes(future, pending.pop(future), retries)
+                    yield from _chunk_outcomes(future, pending.pop(future), retries, keep_into)
             while pending:
                 done, _ = wait(pending, return_when="FIRST_COMPLETED")
                 for future in done:
-                    yield from _chunk_outcomes(future, pending.pop(future), retries)
+                    yield from _chunk_outcomes(future, pending.pop(future), retries, keep_into)
         finally:
             # The consumer may stop early: do not make it wait for chunks it will not read.
             for future in pending:
@@ -219,7 +226,10 @@ def _chunks_of(paths: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _chunk_outcomes(
-    future: Future[list[_Packed | OSError | HashError | None]], chunk: list[str], retries: int
+    future: Future[list[_Packed | OSError | HashError | None]],
+    chunk: list[str],
+    retries: int,
+    keep_into: str | None,
 ) -> Iterator[tuple[str, HashResult | OSError | HashError]]:
     """The outcomes of one finished worker task, in the order of its paths."""
     from concurrent.futures.process import BrokenProcessPool
@@ -229,24 +239,26 @@ def _chunk_outcomes(
     except BrokenProcessPool:
         # A worker died (OOM killer, a signal): this chunk is hashed here instead.
         for path in chunk:
-            yield path, _outcome(path, retries)
+            yield path, _outcome(path, retries, keep_into)
         return
     for path, outcome in zip(chunk, packed, strict=True):
         if outcome is None:
-            yield path, _outcome(path, retries)
+            yield path, _outcome(path, retries, keep_into)
         elif isinstance(outcome, tuple):
-            digest, dev, ino, size, mtime_ns, ctime_ns = outcome
-            yield path, HashResult(digest, StatKey(dev, ino, size, mtime_ns, ctime_ns))
+            digest, dev, ino, size, mtime_ns, ctime_ns, kept = outcome
+            yield path, HashResult(digest, StatKey(dev, ino, size, mtime_ns, ctime_ns), kept)
         else:
             yield path, outcome
 
 
 # What a worker sends back for a hashed file: plain tuples pickle several times faster than
 # frozen slotted dataclasses (measured: dataclass pickling was a third of a bulk scan).
-_Packed = tuple[str, int, int, int, int, int]
+_Packed = tuple[str, int, int, int, int, int, str]
 
 
-def _hash_chunk(paths: list[str], retries: int) -> list[_Packed | OSError | HashError | None]:
+def _hash_chunk(
+    paths: list[str], retries: int, keep_into: str | None = None
+) -> list[_Packed | OSError | HashError | None]:
     """Worker-process task: hash the small files of ``paths``, in order; ``None`` marks a
     big file left to the caller's multithreaded core."""
     outcomes: list[_Packed | OSError | HashError | None] = []
@@ -259,15 +271,36 @@ def _hash_chunk(paths: list[str], retries: int) -> list[_Packed | OSError | Hash
             outcomes.append(exc)
         else:
             key = result.stat_key
-            outcomes.append((result.digest, key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns))
+            kept = _keep_hashed(keep_into, result.digest, key.size)
+            outcomes.append(
+                (result.digest, key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns, kept)
+            )
     return outcomes
 
 
-def _outcome(path: str, retries: int) -> HashResult | OSError | HashError:
+def _outcome(
+    path: str, retries: int, keep_into: str | None = None
+) -> HashResult | OSError | HashError:
     try:
-        return _hash_path(path, retries, defer_at=None)
+        result = _hash_path(path, retries, defer_at=None)
     except (OSError, HashError) as exc:
         return exc
+    kept = _keep_hashed(keep_into, result.digest, result.stat_key.size)
+    return HashResult(result.digest, result.stat_key, kept) if kept else result
+
+
+def _keep_hashed(keep_into: str | None, digest: str, size: int) -> str:
+    """Keep the bytes of a small file just hashed, still in this thread's read buffer (what
+    was hashed is what is written: one read, no second hash); "" when not kept."""
+    if keep_into is None or size >= MT_THRESHOLD or size >= _CHUNK:
+        return ""
+    from lineaged.objects import keep_bytes  # objects imports this module
+
+    try:
+        return keep_bytes(keep_into, digest, _buffers.views[0][:size])
+    except OSError as exc:
+        log.warning("cannot keep the bytes of %s: %s", digest, exc)
+        return ""
 
 
 def _hash_path(path: str, retries: int, defer_at: int | None) -> HashResult:

@@ -39,6 +39,7 @@ __all__ = [
     "PutResult",
     "copy_into",
     "copy_verified",
+    "keep_bytes",
 ]
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from <linux/fs.h>
@@ -48,6 +49,9 @@ _SOURCE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _UNSUPPORTED = frozenset(
     (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EBADF)
 )
+
+
+_NO_REFLINK: set[tuple[int, int]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +70,14 @@ def copy_into(source_fd: int, target_fd: int) -> str:
 
     Returns the way it copied ("reflink" or "copy").
     """
-    with contextlib.suppress(OSError):
-        fcntl.ioctl(target_fd, FICLONE, source_fd)
-        return "reflink"
+    devices = (os.fstat(source_fd).st_dev, os.fstat(target_fd).st_dev)
+    if devices not in _NO_REFLINK:
+        try:
+            fcntl.ioctl(target_fd, FICLONE, source_fd)
+            return "reflink"
+        except OSError as exc:
+            if exc.errno in _UNSUPPORTED:
+                _NO_REFLINK.add(devices)  # this pair of file systems shares no extents
     offset = 0
     use_range = True
     while True:
@@ -118,6 +127,43 @@ def copy_verified(source_fd: int, target: Path, digest: str, *, sync: bool = Tru
         if temporary != Path():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
+
+
+def keep_bytes(root: str, digest: str, data: memoryview | bytes) -> str:
+    """Keep ``data``, which the caller hashed to ``digest`` (the hasher's own buffer), under
+    the store at ``root``, unsynced: "present" when it was there, else "copy".
+
+    The caller syncs the batch (:meth:`ObjectStore.flush`) before recording it as kept.
+    """
+    target = os.path.join(root, digest[:2], digest[2:])
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISREG(st.st_mode) and st.st_size == len(data):
+            return "present"
+    folder = os.path.dirname(target)
+    temporary = os.path.join(folder, f".tmp-{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(temporary, flags, 0o600)
+    except FileNotFoundError:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd = os.open(temporary, flags, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return "copy"
 
 
 def _sync_folder(folder: Path) -> None:

@@ -111,7 +111,11 @@ class Scanner:
         last_progress = time.monotonic()
         # The walk is a generator: files are hashed while it goes on (a first index of
         # 100,000 files spent 0.7 s walking before the first hash).
-        for path, result in hasher.hash_many(self._walk(root, top, stats, unseen)):
+        keep_into = str(keeper.objects.root) if keeper is not None else None
+        if keep_into is not None:
+            os.makedirs(keep_into, mode=0o700, exist_ok=True)
+        walk = self._walk(root, top, stats, unseen)
+        for path, result in hasher.hash_many(walk, keep_into=keep_into):
             if self.stop.is_set():
                 break
             if isinstance(result, FileNotFoundError):
@@ -133,8 +137,11 @@ class Scanner:
             writes.append(
                 VersionWrite(path, root.root_id, result.digest, result.stat_key, seen, observed_at)
             )
-            if keeper is not None:
-                # Synced once per batch (below), before the store says the bytes are kept.
+            if keeper is not None and result.kept:
+                # Small files were kept by the hasher from the buffer it hashed; all are
+                # synced once per batch (below), before the store says they are kept.
+                kept.append((result.digest, result.stat_key.size, result.kept))
+            elif keeper is not None:
                 outcome = keeper.put(path, result.digest, sync=False)
                 if outcome.kept:
                     kept.append((outcome.digest, outcome.size, outcome.method))

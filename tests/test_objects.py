@@ -122,3 +122,72 @@ def test_keep_policy_and_budget_come_from_the_toml(tmp_path: Path) -> None:
     config.write_text('objects_budget = "lots"\n')
     with pytest.raises(ConfigError, match="objects_budget"):
         load_config(argparse.Namespace(config=str(config)))
+
+
+def test_hash_many_keeps_small_files_from_the_buffer_it_hashed(tmp_path: Path) -> None:
+    """Worker processes keep each small file from the very bytes they hashed."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    paths = []
+    for i in range(40):
+        path = tree / f"f{i:03d}.bin"
+        path.write_bytes(os.urandom(100 + i) if i % 10 else b"same bytes\n")
+        paths.append(str(path))
+    store = ObjectStore(tmp_path / "objects")
+    store.root.mkdir()
+    results = dict(
+        hasher.hash_many(
+            paths, workers=2, pool_min_paths=10, chunk_paths=8, keep_into=str(store.root)
+        )
+    )
+    for path in paths:
+        result = results[path]
+        assert isinstance(result, hasher.HashResult)
+        data = Path(path).read_bytes()
+        assert result.digest == b3(data)
+        assert result.kept in ("copy", "present")
+        assert store.path_of(result.digest).read_bytes() == data
+    assert store.disk_usage()[0] == 37  # four files share one content: kept once
+    assert not _leftovers(store)
+
+
+def test_keep_all_root_keeps_every_version_from_the_first_scan(tmp_path: Path) -> None:
+    """An engine on a keep = "all" root: the initial scan keeps small and big files."""
+    from lineaged.config import Config
+    from lineaged.engine import Engine
+    from lineaged.models import Role, Root
+    from lineaged.store import DB_NAME, Store
+    from tests.helpers import wait_for
+
+    data = tmp_path / "data"
+    data.mkdir()
+    small = {f"s{i}.csv": f"{i},{i * i}\n".encode() for i in range(5)}
+    for name, content in small.items():
+        (data / name).write_bytes(content)
+    big = os.urandom((2 << 20) + 5)  # over the hasher's threshold: kept by a copy
+    (data / "big.bin").write_bytes(big)
+    state = tmp_path / "state"
+    state.mkdir()
+    config = Config(
+        roots=(Root(str(data), Role.DATA, keep=Keep.ALL),),
+        state_dir=state,
+        socket=tmp_path / "s",
+        settle_ms=50,
+        scan_interval=0,
+    )
+    store = Store.open(state / DB_NAME)
+    engine = Engine(config, store)
+    try:
+        engine.start()
+        wait_for(lambda: engine.serving, what="initial scan")
+        objects_store = ObjectStore(state / "objects")
+        for content in [*small.values(), big]:
+            assert objects_store.path_of(b3(content)).read_bytes() == content
+            assert store.object_kept(b3(content))
+        assert store.object_totals() == (6, sum(map(len, small.values())) + len(big))
+        # A later version is kept as the watcher records it.
+        (data / "s0.csv").write_bytes(b"changed\n")
+        wait_for(lambda: store.object_kept(b3(b"changed\n")), what="the new version kept")
+    finally:
+        engine.stop()
+        store.close()
