@@ -359,7 +359,13 @@ class Engine:
                 watcher.stop()
             with self._problems_lock:
                 self._problems.pop(path, None)
-        self.config = replace(self.config, roots=config.roots, scan_interval=config.scan_interval)
+        self.config = replace(
+            self.config,
+            roots=config.roots,
+            scan_interval=config.scan_interval,
+            objects_budget=config.objects_budget,
+        )
+        self.keeper.budget = config.objects_budget  # keep policies come with the roots
         added = self._register_roots(config.roots)
         for root in added:
             self._start_watcher(root)

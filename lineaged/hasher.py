@@ -64,10 +64,12 @@ __all__ = [
     "POOL_MIN_PATHS",
     "RACY_WINDOW_NS",
     "HashResult",
+    "StreamDigest",
     "hash_bytes",
     "hash_file",
     "hash_many",
     "hash_own_file",
+    "hash_while_copying",
 ]
 
 HASH_FORMAT: int = 1
@@ -146,6 +148,64 @@ def hash_own_file(fd: int) -> tuple[str, int]:
     if nread != size:
         return "", nread
     return digest, nread
+
+
+def hash_while_copying(target_fd: int, copy_step: Callable[[int], int]) -> tuple[str, int]:
+    """Digest and length of the bytes ``copy_step`` writes into ``target_fd``.
+
+    ``copy_step(offset)`` copies the next piece at ``offset`` and returns its length (0 at the
+    end); it runs in a thread of its own while this one reads each finished piece back (from
+    the page cache) and hashes it, so the copy and the hash overlap. What is hashed is what
+    was written, whatever the source did meanwhile.
+    """
+    pieces: queue.SimpleQueue[tuple[int, int] | BaseException | None] = queue.SimpleQueue()
+
+    def copier() -> None:
+        offset = 0
+        try:
+            while (n := copy_step(offset)) > 0:
+                pieces.put((offset, n))
+                offset += n
+            pieces.put(None)
+        except BaseException as exc:  # handed over: the hashing thread must not wait forever
+            pieces.put(exc)
+
+    thread = threading.Thread(target=copier, name="lineaged-keep-copy", daemon=True)
+    thread.start()
+    view = _buffers.views[0]
+    digest = blake3(max_threads=blake3.AUTO)
+    total = 0
+    try:
+        while (item := pieces.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            offset, length = item
+            end = offset + length
+            while offset < end:
+                n = os.preadv(target_fd, [view[: min(_CHUNK, end - offset)]], offset)
+                if n == 0:
+                    raise OSError(errno.EIO, "the copy is shorter than what was written")
+                digest.update(view[:n])
+                offset += n
+            total = end
+    finally:
+        thread.join()
+    return str(digest.hexdigest()), total
+
+
+class StreamDigest:
+    """BLAKE3 of bytes handed over piece by piece (a kept object as it is streamed out)."""
+
+    def __init__(self) -> None:
+        self._hasher = blake3(max_threads=blake3.AUTO)
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Add the next piece."""
+        self._hasher.update(data)
+
+    def hexdigest(self) -> str:
+        """The digest of every piece so far, as 64 hex characters."""
+        return str(self._hasher.hexdigest())
 
 
 def hash_many(

@@ -12,8 +12,8 @@ before it could be copied is reported as not kept, never stored under a wrong na
 Copies are reflinks (``FICLONE``) where the file system shares extents (btrfs, XFS, bcachefs:
 O(1) in the size), else an in-kernel copy (``copy_file_range``, then ``sendfile``).
 
-Reads are verified: an object whose bytes no longer hash to its name raises
-``CorruptObject`` and is never handed out.
+Reads are verified: an object is hashed as it is read, and its last chunk is only handed out
+once all of it hashed to its name; one that no longer does raises ``CorruptObject``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import fcntl
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ __all__ = [
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int) from <linux/fs.h>
 CHUNK = 1 << 20  # bytes per chunk when an object is streamed
+_PIECE = 32 << 20  # bytes per in-kernel copy step (hashed while the next one is copied)
 _SOURCE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 # What a refused clone or in-kernel copy says: fall back to the next way, nothing is wrong.
 _UNSUPPORTED = frozenset(
@@ -70,31 +71,46 @@ def copy_into(source_fd: int, target_fd: int) -> str:
 
     Returns the way it copied ("reflink" or "copy").
     """
-    devices = (os.fstat(source_fd).st_dev, os.fstat(target_fd).st_dev)
-    if devices not in _NO_REFLINK:
-        try:
-            fcntl.ioctl(target_fd, FICLONE, source_fd)
-            return "reflink"
-        except OSError as exc:
-            if exc.errno in _UNSUPPORTED:
-                _NO_REFLINK.add(devices)  # this pair of file systems shares no extents
+    if _reflink(source_fd, target_fd):
+        return "reflink"
+    step = _copy_step(source_fd, target_fd)
     offset = 0
+    while n := step(offset):
+        offset += n
+    return "copy"
+
+
+def _reflink(source_fd: int, target_fd: int) -> bool:
+    devices = (os.fstat(source_fd).st_dev, os.fstat(target_fd).st_dev)
+    if devices in _NO_REFLINK:
+        return False
+    try:
+        fcntl.ioctl(target_fd, FICLONE, source_fd)
+    except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            _NO_REFLINK.add(devices)  # this pair of file systems shares no extents
+        return False
+    return True
+
+
+def _copy_step(source_fd: int, target_fd: int) -> Callable[[int], int]:
+    """A function copying the next piece at an offset (``copy_file_range``, else
+    ``sendfile``); it returns the piece's length, 0 at the end."""
     use_range = True
-    while True:
-        n = 0
+
+    def step(offset: int) -> int:
+        nonlocal use_range
         if use_range:
             try:
-                n = os.copy_file_range(source_fd, target_fd, 1 << 30, offset, offset)
+                return os.copy_file_range(source_fd, target_fd, _PIECE, offset, offset)
             except OSError as exc:
                 if exc.errno not in _UNSUPPORTED:
                     raise
                 use_range = False
-        if not use_range:
-            os.lseek(target_fd, offset, os.SEEK_SET)
-            n = os.sendfile(target_fd, source_fd, offset, 1 << 30)
-        if n == 0:
-            return "copy"
-        offset += n
+        os.lseek(target_fd, offset, os.SEEK_SET)
+        return os.sendfile(target_fd, source_fd, offset, _PIECE)
+
+    return step
 
 
 def copy_verified(source_fd: int, target: Path, digest: str, *, sync: bool = True) -> PutResult:
@@ -108,8 +124,13 @@ def copy_verified(source_fd: int, target: Path, digest: str, *, sync: bool = Tru
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            method = copy_into(source_fd, fd)
-            copied, size = hasher.hash_own_file(fd)
+            if _reflink(source_fd, fd):
+                method = "reflink"
+                copied, size = hasher.hash_own_file(fd)
+            else:
+                # The copy of each piece overlaps the hash of the one before it.
+                method = "copy"
+                copied, size = hasher.hash_while_copying(fd, _copy_step(source_fd, fd))
             if copied != digest:
                 return PutResult(
                     digest, False, reason="the file changed before its bytes could be kept"
@@ -237,34 +258,33 @@ class ObjectStore:
         finally:
             os.close(fd)
 
-    @contextlib.contextmanager
-    def open_verified(self, digest: str) -> Iterator[tuple[int, int]]:
-        """An open descriptor on the object and its size, once its bytes hash to ``digest``."""
+    def chunks(self, digest: str, chunk: int = CHUNK) -> Iterator[bytes]:
+        """The object's bytes in chunks, hashed as they are read: the last chunk is only
+        given once the whole object hashed to ``digest`` (else ``CorruptObject``), so a
+        consumer never completes a wrong copy."""
         try:
             fd = os.open(self.path_of(digest), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise NotFound(f"the bytes of {digest} are not kept") from None
         try:
-            found, size = hasher.hash_own_file(fd)
-            if found != digest:
+            found = hasher.StreamDigest()
+            offset = 0
+            held = b""
+            while data := os.pread(fd, chunk, offset):
+                found.update(data)
+                offset += len(data)
+                if held:
+                    yield held
+                held = data
+            if found.hexdigest() != digest:
                 raise CorruptObject(
                     f"the kept object {self.path_of(digest)} no longer holds the bytes of "
-                    f"{digest} (they hash to {found or 'a shorter file'}); refusing to hand it out"
+                    f"{digest} (they hash to {found.hexdigest()}); refusing to hand it out"
                 )
-            yield fd, size
+            if held:
+                yield held
         finally:
             os.close(fd)
-
-    def chunks(self, digest: str, chunk: int = CHUNK) -> Iterator[bytes]:
-        """The object's bytes in chunks, verified before the first chunk is given."""
-        with self.open_verified(digest) as (fd, size):
-            offset = 0
-            while offset < size:
-                data = os.pread(fd, min(chunk, size - offset), offset)
-                if not data:
-                    raise CorruptObject(f"the kept object of {digest} shrank while it was read")
-                offset += len(data)
-                yield data
 
     def remove(self, digest: str) -> int:
         """Delete an object; the bytes it took (0 when it was not there)."""

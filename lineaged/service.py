@@ -241,8 +241,9 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
     def ReadVersionBytes(
         self, request: pb.ReadVersionBytesRequest, context: Any
     ) -> Iterator[pb.VersionBytes]:
-        """The kept bytes of a version, verified before the first chunk; the caller writes them
-        (the daemon opens no path outside its roots on a client's behalf)."""
+        """The kept bytes of a version, hashed as they are read: the last chunk only follows once
+        all of them matched (else DATA_LOSS). The caller writes them (the daemon opens no path
+        outside its roots on a client's behalf)."""
         path, at, digest = convert.parse_read_version_bytes(request)
         _check_deadline(context)
         version = self._engine.version_to_restore(path, at, digest)
@@ -250,7 +251,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
             yield pb.VersionBytes(version=convert.version_to_pb(version))
             return
         chunks = self._engine.object_chunks(version.digest)
-        first = next(chunks, b"")  # verification happens before this first chunk
+        first = next(chunks, b"")  # a small object is read and verified whole here
         yield pb.VersionBytes(version=convert.version_to_pb(version), data=first)
         for chunk in chunks:
             if not context.is_active():

@@ -72,6 +72,25 @@ def test_a_corrupt_object_is_refused_not_handed_out(tmp_path: Path) -> None:
         next(store.chunks(b3(b"never kept")))
 
 
+def test_a_big_corrupt_object_never_gives_its_last_chunk(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    path = tmp_path / "big.bin"
+    data = os.urandom((3 << 20) + 11)
+    path.write_bytes(data)
+    digest = b3(data)
+    assert store.put(str(path), digest).kept
+    target = store.path_of(digest)
+    os.chmod(target, 0o600)
+    with target.open("r+b") as f:
+        f.seek(len(data) - 1)
+        f.write(bytes([data[-1] ^ 0xFF]))
+    received = []
+    with pytest.raises(CorruptObject):
+        for chunk in store.chunks(digest):
+            received.append(chunk)
+    assert 0 < sum(map(len, received)) < len(data)
+
+
 def test_the_copy_falls_back_when_the_kernel_refuses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,6 +104,7 @@ def test_the_copy_falls_back_when_the_kernel_refuses(
 
     monkeypatch.setattr(objects.os, "copy_file_range", refuse)
     monkeypatch.setattr(objects.fcntl, "ioctl", no_clone)
+    monkeypatch.setattr(objects, "_PIECE", 64 << 10)  # many pieces, each hashed as it lands
     store = ObjectStore(tmp_path / "objects")
     data = os.urandom((1 << 20) + 17)
     path = tmp_path / "big.bin"
