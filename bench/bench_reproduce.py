@@ -11,7 +11,8 @@ Peers, measured in the same run, page cache warm:
   hashes and copies into its cache too);
 - ``gc`` over the 100,000 objects so kept, 1,000 of them pinned, wall time.
 
-``BENCH_REPRODUCE_FILES`` and ``BENCH_REPRODUCE_BYTES`` shrink the tree and the big file.
+``BENCH_REPRODUCE_FILES`` and ``BENCH_REPRODUCE_BYTES`` shrink the tree and the big file;
+``BENCH_REPRODUCE_PARTS=big`` (or ``tree``) runs one part only (gc goes with the tree).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from bench.common import (
 FILES = int(os.environ.get("BENCH_REPRODUCE_FILES", "100000"))
 BIG = int(os.environ.get("BENCH_REPRODUCE_BYTES", str(1 << 30)))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+PARTS = os.environ.get("BENCH_REPRODUCE_PARTS", "big,tree").split(",")
 PINNED = 1000
 DIRS = 100
 SIZE = 4096
@@ -329,15 +331,17 @@ def gc_rows(state: Path, tree: Path) -> list[list[object]]:
 def main() -> None:
     checks: list[list[object]] = []
     with work_dir("reproduce") as work:
-        checks += big_file_rows(work)
-        for leftover in ("big.bin", "copy.bin", "restored.bin", "restored-by-daemon.bin"):
-            (work / leftover).unlink(missing_ok=True)
-        shutil.rmtree(work / "objects", ignore_errors=True)
-        shutil.rmtree(work / "root", ignore_errors=True)
-        shutil.rmtree(work / "daemon-state", ignore_errors=True)
-        tree_checks, state = tree_rows(work)
-        checks += tree_checks
-        checks += gc_rows(state, work / "tree")
+        if "big" in PARTS:
+            checks += big_file_rows(work)
+            for leftover in ("big.bin", "copy.bin", "restored.bin", "restored-by-daemon.bin"):
+                (work / leftover).unlink(missing_ok=True)
+            shutil.rmtree(work / "objects", ignore_errors=True)
+            shutil.rmtree(work / "root", ignore_errors=True)
+            shutil.rmtree(work / "daemon-state", ignore_errors=True)
+        if "tree" in PARTS:
+            tree_checks, state = tree_rows(work)
+            checks += tree_checks
+            checks += gc_rows(state, work / "tree")
     print()
     print_table(["ratio", "measured", "target", ""], checks)
 

@@ -29,6 +29,7 @@ __all__ = ["ScanStats", "Scanner"]
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 5000
+FLUSH_SECONDS = 5.0  # at most one syncfs per this while a keep = "all" root is scanned
 _PACK = struct.Struct("<5q").pack  # the same layout as store.pack_stat_key
 PROGRESS_SECONDS = 2.0
 
@@ -112,6 +113,7 @@ class Scanner:
         # The walk is a generator: files are hashed while it goes on (a first index of
         # 100,000 files spent 0.7 s walking before the first hash).
         keep_into = str(keeper.objects.root) if keeper is not None else None
+        last_flush = time.monotonic()
         if keep_into is not None:
             os.makedirs(keep_into, mode=0o700, exist_ok=True)
         walk = self._walk(root, top, stats, unseen)
@@ -139,7 +141,7 @@ class Scanner:
             )
             if keeper is not None and result.kept:
                 # Small files were kept by the hasher from the buffer it hashed; all are
-                # synced once per batch (below), before the store says they are kept.
+                # synced (below) before the store says they are kept.
                 kept.append((result.digest, result.stat_key.size, result.kept))
             elif keeper is not None:
                 outcome = keeper.put(path, result.digest, sync=False)
@@ -148,10 +150,16 @@ class Scanner:
                 else:
                     not_kept.append((path, result.digest, outcome.reason))
             if len(writes) >= WRITE_BATCH:
-                if keeper is not None:
+                if keeper is not None and time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    # One syncfs per few seconds, not per batch: it flushes the whole file
+                    # system, and other writers' dirty pages with ours.
                     keeper.objects.flush()
-                futures.append(self.writer.submit(_record_job(writes, kept, not_kept)))
-                writes, kept, not_kept = [], [], []
+                    last_flush = time.monotonic()
+                    futures.append(self.writer.submit(_record_job(writes, kept, not_kept)))
+                    kept, not_kept = [], []
+                else:
+                    futures.append(self.writer.submit(_record_job(writes, [], [])))
+                writes = []
                 if self.progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
                     last_progress = time.monotonic()
                     stats.seconds = time.monotonic() - started
@@ -159,8 +167,8 @@ class Scanner:
         if self.progress:
             self.progress(stats)
         # The scan waits for what follows: it is committed without waiting for more jobs.
-        if writes:
-            if keeper is not None:
+        if writes or kept or not_kept:
+            if keeper is not None and kept:
                 keeper.objects.flush()
             futures.append(self.writer.submit(_record_job(writes, kept, not_kept), urgent=True))
         gone = [p for p in unseen if not _under_any(p, stats.unreadable)]

@@ -276,6 +276,7 @@ def test_run_command_is_registered_only_when_runcmd_exists() -> None:
     commands = next(a for a in parser._actions if a.dest == "command_name").choices
     assert commands is not None
     expected = {"status", "log", "where", "trace", "impact", "runs", "show", "verify"}
+    expected |= {"pin", "gc", "restore", "checkout", "reproduce"}  # docs/reproduce.md
     if importlib.util.find_spec("lineage_client.runcmd") is not None:
         expected.add("run")
     assert set(commands) == expected

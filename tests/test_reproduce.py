@@ -236,16 +236,19 @@ def test_reproduce_a_run_whose_input_was_not_kept_cannot(pipeline: Pipeline) -> 
     assert "not kept" in missing["reason"]
 
 
-def test_checkout_of_a_commit_missing_from_the_repository(pipeline: Pipeline) -> None:
-    # A clone without the second commit stands in for a repository that lost history.
+def test_checkout_then_a_commit_missing_from_the_repository(pipeline: Pipeline) -> None:
     client = pipeline.daemon.client()
     run = client.get_run(pipeline.runs["train2"])
     assert run.code is not None
     to = pipeline.daemon.base / "checkout-train2"
-    done = client.checkout(run.run_id, to)
-    assert not done.missing, done.missing
+    done = pipeline.json("checkout", run.run_id, "--to", str(to))
+    assert done["missing"] == [] and done["workdir"] == str(to)
+    assert done["code"].startswith(f"git archive {run.code.commit[:12]}")
     assert b3((to / "data" / "clean.csv").read_bytes()) == pipeline.digests["data/clean.csv@2"]
+    assert {f["path"] for f in done["files"]} == {str(to / "data" / "clean.csv")}
     assert "C=0.5" in (to / "train.py").read_text()
+    assert (to / "models").is_dir()  # where the run wrote, ready for it to write again
+    # The second commit dropped and pruned: a repository that lost that history.
     git(pipeline.repo, "reset", "-q", "--hard", "HEAD~1")
     git(pipeline.repo, "reflog", "expire", "--expire=now", "--all")
     git(pipeline.repo, "gc", "-q", "--prune=now")
