@@ -113,11 +113,14 @@ def _copy_step(source_fd: int, target_fd: int) -> Callable[[int], int]:
     return step
 
 
-def copy_verified(source_fd: int, target: Path, digest: str, *, sync: bool = True) -> PutResult:
+def copy_verified(
+    source_fd: int, target: Path, digest: str, *, sync: bool = True, mode: int | None = None
+) -> PutResult:
     """Copy ``source_fd`` to ``target`` atomically, only when the copy hashes to ``digest``.
 
-    A temporary file beside ``target`` receives the bytes; it is hashed, synced (``sync``)
-    and renamed over ``target`` when its digest is ``digest``, else removed.
+    A temporary file beside ``target`` receives the bytes; it is hashed, synced (``sync``),
+    given ``mode`` (default 0600) and renamed over ``target`` when its digest is ``digest``,
+    else removed.
     """
     folder = target.parent
     temporary = folder / f".tmp-{secrets.token_hex(8)}"
@@ -135,6 +138,8 @@ def copy_verified(source_fd: int, target: Path, digest: str, *, sync: bool = Tru
                 return PutResult(
                     digest, False, reason="the file changed before its bytes could be kept"
                 )
+            if mode is not None:
+                os.fchmod(fd, mode)
             if sync:
                 os.fsync(fd)
         finally:

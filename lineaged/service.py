@@ -247,12 +247,13 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         path, at, digest = convert.parse_read_version_bytes(request)
         _check_deadline(context)
         version = self._engine.version_to_restore(path, at, digest)
+        where = str(self._engine.objects.path_of(version.digest))
         if request.probe:
-            yield pb.VersionBytes(version=convert.version_to_pb(version))
+            yield pb.VersionBytes(version=convert.version_to_pb(version), object_path=where)
             return
         chunks = self._engine.object_chunks(version.digest)
         first = next(chunks, b"")  # a small object is read and verified whole here
-        yield pb.VersionBytes(version=convert.version_to_pb(version), data=first)
+        yield pb.VersionBytes(version=convert.version_to_pb(version), data=first, object_path=where)
         for chunk in chunks:
             if not context.is_active():
                 return

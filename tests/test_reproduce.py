@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lineage_client.reproduce import materialise
 
-from lineaged.errors import NotFound
+from lineaged.errors import CorruptObject, NotFound
 from lineaged.models import Access, AccessMode
 from tests.conftest import DaemonProcess, short_tmp_dir
 from tests.helpers import b3, wait_for
@@ -191,6 +192,12 @@ def test_restore_the_old_raw_version(pipeline: Pipeline) -> None:
     done = client.restore(f"{raw}@{v1}", to=elsewhere)
     assert Path(done.path) == elsewhere / "raw.csv"
     assert (elsewhere / "raw.csv").read_bytes() == pipeline.raw_v1
+    # The stream a client gets when it may not read the daemon's objects (a root daemon).
+    version, where = client.locate_version(str(raw), digest=v1)
+    assert where and Path(where).is_file()
+    streamed = elsewhere / "streamed.csv"
+    assert materialise(client, version, "", str(streamed)) == len(pipeline.raw_v1)
+    assert streamed.read_bytes() == pipeline.raw_v1
 
     # Content lineaged does not keep is not overwritten without --force.
     raw.write_bytes(b"edited by hand, never read by a run\n")
@@ -301,6 +308,10 @@ def test_a_corrupt_object_is_refused(pipeline: Pipeline) -> None:
     assert result.returncode == 1
     assert "no longer holds the bytes" in result.stderr and "Traceback" not in result.stderr
     assert not dest.exists()
+    version, _ = client.locate_version(str(victim), digest=digest)
+    with pytest.raises(CorruptObject, match="no longer holds"):  # streamed: DATA_LOSS
+        materialise(client, version, "", str(dest))
+    assert not dest.exists() and not list(dest.parent.glob(".victim-restored.bin.*"))
 
 
 def test_a_version_that_changed_before_it_could_be_kept_is_recorded_not_kept(

@@ -646,18 +646,27 @@ class Client:
     def kept_version(self, path: str = "", *, digest: str = "") -> Version | None:
         """The version whose bytes ``read_version_bytes`` would give back, or None when they
         are not kept (nothing is read or sent)."""
+        try:
+            return self.locate_version(path, digest=digest)[0]
+        except NotFound:
+            return None
+
+    def locate_version(
+        self, path: str = "", *, at: int | None = None, digest: str = ""
+    ) -> tuple[Version, str]:
+        """The version ``read_version_bytes`` would send and the file the daemon keeps its
+        bytes in (readable by this user or not); NotFound when they are not kept."""
         request = pb.ReadVersionBytesRequest(
             path=self._abspath(path) if path else "", digest=digest, probe=True
         )
+        if at is not None:
+            request.at.CopyFrom(convert.ns_to_ts(at))
         try:
             for message in self._stub.ReadVersionBytes(request, metadata=self._metadata):
-                return convert.version_from_pb(message.version)
+                return convert.version_from_pb(message.version), message.object_path
         except grpc.RpcError as exc:
-            error = self._error(exc)
-            if isinstance(error, NotFound):
-                return None
-            raise error from None
-        return None
+            raise self._error(exc) from None
+        raise LineageError("the daemon sent no version")
 
     def pin(self, target: str, *, note: str = "") -> PinReport:
         """Pin a version and everything upstream of it: a path (its current version),

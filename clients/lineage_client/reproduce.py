@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import blake3
@@ -149,29 +150,70 @@ def restore(
 ) -> Restored:
     """Write a recorded version's bytes to its path (or ``to``); see ``Client.restore``."""
     name, at, digest = parse_restore_target(target)
-    version, chunks = client.read_version_bytes(name, at=at, digest=digest)
-    try:
-        dest = _destination(client, version, to)
-        if os.path.lexists(dest) and not os.path.isfile(dest):
-            raise InvalidArgument(f"{dest} exists and is not a regular file; not touching it")
-        if os.path.isfile(dest):
-            from lineage_client.client import digest_file
+    version, where = client.locate_version(name, at=at, digest=digest)
+    dest = _destination(client, version, to)
+    if os.path.lexists(dest) and not os.path.isfile(dest):
+        raise InvalidArgument(f"{dest} exists and is not a regular file; not touching it")
+    if os.path.isfile(dest):
+        from lineage_client.client import digest_file
 
-            current, _, _ = digest_file(dest)
-            if current == version.digest:
-                return Restored(version, dest, version.size, unchanged=True)
-            if not force and client.kept_version(digest=current) is None:
-                raise FailedPrecondition(
-                    f"{dest} holds unsaved changes (lineaged does not keep its content "
-                    f"{current[:12]}, so it could not give it back); restoring over it would "
-                    "lose them: use --force to overwrite"
-                )
-        size = write_verified(dest, chunks, version.digest)
+        current, _, _ = digest_file(dest)
+        if current == version.digest:
+            return Restored(version, dest, version.size, unchanged=True)
+        if not force and client.kept_version(digest=current) is None:
+            raise FailedPrecondition(
+                f"{dest} holds unsaved changes (lineaged does not keep its content "
+                f"{current[:12]}, so it could not give it back); restoring over it would "
+                "lose them: use --force to overwrite"
+            )
+    size = materialise(client, version, where, dest)
+    return Restored(version, dest, size)
+
+
+def materialise(client: Client, version: Version, where: str, dest: str) -> int:
+    """Write a kept version's bytes to ``dest``, checked; their length.
+
+    Where this user may read the daemon's object (the daemon runs as the same user), it is
+    copied from there (a reflink or an in-kernel copy, hashed as it is copied); otherwise the
+    daemon streams the bytes. Either way only a copy whose digest is the version's replaces
+    ``dest``.
+    """
+    mode = _mode_for(dest)
+    try:
+        source = os.open(where, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW) if where else -1
+    except OSError:
+        source = -1  # not ours to read (a daemon running as root): streamed instead
+    if source >= 0:
+        from lineaged.objects import copy_verified
+
+        try:
+            os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+            copied = copy_verified(source, Path(dest), version.digest, mode=mode)
+        finally:
+            os.close(source)
+        if not copied.kept:
+            raise CorruptObject(
+                f"the kept object {where} no longer holds the bytes of {version.digest}; "
+                f"nothing was written to {dest}"
+            )
+        return copied.size
+    _, chunks = client.read_version_bytes(version.path, digest=version.digest)
+    try:
+        return write_verified(dest, chunks, version.digest)
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
-    return Restored(version, dest, size)
+
+
+def _mode_for(dest: str) -> int:
+    """An existing file's permissions, else what a new file gets under the umask."""
+    try:
+        return os.stat(dest).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _destination(client: Client, version: Version, to: str | os.PathLike[str] | None) -> str:
@@ -287,8 +329,8 @@ def checkout(client: Client, run_id: str, to: str) -> Checkout:
             missing.append(Missing(version.path, f"its bytes were not kept: {reason}"))
             continue
         try:
-            _, chunks = client.read_version_bytes(version.path, digest=version.digest)
-            write_verified(dest, chunks, version.digest)
+            _, where = client.locate_version(version.path, digest=version.digest)
+            materialise(client, version, where, dest)
         except LineageError as exc:
             missing.append(Missing(version.path, exc.message))
             continue

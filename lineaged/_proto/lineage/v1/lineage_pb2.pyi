@@ -1969,7 +1969,12 @@ class VersionBytes(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    OBJECT_PATH_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    object_path: _builtins.str
+    """Set in the first message: where the daemon keeps these bytes. A client allowed to read
+    that file (the same user) may copy it itself, checking the digest of its copy.
+    """
     @_builtins.property
     def version(self) -> Global___Version: ...
     def __init__(
@@ -1977,10 +1982,11 @@ class VersionBytes(_message.Message):
         *,
         version: Global___Version | None = ...,
         data: _builtins.bytes = ...,
+        object_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "object_path", b"object_path", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
