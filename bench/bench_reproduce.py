@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import (
@@ -94,7 +95,6 @@ def dvc_python() -> str | None:
 
 def big_file_rows(work: Path) -> list[list[object]]:
     """Store and restore a new BIG-byte version against cp, interleaved rounds."""
-    from lineage_client.reproduce import write_verified
 
     from lineaged import hasher
     from lineaged.objects import ObjectStore
@@ -107,7 +107,6 @@ def big_file_rows(work: Path) -> list[list[object]]:
     digest = hasher.hash_file(source).digest
     store = ObjectStore(work / "objects")
     copy = work / "copy.bin"
-    restored = work / "restored.bin"
     methods: set[str] = set()
 
     def put() -> None:
@@ -115,9 +114,6 @@ def big_file_rows(work: Path) -> list[list[object]]:
         result = store.put(str(source), digest)
         assert result.kept, result.reason
         methods.add(result.method)
-
-    def restore() -> None:
-        write_verified(str(restored), store.chunks(digest), digest)
 
     def cp() -> None:
         copy.unlink(missing_ok=True)
@@ -133,16 +129,17 @@ def big_file_rows(work: Path) -> list[list[object]]:
         "cp": cp,
         "cp + sync FILE": cp_sync,
         "lineaged store (put)": put,
-        "lineaged restore (in process)": restore,
     }
     daemon_restore = _daemon_restore(work, source, digest)
     if daemon_restore is not None:
-        contenders["lineaged restore (daemon, gRPC)"] = daemon_restore[0]
+        restore, stream, close = daemon_restore
+        contenders["lineaged restore (same user: client copies)"] = restore
+        contenders["lineaged restore (root daemon: gRPC stream)"] = stream
     try:
         timings = measure_rounds(contenders, RUNS)
     finally:
         if daemon_restore is not None:
-            daemon_restore[1]()
+            close()
     seconds = {name: median(values) for name, values in timings.items()}
     how = "reflink (FICLONE)" if methods == {"reflink"} else "copy (copy_file_range)"
     print(f"\n{BIG / (1 << 30):g} GiB version: the store measured a {how}")
@@ -162,9 +159,14 @@ def big_file_rows(work: Path) -> list[list[object]]:
     return checks
 
 
-def _daemon_restore(work: Path, source: Path, digest: str) -> tuple[object, object] | None:
-    """A daemon keeping ``source`` (keep = "all"), and a contender restoring it through it."""
+def _daemon_restore(
+    work: Path, source: Path, digest: str
+) -> tuple[Callable[[], None], Callable[[], None], Callable[[], None]] | None:
+    """A daemon keeping ``source`` (keep = "all"); contenders restoring it through it (as
+    ``lineage restore`` does for this user, and through the stream a root daemon's users
+    get), and what stops the daemon."""
     from lineage_client import Client
+    from lineage_client.reproduce import materialise
 
     root = work / "root"
     root.mkdir()
@@ -212,11 +214,17 @@ def _daemon_restore(work: Path, source: Path, digest: str) -> tuple[object, obje
         dest.unlink(missing_ok=True)  # else it holds the bytes already and nothing is written
         client.restore(f"{kept}@{digest}", to=dest, force=True)
 
+    version, _ = client.locate_version(str(kept), digest=digest)
+
+    def stream() -> None:
+        dest.unlink(missing_ok=True)
+        materialise(client, version, "", str(dest))
+
     def close() -> None:
         client.close()
         stop()
 
-    return restore, close
+    return restore, stream, close
 
 
 def tree_rows(work: Path) -> tuple[list[list[object]], Path]:
