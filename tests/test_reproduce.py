@@ -350,6 +350,8 @@ def test_gc_keeps_what_is_upstream_of_a_pinned_model(pipeline: Pipeline) -> None
     assert {v["digest"] for v in pinned["pinned"]} == {model_v1}
     assert pinned["upstream_versions"] >= 3 and pinned["upstream_kept"] == 3
     upstream = {model_v1, d["data/clean.csv@1"], d["data/raw.csv@1"]}
+    by_run = pipeline.json("pin", pipeline.runs["train1"])  # the run: its inputs and outputs
+    assert {model_v1, d["data/clean.csv@1"]} <= {v["digest"] for v in by_run["pinned"]}
     dry = pipeline.json("gc", "--dry-run")
     assert dry["dry_run"] is True and dry["freed_objects"] > 0
     assert all(_object(pipeline, digest).exists() for digest in dry["freed"])
