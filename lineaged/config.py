@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from lineaged.errors import ConfigError
-from lineaged.models import Role, Root
+from lineaged.models import Keep, Role, Root
 from lineaged.paths import default_socket, default_state_dir
 
-__all__ = ["DEFAULT_IGNORE", "Config", "IgnoreRules", "load_config", "parse_watch"]
+__all__ = [
+    "DEFAULT_IGNORE",
+    "Config",
+    "IgnoreRules",
+    "load_config",
+    "parse_size",
+    "parse_watch",
+]
 
 # Editor swap and backup files, partial downloads, temporaries, VCS metadata, byte code.
 DEFAULT_IGNORE: tuple[str, ...] = (
@@ -123,6 +130,13 @@ class Config:
     redact_names: tuple[str, ...] = ()
     redact_values: tuple[str, ...] = ()
     openlineage: Mapping[str, Any] | None = None  # the [openlineage] table (ol_delivery.py)
+    objects_dir: str = ""  # the content store's folder ("": <state_dir>/objects)
+    objects_budget: int = 0  # bytes the content store may hold (0: no budget)
+
+    @property
+    def objects_path(self) -> Path:
+        """Where the content store keeps its objects."""
+        return Path(self.objects_dir) if self.objects_dir else self.state_dir / "objects"
 
     def ignore_rules(self, root: Root) -> IgnoreRules:
         """The default ignore patterns plus the root's own."""
@@ -150,6 +164,13 @@ def parse_watch(spec: str, *, base: Path | None = None) -> Root:
 def _root_from_toml(entry: Any, base: Path) -> Root:
     if not isinstance(entry, Mapping) or "path" not in entry:
         raise ConfigError("each [[roots]] entry needs a path")
+    unknown = set(entry) - {"path", "role", "ignore", "keep", "max_hash_size"}
+    if unknown:
+        # A top-level key written after a [[roots]] header lands in that root: say so.
+        raise ConfigError(
+            f"root {entry['path']!r}: unknown keys {', '.join(sorted(unknown))} (top-level "
+            "keys go before the first [[roots]])"
+        )
     root = parse_watch(str(entry["path"]), base=base)
     role = entry.get("role", root.role.value)
     if role not in {r.value for r in Role}:
@@ -158,7 +179,18 @@ def _root_from_toml(entry: Any, base: Path) -> Root:
     if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
         raise ConfigError(f"root {entry['path']!r}: ignore must be a list of patterns")
     max_hash_size = _hash_size_limit(entry.get("max_hash_size", 0), str(entry["path"]))
-    return replace(root, role=Role(role), ignore=tuple(ignore), max_hash_size=max_hash_size)
+    keep = entry.get("keep", Keep.LINEAGE.value)
+    if keep not in {k.value for k in Keep}:
+        raise ConfigError(
+            f'root {entry["path"]!r}: keep must be "lineage", "all" or "none", not {keep!r}'
+        )
+    return replace(
+        root,
+        role=Role(role),
+        ignore=tuple(ignore),
+        max_hash_size=max_hash_size,
+        keep=Keep(keep),
+    )
 
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -184,6 +216,20 @@ def _hash_size_limit(value: object, root: str) -> int:
     return number
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """A size in bytes from an integer or text such as ``"50G"``, ``"1.5 TiB"``, ``"800M"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.fullmatch(str(value)) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(f"objects_budget: cannot read {value!r} as a size (e.g. 50G, 800M)")
+    power = " kmgt".index(match.group(2).lower() or " ")
+    return int(float(match.group(1)) * 1024**power)
+
+
 _TOML_KEYS = {
     "state_dir",
     "socket",
@@ -200,6 +246,8 @@ _TOML_KEYS = {
     "roots",
     "redact",
     "openlineage",
+    "objects_dir",
+    "objects_budget",
 }
 
 
@@ -236,7 +284,9 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     for spec in getattr(args, "watch", None) or []:
         root = parse_watch(spec)
         previous = roots_by_path.get(root.path)
-        roots_by_path[root.path] = replace(root, ignore=previous.ignore) if previous else root
+        roots_by_path[root.path] = (
+            replace(root, ignore=previous.ignore, keep=previous.keep) if previous else root
+        )
     roots = tuple(roots_by_path.values())
     _check_nesting(roots)
 
@@ -269,6 +319,12 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         config_file=str(getattr(args, "config", "") or ""),
         **_redact_from_toml(data.get("redact", {})),
         openlineage=data.get("openlineage"),
+        objects_dir=(
+            str((base / os.path.expanduser(str(data["objects_dir"]))).absolute())
+            if data.get("objects_dir")
+            else ""
+        ),
+        objects_budget=parse_size(data.get("objects_budget", 0)),
     )
     _validate(config)
     return config

@@ -33,11 +33,14 @@ from lineaged.models import (
     Edge,
     EnvState,
     Event,
+    GcReport,
     Graph,
     GraphTable,
+    PinReport,
     Role,
     Root,
     Run,
+    RunFile,
     RunRow,
     RunStart,
     RunStatus,
@@ -76,6 +79,8 @@ __all__ = [
     "encode_page_token",
     "event_from_pb",
     "event_to_pb",
+    "gc_report_from_pb",
+    "gc_report_to_pb",
     "graph_from_pb",
     "graph_to_pb",
     "ns_from_ts",
@@ -89,9 +94,14 @@ __all__ = [
     "parse_lineage",
     "parse_list_runs",
     "parse_page_size",
+    "parse_read_version_bytes",
     "parse_run_id",
     "parse_start",
     "parse_time",
+    "pin_report_from_pb",
+    "pin_report_to_pb",
+    "run_file_from_pb",
+    "run_file_to_pb",
     "run_from_pb",
     "run_status_to_pb",
     "run_to_pb",
@@ -1418,3 +1428,86 @@ def event_from_pb(message: pb.Event) -> Event:
 def versions_to_pb(versions: Iterable[Version]) -> list[pb.Version]:
     """Wire forms of several versions."""
     return [version_to_pb(v) for v in versions]
+
+
+# --- content store (docs/reproduce.md) ------------------------------------------------------
+
+
+def run_file_to_pb(item: RunFile) -> pb.RunFile:
+    """Wire form of a run's file and whether its bytes are kept."""
+    return pb.RunFile(
+        version=version_to_pb(item.version),
+        kind=item.kind,
+        role=item.role,
+        kept=item.kept,
+        not_kept=item.not_kept,
+    )
+
+
+def run_file_from_pb(message: pb.RunFile) -> RunFile:
+    """A run's file from its wire form."""
+    return RunFile(
+        version=version_from_pb(message.version),
+        kind=message.kind,
+        role=message.role or "data",
+        kept=message.kept,
+        not_kept=message.not_kept,
+    )
+
+
+def parse_read_version_bytes(
+    request: pb.ReadVersionBytesRequest,
+) -> tuple[str, int | None, str]:
+    """(path or "", time or None, digest or "") of a ReadVersionBytes request, validated."""
+    path = check_path(request.path, allow_empty=True) if request.path else ""
+    at = parse_time(request, "at")
+    digest = check_digest_prefix(request.digest) if request.digest else ""
+    if not path and not digest:
+        raise InvalidArgument("give a path, a digest, or both")
+    if at is not None and (digest or not path):
+        raise InvalidArgument("a time goes with a path, and not with a digest")
+    return path, at, digest
+
+
+def pin_report_to_pb(report: PinReport) -> pb.PinVersionsResponse:
+    """Wire form of what a pin protected."""
+    return pb.PinVersionsResponse(
+        pinned=versions_to_pb(report.pinned),
+        upstream_versions=report.upstream_versions,
+        upstream_kept=report.upstream_kept,
+    )
+
+
+def pin_report_from_pb(message: pb.PinVersionsResponse) -> PinReport:
+    """What a pin protected, from its wire form."""
+    return PinReport(
+        pinned=tuple(version_from_pb(v) for v in message.pinned),
+        upstream_versions=message.upstream_versions,
+        upstream_kept=message.upstream_kept,
+    )
+
+
+def gc_report_to_pb(report: GcReport) -> pb.CollectGarbageResponse:
+    """Wire form of a gc report."""
+    return pb.CollectGarbageResponse(
+        dry_run=report.dry_run,
+        freed_objects=report.freed_objects,
+        freed_bytes=report.freed_bytes,
+        kept_objects=report.kept_objects,
+        kept_bytes=report.kept_bytes,
+        protected_objects=report.protected_objects,
+        freed=list(report.freed),
+    )
+
+
+def gc_report_from_pb(message: pb.CollectGarbageResponse) -> GcReport:
+    """A gc report from its wire form."""
+    return GcReport(
+        dry_run=message.dry_run,
+        freed_objects=message.freed_objects,
+        freed_bytes=message.freed_bytes,
+        kept_objects=message.kept_objects,
+        kept_bytes=message.kept_bytes,
+        protected_objects=message.protected_objects,
+        freed=tuple(message.freed),
+    )

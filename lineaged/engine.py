@@ -26,6 +26,7 @@ from lineaged.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PathOutsideRoots,
     ResourceExhausted,
     StoreError,
@@ -40,9 +41,12 @@ from lineaged.models import (
     Counts,
     Direction,
     Event,
+    GcReport,
     GraphTable,
+    PinReport,
     Root,
     Run,
+    RunFile,
     RunStart,
     RunStatus,
     ScanState,
@@ -51,8 +55,10 @@ from lineaged.models import (
     VerifyItem,
     Version,
 )
+from lineaged.objects import CHUNK, ObjectStore
 from lineaged.paths import is_normal_path
 from lineaged.redact import Redactor, load_or_create_key
+from lineaged.retention import Keeper
 from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat
 from lineaged.watcher import (
@@ -346,11 +352,16 @@ class Engine:
         self._watchdog_crashed = False
         self._too_deep: set[str] = set()  # roots a scan found too deep for watchdog
         self._crashes = WatchdogCrashes(self._on_watchdog_crash)
-        self.roots = RootSet([], excluded=[str(config.state_dir)])
+        self.roots = RootSet([], excluded=[str(config.state_dir), str(config.objects_path)])
+        self.objects = ObjectStore(config.objects_path)
+        self.keeper = Keeper(
+            store, self.writer, self.objects, self.roots, budget=config.objects_budget
+        )
         self._too_large: dict[str, set[str]] = {}  # root path -> files over max_hash_size
         self.indexer = Indexer(
             store, self.writer, self.roots, cancel=self._stop, on_too_large=self._on_too_large
         )
+        self.indexer.keeper = self.keeper
         # Big files hash one at a time on their own lane; the small lane takes what a
         # client's call could not hash before its deadline (see lanes.py).
         self.large_lane = HashLane("large", self.indexer.hash_and_record, self._stop)
@@ -365,6 +376,7 @@ class Engine:
             stop=self._stop,
             large_lane=self._hash_large,
         )
+        self.scanner.keeper = self.keeper
         self.pipeline = Pipeline(
             self.indexer,
             settle=config.settle_ms / 1000.0,
@@ -501,7 +513,9 @@ class Engine:
             scan_interval=config.scan_interval,
             redact_names=config.redact_names,
             redact_values=config.redact_values,
+            objects_budget=config.objects_budget,
         )
+        self.keeper.budget = config.objects_budget  # keep policies come with the roots
         with self._redactor_lock:
             self._redactor = None  # rebuilt with the new [redact] rules on the next run
         if self._watch_problem:
@@ -1161,6 +1175,8 @@ class Engine:
 
         recorded = self.writer.call(job)
         self._link_when_hashed(run_id, "read", reads, hashing)
+        # Before the run ends: the bytes it read are copied while its reads are reported.
+        self.keeper.keep_versions([version_id for version_id, _ in linked])
         return int(recorded)
 
     def _link_when_hashed(
@@ -1367,6 +1383,7 @@ class Engine:
                 if current is not None:
                     linked.append((current.id, access))
         end = ended_at or time.time_ns()
+        self.keeper.keep_versions([version_id for version_id, _ in linked])
 
         def job(store: Store) -> None:
             store.link_many(run_id, "wrote", linked)
@@ -1457,6 +1474,62 @@ class Engine:
         if start.version_id < 0:
             raise InvalidArgument("a version id is a positive integer")
         return start
+
+    # -- content store
+
+    def pin(self, start: StartNode, note: str = "") -> PinReport:
+        """Pin a path's current version, every version of a digest, or a run's files."""
+        start = self._check_start(start)
+        if start.run_id:
+            versions = [f.version for f in self.store.run_files(start.run_id)]
+        else:
+            versions, _ = self.store.start_versions(start)
+        return self.keeper.pin(start, versions, note)
+
+    def collect_garbage(self, *, dry_run: bool) -> GcReport:
+        """Free what the keep policy no longer wants (``lineage gc``)."""
+        return self.keeper.collect(dry_run=dry_run)
+
+    def version_to_restore(self, path: str, at: int | None, digest: str) -> Version:
+        """The version ``lineage restore`` means: PATH (its newest version), PATH@TIME,
+        PATH@DIGEST or a digest alone; NotFound when its bytes are not kept."""
+        if not path and not digest:
+            raise InvalidArgument("restore needs a path, a digest, or both")
+        if path:
+            path = _check_abs(path)
+        if digest:
+            candidates = self.store.versions_by_digest(digest, limit=MAX_PAGE)
+            same_path = [v for v in candidates if v.path == path]
+            if path and not same_path:
+                raise NotFound(f"{path} never held {candidates[0].digest}")
+            version = (same_path or candidates)[0]
+        elif at is not None:
+            version = self.store.version_at(path, at)
+        else:
+            version = self.store.history(path, limit=1)[0]
+        if not self.store.object_kept(version.digest):
+            files = self.store.not_kept_reason(version.id)
+            why = f": {files}" if files else " (the keep policy did not ask for them)"
+            raise NotFound(
+                f"the bytes of {version.path} version {version.id} ({version.digest[:12]}) "
+                f"were not kept{why}"
+            )
+        return version
+
+    def object_chunks(self, digest: str) -> Iterator[bytes]:
+        """The kept bytes of ``digest``, verified before the first chunk (``CorruptObject``)."""
+        return self.objects.chunks(digest, CHUNK)
+
+    def run_files(self, run_id: str) -> list[RunFile]:
+        """Every version a run read or wrote, and whether its bytes are kept."""
+        return self.store.run_files(run_id)
+
+    def link_reproduction(self, run_id: str, original_run_id: str) -> None:
+        """Record that ``run_id`` re-ran ``original_run_id``."""
+        run = self.store.get_run(run_id)
+        original = self.store.get_run(original_run_id)
+        at = time.time_ns()
+        self.writer.call(lambda store: store.link_reproduction(run.run_id, original.run_id, at))
 
     # -- events
 

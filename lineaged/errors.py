@@ -20,8 +20,9 @@ codes; the client maps status codes back to the same classes.
     ├── ResourceExhausted             RESOURCE_EXHAUSTED   exit 1
     ├── DeadlineExceeded              DEADLINE_EXCEEDED    exit 1
     ├── StoreError                    INTERNAL             exit 1
-    │   └── CorruptStore              INTERNAL             exit 1
-    │       └── DamagedRow            DATA_LOSS            exit 1
+    │   ├── CorruptStore              INTERNAL             exit 1
+    │   │   └── DamagedRow            DATA_LOSS            exit 1
+    │   └── CorruptObject             DATA_LOSS            exit 1
     └── HashError                     INTERNAL             exit 1
         ├── UnstableFile              INTERNAL             exit 1
         ├── TooLarge                  INTERNAL             exit 1
@@ -41,6 +42,7 @@ __all__ = [
     "AmbiguousDigest",
     "CaptureIncomplete",
     "ConfigError",
+    "CorruptObject",
     "CorruptStore",
     "DaemonUnavailable",
     "DamagedRow",
@@ -173,6 +175,12 @@ class DamagedRow(CorruptStore):
     grpc_status = "DATA_LOSS"
 
 
+class CorruptObject(StoreError):
+    """A kept object's bytes no longer hash to its digest: it is never handed out."""
+
+    grpc_status = "DATA_LOSS"
+
+
 class HashError(LineageError):
     """A file could not be hashed."""
 
@@ -199,7 +207,7 @@ _BY_STATUS: dict[str, type[LineageError]] = {
     "FAILED_PRECONDITION": FailedPrecondition,
     "RESOURCE_EXHAUSTED": ResourceExhausted,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
-    "DATA_LOSS": DamagedRow,
+    "DATA_LOSS": DamagedRow,  # CorruptObject shares the code: the class name travels too
 }
 
 

@@ -67,10 +67,13 @@ __all__ = [
     "RACY_WINDOW_NS",
     "Deferred",
     "HashResult",
+    "StreamDigest",
     "die_with_parent",
     "hash_bytes",
     "hash_file",
     "hash_many",
+    "hash_own_file",
+    "hash_while_copying",
     "kill_helpers",
 ]
 
@@ -117,6 +120,7 @@ class HashResult:
 
     digest: str
     stat_key: StatKey
+    kept: str = ""  # hash_many(keep_into=...): how the hashed bytes were kept, "" if they were not
 
 
 class _Deferred(Exception):
@@ -192,6 +196,77 @@ def _beneath_opener(folders: dirfd.FolderDescriptors, path: str) -> Callable[[],
     return opener
 
 
+def hash_own_file(fd: int) -> tuple[str, int]:
+    """Digest and length of a file only lineaged writes (a kept object, a copy being made).
+
+    No settling wait and no stat comparison: nobody else writes it, and what matters is the
+    digest of exactly the bytes it holds, which the caller compares with the name it expects.
+    """
+    size = os.fstat(fd).st_size
+    digest, nread = _hash_fd(fd, size)
+    if nread != size:
+        return "", nread
+    return digest, nread
+
+
+def hash_while_copying(target_fd: int, copy_step: Callable[[int], int]) -> tuple[str, int]:
+    """Digest and length of the bytes ``copy_step`` writes into ``target_fd``.
+
+    ``copy_step(offset)`` copies the next piece at ``offset`` and returns its length (0 at the
+    end); it runs in a thread of its own while this one reads each finished piece back (from
+    the page cache) and hashes it, so the copy and the hash overlap. What is hashed is what
+    was written, whatever the source did meanwhile.
+    """
+    pieces: queue.SimpleQueue[tuple[int, int] | BaseException | None] = queue.SimpleQueue()
+
+    def copier() -> None:
+        offset = 0
+        try:
+            while (n := copy_step(offset)) > 0:
+                pieces.put((offset, n))
+                offset += n
+            pieces.put(None)
+        except BaseException as exc:  # handed over: the hashing thread must not wait forever
+            pieces.put(exc)
+
+    thread = threading.Thread(target=copier, name="lineaged-keep-copy", daemon=True)
+    thread.start()
+    view = _buffers.views[0]
+    digest = blake3(max_threads=blake3.AUTO)
+    total = 0
+    try:
+        while (item := pieces.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            offset, length = item
+            end = offset + length
+            while offset < end:
+                n = os.preadv(target_fd, [view[: min(_CHUNK, end - offset)]], offset)
+                if n == 0:
+                    raise OSError(errno.EIO, "the copy is shorter than what was written")
+                digest.update(view[:n])
+                offset += n
+            total = end
+    finally:
+        thread.join()
+    return str(digest.hexdigest()), total
+
+
+class StreamDigest:
+    """BLAKE3 of bytes handed over piece by piece (a kept object as it is streamed out)."""
+
+    def __init__(self) -> None:
+        self._hasher = blake3(max_threads=blake3.AUTO)
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Add the next piece."""
+        self._hasher.update(data)
+
+    def hexdigest(self) -> str:
+        """The digest of every piece so far, as 64 hex characters."""
+        return str(self._hasher.hexdigest())
+
+
 def hash_many(
     paths: Iterable[str],
     *,
@@ -203,6 +278,7 @@ def hash_many(
     defer_at: int = 0,
     max_size: int = 0,
     cancel: threading.Event | None = None,
+    keep_into: str | None = None,
 ) -> Iterator[tuple[str, Outcome]]:
     """Hash many files, yielding ``(path, result or the error)`` for each path in any order.
 
@@ -220,19 +296,24 @@ def hash_many(
     ``paths`` may be a generator (a directory walk): each chunk is sent to the pool as soon
     as it is full, and results are handed back while the rest is still being produced, so
     the walk and the hashing overlap.
+
+    ``keep_into`` (a content store folder): the bytes of each file smaller than
+    ``MT_THRESHOLD`` are kept there as soon as they are hashed, from the very buffer that was
+    hashed (one read; ``HashResult.kept`` says how), without being synced: the caller syncs
+    the batch before it records it. Bigger files are left to the caller.
     """
     if workers is None:
         workers = len(os.sched_getaffinity(0))
     remaining = iter(paths)
     first = list(itertools.islice(remaining, pool_min_paths))
-    local = _Local(root, retries, defer_at, max_size, cancel)
+    local = _Local(root, retries, defer_at, max_size, cancel, keep_into)
     try:
         if len(first) < pool_min_paths or workers <= 1:
             for path in itertools.chain(first, remaining):
                 yield path, local.outcome(path)
             return
         yield from _hash_in_pool(
-            itertools.chain(first, remaining), local, workers, chunk_paths, root, retries
+            itertools.chain(first, remaining), local, workers, chunk_paths, root, retries, keep_into
         )
     finally:
         local.close()
@@ -248,8 +329,10 @@ class _Local:
         defer_at: int,
         max_size: int,
         cancel: threading.Event | None,
+        keep_into: str | None = None,
     ) -> None:
         self.folders = dirfd.FolderDescriptors(root) if root is not None else None
+        self.keep_into = keep_into
         self.retries = retries
         self.defer_at = defer_at
         self.max_size = max_size
@@ -258,7 +341,7 @@ class _Local:
     def outcome(self, path: str) -> Outcome:
         opener = _path_opener(path) if self.folders is None else _beneath_opener(self.folders, path)
         try:
-            return _hash_path(
+            result = _hash_path(
                 path,
                 self.retries,
                 opener,
@@ -270,6 +353,8 @@ class _Local:
             return Deferred(deferred.size)
         except (OSError, HashError) as exc:
             return exc
+        kept = _keep_hashed(self.keep_into, result.digest, result.stat_key.size)
+        return HashResult(result.digest, result.stat_key, kept) if kept else result
 
     def close(self) -> None:
         if self.folders is not None:
@@ -283,6 +368,7 @@ def _hash_in_pool(
     chunk_paths: int,
     root: str | None,
     retries: int,
+    keep_into: str | None = None,
 ) -> Iterator[tuple[str, Outcome]]:
     # Imported here: they cost ~40 ms, which a CLI that only hashes one file should not pay.
     from concurrent.futures import ProcessPoolExecutor, wait
@@ -305,7 +391,9 @@ def _hash_in_pool(
                 if local.cancel is not None and local.cancel.is_set():
                     return
                 try:
-                    pending[pool.submit(_hash_chunk, chunk, retries, root, local.max_size)] = chunk
+                    pending[
+                        pool.submit(_hash_chunk, chunk, retries, root, local.max_size, keep_into)
+                    ] = chunk
                 except (OSError, BrokenProcessPool) as exc:
                     # No processes allowed (task limits, a sandbox), or a worker died (the
                     # OOM killer) while the walk went on: slower, but complete. Chunks already
@@ -375,19 +463,23 @@ def _chunk_outcomes(
         if outcome is None:
             yield path, local.outcome(path)
         elif isinstance(outcome, tuple):
-            digest, dev, ino, size, mtime_ns, ctime_ns = outcome
-            yield path, HashResult(digest, StatKey(dev, ino, size, mtime_ns, ctime_ns))
+            digest, dev, ino, size, mtime_ns, ctime_ns, kept = outcome
+            yield path, HashResult(digest, StatKey(dev, ino, size, mtime_ns, ctime_ns), kept)
         else:
             yield path, outcome
 
 
 # What a worker sends back for a hashed file: plain tuples pickle several times faster than
 # frozen slotted dataclasses (measured: dataclass pickling was a third of a bulk scan).
-_Packed = tuple[str, int, int, int, int, int]
+_Packed = tuple[str, int, int, int, int, int, str]
 
 
 def _hash_chunk(
-    paths: list[str], retries: int, root: str | None = None, max_size: int = 0
+    paths: list[str],
+    retries: int,
+    root: str | None = None,
+    max_size: int = 0,
+    keep_into: str | None = None,
 ) -> list[_Packed | OSError | HashError | None]:
     """Worker-process task: hash the small files of ``paths``, in order; ``None`` marks a
     big file left to the caller's multithreaded core."""
@@ -404,13 +496,28 @@ def _hash_chunk(
                 outcomes.append(exc)
             else:
                 key = result.stat_key
+                kept = _keep_hashed(keep_into, result.digest, key.size)
                 outcomes.append(
-                    (result.digest, key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns)
+                    (result.digest, key.dev, key.ino, key.size, key.mtime_ns, key.ctime_ns, kept)
                 )
     finally:
         if folders is not None:
             folders.close()
     return outcomes
+
+
+def _keep_hashed(keep_into: str | None, digest: str, size: int) -> str:
+    """Keep the bytes of a small file just hashed, still in this thread's read buffer (what
+    was hashed is what is written: one read, no second hash); "" when not kept."""
+    if keep_into is None or size >= MT_THRESHOLD or size >= _CHUNK:
+        return ""
+    from lineaged.objects import keep_bytes  # objects imports this module
+
+    try:
+        return keep_bytes(keep_into, digest, _buffers.views[0][:size])
+    except OSError as exc:
+        log.warning("cannot keep the bytes of %s: %s", digest, exc)
+        return ""
 
 
 def _hash_path(

@@ -25,6 +25,7 @@ from lineaged.store import CacheEntry, Store, VersionWrite, Writer
 
 if TYPE_CHECKING:
     from lineaged.lanes import HashLane, Ticket
+    from lineaged.retention import Keeper
 
 __all__ = ["RACY_NS", "Indexer", "RootSet", "WatchedRoot", "needs_hash"]
 
@@ -142,6 +143,7 @@ class Indexer:
         self.on_too_large = on_too_large
         self.large_lane: HashLane | None = None
         self.small_lane: HashLane | None = None
+        self.keeper: Keeper | None = None  # set by the engine: keeps bytes where roots want all
 
     def observe(
         self, hints: dict[str, ChangeKind], *, wait: bool = False
@@ -182,6 +184,9 @@ class Indexer:
         writes: list[VersionWrite] = []
         gone: dict[ChangeKind, list[str]] = {}
         touched: list[tuple[str, StatKey, int]] = []
+        kept: list[tuple[str, int, str]] = []
+        not_kept: list[tuple[str, str, str]] = []
+        keeper = self.keeper
         for path, seen in hints.items():
             root = self.roots.tracked(path)
             if root is None:
@@ -248,6 +253,13 @@ class Indexer:
                 continue
             if entry is None and seen is ChangeKind.MODIFIED:
                 seen = ChangeKind.CREATED
+            if keeper is not None and keeper.wants_all(root.root_id):
+                # Copied now, before the version is recorded: a later change cannot lose it.
+                outcome = keeper.put(path, result.digest)
+                if outcome.kept:
+                    kept.append((outcome.digest, outcome.size, outcome.method))
+                else:
+                    not_kept.append((path, result.digest, outcome.reason))
             writes.append(
                 VersionWrite(
                     path=path,
@@ -266,6 +278,10 @@ class Indexer:
             for path, key, checked_at in touched:
                 store.touch_stat(path, key, checked_at)
             created: list[Any] = list(store.record_versions(writes, hasher.HASH_FORMAT))
+            if kept:
+                store.record_objects(kept, at)
+            if not_kept:
+                store.mark_not_kept_current(not_kept)
             for how, paths in gone.items():
                 for path in store.record_gone(paths, at, how):
                     created.append(("gone", path, how))

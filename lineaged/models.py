@@ -28,11 +28,15 @@ __all__ = [
     "EdgeRow",
     "EnvState",
     "Event",
+    "GcReport",
     "Graph",
     "GraphTable",
+    "Keep",
+    "PinReport",
     "Role",
     "Root",
     "Run",
+    "RunFile",
     "RunRow",
     "RunStart",
     "RunStatus",
@@ -125,6 +129,14 @@ class StatKey:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+class Keep(StrEnum):
+    """Which versions of a root's files the content store keeps the bytes of."""
+
+    LINEAGE = "lineage"  # every version a recorded run read or wrote, nothing else
+    ALL = "all"  # every version, when it is first recorded
+    NONE = "none"  # none (pins still protect what is kept already)
+
+
 @dataclass(frozen=True, slots=True)
 class Root:
     """A watched directory and its role."""
@@ -136,6 +148,7 @@ class Root:
     health: str = "ok"  # "ok", or a short reason it cannot see everything
     polling: bool = False
     max_hash_size: int = 0  # bytes; bigger files are not hashed ("too large"); 0: no limit
+    keep: Keep = Keep.LINEAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,3 +446,36 @@ class Event:
     kind: str  # "version" or "run"
     version: Version | None = None
     run: Run | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunFile:
+    """A version a run read or wrote, and whether its bytes are kept."""
+
+    version: Version
+    kind: str  # "read" or "wrote"
+    role: str = "data"
+    kept: bool = False
+    not_kept: str = ""  # why the bytes are not kept, when known
+
+
+@dataclass(frozen=True, slots=True)
+class PinReport:
+    """What ``lineage pin`` protected: the pinned versions and everything upstream."""
+
+    pinned: tuple[Version, ...]
+    upstream_versions: int  # distinct digests upstream of the pins (the pins included)
+    upstream_kept: int  # how many of those have their bytes kept
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What ``lineage gc`` freed (or would free, on a dry run) and what it kept."""
+
+    dry_run: bool
+    freed_objects: int
+    freed_bytes: int
+    kept_objects: int
+    kept_bytes: int
+    protected_objects: int  # kept because a pin is downstream of them
+    freed: tuple[str, ...] = ()  # digests freed (at most 1000 listed)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineaged import dirfd, hasher
 from lineaged.errors import TooLarge
@@ -22,11 +22,15 @@ from lineaged.indexer import RACY_NS, RootSet, WatchedRoot
 from lineaged.models import ChangeKind
 from lineaged.store import Store, VersionWrite, Writer
 
+if TYPE_CHECKING:
+    from lineaged.retention import Keeper
+
 __all__ = ["ScanStats", "Scanner"]
 
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 5000
+FLUSH_SECONDS = 5.0  # at most one syncfs per this while a keep = "all" root is scanned
 _PACK = struct.Struct("<5q").pack  # the same layout as store.pack_stat_key
 PROGRESS_SECONDS = 2.0
 
@@ -90,6 +94,7 @@ class Scanner:
         # Files of hasher.LARGE_FILE bytes or more go there (hashed one at a time off this
         # thread, so a 40 GB file does not hold the rest of the scan); None: hashed here.
         self.large_lane = large_lane
+        self.keeper: Keeper | None = None  # set by the engine: keeps bytes where roots want all
 
     def scan(
         self,
@@ -113,16 +118,26 @@ class Scanner:
         unseen = dict(trusted)  # the walk pops what it finds: what remains has gone
         futures = []
         writes: list[VersionWrite] = []
+        keeper = (
+            self.keeper if self.keeper is not None and self.keeper.wants_all(root.root_id) else None
+        )
+        kept: list[tuple[str, int, str]] = []
+        not_kept: list[tuple[str, str, str]] = []
         scan_started_at = time.time_ns()
         last_progress = time.monotonic()
         # The walk is a generator: files are hashed while it goes on (a first index of
         # 100,000 files spent 0.7 s walking before the first hash).
+        keep_into = str(keeper.objects.root) if keeper is not None else None
+        last_flush = time.monotonic()
+        if keep_into is not None:
+            os.makedirs(keep_into, mode=0o700, exist_ok=True)
         outcomes = hasher.hash_many(
             self._walk(root, top, stats, unseen, progress),
             root=root.path,
             defer_at=hasher.LARGE_FILE if self.large_lane is not None else 0,
             max_size=root.root.max_hash_size,
             cancel=self.stop,
+            keep_into=keep_into,
         )
         for path, result in outcomes:
             if self.stop.is_set():
@@ -161,8 +176,26 @@ class Scanner:
             writes.append(
                 VersionWrite(path, root.root_id, result.digest, result.stat_key, seen, observed_at)
             )
+            if keeper is not None and result.kept:
+                # Small files were kept by the hasher from the buffer it hashed; all are
+                # synced (below) before the store says they are kept.
+                kept.append((result.digest, result.stat_key.size, result.kept))
+            elif keeper is not None:
+                outcome = keeper.put(path, result.digest, sync=False)
+                if outcome.kept:
+                    kept.append((outcome.digest, outcome.size, outcome.method))
+                else:
+                    not_kept.append((path, result.digest, outcome.reason))
             if len(writes) >= WRITE_BATCH:
-                futures.append(self.writer.submit(_record_job(writes)))
+                if keeper is not None and time.monotonic() - last_flush >= FLUSH_SECONDS:
+                    # One syncfs per few seconds, not per batch: it flushes the whole file
+                    # system, and other writers' dirty pages with ours.
+                    keeper.objects.flush()
+                    last_flush = time.monotonic()
+                    futures.append(self.writer.submit(_record_job(writes, kept, not_kept)))
+                    kept, not_kept = [], []
+                else:
+                    futures.append(self.writer.submit(_record_job(writes, [], [])))
                 writes = []
                 if progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
                     last_progress = time.monotonic()
@@ -171,8 +204,10 @@ class Scanner:
         if progress:
             progress(stats)
         # The scan waits for what follows: it is committed without waiting for more jobs.
-        if writes:
-            futures.append(self.writer.submit(_record_job(writes), urgent=True))
+        if writes or kept or not_kept:
+            if keeper is not None and kept:
+                keeper.objects.flush()
+            futures.append(self.writer.submit(_record_job(writes, kept, not_kept), urgent=True))
         gone = [p for p in unseen if not _under_any(p, stats.unreadable)]
         if gone and not self.stop.is_set():
             at = time.time_ns()
@@ -406,9 +441,18 @@ class _OpenDirs:
         os.close(self.top_fd)
 
 
-def _record_job(writes: list[VersionWrite]) -> Callable[[Store], list[Any]]:
+def _record_job(
+    writes: list[VersionWrite],
+    kept: list[tuple[str, int, str]],
+    not_kept: list[tuple[str, str, str]],
+) -> Callable[[Store], list[Any]]:
     def job(store: Store) -> list[Any]:
-        return list(store.record_versions(writes, hasher.HASH_FORMAT))
+        created: list[Any] = list(store.record_versions(writes, hasher.HASH_FORMAT))
+        if kept:
+            store.record_objects(kept, time.time_ns())
+        if not_kept:
+            store.mark_not_kept_current(not_kept)
+        return created
 
     return job
 

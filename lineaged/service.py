@@ -244,3 +244,62 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
             if not context.is_active() or self._stopping.is_set():
                 return
             yield pb.OpenLineageEvent(json=text)
+
+    # -- content store (docs/reproduce.md)
+
+    def GetRunFiles(self, request: pb.GetRunFilesRequest, context: Any) -> pb.GetRunFilesResponse:
+        """Every version a run read or wrote, with whether its bytes are kept."""
+        run_id = convert.parse_run_id(request.run_id)
+        _check_deadline(context)
+        files = self._engine.run_files(run_id)
+        return pb.GetRunFilesResponse(
+            files=[convert.run_file_to_pb(f) for f in files],
+            reproduces=self._engine.store.reproduces(run_id),
+            reproduced_by=self._engine.store.reproductions_of(run_id),
+        )
+
+    def ReadVersionBytes(
+        self, request: pb.ReadVersionBytesRequest, context: Any
+    ) -> Iterator[pb.VersionBytes]:
+        """The kept bytes of a version, hashed as they are read: the last chunk only follows once
+        all of them matched (else DATA_LOSS). The caller writes them (the daemon opens no path
+        outside its roots on a client's behalf)."""
+        path, at, digest = convert.parse_read_version_bytes(request)
+        _check_deadline(context)
+        version = self._engine.version_to_restore(path, at, digest)
+        where = str(self._engine.objects.path_of(version.digest))
+        if request.probe:
+            yield pb.VersionBytes(version=convert.version_to_pb(version), object_path=where)
+            return
+        chunks = self._engine.object_chunks(version.digest)
+        first = next(chunks, b"")  # a small object is read and verified whole here
+        yield pb.VersionBytes(version=convert.version_to_pb(version), data=first, object_path=where)
+        for chunk in chunks:
+            if not context.is_active():
+                return
+            yield pb.VersionBytes(data=chunk)
+
+    def PinVersions(self, request: pb.PinVersionsRequest, context: Any) -> pb.PinVersionsResponse:
+        """Pin a version (or a run's files) and so everything upstream of it."""
+        start = convert.parse_start(request.start)
+        note = request.note
+        _check_deadline(context)
+        return convert.pin_report_to_pb(self._engine.pin(start, note))
+
+    def CollectGarbage(
+        self, request: pb.CollectGarbageRequest, context: Any
+    ) -> pb.CollectGarbageResponse:
+        """Free the kept bytes the policy no longer wants (never upstream of a pin)."""
+        _check_deadline(context)
+        report = self._engine.collect_garbage(dry_run=request.dry_run)
+        return convert.gc_report_to_pb(report)
+
+    def LinkReproduction(
+        self, request: pb.LinkReproductionRequest, context: Any
+    ) -> pb.LinkReproductionResponse:
+        """Record that a run re-ran another (``lineage reproduce``)."""
+        run_id = convert.parse_run_id(request.run_id)
+        original = convert.parse_run_id(request.original_run_id, "original_run_id")
+        _check_deadline(context)
+        self._engine.link_reproduction(run_id, original)
+        return pb.LinkReproductionResponse()

@@ -63,6 +63,7 @@ from lineaged.models import (
     Role,
     Root,
     Run,
+    RunFile,
     RunRow,
     RunStart,
     RunStatus,
@@ -411,12 +412,43 @@ def _add_column(conn: sqlite3.Connection, table: str, column: str, kind: str) ->
         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
+def _migration_content_store(db: sqlite_utils.Database) -> None:
+    # What the content store holds (objects.py owns the files): one row per digest.
+    db.table("objects").create(
+        {"digest": bytes, "size": int, "stored_at": int, "method": str},
+        pk="digest",
+        not_null={"size", "stored_at"},
+        if_not_exists=True,
+    )
+    # Why a version's bytes could not be kept (NULL: kept, or never asked for).
+    _add_column(db.conn, "versions", "not_kept", "TEXT")
+    db.table("pins").create(
+        {"id": int, "version_id": int, "note": str, "pinned_at": int},
+        pk="id",
+        not_null={"version_id", "pinned_at"},
+        foreign_keys=[("version_id", "versions", "id")],
+        if_not_exists=True,
+    )
+    db.table("pins").create_index(["version_id"], unique=True, if_not_exists=True)
+    db.table("reproductions").create(
+        {"run_id": int, "original_id": int, "linked_at": int},
+        pk="run_id",
+        not_null={"original_id", "linked_at"},
+        foreign_keys=[("run_id", "runs", "id"), ("original_id", "runs", "id")],
+        if_not_exists=True,
+    )
+    db.table("reproductions").create_index(
+        ["original_id"], index_name="reproductions_by_original", if_not_exists=True
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migration_1,
     _migration_row_checksum,
     _migration_openlineage,
     _migration_capture_spool,
     _migration_capture_completeness,
+    _migration_content_store,
     _migration_redact_secrets,
 )
 SCHEMA_VERSION = len(MIGRATIONS)  # a store at version N has had the first N migrations
@@ -732,8 +764,8 @@ class Store:
             if _is_io_error(exc):  # a full disk or an I/O error: not a verdict on the file
                 raise StoreError(f"cannot open the store {path}: {exc}") from exc
             raise CorruptStore(
-                f"{path} is not a usable lineaged database ({exc}); refusing to start and "
-                "leaving it untouched: restore a backup or move it away"
+                f"{path} is corrupt or not a usable lineaged database ({exc}); refusing to "
+                "start and leaving it untouched: restore a backup or move it away"
             ) from exc
         except BaseException:
             store.close()
@@ -1894,6 +1926,175 @@ class Store:
             last = rows[-1][0]
         return problems[:limit]
 
+    # -- content store (which bytes are kept; objects.py owns the files)
+
+    def record_objects(self, kept: Sequence[tuple[str, int, str]], at: int) -> None:
+        """Note objects now kept: (digest, size, method); an object kept already stays."""
+        self._wc.executemany(
+            "INSERT OR IGNORE INTO objects(digest, size, stored_at, method) VALUES (?,?,?,?)",
+            [(bytes.fromhex(digest), size, at, method) for digest, size, method in kept],
+        )
+
+    def mark_not_kept(self, versions: Sequence[tuple[int, str]]) -> None:
+        """Record why these versions' bytes could not be kept: (version id, reason)."""
+        self._wc.executemany(
+            "UPDATE versions SET not_kept=? WHERE id=? AND NOT EXISTS "
+            "(SELECT 1 FROM objects o WHERE o.digest=versions.digest)",
+            [(reason, version_id) for version_id, reason in versions],
+        )
+
+    def mark_not_kept_current(self, items: Sequence[tuple[str, str, str]]) -> None:
+        """:meth:`mark_not_kept` for the current version of paths: (path, digest, reason)."""
+        self._wc.executemany(
+            "UPDATE versions SET not_kept=? WHERE valid_until IS NULL AND digest=? AND "
+            "artifact_id=(SELECT id FROM artifacts WHERE path=?) AND NOT EXISTS "
+            "(SELECT 1 FROM objects o WHERE o.digest=versions.digest)",
+            [(reason, bytes.fromhex(digest), path) for path, digest, reason in items],
+        )
+
+    def unkept_versions(self, version_ids: Sequence[int]) -> list[tuple[int, str, str, int, int]]:
+        """Of these versions, those under a root whose bytes are not kept yet:
+        (version id, path, digest, size, root id)."""
+        found: list[tuple[int, str, str, int, int]] = []
+        for chunk in _chunks(sorted(set(version_ids)), 20_000):
+            for row in self._rc.execute(
+                "SELECT v.id, a.path, v.digest, v.size, a.root_id FROM versions v "
+                "JOIN artifacts a ON a.id=v.artifact_id "
+                "WHERE v.id IN (SELECT value FROM json_each(?)) AND a.root_id IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.digest=v.digest)",
+                (json.dumps(list(chunk)),),
+            ):
+                found.append((row[0], row[1], row[2].hex(), row[3], row[4]))
+        return found
+
+    def not_kept_reason(self, version_id: int) -> str:
+        """Why a version's bytes could not be kept ("" when no reason was recorded)."""
+        row = self._rc.execute("SELECT not_kept FROM versions WHERE id=?", (version_id,)).fetchone()
+        return str(row[0]) if row and row[0] else ""
+
+    def object_kept(self, digest: str) -> bool:
+        """Whether the content store holds the bytes of ``digest``."""
+        row = self._rc.execute(
+            "SELECT 1 FROM objects WHERE digest=?", (digest_to_blob(digest),)
+        ).fetchone()
+        return row is not None
+
+    def object_totals(self) -> tuple[int, int]:
+        """(objects, bytes) the content store holds."""
+        row = self._rc.execute("SELECT count(*), coalesce(sum(size), 0) FROM objects").fetchone()
+        return int(row[0]), int(row[1])
+
+    def run_files(self, run_id: str) -> list[RunFile]:
+        """Every version a run read or wrote, with whether its bytes are kept."""
+        run = self.get_run(run_id)
+        rows = self._rc.execute(
+            f"SELECT {_VERSION_COLUMNS}, e.kind, e.role, "
+            "EXISTS (SELECT 1 FROM objects o WHERE o.digest=v.digest), v.not_kept "
+            "FROM edges e JOIN versions v ON v.id=e.version_id "
+            "JOIN artifacts a ON a.id=v.artifact_id WHERE e.run_id=? ORDER BY e.kind, a.path",
+            (run.id,),
+        ).fetchall()
+        return [
+            RunFile(self._checked(r[:11]), r[11], r[12] or "data", bool(r[13]), r[14] or "")
+            for r in rows
+        ]
+
+    def pin(self, version_ids: Sequence[int], note: str, at: int) -> None:
+        """Pin versions (a version pinned twice keeps its first pin)."""
+        self._wc.executemany(
+            "INSERT OR IGNORE INTO pins(version_id, note, pinned_at) VALUES (?,?,?)",
+            [(version_id, note, at) for version_id in version_ids],
+        )
+
+    def pinned_versions(self) -> list[int]:
+        """Every pinned version id."""
+        return [r[0] for r in self._rc.execute("SELECT version_id FROM pins ORDER BY version_id")]
+
+    def upstream_digests(self, version_ids: Sequence[int]) -> set[bytes]:
+        """The digests of these versions and of everything upstream of them (the lineage
+        walk, copies bridged by digest), with no depth or node limit."""
+        if not version_ids:
+            return set()
+        rows = self._rc.execute(
+            _WALK_SQL,
+            {
+                "versions": json.dumps(list(version_ids)),
+                "runs": "[]",
+                "to_run": "wrote",
+                "from_run": "read",
+                "max_depth": 1_000_000,
+                "row_cap": 2**62,
+            },
+        ).fetchall()
+        return {bytes(row[1]) for row in rows if row[0] == "d"}
+
+    def objects_kept_by(self, digests: Iterable[bytes]) -> int:
+        """How many of these digests have their bytes kept."""
+        count = 0
+        for chunk in _chunks(list(digests), 20_000):
+            marks = ",".join("?" * len(chunk))
+            count += self._rc.execute(
+                f"SELECT count(*) FROM objects WHERE digest IN ({marks})", list(chunk)
+            ).fetchone()[0]
+        return int(count)
+
+    def object_needs(
+        self, keep_all: Sequence[int], keep_lineage: Sequence[int]
+    ) -> list[tuple[bytes, int, int, bool]]:
+        """Every kept object as (digest, size, stored_at, wanted): wanted when a version of
+        it is under a root that keeps all versions, or under a root that keeps lineage and
+        a run read or wrote it. Oldest first."""
+        rows = self._rc.execute(
+            "SELECT o.digest, o.size, o.stored_at, EXISTS ("
+            " SELECT 1 FROM versions v JOIN artifacts a ON a.id=v.artifact_id"
+            " WHERE v.digest=o.digest AND (a.root_id IN (SELECT value FROM json_each(:all))"
+            " OR (a.root_id IN (SELECT value FROM json_each(:lineage))"
+            "  AND EXISTS (SELECT 1 FROM edges e WHERE e.version_id=v.id))))"
+            " FROM objects o ORDER BY o.stored_at, o.digest",
+            {"all": json.dumps(list(keep_all)), "lineage": json.dumps(list(keep_lineage))},
+        ).fetchall()
+        return [(bytes(r[0]), int(r[1]), int(r[2]), bool(r[3])) for r in rows]
+
+    def forget_objects(self, digests: Sequence[bytes]) -> None:
+        """The content store no longer holds these digests."""
+        for chunk in _chunks(list(digests), 20_000):
+            marks = ",".join("?" * len(chunk))
+            self._wc.execute(f"DELETE FROM objects WHERE digest IN ({marks})", list(chunk))
+
+    def link_reproduction(self, run_id: str, original_run_id: str, at: int) -> None:
+        """Record that ``run_id`` re-ran ``original_run_id`` (``lineage reproduce``)."""
+        conn = self._wc
+        row_id, _, _ = self._run_row_id(conn, run_id)
+        original_id, _, _ = self._run_row_id(conn, original_run_id)
+        if row_id == original_id:
+            raise InvalidArgument("a run cannot reproduce itself")
+        conn.execute(
+            "INSERT INTO reproductions(run_id, original_id, linked_at) VALUES (?,?,?) "
+            "ON CONFLICT(run_id) DO UPDATE SET original_id=excluded.original_id, "
+            "linked_at=excluded.linked_at",
+            (row_id, original_id, at),
+        )
+
+    def reproductions_of(self, run_id: str) -> list[str]:
+        """The run ids of every recorded reproduction of a run, oldest first."""
+        run = self.get_run(run_id)
+        rows = self._rc.execute(
+            "SELECT r.run_id FROM reproductions p JOIN runs r ON r.id=p.run_id "
+            "WHERE p.original_id=? ORDER BY p.run_id",
+            (run.id,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def reproduces(self, run_id: str) -> str:
+        """The run id ``run_id`` reproduces, or ""."""
+        run = self.get_run(run_id)
+        row = self._rc.execute(
+            "SELECT r.run_id FROM reproductions p JOIN runs r ON r.id=p.original_id "
+            "WHERE p.run_id=?",
+            (run.id,),
+        ).fetchone()
+        return str(row[0]) if row else ""
+
     # -- integrity and maintenance
 
     def integrity_problems(self) -> list[str]:
@@ -2008,7 +2209,7 @@ class Store:
                 "WHERE e.run_id=? AND coalesce(e.role, 'data') <> 'code' ORDER BY a.path, e.kind",
                 (row_id,),
             ).fetchall()
-        return [(row[0], bool(row[1]), _version(row[2:])) for row in rows]
+        return [(row[0], bool(row[1]), self._checked(row[2:])) for row in rows]
 
 
 # One recursive query walks the graph and returns the edges it crosses. Nodes are digests ('d')

@@ -279,7 +279,7 @@ def test_every_command_is_registered() -> None:
     assert commands is not None
     expected = {
         "status", "log", "where", "trace", "impact", "runs", "show", "verify", "run", "ui",
-        "export", "sync",
+        "export", "sync", "pin", "gc", "restore", "checkout", "reproduce",
     }  # fmt: skip
     assert set(commands) == expected
 

@@ -7,9 +7,13 @@ import inspect
 import typing
 
 import lineage_client
+from lineage_client import reproduce
 from lineage_client.client import Client
 
 from lineaged import errors, models
+
+# The modules whose types make up the client's API.
+API_MODULES = (models.__name__, errors.__name__, reproduce.__name__)
 
 
 def _public_methods() -> list[str]:
@@ -37,13 +41,11 @@ def test_every_value_the_client_takes_or_returns_is_exported() -> None:
     exported = {getattr(lineage_client, name) for name in lineage_client.__all__}
     needed: set[type] = set()
     for name in _public_methods():
-        hints = typing.get_type_hints(getattr(Client, name))
+        # Names the client module imports only for type checking resolve in their modules.
+        names = {**vars(models), **vars(errors), **vars(reproduce)}
+        hints = typing.get_type_hints(getattr(Client, name), localns=names)
         for annotation in hints.values():
-            needed |= {
-                cls
-                for cls in _classes_in(annotation)
-                if cls.__module__ in (models.__name__, errors.__name__)
-            }
+            needed |= {cls for cls in _classes_in(annotation) if cls.__module__ in API_MODULES}
     assert needed, "no model type found in the client's signatures: the check is broken"
     assert needed <= exported, sorted(c.__name__ for c in needed - exported)
 

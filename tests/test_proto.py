@@ -82,9 +82,11 @@ def test_service_methods() -> None:
         "GetStatus", "GetHistory", "FindDigest", "GetVersionAt", "GetVersion", "BeginRun",
         "RecordAccesses", "EndRun", "GetRun", "ListRuns", "GetLineage", "Verify", "Subscribe",
         "ExportOpenLineage",
+        "GetRunFiles", "ReadVersionBytes", "PinVersions", "CollectGarbage", "LinkReproduction",
     }  # fmt: skip
     assert service.methods_by_name["Subscribe"].server_streaming
     assert service.methods_by_name["ExportOpenLineage"].server_streaming
+    assert service.methods_by_name["ReadVersionBytes"].server_streaming
 
 
 # --- strategies --------------------------------------------------------------------------

@@ -17,12 +17,20 @@ if TYPE_CHECKING:
         digest_file,
         parse_time,
     )
+    from lineage_client.reproduce import (
+        Checkout,
+        Missing,
+        OutputComparison,
+        Reproduction,
+        Restored,
+    )
     from lineaged.errors import (
         AlreadyExists,
         AlreadyRunning,
         AmbiguousDigest,
         CaptureIncomplete,
         ConfigError,
+        CorruptObject,
         CorruptStore,
         DaemonUnavailable,
         DamagedRow,
@@ -51,9 +59,13 @@ if TYPE_CHECKING:
         Edge,
         EnvState,
         Event,
+        GcReport,
         Graph,
+        Keep,
+        PinReport,
         Root,
         Run,
+        RunFile,
         RunStart,
         RunStatus,
         ScanState,
@@ -66,12 +78,14 @@ if TYPE_CHECKING:
     )
 
 _CLIENT = ("Client", "EventStream", "Page", "RunRecorder", "digest_file", "parse_time")
+_REPRODUCE = ("Checkout", "Missing", "OutputComparison", "Reproduction", "Restored")
 _ERRORS = (
     "AlreadyExists",
     "AlreadyRunning",
     "AmbiguousDigest",
     "CaptureIncomplete",
     "ConfigError",
+    "CorruptObject",
     "CorruptStore",
     "DaemonUnavailable",
     "DamagedRow",
@@ -100,9 +114,13 @@ _MODELS = (
     "Edge",
     "EnvState",
     "Event",
+    "GcReport",
     "Graph",
+    "Keep",
+    "PinReport",
     "Root",
     "Run",
+    "RunFile",
     "RunStart",
     "RunStatus",
     "ScanState",
@@ -122,9 +140,11 @@ __all__ = [
     "AmbiguousDigest",
     "Capture",
     "CaptureIncomplete",
+    "Checkout",
     "Client",
     "CodeState",
     "ConfigError",
+    "CorruptObject",
     "CorruptStore",
     "Counts",
     "DaemonUnavailable",
@@ -136,18 +156,26 @@ __all__ = [
     "Event",
     "EventStream",
     "FailedPrecondition",
+    "GcReport",
     "Graph",
     "HashCancelled",
     "HashError",
     "InvalidArgument",
+    "Keep",
     "LineageError",
+    "Missing",
     "NotFound",
+    "OutputComparison",
     "Page",
     "PathOutsideRoots",
     "PermissionDenied",
+    "PinReport",
+    "Reproduction",
     "ResourceExhausted",
+    "Restored",
     "Root",
     "Run",
+    "RunFile",
     "RunRecorder",
     "RunStart",
     "RunStatus",
@@ -175,6 +203,10 @@ def __getattr__(name: str) -> Any:
         from lineage_client import client
 
         return getattr(client, name)
+    if name in _REPRODUCE:
+        from lineage_client import reproduce
+
+        return getattr(reproduce, name)
     if name in _ERRORS:
         from lineaged import errors
 

@@ -204,6 +204,49 @@ def _export(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def _pin(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
+    report = client.pin(args.target, note=args.note)
+    return _emit(
+        args, lambda: render.pin_text(report, full=args.full), lambda: render.pin_json(report)
+    )
+
+
+def _gc(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
+    report = client.gc(dry_run=args.dry_run)
+    return _emit(args, lambda: render.gc_text(report), lambda: render.gc_json(report))
+
+
+def _restore(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
+    restored = client.restore(args.target, to=args.to, force=args.force)
+    return _emit(
+        args,
+        lambda: render.restored_text(restored, full=args.full),
+        lambda: render.restored_json(restored),
+    )
+
+
+def _checkout(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
+    done = client.checkout(args.run, args.to)
+    _emit(args, lambda: render.checkout_text(done), lambda: render.checkout_json(done))
+    return 1 if done.missing else 0
+
+
+def _reproduce(args: argparse.Namespace, client: Client) -> int:
+    render = _render()
+    # With --json the re-run command's own output goes to stderr: stdout is the verdict.
+    result = client.reproduce(args.run, in_dir=args.in_dir, output=2 if args.json else None)
+    _emit(
+        args,
+        lambda: render.reproduction_text(result, full=args.full),
+        lambda: render.reproduction_json(result),
+    )
+    return result.exit_status
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -457,6 +500,45 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
         "--all", action="store_true", help="also runs spooled for another daemon's socket"
     )
     sync.set_defaults(handler=_sync)
+    pin = sub.add_parser(
+        "pin", parents=[common], help="keep a version's bytes and everything upstream of it"
+    )
+    pin.add_argument("target", help="PATH (its current version), a digest, or a run id")
+    pin.add_argument("--note", default="", help="why it is pinned")
+    pin.set_defaults(handler=_pin)
+
+    gc = sub.add_parser("gc", parents=[common], help="free kept bytes the policy no longer wants")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be freed")
+    gc.set_defaults(handler=_gc)
+
+    restore = sub.add_parser(
+        "restore", parents=[common], help="write a recorded version's bytes back"
+    )
+    restore.add_argument("target", help="PATH (its newest version), PATH@TIME or PATH@DIGEST")
+    restore.add_argument("--to", metavar="DEST", help="write there instead (file or folder)")
+    restore.add_argument(
+        "--force", action="store_true", help="overwrite content that is no recorded version"
+    )
+    restore.set_defaults(handler=_restore)
+
+    checkout = sub.add_parser(
+        "checkout", parents=[common], help="materialise a run's inputs and code in a folder"
+    )
+    checkout.add_argument("run", help="a run id or a unique prefix")
+    checkout.add_argument("--to", required=True, metavar="DIR", help="a new or empty folder")
+    checkout.set_defaults(handler=_checkout)
+
+    reproduce = sub.add_parser(
+        "reproduce",
+        parents=[common],
+        help="re-run a run and compare its outputs bit for bit",
+        epilog="exit status: 0 identical, 1 differs, 3 cannot (something is missing)",
+    )
+    reproduce.add_argument("run", help="a run id or a unique prefix")
+    reproduce.add_argument(
+        "--in", dest="in_dir", metavar="DIR", help="check out there (default: a new temp folder)"
+    )
+    reproduce.set_defaults(handler=_reproduce)
 
     _add_run_command(sub, common)
     return parser

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 
@@ -44,9 +44,12 @@ from lineaged.models import (
     Direction,
     EnvState,
     Event,
+    GcReport,
     Graph,
+    PinReport,
     Root,
     Run,
+    RunFile,
     RunStart,
     RunStatus,
     StartNode,
@@ -62,10 +65,14 @@ __all__ = [
     "Client",
     "EventStream",
     "Page",
+    "RunFiles",
     "RunRecorder",
     "digest_file",
     "parse_time",
 ]
+
+if TYPE_CHECKING:
+    from lineage_client.reproduce import Checkout, Reproduction, Restored
 
 _T = TypeVar("_T")
 _HEX = re.compile(r"[0-9a-fA-F]{8,64}")
@@ -81,6 +88,15 @@ class Page(Generic[_T]):
 
     items: tuple[_T, ...]
     next_page_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunFiles:
+    """What ``Client.run_files`` answers: a run's files and its reproduction links."""
+
+    files: tuple[RunFile, ...]
+    reproduces: str = ""
+    reproduced_by: tuple[str, ...] = ()
 
 
 def digest_file(path: str | os.PathLike[str]) -> tuple[str, int, int]:
@@ -649,6 +665,137 @@ class Client:
         # The daemon sends headers once it is subscribed: after this, no event can be missed.
         call.initial_metadata()
         return EventStream(call, self)
+
+    # --- content store: keep, restore, reproduce (docs/reproduce.md) ----------------------
+
+    def run_files(self, run_id: str) -> RunFiles:
+        """Every version a run read or wrote, whether its bytes are kept, and its
+        reproduction links."""
+        response = self._call("GetRunFiles", pb.GetRunFilesRequest(run_id=run_id))
+        return RunFiles(
+            files=tuple(convert.run_file_from_pb(f) for f in response.files),
+            reproduces=response.reproduces,
+            reproduced_by=tuple(response.reproduced_by),
+        )
+
+    def read_version_bytes(
+        self, path: str = "", *, at: int | None = None, digest: str = ""
+    ) -> tuple[Version, Iterator[bytes]]:
+        """The version meant (PATH: its newest; PATH and a time; PATH and a digest; a digest)
+        and an iterator over its kept bytes, which the daemon verified before sending them.
+
+        The caller writes them: the daemon opens no path outside its roots for a client.
+        """
+        request = pb.ReadVersionBytesRequest(
+            path=self._abspath(path) if path else "", digest=digest
+        )
+        if at is not None:
+            request.at.CopyFrom(convert.ns_to_ts(at))
+        try:
+            call = self._stub.ReadVersionBytes(request, metadata=self._metadata)
+            first = next(call)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        except StopIteration:
+            raise LineageError("the daemon sent no version") from None
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                if first.data:
+                    yield first.data
+                for message in call:
+                    yield message.data
+            except grpc.RpcError as exc:
+                raise self._error(exc) from None
+            finally:
+                call.cancel()
+
+        return convert.version_from_pb(first.version), chunks()
+
+    def kept_version(self, path: str = "", *, digest: str = "") -> Version | None:
+        """The version whose bytes ``read_version_bytes`` would give back, or None when they
+        are not kept (nothing is read or sent)."""
+        try:
+            return self.locate_version(path, digest=digest)[0]
+        except NotFound:
+            return None
+
+    def locate_version(
+        self, path: str = "", *, at: int | None = None, digest: str = ""
+    ) -> tuple[Version, str]:
+        """The version ``read_version_bytes`` would send and the file the daemon keeps its
+        bytes in (readable by this user or not); NotFound when they are not kept."""
+        request = pb.ReadVersionBytesRequest(
+            path=self._abspath(path) if path else "", digest=digest, probe=True
+        )
+        if at is not None:
+            request.at.CopyFrom(convert.ns_to_ts(at))
+        try:
+            for message in self._stub.ReadVersionBytes(request, metadata=self._metadata):
+                return convert.version_from_pb(message.version), message.object_path
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        raise LineageError("the daemon sent no version")
+
+    def pin(self, target: str, *, note: str = "") -> PinReport:
+        """Pin a version and everything upstream of it: a path (its current version),
+        ``PATH@TIME``, a digest (every version with it) or a run (its files)."""
+        last: NotFound | None = None
+        for node in self.resolve(target):
+            request = pb.PinVersionsRequest(start=convert.start_to_pb(node), note=note)
+            try:
+                return convert.pin_report_from_pb(self._call("PinVersions", request))
+            except NotFound as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def gc(self, *, dry_run: bool = False) -> GcReport:
+        """Free the kept bytes the keep policy no longer wants, never upstream of a pin."""
+        request = pb.CollectGarbageRequest(dry_run=dry_run)
+        return convert.gc_report_from_pb(self._call("CollectGarbage", request, timeout=3600))
+
+    def link_reproduction(self, run_id: str, original_run_id: str) -> None:
+        """Record that ``run_id`` re-ran ``original_run_id``."""
+        request = pb.LinkReproductionRequest(run_id=run_id, original_run_id=original_run_id)
+        self._call("LinkReproduction", request)
+
+    def restore(
+        self,
+        target: str | os.PathLike[str],
+        *,
+        to: str | os.PathLike[str] | None = None,
+        force: bool = False,
+    ) -> Restored:
+        """Write the recorded bytes of ``PATH``, ``PATH@TIME`` or ``PATH@DIGEST`` back (or to
+        ``to``), checked against the digest; refuses to overwrite unsaved content unless
+        ``force``."""
+        from lineage_client.reproduce import restore
+
+        return restore(self, os.fspath(target), to=to, force=force)
+
+    def checkout(self, run_id: str, to: str | os.PathLike[str]) -> Checkout:
+        """Materialise what a run read, at the versions it read, and its code, under ``to``."""
+        from lineage_client.reproduce import checkout
+
+        return checkout(self, run_id, os.fspath(to))
+
+    def reproduce(
+        self,
+        run_id: str,
+        *,
+        in_dir: str | os.PathLike[str] | None = None,
+        output: int | None = None,
+    ) -> Reproduction:
+        """Check a run out, re-run it under ``lineage run`` and compare every output by digest.
+
+        ``output`` is where the re-run command's stdout goes (a file descriptor; default ours).
+        """
+        from lineage_client.reproduce import reproduce
+
+        return reproduce(
+            self, run_id, in_dir=os.fspath(in_dir) if in_dir is not None else None, output=output
+        )
 
 
 REDACT_NAMES_ENV = "LINEAGE_REDACT_NAMES"  # extra comma-separated secret names (fnmatch)

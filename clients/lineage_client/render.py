@@ -12,7 +12,7 @@ import json
 import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineage_client._terminal import escape
 from lineaged.models import (
@@ -21,7 +21,9 @@ from lineaged.models import (
     Direction,
     Edge,
     EnvState,
+    GcReport,
     Graph,
+    PinReport,
     Run,
     Status,
     VerifyItem,
@@ -31,12 +33,25 @@ from lineaged.models import (
     version_node_id,
 )
 
+if TYPE_CHECKING:
+    from lineage_client.reproduce import Checkout, Reproduction, Restored
+
 __all__ = [
+    "checkout_json",
+    "checkout_text",
     "dumps",
+    "gc_json",
+    "gc_text",
     "graph_dot",
     "graph_json",
     "graph_mermaid",
     "graph_tree",
+    "pin_json",
+    "pin_text",
+    "reproduction_json",
+    "reproduction_text",
+    "restored_json",
+    "restored_text",
     "rfc3339",
     "run_detail_json",
     "run_detail_text",
@@ -730,4 +745,142 @@ def graph_mermaid(graph: Graph, *, full: bool = False) -> str:
         source, target = _flow(edge)
         if source in ids and target in ids:
             lines.append(f"  {ids[source]} -->|{edge.kind}| {ids[target]}")
+    return "\n".join(lines)
+
+
+# --- content store: pin, gc, restore, checkout, reproduce (docs/reproduce.md) --------------
+
+
+def pin_json(report: PinReport) -> dict[str, Any]:
+    """``lineage pin --json``."""
+    return {
+        "pinned": [version_json(v) for v in report.pinned],
+        "upstream_versions": report.upstream_versions,
+        "upstream_kept": report.upstream_kept,
+    }
+
+
+def pin_text(report: PinReport, *, full: bool = False) -> str:
+    """``lineage pin``."""
+    lines = [f"pinned {v.path} @ {short(v.digest, full)}" for v in report.pinned]
+    lines.append(
+        f"{report.upstream_versions} versions upstream (pins included), "
+        f"{report.upstream_kept} of them with their bytes kept"
+    )
+    return "\n".join(lines)
+
+
+def gc_json(report: GcReport) -> dict[str, Any]:
+    """``lineage gc --json``."""
+    return {
+        "dry_run": report.dry_run,
+        "freed_objects": report.freed_objects,
+        "freed_bytes": report.freed_bytes,
+        "kept_objects": report.kept_objects,
+        "kept_bytes": report.kept_bytes,
+        "protected_objects": report.protected_objects,
+        "freed": list(report.freed),
+    }
+
+
+def gc_text(report: GcReport) -> str:
+    """``lineage gc``."""
+    verb = "would free" if report.dry_run else "freed"
+    return (
+        f"{verb} {report.freed_objects} objects ({human_size(report.freed_bytes)}); "
+        f"kept {report.kept_objects} ({human_size(report.kept_bytes)}), "
+        f"{report.protected_objects} of them upstream of a pin"
+    )
+
+
+def restored_json(restored: Restored) -> dict[str, Any]:
+    """``lineage restore --json``."""
+    return {
+        "path": restored.path,
+        "version": version_json(restored.version),
+        "bytes": restored.size,
+        "unchanged": restored.unchanged,
+    }
+
+
+def restored_text(restored: Restored, *, full: bool = False) -> str:
+    """``lineage restore``."""
+    version = restored.version
+    what = (
+        f"version {version.id} of {version.path} ({short(version.digest, full)}, "
+        f"{human_size(version.size)}, from {local(version.valid_from)})"
+    )
+    if restored.unchanged:
+        return f"{restored.path} already holds {what}; nothing written"
+    return f"restored {what} to {restored.path}"
+
+
+def checkout_json(done: Checkout) -> dict[str, Any]:
+    """``lineage checkout --json``."""
+    return {
+        "run_id": done.run.run_id,
+        "directory": done.directory,
+        "workdir": done.workdir,
+        "code": done.code,
+        "files": [{"path": path, "digest": digest} for path, digest in done.files],
+        "outside": list(done.outside),
+        "missing": [{"path": m.path, "reason": m.reason} for m in done.missing],
+    }
+
+
+def checkout_text(done: Checkout) -> str:
+    """``lineage checkout``."""
+    lines = [
+        f"checked out run {done.run.run_id} in {done.directory}",
+        f"  code: {done.code or 'not materialised'}",
+        f"  inputs restored: {len(done.files)}",
+        f"  inputs outside the run's tree, unchanged, used in place: {len(done.outside)}",
+        f"  run it from: {done.workdir}",
+    ]
+    if done.missing:
+        lines.append("could not materialise:")
+        lines += [f"  {m.path}: {m.reason}" for m in done.missing]
+    return "\n".join(lines)
+
+
+def reproduction_json(result: Reproduction) -> dict[str, Any]:
+    """``lineage reproduce --json``."""
+    return {
+        "verdict": result.verdict,
+        "run_id": result.run_id,
+        "new_run_id": result.new_run_id or None,
+        "directory": result.directory,
+        "exit_code": result.exit_code,
+        "original_exit_code": result.original_exit_code,
+        "outputs": [
+            {
+                "path": c.path,
+                "old_digest": c.old_digest,
+                "new_digest": c.new_digest or None,
+                "identical": c.identical,
+            }
+            for c in result.outputs
+        ],
+        "environment": result.environment,
+        "missing": [{"path": m.path, "reason": m.reason} for m in result.missing],
+    }
+
+
+def reproduction_text(result: Reproduction, *, full: bool = False) -> str:
+    """``lineage reproduce``."""
+    lines = [f"{result.verdict}: run {_short_id(result.run_id, full)}"]
+    if result.new_run_id:
+        lines[0] += f" re-ran as {_short_id(result.new_run_id, full)} in {result.directory}"
+    if result.verdict == "cannot":
+        lines.append("missing:")
+        lines += [f"  {m.path}: {m.reason}" for m in result.missing]
+        return "\n".join(lines)
+    if result.exit_code != result.original_exit_code:
+        lines.append(f"exit status: {result.original_exit_code} -> {result.exit_code}")
+    for c in result.outputs:
+        mark = "=" if c.identical else "!"
+        new = short(c.new_digest, full) if c.new_digest else "(not written)"
+        lines.append(f"  {mark} {c.path}: {short(c.old_digest, full)} -> {new}")
+    for aspect, change in result.environment.items():
+        lines.append(f"  environment {aspect}: {json.dumps(change, sort_keys=True)}")
     return "\n".join(lines)

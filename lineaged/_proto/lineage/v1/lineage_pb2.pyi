@@ -1970,3 +1970,314 @@ class OpenLineageEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OpenLineageEvent: _TypeAlias = OpenLineageEvent  # noqa: Y015
+
+@_typing.final
+class RunFile(_message.Message):
+    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it.
+    --- content store: keep the bytes, restore, reproduce (docs/reproduce.md) -------------
+
+    A version a run read or wrote, and whether the content store holds its bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    NOT_KEPT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"read" or "wrote" """
+    role: _builtins.str
+    """"data", "code", ..."""
+    kept: _builtins.bool
+    not_kept: _builtins.str
+    """why the bytes could not be kept, when known"""
+    @_builtins.property
+    def version(self) -> Global___Version: ...
+    def __init__(
+        self,
+        *,
+        version: Global___Version | None = ...,
+        kind: _builtins.str = ...,
+        role: _builtins.str = ...,
+        kept: _builtins.bool = ...,
+        not_kept: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kept", b"kept", "kind", b"kind", "not_kept", b"not_kept", "role", b"role", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunFile: _TypeAlias = RunFile  # noqa: Y015
+
+@_typing.final
+class GetRunFilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunFilesRequest: _TypeAlias = GetRunFilesRequest  # noqa: Y015
+
+@_typing.final
+class GetRunFilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    REPRODUCES_FIELD_NUMBER: _builtins.int
+    REPRODUCED_BY_FIELD_NUMBER: _builtins.int
+    reproduces: _builtins.str
+    """the run this one re-ran ("" if none)"""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunFile]: ...
+    @_builtins.property
+    def reproduced_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """runs that re-ran this one, oldest first"""
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___RunFile] | None = ...,
+        reproduces: _builtins.str = ...,
+        reproduced_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "reproduced_by", b"reproduced_by", "reproduces", b"reproduces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunFilesResponse: _TypeAlias = GetRunFilesResponse  # noqa: Y015
+
+@_typing.final
+class ReadVersionBytesRequest(_message.Message):
+    """Which version to read back: PATH (its newest version), PATH and a time, PATH and a digest,
+    or a digest alone (prefix of >= 8 hex characters allowed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    PROBE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    digest: _builtins.str
+    probe: _builtins.bool
+    """Only the first message, with the version and no bytes: NOT_FOUND tells that its bytes
+    are not kept (restore asks this of the content it would overwrite).
+    """
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        digest: _builtins.str = ...,
+        probe: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "digest", b"digest", "path", b"path", "probe", b"probe"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadVersionBytesRequest: _TypeAlias = ReadVersionBytesRequest  # noqa: Y015
+
+@_typing.final
+class VersionBytes(_message.Message):
+    """The first message carries the version; every message may carry the next bytes. The bytes
+    are verified against the digest before the first one is sent (DATA_LOSS otherwise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    OBJECT_PATH_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    object_path: _builtins.str
+    """Set in the first message: where the daemon keeps these bytes. A client allowed to read
+    that file (the same user) may copy it itself, checking the digest of its copy.
+    """
+    @_builtins.property
+    def version(self) -> Global___Version: ...
+    def __init__(
+        self,
+        *,
+        version: Global___Version | None = ...,
+        data: _builtins.bytes = ...,
+        object_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "object_path", b"object_path", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionBytes: _TypeAlias = VersionBytes  # noqa: Y015
+
+@_typing.final
+class PinVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    note: _builtins.str
+    @_builtins.property
+    def start(self) -> Global___StartNode:
+        """a path (its current version), a digest, a version id or a run"""
+
+    def __init__(
+        self,
+        *,
+        start: Global___StartNode | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinVersionsRequest: _TypeAlias = PinVersionsRequest  # noqa: Y015
+
+@_typing.final
+class PinVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PINNED_FIELD_NUMBER: _builtins.int
+    UPSTREAM_VERSIONS_FIELD_NUMBER: _builtins.int
+    UPSTREAM_KEPT_FIELD_NUMBER: _builtins.int
+    upstream_versions: _builtins.int
+    """distinct digests upstream of the pins, theirs included"""
+    upstream_kept: _builtins.int
+    """how many of them have their bytes kept"""
+    @_builtins.property
+    def pinned(self) -> _containers.RepeatedCompositeFieldContainer[Global___Version]: ...
+    def __init__(
+        self,
+        *,
+        pinned: _abc.Iterable[Global___Version] | None = ...,
+        upstream_versions: _builtins.int = ...,
+        upstream_kept: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pinned", b"pinned", "upstream_kept", b"upstream_kept", "upstream_versions", b"upstream_versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinVersionsResponse: _TypeAlias = PinVersionsResponse  # noqa: Y015
+
+@_typing.final
+class CollectGarbageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectGarbageRequest: _TypeAlias = CollectGarbageRequest  # noqa: Y015
+
+@_typing.final
+class CollectGarbageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    FREED_OBJECTS_FIELD_NUMBER: _builtins.int
+    FREED_BYTES_FIELD_NUMBER: _builtins.int
+    KEPT_OBJECTS_FIELD_NUMBER: _builtins.int
+    KEPT_BYTES_FIELD_NUMBER: _builtins.int
+    PROTECTED_OBJECTS_FIELD_NUMBER: _builtins.int
+    FREED_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    freed_objects: _builtins.int
+    freed_bytes: _builtins.int
+    kept_objects: _builtins.int
+    kept_bytes: _builtins.int
+    protected_objects: _builtins.int
+    """kept because a pin is downstream of them"""
+    @_builtins.property
+    def freed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """digests freed (at most 1000)"""
+
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+        freed_objects: _builtins.int = ...,
+        freed_bytes: _builtins.int = ...,
+        kept_objects: _builtins.int = ...,
+        kept_bytes: _builtins.int = ...,
+        protected_objects: _builtins.int = ...,
+        freed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "freed", b"freed", "freed_bytes", b"freed_bytes", "freed_objects", b"freed_objects", "kept_bytes", b"kept_bytes", "kept_objects", b"kept_objects", "protected_objects", b"protected_objects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectGarbageResponse: _TypeAlias = CollectGarbageResponse  # noqa: Y015
+
+@_typing.final
+class LinkReproductionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """the new run"""
+    original_run_id: _builtins.str
+    """the run it re-ran"""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        original_run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["original_run_id", b"original_run_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkReproductionRequest: _TypeAlias = LinkReproductionRequest  # noqa: Y015
+
+@_typing.final
+class LinkReproductionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkReproductionResponse: _TypeAlias = LinkReproductionResponse  # noqa: Y015

@@ -26,8 +26,7 @@ if _version_not_supported:
 
 
 class LineageServiceStub:
-    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -105,11 +104,35 @@ class LineageServiceStub:
                 request_serializer=lineage_dot_v1_dot_lineage__pb2.ExportOpenLineageRequest.SerializeToString,
                 response_deserializer=lineage_dot_v1_dot_lineage__pb2.OpenLineageEvent.FromString,
                 _registered_method=True)
+        self.GetRunFiles = channel.unary_unary(
+                '/lineage.v1.LineageService/GetRunFiles',
+                request_serializer=lineage_dot_v1_dot_lineage__pb2.GetRunFilesRequest.SerializeToString,
+                response_deserializer=lineage_dot_v1_dot_lineage__pb2.GetRunFilesResponse.FromString,
+                _registered_method=True)
+        self.ReadVersionBytes = channel.unary_stream(
+                '/lineage.v1.LineageService/ReadVersionBytes',
+                request_serializer=lineage_dot_v1_dot_lineage__pb2.ReadVersionBytesRequest.SerializeToString,
+                response_deserializer=lineage_dot_v1_dot_lineage__pb2.VersionBytes.FromString,
+                _registered_method=True)
+        self.PinVersions = channel.unary_unary(
+                '/lineage.v1.LineageService/PinVersions',
+                request_serializer=lineage_dot_v1_dot_lineage__pb2.PinVersionsRequest.SerializeToString,
+                response_deserializer=lineage_dot_v1_dot_lineage__pb2.PinVersionsResponse.FromString,
+                _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/lineage.v1.LineageService/CollectGarbage',
+                request_serializer=lineage_dot_v1_dot_lineage__pb2.CollectGarbageRequest.SerializeToString,
+                response_deserializer=lineage_dot_v1_dot_lineage__pb2.CollectGarbageResponse.FromString,
+                _registered_method=True)
+        self.LinkReproduction = channel.unary_unary(
+                '/lineage.v1.LineageService/LinkReproduction',
+                request_serializer=lineage_dot_v1_dot_lineage__pb2.LinkReproductionRequest.SerializeToString,
+                response_deserializer=lineage_dot_v1_dot_lineage__pb2.LinkReproductionResponse.FromString,
+                _registered_method=True)
 
 
 class LineageServiceServicer:
-    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def GetStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -196,6 +219,36 @@ class LineageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRunFiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadVersionBytes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CollectGarbage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LinkReproduction(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LineageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +322,31 @@ def add_LineageServiceServicer_to_server(servicer, server):
                     request_deserializer=lineage_dot_v1_dot_lineage__pb2.ExportOpenLineageRequest.FromString,
                     response_serializer=lineage_dot_v1_dot_lineage__pb2.OpenLineageEvent.SerializeToString,
             ),
+            'GetRunFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunFiles,
+                    request_deserializer=lineage_dot_v1_dot_lineage__pb2.GetRunFilesRequest.FromString,
+                    response_serializer=lineage_dot_v1_dot_lineage__pb2.GetRunFilesResponse.SerializeToString,
+            ),
+            'ReadVersionBytes': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadVersionBytes,
+                    request_deserializer=lineage_dot_v1_dot_lineage__pb2.ReadVersionBytesRequest.FromString,
+                    response_serializer=lineage_dot_v1_dot_lineage__pb2.VersionBytes.SerializeToString,
+            ),
+            'PinVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinVersions,
+                    request_deserializer=lineage_dot_v1_dot_lineage__pb2.PinVersionsRequest.FromString,
+                    response_serializer=lineage_dot_v1_dot_lineage__pb2.PinVersionsResponse.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=lineage_dot_v1_dot_lineage__pb2.CollectGarbageRequest.FromString,
+                    response_serializer=lineage_dot_v1_dot_lineage__pb2.CollectGarbageResponse.SerializeToString,
+            ),
+            'LinkReproduction': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkReproduction,
+                    request_deserializer=lineage_dot_v1_dot_lineage__pb2.LinkReproductionRequest.FromString,
+                    response_serializer=lineage_dot_v1_dot_lineage__pb2.LinkReproductionResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'lineage.v1.LineageService', rpc_method_handlers)
@@ -278,8 +356,7 @@ def add_LineageServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class LineageService:
-    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def GetStatus(request,
@@ -649,6 +726,141 @@ class LineageService:
             '/lineage.v1.LineageService/ExportOpenLineage',
             lineage_dot_v1_dot_lineage__pb2.ExportOpenLineageRequest.SerializeToString,
             lineage_dot_v1_dot_lineage__pb2.OpenLineageEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lineage.v1.LineageService/GetRunFiles',
+            lineage_dot_v1_dot_lineage__pb2.GetRunFilesRequest.SerializeToString,
+            lineage_dot_v1_dot_lineage__pb2.GetRunFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadVersionBytes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lineage.v1.LineageService/ReadVersionBytes',
+            lineage_dot_v1_dot_lineage__pb2.ReadVersionBytesRequest.SerializeToString,
+            lineage_dot_v1_dot_lineage__pb2.VersionBytes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lineage.v1.LineageService/PinVersions',
+            lineage_dot_v1_dot_lineage__pb2.PinVersionsRequest.SerializeToString,
+            lineage_dot_v1_dot_lineage__pb2.PinVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lineage.v1.LineageService/CollectGarbage',
+            lineage_dot_v1_dot_lineage__pb2.CollectGarbageRequest.SerializeToString,
+            lineage_dot_v1_dot_lineage__pb2.CollectGarbageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkReproduction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lineage.v1.LineageService/LinkReproduction',
+            lineage_dot_v1_dot_lineage__pb2.LinkReproductionRequest.SerializeToString,
+            lineage_dot_v1_dot_lineage__pb2.LinkReproductionResponse.FromString,
             options,
             channel_credentials,
             insecure,

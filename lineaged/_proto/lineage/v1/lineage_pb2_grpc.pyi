@@ -35,8 +35,6 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class LineageServiceStub:
-    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it."""
-
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -56,11 +54,14 @@ class LineageServiceStub:
     Subscribe: _grpc.UnaryStreamMultiCallable[_lineage_pb2.SubscribeRequest, _lineage_pb2.Event]
     ExportOpenLineage: _grpc.UnaryStreamMultiCallable[_lineage_pb2.ExportOpenLineageRequest, _lineage_pb2.OpenLineageEvent]
     """The OpenLineage events of recorded runs, as the daemon sends them (a backfill)."""
+    GetRunFiles: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.GetRunFilesRequest, _lineage_pb2.GetRunFilesResponse]
+    ReadVersionBytes: _grpc.UnaryStreamMultiCallable[_lineage_pb2.ReadVersionBytesRequest, _lineage_pb2.VersionBytes]
+    PinVersions: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.PinVersionsRequest, _lineage_pb2.PinVersionsResponse]
+    CollectGarbage: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.CollectGarbageRequest, _lineage_pb2.CollectGarbageResponse]
+    LinkReproduction: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.LinkReproductionRequest, _lineage_pb2.LinkReproductionResponse]
 
 @_typing.type_check_only
 class LineageServiceAsyncStub(LineageServiceStub):
-    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it."""
-
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetStatusRequest, _lineage_pb2.GetStatusResponse]  # type: ignore[assignment]
     GetHistory: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetHistoryRequest, _lineage_pb2.GetHistoryResponse]  # type: ignore[assignment]
@@ -77,10 +78,13 @@ class LineageServiceAsyncStub(LineageServiceStub):
     Subscribe: _aio.UnaryStreamMultiCallable[_lineage_pb2.SubscribeRequest, _lineage_pb2.Event]  # type: ignore[assignment]
     ExportOpenLineage: _aio.UnaryStreamMultiCallable[_lineage_pb2.ExportOpenLineageRequest, _lineage_pb2.OpenLineageEvent]  # type: ignore[assignment]
     """The OpenLineage events of recorded runs, as the daemon sends them (a backfill)."""
+    GetRunFiles: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetRunFilesRequest, _lineage_pb2.GetRunFilesResponse]  # type: ignore[assignment]
+    ReadVersionBytes: _aio.UnaryStreamMultiCallable[_lineage_pb2.ReadVersionBytesRequest, _lineage_pb2.VersionBytes]  # type: ignore[assignment]
+    PinVersions: _aio.UnaryUnaryMultiCallable[_lineage_pb2.PinVersionsRequest, _lineage_pb2.PinVersionsResponse]  # type: ignore[assignment]
+    CollectGarbage: _aio.UnaryUnaryMultiCallable[_lineage_pb2.CollectGarbageRequest, _lineage_pb2.CollectGarbageResponse]  # type: ignore[assignment]
+    LinkReproduction: _aio.UnaryUnaryMultiCallable[_lineage_pb2.LinkReproductionRequest, _lineage_pb2.LinkReproductionResponse]  # type: ignore[assignment]
 
 class LineageServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Everything lineaged answers. Health (grpc.health.v1) and reflection are served beside it."""
-
     @_abc_1.abstractmethod
     def GetStatus(
         self,
@@ -179,5 +183,40 @@ class LineageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_lineage_pb2.OpenLineageEvent], _abc.AsyncIterator[_lineage_pb2.OpenLineageEvent]]:
         """The OpenLineage events of recorded runs, as the daemon sends them (a backfill)."""
+
+    @_abc_1.abstractmethod
+    def GetRunFiles(
+        self,
+        request: _lineage_pb2.GetRunFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lineage_pb2.GetRunFilesResponse, _abc.Awaitable[_lineage_pb2.GetRunFilesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadVersionBytes(
+        self,
+        request: _lineage_pb2.ReadVersionBytesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_lineage_pb2.VersionBytes], _abc.AsyncIterator[_lineage_pb2.VersionBytes]]: ...
+
+    @_abc_1.abstractmethod
+    def PinVersions(
+        self,
+        request: _lineage_pb2.PinVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lineage_pb2.PinVersionsResponse, _abc.Awaitable[_lineage_pb2.PinVersionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CollectGarbage(
+        self,
+        request: _lineage_pb2.CollectGarbageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lineage_pb2.CollectGarbageResponse, _abc.Awaitable[_lineage_pb2.CollectGarbageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LinkReproduction(
+        self,
+        request: _lineage_pb2.LinkReproductionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lineage_pb2.LinkReproductionResponse, _abc.Awaitable[_lineage_pb2.LinkReproductionResponse]]: ...
 
 def add_LineageServiceServicer_to_server(servicer: LineageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
