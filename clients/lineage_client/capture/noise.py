@@ -61,7 +61,10 @@ def is_noise(path: str, *, home: str | None = None, extra: Sequence[str] = ()) -
 
 def noise_filter(*, home: str | None = None, extra: Sequence[str] = ()) -> _Filter:
     """A predicate for many paths: :func:`is_noise` with its prefixes worked out once."""
-    return _Filter(_home() if home is None else home, [*environment_dirs(), *extra])
+    from lineage_client.capture.native import cache_dir
+
+    # lineage's own cache (the interposer it built, strace's hand-over notes) is the tool's.
+    return _Filter(_home() if home is None else home, [*environment_dirs(), cache_dir(), *extra])
 
 
 class _Filter:
