@@ -27,6 +27,7 @@ from lineage_client._reach import PARENT_ENV, find_socket, probe_socket
 from lineage_client.capture.runner import (
     capture_command,
     capture_plan,
+    private_folder,
     python_interpreter,
     refuse_partial,
 )
@@ -308,19 +309,9 @@ def _has_children(folder: str) -> bool:
 
 
 def _children_folder() -> str:
-    """A new private folder for the notes of nested runs (no tempfile import before the
-    command starts); "" when none can be made (nested runs then go unnoticed)."""
-    base = os.environ.get("TMPDIR") or "/tmp"
-    for _ in range(16):
-        path = os.path.join(base, "lineage-children-" + os.urandom(6).hex())
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
-        except OSError:
-            return ""
-        return path
-    return ""
+    """A new private folder for the notes of nested runs; "" when none can be made (nested
+    runs then go unnoticed)."""
+    return private_folder("lineage-children-")
 
 
 def _tell_parent(run_id: str, started_at: int) -> None:

@@ -24,7 +24,6 @@ __all__ = [
     "TraceTail",
     "compile_boot",
     "hook_environment",
-    "read_trace_dir",
     "read_trace_file",
 ]
 
@@ -265,8 +264,3 @@ class TraceTail:
                 break  # the chunk being written: wait for the line to be complete
             position = chunk_end - offset  # a finished chunk: skip its gap or torn line
         self._offsets[name] = offset + position
-
-
-def read_trace_dir(trace_dir: str, events: RawEvents | None = None) -> RawEvents:
-    """Read every finished hook trace file in ``trace_dir`` into ``events``."""
-    return TraceTail(trace_dir, events).finish()

@@ -62,6 +62,7 @@ __all__ = [
     "CapturedRun",
     "capture_command",
     "capture_plan",
+    "private_folder",
     "python_interpreter",
     "refuse_partial",
 ]
@@ -389,20 +390,29 @@ def refuse_partial(plan: CapturePlan) -> None:
 # --- what is not data --------------------------------------------------------------------
 
 
-def _trace_dir() -> str:
-    """A new private folder for the hook's trace files (``tempfile.mkdtemp``'s result, without
-    importing tempfile before the command starts)."""
+def private_folder(prefix: str) -> str:
+    """A new folder under ``$TMPDIR`` (else /tmp) that only we can enter, named ``prefix`` and
+    random hex; "" when none can be made there. (``tempfile.mkdtemp``'s result, without
+    importing tempfile before the command starts.)"""
     base = os.environ.get("TMPDIR") or "/tmp"
     for _ in range(16):
-        path = os.path.join(base, "lineage-trace-" + os.urandom(6).hex())
+        path = os.path.join(base, prefix + os.urandom(6).hex())
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
             continue
         except OSError:
-            break  # not writable: tempfile knows where else to look
+            return ""
         return path
-    import tempfile
+    return ""
+
+
+def _trace_dir() -> str:
+    """A new private folder for the hook's trace files."""
+    found = private_folder("lineage-trace-")
+    if found:
+        return found
+    import tempfile  # $TMPDIR is not writable: tempfile knows where else to look
 
     return tempfile.mkdtemp(prefix="lineage-trace-")
 
