@@ -4,7 +4,10 @@ or broken never costs the command its exit status."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -160,3 +163,31 @@ def test_a_daemon_that_accepts_but_does_not_answer_costs_the_command_nothing(
     assert marker.exists()
     # Unreachable daemon: the capture is spooled for a later delivery (test_capture_spool).
     assert "was not recorded" in done.stderr and "is spooled in" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_lineage_run_starts_the_command_before_it_imports_the_client(tmp_path: Path) -> None:
+    """The import budget the lazy imports in lineage_client buy: the command is exec'd before
+    the wrapper loads protobuf, grpc or the data model (those load beside the command)."""
+    trace = tmp_path / "wrapper.strace"
+    env = {
+        **os.environ,
+        "XDG_STATE_HOME": str(tmp_path / "state"),  # no daemon: the run is spooled here
+        "LINEAGE_SOCKET": str(tmp_path / "no-daemon.sock"),
+    }
+    done = subprocess.run(
+        ["strace", "-f", "-e", "trace=execve,openat", "-o", str(trace),
+         sys.executable, "-m", "lineage_client.cli", "run", "--", "/bin/true"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = trace.read_text().splitlines()
+    started = next(i for i, line in enumerate(lines) if 'execve("/bin/true"' in line)
+    heavy = [
+        i
+        for i, line in enumerate(lines)
+        if "openat(" in line
+        and ("/grpc/" in line or "/google/protobuf/" in line or "/lineaged/models.py" in line)
+    ]
+    assert heavy, "the wrapper never loaded the client: the check would prove nothing"
+    assert started < min(heavy), lines[min(heavy)]
