@@ -20,9 +20,9 @@ Measured in the same run:
   the daemon) in its own process on its own Unix socket, and on a daemon with an empty store.
   All use the raw stub, so the client-side work is the same and the ratio is the server's.
 
-Targets the checks print: trace p99 under 10 ms and within 3x of the direct query; GetStatus
-calls/s at least 0.8x the trivial servicer's. The 3x target is retired; what must hold now is
-in docs/performance.md ("Figures that must hold").
+Targets the checks print (docs/performance.md): trace p99 of a 50-run chain over the socket
+under 15 ms on the 1M-edge store; GetStatus calls/s at least 0.8x the trivial servicer's. The
+ratio to the direct query is printed for information (its 3x target is retired).
 """
 
 from __future__ import annotations
@@ -556,13 +556,8 @@ def main() -> None:
     )
     print()
     checks: list[list[object]] = [
-        ["trace p99 (ms)", trace_p99, "< 10", "PASS" if trace_p99 < 10 else "MISS"],
-        [
-            "trace p99 / floor p99",
-            trace_p99 / floor_p99,
-            "<= 3.0",
-            "PASS" if trace_p99 <= 3 * floor_p99 else "MISS",
-        ],
+        ["trace p99 (ms)", trace_p99, "< 15", "PASS" if trace_p99 < 15 else "MISS"],
+        ["trace p99 / floor p99", trace_p99 / floor_p99, "(info)", ""],
         ["trace p50 / floor p50", trace_p50 / floor_p50, "(info)", ""],
         [
             "GetStatus calls/s / trivial servicer",
@@ -571,8 +566,6 @@ def main() -> None:
             "PASS" if lineaged_rate >= 0.8 * trivial_rate else "MISS",
         ],
         ["GetStatus (empty store) / trivial servicer", empty_rate / trivial_rate, "(info)", ""],
-        ["trace p99 (ms), the issue's first target", trace_p99, "< 50 (superseded)", ""],
-        ["GetStatus calls/s, the issue's first target", lineaged_rate, "> 3000 (superseded)", ""],
     ]
     print_table(["check", "measured", "target", ""], checks)
 
