@@ -81,7 +81,9 @@ def _record_chain(client: Any, folder: Path, code: Path) -> Path:
     previous = folder / "v000.csv"
     for step in range(1, CHAIN + 1):
         output = folder / f"v{step:03d}.csv"
-        with client.run(f"step-{step:02d}", argv=["python", "step.py", str(step)]) as run:
+        with client.run(
+            f"step-{step:02d}", argv=["python", "step.py", str(step)], capture=False
+        ) as run:
             run.input(previous)
             run.input(code, role="code")
             output.write_text(f"step {step}\n")
@@ -96,7 +98,9 @@ def _record_layers(client: Any, folder: Path, code: Path) -> Path:
         outputs = []
         for index in range(WIDTH):
             output = folder / f"l{layer:02d}-{index:02d}.parquet"
-            with client.run(f"layer-{layer:02d}", argv=["python", "stage.py"]) as run:
+            with client.run(
+                f"layer-{layer:02d}", argv=["python", "stage.py"], capture=False
+            ) as run:
                 run.input(inputs[index])
                 run.input(inputs[(index + 1) % WIDTH])
                 output.write_text(f"{layer} {index}\n")
@@ -104,7 +108,7 @@ def _record_layers(client: Any, folder: Path, code: Path) -> Path:
             outputs.append(output)
         inputs = outputs
     model = folder / "model.pkl"
-    with client.run("train", argv=["python", "train.py"]) as run:
+    with client.run("train", argv=["python", "train.py"], capture=False) as run:
         for path in inputs:
             run.input(path)
         run.input(code, role="code")
