@@ -11,7 +11,7 @@ UV := $(BIN)/uv
 LOCK_ARGS := pyproject.toml --all-extras --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock" --quiet
 PROTO_SRC := proto/lineage/v1/lineage.proto
-PROTO_OUT := lineaged/_proto
+PROTO_OUT := clients/lineage_core/_proto
 
 .PHONY: all run test lint typecheck pytest proto proto-check bench clean lock lock-upgrade \
 	test-latest smoke-wheel ui ui-check

@@ -89,7 +89,7 @@ TRIVIAL_SERVER = """
 import signal, sys
 from concurrent.futures import ThreadPoolExecutor
 import grpc
-from lineaged._proto.lineage.v1 import lineage_pb2 as pb, lineage_pb2_grpc as pb_grpc
+from lineage_core._proto.lineage.v1 import lineage_pb2 as pb, lineage_pb2_grpc as pb_grpc
 
 with open(sys.argv[3], "rb") as f:
     CANNED = pb.GetLineageResponse.FromString(f.read())
@@ -115,7 +115,7 @@ server.wait_for_termination()
 STATUS_CLIENT = """
 import sys, time
 import grpc
-from lineaged._proto.lineage.v1 import lineage_pb2 as pb, lineage_pb2_grpc as pb_grpc
+from lineage_core._proto.lineage.v1 import lineage_pb2 as pb, lineage_pb2_grpc as pb_grpc
 
 channel = grpc.insecure_channel("unix:" + sys.argv[1])
 stub = pb_grpc.LineageServiceStub(channel)
@@ -412,9 +412,10 @@ def in_process_tracer(
 ) -> Iterator[Callable[[int], None]]:
     """The steps of a trace without the RPC, timed apart: the daemon's walk and encoding, the
     client's decoding (where the time over the socket goes)."""
-    from lineaged import convert
-    from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-    from lineaged.models import Direction, StartNode
+    from lineage_core import wire
+    from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+    from lineage_core.models import Direction, StartNode
+
     from lineaged.store import Store
 
     store = Store.open_readonly(db_path)
@@ -429,9 +430,9 @@ def in_process_tracer(
                 max_nodes=MAX_NODES,
             )
             walked = time.perf_counter()
-            data = pb.GetLineageResponse(graph=convert.graph_to_pb(graph)).SerializeToString()
+            data = pb.GetLineageResponse(graph=wire.graph_to_pb(graph)).SerializeToString()
             encoded = time.perf_counter()
-            convert.graph_from_pb(pb.GetLineageResponse.FromString(data).graph)
+            wire.graph_from_pb(pb.GetLineageResponse.FromString(data).graph)
             decoded = time.perf_counter()
             steps["walk"].append(walked - started)
             steps["encode"].append(encoded - walked)
@@ -445,9 +446,8 @@ def in_process_tracer(
 def save_answer(socket: Path, chain: int, dest: Path) -> int:
     """Write lineaged's raw GetLineage answer for ``chain`` to ``dest``; returns its size."""
     import grpc
-
-    from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-    from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
+    from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+    from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
 
     request = pb.GetLineageRequest(
         start=pb.StartNode(version_id=deepest_version(chain)),

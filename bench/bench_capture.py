@@ -31,10 +31,10 @@ from pathlib import Path
 from lineage_client.capture import capture_command
 from lineage_client.capture.strace import find_strace, strace_problem
 from lineage_client.client import Client
+from lineage_core.models import Direction, RunStatus, StartNode
 
 from bench.bench_api import daemon
 from bench.common import measure_rounds, median, print_table, work_dir
-from lineaged.models import Direction, RunStatus, StartNode
 
 FILES = 10_000
 FILE_SIZE = 256

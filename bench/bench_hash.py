@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from blake3 import blake3
+from lineage_core import hasher
+from lineage_core.hasher import hash_file
 
 from bench.common import (
     command,
@@ -29,8 +31,6 @@ from bench.common import (
     work_dir,
     write_random,
 )
-from lineaged import hasher
-from lineaged.hasher import hash_file
 
 SIZE = 1 << 30
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -42,7 +42,9 @@ UNDER_ROOT = "lineaged hash_file(root=...), in process (dir descriptors, as the 
 FRESH_PROCESS = "lineaged hash_file, fresh python -c"
 READ_AHEAD = "lineaged read-ahead fallback, in process"
 UPDATE_MMAP = "blake3 update_mmap, in process (reference, SIGBUS-unsafe)"
-_SNIPPET = "import sys; from lineaged.hasher import hash_file; print(hash_file(sys.argv[1]).digest)"
+_SNIPPET = (
+    "import sys; from lineage_core.hasher import hash_file; print(hash_file(sys.argv[1]).digest)"
+)
 
 
 def _read_ahead(path: Path) -> str:

@@ -113,8 +113,7 @@ def config(path: Path, url: str | None, max_delay: float | None = None) -> Path:
 def record_runs(sock: Path, data: Path, count: int) -> float:
     """Record ``count`` runs (one read, one write each); returns runs per second."""
     from lineage_client import Client
-
-    from lineaged.models import Access, AccessMode, RunStart, RunStatus
+    from lineage_core.models import Access, AccessMode, RunStart, RunStatus
 
     source = data / "input.csv"
     with Client(socket=sock) as client:

@@ -96,8 +96,8 @@ def dvc_python() -> str | None:
 def big_file_rows(work: Path) -> list[list[object]]:
     """Store and restore a new BIG-byte version against cp, interleaved rounds."""
 
-    from lineaged import hasher
-    from lineaged.objects import ObjectStore
+    from lineage_core import hasher
+    from lineage_core.objects import ObjectStore
 
     source = work / "big.bin"
     print(f"writing {BIG} random bytes ...", flush=True)
@@ -290,10 +290,11 @@ def tree_rows(work: Path) -> tuple[list[list[object]], Path]:
 
 def gc_rows(state: Path, tree: Path) -> list[list[object]]:
     """gc over every kept object with PINNED pinned, the root's policy now keep = "none"."""
+    from lineage_core.models import Keep, Role, Root
+    from lineage_core.objects import ObjectStore
+
     from lineaged.config import IgnoreRules
     from lineaged.indexer import RootSet, WatchedRoot
-    from lineaged.models import Keep, Role, Root
-    from lineaged.objects import ObjectStore
     from lineaged.retention import Keeper
     from lineaged.store import DB_NAME, Store, Writer
 

@@ -32,8 +32,7 @@ def main() -> None:
     from lineage_client import spool
     from lineage_client.capture.digest import hash_external
     from lineage_client.client import Client
-
-    from lineaged.models import Access, AccessMode, RunStart, RunStatus, new_run_id
+    from lineage_core.models import Access, AccessMode, RunStart, RunStatus, new_run_id
 
     with work_dir("spool") as base:
         data = base / "data"

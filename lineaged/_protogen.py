@@ -2,7 +2,7 @@
 
 The one command behind ``make proto`` and ``make proto-check``. It runs ``grpc_tools.protoc``
 with the Python, gRPC and mypy-protobuf plugins, then rewrites the stubs' imports of each other
-so they load as ``lineaged._proto.lineage.v1.lineage_pb2`` without touching ``sys.path``.
+so they load as ``lineage_core._proto.lineage.v1.lineage_pb2`` without touching ``sys.path``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 __all__ = ["generate", "main"]
 
-PACKAGE = "lineaged._proto"
+PACKAGE = "lineage_core._proto"
 _GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
@@ -32,7 +32,7 @@ def _plugin(name: str) -> str:
 
 
 def _rewrite_imports(text: str, proto_packages: set[str]) -> str:
-    """Point ``from lineage.v1 import x_pb2`` at ``lineaged._proto.lineage.v1``."""
+    """Point ``from lineage.v1 import x_pb2`` at ``lineage_core._proto.lineage.v1``."""
     for package in sorted(proto_packages):
         pattern = re.compile(rf"^(\s*)(from|import) ({re.escape(package)})\b", re.MULTILINE)
         text = pattern.sub(rf"\1\2 {PACKAGE}.\3", text)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lineaged.errors import ConfigError
-from lineaged.models import Keep, Role, Root
-from lineaged.paths import default_socket, default_state_dir
+from lineage_core.errors import ConfigError
+from lineage_core.models import Keep, Role, Root
+from lineage_core.paths import default_socket, default_state_dir
 
 __all__ = [
     "DEFAULT_IGNORE",

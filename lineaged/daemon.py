@@ -20,13 +20,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
+from lineage_core.errors import AlreadyRunning, ConfigError, LineageError, StoreError
+from lineage_core.models import ScanState
+from lineage_core.redact import KEY_FILE
+
 from lineaged import __version__
 from lineaged.config import Config, load_config
 from lineaged.engine import Engine
-from lineaged.errors import AlreadyRunning, ConfigError, LineageError, StoreError
-from lineaged.models import ScanState
 from lineaged.privacy import PRIVATE_UMASK, secure_state_dir
-from lineaged.redact import KEY_FILE
 from lineaged.sdnotify import Notifier
 from lineaged.store import DB_NAME, Store
 

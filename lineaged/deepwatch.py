@@ -34,9 +34,10 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from lineaged import dirfd
+from lineage_core import dirfd
+from lineage_core.models import ChangeKind
+
 from lineaged.indexer import WatchedRoot
-from lineaged.models import ChangeKind
 from lineaged.watcher import POLL_SECONDS, Change, root_identity
 
 __all__ = ["WATCHDOG_MAX_DEPTH", "DeepWatcher", "WatchdogCrashes", "deeper_than"]

@@ -19,10 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from lineaged import __version__, hasher
-from lineaged.config import Config
-from lineaged.deepwatch import WATCHDOG_MAX_DEPTH, DeepWatcher, WatchdogCrashes, deeper_than
-from lineaged.errors import (
+from lineage_core import hasher
+from lineage_core.errors import (
     ConfigError,
     FailedPrecondition,
     InvalidArgument,
@@ -31,9 +29,7 @@ from lineaged.errors import (
     ResourceExhausted,
     StoreError,
 )
-from lineaged.indexer import RACY_NS, Indexer, RootSet, WatchedRoot
-from lineaged.lanes import HashLane, Ticket
-from lineaged.models import (
+from lineage_core.models import (
     Access,
     AccessMode,
     Capture,
@@ -55,9 +51,15 @@ from lineaged.models import (
     VerifyItem,
     Version,
 )
-from lineaged.objects import CHUNK, ObjectStore
-from lineaged.paths import is_normal_path
-from lineaged.redact import Redactor, load_or_create_key
+from lineage_core.objects import CHUNK, ObjectStore
+from lineage_core.paths import is_normal_path
+from lineage_core.redact import Redactor, load_or_create_key
+
+from lineaged import __version__
+from lineaged.config import Config
+from lineaged.deepwatch import WATCHDOG_MAX_DEPTH, DeepWatcher, WatchdogCrashes, deeper_than
+from lineaged.indexer import RACY_NS, Indexer, RootSet, WatchedRoot
+from lineaged.lanes import HashLane, Ticket
 from lineaged.retention import Keeper
 from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat

@@ -17,10 +17,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lineaged import hasher
+from lineage_core import hasher
+from lineage_core.errors import HashCancelled, HashError, TooLarge
+from lineage_core.models import ChangeKind, Root, StatKey
+
 from lineaged.config import IgnoreRules
-from lineaged.errors import HashCancelled, HashError, TooLarge
-from lineaged.models import ChangeKind, Root, StatKey
 from lineaged.store import CacheEntry, Store, VersionWrite, Writer
 
 if TYPE_CHECKING:

@@ -21,11 +21,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lineaged import hasher
+from lineage_core import hasher
 
 if TYPE_CHECKING:
+    from lineage_core.models import ChangeKind
+
     from lineaged.indexer import WatchedRoot
-    from lineaged.models import ChangeKind
 
 __all__ = ["HashLane", "Ticket"]
 

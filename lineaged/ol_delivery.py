@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lineaged.errors import ConfigError, FailedPrecondition
+from lineage_core.errors import ConfigError, FailedPrecondition
 
 if TYPE_CHECKING:
     from lineaged.store import Store, Writer

@@ -30,6 +30,7 @@ from importlib import resources
 from typing import Any
 
 import attr
+from lineage_core.models import Run, RunStatus, Version
 from openlineage.client import event_v2
 from openlineage.client.facet_v2 import (
     DatasetFacet,
@@ -47,7 +48,6 @@ from openlineage.client.serde import Serde
 from openlineage.client.uuid import generate_static_uuid
 
 from lineaged import __version__
-from lineaged.models import Run, RunStatus, Version
 
 __all__ = [
     "FACET_SCHEMA_URL",

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from lineaged.errors import ConfigError
+from lineage_core.errors import ConfigError
 
 __all__ = ["PRIVATE_UMASK", "STATE_FILE_SUFFIXES", "secure_state_dir"]
 

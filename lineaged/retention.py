@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Sequence
 
-from lineaged.errors import InvalidArgument, NotFound
+from lineage_core.errors import InvalidArgument, NotFound
+from lineage_core.models import GcReport, Keep, PinReport, StartNode, Version
+from lineage_core.objects import ObjectStore, PutResult
+
 from lineaged.indexer import RootSet
-from lineaged.models import GcReport, Keep, PinReport, StartNode, Version
-from lineaged.objects import ObjectStore, PutResult
 from lineaged.store import Store, Writer
 
 __all__ = ["MAX_LISTED", "Keeper"]

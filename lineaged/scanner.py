@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lineaged import dirfd, hasher
-from lineaged.errors import TooLarge
+from lineage_core import dirfd, hasher
+from lineage_core.errors import TooLarge
+from lineage_core.models import ChangeKind
+
 from lineaged.indexer import RACY_NS, RootSet, WatchedRoot
-from lineaged.models import ChangeKind
 from lineaged.store import Store, VersionWrite, Writer
 
 if TYPE_CHECKING:

@@ -24,11 +24,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
+from lineage_core.credentials import read_secret, read_token
+from lineage_core.errors import ConfigError, FailedPrecondition, LineageError
+from lineage_core.wire import ERROR_CLASS_KEY
 
-from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
-from lineaged.convert import ERROR_CLASS_KEY
 from lineaged.engine import Engine
-from lineaged.errors import ConfigError, FailedPrecondition, LineageError
 from lineaged.service import SERVICE_NAME, LineageServicer
 
 __all__ = ["ERROR_CLASS_KEY", "RpcServer", "ServerOptions"]
@@ -252,24 +253,6 @@ def _clear_socket(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _read_secret(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from exc
-
-
-def _read_token(path: str) -> str:
-    token = _read_secret(path, "token file").decode("utf-8", "replace").strip()
-    if not token:
-        raise ConfigError(f"token file {path} is empty")
-    if not token.isascii() or not token.isprintable() or " " in token:
-        raise ConfigError(f"token file {path} must hold one line of printable ASCII, no spaces")
-    if os.stat(path).st_mode & 0o077:
-        logger.warning("token file %s is readable by other users; chmod 600 it", path)
-    return token
-
-
 # --- the server --------------------------------------------------------------------------
 
 
@@ -357,9 +340,9 @@ class RpcServer:
                 raise FailedPrecondition("the RPC server is already started")
             self._check_options()
             opts = self._options
-            token = _read_token(opts.token_file) if opts.listen else ""
+            token = read_token(opts.token_file) if opts.listen else ""
             tls = (
-                (_read_secret(opts.tls_key, "TLS key"), _read_secret(opts.tls_cert, "TLS cert"))
+                (read_secret(opts.tls_key, "TLS key"), read_secret(opts.tls_cert, "TLS cert"))
                 if opts.tls_cert
                 else None
             )

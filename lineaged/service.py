@@ -1,6 +1,6 @@
 """The ``lineage.v1.LineageService`` servicer: validate the request, ask the engine, answer.
 
-Servicers only raise ``lineaged.errors`` exceptions; the error interceptor in ``server.py`` turns
+Servicers only raise ``lineage_core.errors`` exceptions; the error interceptor in ``server.py`` turns
 them into status codes. Request validation lives in ``convert`` (the ``parse_*`` functions).
 """
 
@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from lineaged import convert
-from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
+from lineage_core import wire
+from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
+from lineage_core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from lineage_core.models import Status
+
 from lineaged.engine import MAX_PAGE, Engine
-from lineaged.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
-from lineaged.models import Status
 
 __all__ = ["SERVICE_NAME", "LineageServicer"]
 
@@ -40,7 +41,7 @@ def _page(
     rows = list(fetch(min(page_size + 1, MAX_PAGE)))
     if len(rows) > page_size or (len(rows) == page_size == MAX_PAGE):
         rows = rows[:page_size]
-        return rows, convert.encode_page_token(kind, row_id(rows[-1]))
+        return rows, wire.encode_page_token(kind, row_id(rows[-1]))
     return rows, ""
 
 
@@ -67,14 +68,14 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         # status gets the answer already encoded (gRPC only reads it, so threads may share it).
         answered = self._status_answer
         if answered is None or answered[0] != status:
-            answered = self._status_answer = (status, convert.status_to_pb(status))
+            answered = self._status_answer = (status, wire.status_to_pb(status))
         return answered[1]
 
     def GetHistory(self, request: pb.GetHistoryRequest, context: Any) -> pb.GetHistoryResponse:
         """Every version a path has had, newest first, one page at a time."""
-        path = convert.check_path(request.path)
-        page_size = convert.parse_page_size(request.page_size)
-        before_id = convert.decode_page_token(request.page_token, "history")
+        path = wire.check_path(request.path)
+        page_size = wire.parse_page_size(request.page_size)
+        before_id = wire.decode_page_token(request.page_token, "history")
         _check_deadline(context)
         versions, token = _page(
             lambda limit: self._engine.history(path, limit=limit, before_id=before_id),
@@ -82,31 +83,29 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
             lambda version: version.id,
             "history",
         )
-        return pb.GetHistoryResponse(
-            versions=convert.versions_to_pb(versions), next_page_token=token
-        )
+        return pb.GetHistoryResponse(versions=wire.versions_to_pb(versions), next_page_token=token)
 
     def FindDigest(self, request: pb.FindDigestRequest, context: Any) -> pb.FindDigestResponse:
         """Every version (any path) that held a digest or a unique prefix of one."""
-        digest = convert.check_digest_prefix(request.digest)
-        page_size = convert.parse_page_size(request.page_size)
+        digest = wire.check_digest_prefix(request.digest)
+        page_size = wire.parse_page_size(request.page_size)
         _check_deadline(context)
         versions = self._engine.versions_by_digest(digest, limit=min(page_size + 1, MAX_PAGE))
         truncated = len(versions) > page_size or len(versions) == page_size == MAX_PAGE
         return pb.FindDigestResponse(
-            versions=convert.versions_to_pb(versions[:page_size]), truncated=truncated
+            versions=wire.versions_to_pb(versions[:page_size]), truncated=truncated
         )
 
     def GetVersionAt(
         self, request: pb.GetVersionAtRequest, context: Any
     ) -> pb.GetVersionAtResponse:
         """The version a path held at a time."""
-        path = convert.check_path(request.path)
-        at = convert.parse_time(request, "at", required=True)
+        path = wire.check_path(request.path)
+        at = wire.parse_time(request, "at", required=True)
         assert at is not None  # required=True
         _check_deadline(context)
         return pb.GetVersionAtResponse(
-            version=convert.version_to_pb(self._engine.version_at(path, at))
+            version=wire.version_to_pb(self._engine.version_at(path, at))
         )
 
     def GetVersion(self, request: pb.GetVersionRequest, context: Any) -> pb.GetVersionResponse:
@@ -117,39 +116,39 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
             )
         _check_deadline(context)
         version = self._engine.get_version(request.version_id)
-        return pb.GetVersionResponse(version=convert.version_to_pb(version))
+        return pb.GetVersionResponse(version=wire.version_to_pb(version))
 
     def BeginRun(self, request: pb.BeginRunRequest, context: Any) -> pb.BeginRunResponse:
         """Record a new run; the answer carries its run id."""
-        start = convert.parse_begin_run(request, now=self._clock())
+        start = wire.parse_begin_run(request, now=self._clock())
         _check_deadline(context)
-        return pb.BeginRunResponse(run=convert.run_to_pb(self._engine.begin_run(start)))
+        return pb.BeginRunResponse(run=wire.run_to_pb(self._engine.begin_run(start)))
 
     def RecordAccesses(
         self, request: pb.RecordAccessesRequest, context: Any
     ) -> pb.RecordAccessesResponse:
         """Record file accesses of a running run (at most 10,000 per call)."""
-        run_id = convert.parse_run_id(request.run_id)
+        run_id = wire.parse_run_id(request.run_id)
         rows, columns = request.accesses, request.columns
         count = len(rows) + len(columns.path)
-        if count > convert.MAX_ACCESSES:
+        if count > wire.MAX_ACCESSES:
             raise InvalidArgument(
                 f"accesses and columns hold {count} accesses; send at most"
-                f" {convert.MAX_ACCESSES} per call (the Python client batches for you)"
+                f" {wire.MAX_ACCESSES} per call (the Python client batches for you)"
             )
         now = self._clock()
         accesses = [
-            convert.parse_access(access, f"accesses[{index}]", now=now)
+            wire.parse_access(access, f"accesses[{index}]", now=now)
             for index, access in enumerate(rows)
         ]
-        accesses += convert.parse_access_columns(columns, offset=len(rows))
+        accesses += wire.parse_access_columns(columns, offset=len(rows))
         _check_deadline(context)
         recorded = self._engine.record_accesses(run_id, accesses)
         return pb.RecordAccessesResponse(recorded=recorded)
 
     def EndRun(self, request: pb.EndRunRequest, context: Any) -> pb.EndRunResponse:
         """Finish a run with its exit status."""
-        run_id, exit_code, status, ended_at, warnings = convert.parse_end_run(
+        run_id, exit_code, status, ended_at, warnings = wire.parse_end_run(
             request, now=self._clock()
         )
         _check_deadline(context)
@@ -159,19 +158,19 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
             status=status,
             ended_at=ended_at,
             warnings=warnings,
-            capture=convert.parse_capture(request),
+            capture=wire.parse_capture(request),
         )
-        return pb.EndRunResponse(run=convert.run_to_pb(run))
+        return pb.EndRunResponse(run=wire.run_to_pb(run))
 
     def GetRun(self, request: pb.GetRunRequest, context: Any) -> pb.GetRunResponse:
         """One run by id or unique prefix, with its code (diff included) and environment."""
-        run_id = convert.parse_run_id(request.run_id)
+        run_id = wire.parse_run_id(request.run_id)
         _check_deadline(context)
-        return pb.GetRunResponse(run=convert.run_to_pb(self._engine.get_run(run_id)))
+        return pb.GetRunResponse(run=wire.run_to_pb(self._engine.get_run(run_id)))
 
     def ListRuns(self, request: pb.ListRunsRequest, context: Any) -> pb.ListRunsResponse:
         """Runs newest first, filtered, one page at a time."""
-        query = convert.parse_list_runs(request)
+        query = wire.parse_list_runs(request)
         _check_deadline(context)
         runs, token = _page(
             lambda limit: self._engine.list_runs(
@@ -188,31 +187,31 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
             "runs",
         )
         return pb.ListRunsResponse(
-            runs=[convert.run_to_pb(run, with_diff=False) for run in runs], next_page_token=token
+            runs=[wire.run_to_pb(run, with_diff=False) for run in runs], next_page_token=token
         )
 
     def GetLineage(self, request: pb.GetLineageRequest, context: Any) -> pb.GetLineageResponse:
         """The lineage graph around a start node, capped by depth and node count."""
-        query = convert.parse_lineage(request)
+        query = wire.parse_lineage(request)
         _check_deadline(context)
         graph = self._engine.lineage(
             query.start, query.direction, max_depth=query.max_depth, max_nodes=query.max_nodes
         )
         _check_deadline(context)
-        return pb.GetLineageResponse(graph=convert.graph_to_pb(graph))
+        return pb.GetLineageResponse(graph=wire.graph_to_pb(graph))
 
     def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:
         """Every input upstream of a start node and what its path holds now."""
-        start = convert.parse_start(request.start)
+        start = wire.parse_start(request.start)
         _check_deadline(context)
         items = self._engine.verify(start)
-        return pb.VerifyResponse(items=[convert.verify_item_to_pb(item) for item in items])
+        return pb.VerifyResponse(items=[wire.verify_item_to_pb(item) for item in items])
 
     def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> Iterator[pb.Event]:
         """Stream new versions and run events under a path prefix until the caller cancels."""
         prefix = request.path_prefix
         if prefix:
-            convert.check_path(
+            wire.check_path(
                 prefix.rstrip("/") or "/", "path_prefix"
             )  # a prefix may end in "/" or stop mid-name; otherwise it is a path
         subscription = self._engine.subscribe(prefix)
@@ -227,7 +226,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
                         " subscribe again and re-read what changed meanwhile"
                     )
                 if event is not None:
-                    yield convert.event_to_pb(event)
+                    yield wire.event_to_pb(event)
         finally:
             subscription.close()
 
@@ -237,8 +236,8 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """Recorded runs' OpenLineage events as JSON, oldest run first (a backfill)."""
         if len(request.run_ids) > MAX_PAGE:
             raise InvalidArgument(f"at most {MAX_PAGE} run ids per export")
-        run_ids = [convert.parse_run_id(run_id, "run_ids") for run_id in request.run_ids]
-        since = convert.parse_time(request, "since")
+        run_ids = [wire.parse_run_id(run_id, "run_ids") for run_id in request.run_ids]
+        since = wire.parse_time(request, "since")
         _check_deadline(context)
         for text in self._engine.export_openlineage(run_ids, since):
             if not context.is_active() or self._stopping.is_set():
@@ -249,11 +248,11 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
 
     def GetRunFiles(self, request: pb.GetRunFilesRequest, context: Any) -> pb.GetRunFilesResponse:
         """Every version a run read or wrote, with whether its bytes are kept."""
-        run_id = convert.parse_run_id(request.run_id)
+        run_id = wire.parse_run_id(request.run_id)
         _check_deadline(context)
         files = self._engine.run_files(run_id)
         return pb.GetRunFilesResponse(
-            files=[convert.run_file_to_pb(f) for f in files],
+            files=[wire.run_file_to_pb(f) for f in files],
             reproduces=self._engine.store.reproduces(run_id),
             reproduced_by=self._engine.store.reproductions_of(run_id),
         )
@@ -264,16 +263,16 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """The kept bytes of a version, hashed as they are read: the last chunk only follows once
         all of them matched (else DATA_LOSS). The caller writes them (the daemon opens no path
         outside its roots on a client's behalf)."""
-        path, at, digest = convert.parse_read_version_bytes(request)
+        path, at, digest = wire.parse_read_version_bytes(request)
         _check_deadline(context)
         version = self._engine.version_to_restore(path, at, digest)
         where = str(self._engine.objects.path_of(version.digest))
         if request.probe:
-            yield pb.VersionBytes(version=convert.version_to_pb(version), object_path=where)
+            yield pb.VersionBytes(version=wire.version_to_pb(version), object_path=where)
             return
         chunks = self._engine.object_chunks(version.digest)
         first = next(chunks, b"")  # a small object is read and verified whole here
-        yield pb.VersionBytes(version=convert.version_to_pb(version), data=first, object_path=where)
+        yield pb.VersionBytes(version=wire.version_to_pb(version), data=first, object_path=where)
         for chunk in chunks:
             if not context.is_active():
                 return
@@ -281,10 +280,10 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
 
     def PinVersions(self, request: pb.PinVersionsRequest, context: Any) -> pb.PinVersionsResponse:
         """Pin a version (or a run's files) and so everything upstream of it."""
-        start = convert.parse_start(request.start)
+        start = wire.parse_start(request.start)
         note = request.note
         _check_deadline(context)
-        return convert.pin_report_to_pb(self._engine.pin(start, note))
+        return wire.pin_report_to_pb(self._engine.pin(start, note))
 
     def CollectGarbage(
         self, request: pb.CollectGarbageRequest, context: Any
@@ -292,14 +291,14 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """Free the kept bytes the policy no longer wants (never upstream of a pin)."""
         _check_deadline(context)
         report = self._engine.collect_garbage(dry_run=request.dry_run)
-        return convert.gc_report_to_pb(report)
+        return wire.gc_report_to_pb(report)
 
     def LinkReproduction(
         self, request: pb.LinkReproductionRequest, context: Any
     ) -> pb.LinkReproductionResponse:
         """Record that a run re-ran another (``lineage reproduce``)."""
-        run_id = convert.parse_run_id(request.run_id)
-        original = convert.parse_run_id(request.original_run_id, "original_run_id")
+        run_id = wire.parse_run_id(request.run_id)
+        original = wire.parse_run_id(request.original_run_id, "original_run_id")
         _check_deadline(context)
         self._engine.link_reproduction(run_id, original)
         return pb.LinkReproductionResponse()

@@ -31,13 +31,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import sqlite_utils
-
-    from lineaged.redact import Redactor
+    from lineage_core.redact import Redactor
 
 
 import blake3
-
-from lineaged.errors import (
+from lineage_core.errors import (
     AlreadyExists,
     AmbiguousDigest,
     CorruptStore,
@@ -47,8 +45,8 @@ from lineaged.errors import (
     NotFound,
     StoreError,
 )
-from lineaged.hasher import hash_bytes
-from lineaged.models import (
+from lineage_core.hasher import hash_bytes
+from lineage_core.models import (
     Access,
     AccessMode,
     Capture,
@@ -316,11 +314,11 @@ def _migration_row_checksum(db: sqlite_utils.Database) -> None:
 def _migration_redact_secrets(db: sqlite_utils.Database) -> None:
     """Secrets recorded before redaction existed (issue 13) are replaced by ``<redacted>``.
 
-    The same rules as for new runs (``lineaged.redact``) over argv, params, the git remote,
+    The same rules as for new runs (``lineage_core.redact``) over argv, params, the git remote,
     warnings and environment variables. The store's key lives outside the database, so old
     values get the plain marker. ``secure_delete`` zeroes the freed bytes in the file.
     """
-    from lineaged.redact import Redactor
+    from lineage_core.redact import Redactor
 
     conn = db.conn
     secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lineage_core.models import ChangeKind
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -43,7 +44,6 @@ from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from lineaged.indexer import Indexer, WatchedRoot
-from lineaged.models import ChangeKind
 
 __all__ = [
     "BLIND_SCAN_INTERVAL",

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import blake3
+from lineage_core.models import Role, Root
 
 from lineaged.config import Config
 from lineaged.engine import Engine
-from lineaged.models import Role, Root
 from lineaged.store import DB_NAME, Store
 from lineaged.watcher import POLL_SECONDS
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The installed product, not the checkout: build the wheel, install it (not editable) into a
 # fresh venv with only its runtime dependencies at the locked versions, then use it from a
-# folder outside the checkout: lineaged --once, lineage --help, and a lineage run of a tiny
-# Python script against a daemon started from that install.
+# folder outside the checkout. First the client-only install (no watchdog, no sqlite-utils:
+# lineage --help works, lineaged names the extra it needs), then with the daemon extra:
+# lineaged --once, and a lineage run of a tiny Python script against a daemon from that install.
 # Usage: tests/smoke_wheel.sh DEV_PYTHON UV LOCK
 set -euo pipefail
 dev_python=$1 uv=$(realpath "$2") lock=$(realpath "$3")
@@ -24,10 +25,23 @@ echo "smoke-wheel: building the wheel"
 wheel=$(ls "$work"/dist/lineaged-*.whl)
 python3 -m venv "$work/venv"
 bin=$work/venv/bin
-# Only what the wheel asks for, pinned to the lock's versions.
+# Only what the wheel asks for, pinned to the lock's versions: first the client alone.
 "$uv" pip install --quiet --python "$bin/python" --constraint "$lock" "$wheel"
 
 cd "$work"
+"$bin/python" - <<'PY' || fail "the client-only install pulls in the daemon"
+import importlib.util, sys
+import lineage_client, lineage_client.cli, lineage_client.client, lineage_client.runcmd
+for name in ("watchdog", "sqlite_utils"):
+    assert importlib.util.find_spec(name) is None, f"{name} is installed without [daemon]"
+assert "lineaged" not in sys.modules, "the client imported the daemon's package"
+PY
+"$bin/lineage" --help >/dev/null || fail "lineage --help failed without the daemon extra"
+if "$bin/lineaged" --help >missing.log 2>&1; then fail "lineaged started without its extra"; fi
+grep -q "pip install 'lineaged\[daemon\]'" missing.log || { cat missing.log; fail "lineaged did not name its extra"; }
+
+echo "smoke-wheel: adding the daemon extra"
+"$uv" pip install --quiet --python "$bin/python" --constraint "$lock" "$wheel[daemon]"
 where=$("$bin/python" -c 'import lineaged, lineage_client; print(lineaged.__file__, lineage_client.__file__)')
 case "$where" in *"$repo"*) fail "imports resolve to the checkout: $where" ;; esac
 for boot in lineage_client/capture/_boot/sitecustomize.py; do

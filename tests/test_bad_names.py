@@ -120,7 +120,7 @@ def _found(client: object, digest: str) -> bool:
 
 
 def _count(client: object, digest: str) -> int:
-    from lineaged.errors import NotFound
+    from lineage_core.errors import NotFound
 
     try:
         return len(client.find_digest(digest))  # type: ignore[attr-defined]

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from lineage_core import dirfd
 from watchdog.observers import inotify_c
 
-from lineaged import dirfd
 from lineaged import watcher as watcher_module
 from lineaged.store import DB_NAME
 from tests.helpers import EngineHarness, b3, ground_truth, history, live_digests, wait_for
@@ -281,7 +281,7 @@ def test_unreadable_directory_is_reported_and_its_files_are_kept(
     (tmp_path / "data" / "open.csv").write_bytes(b"open v2")
     (locked / "new.csv").write_bytes(b"new while locked")
 
-    # The walk opens each directory from its parent's descriptor (lineaged/dirfd.py): refusing
+    # The walk opens each directory from its parent's descriptor (lineage_core/dirfd.py): refusing
     # that open is how an unreadable directory looks to it (as root, modes do not refuse).
     blocked = {locked.name}
     real_open_dir_at = dirfd.open_dir_at

@@ -16,8 +16,7 @@ from blake3 import blake3
 from lineage_client.capture import CapturedRun, capture_command
 from lineage_client.capture.audit import BOOT_DIR, CHUNK, TraceTail, read_trace_file
 from lineage_client.capture.events import RawEvents
-
-from lineaged.models import Access, AccessMode
+from lineage_core.models import Access, AccessMode
 
 SCRIPT = """\
 import multiprocessing

@@ -16,8 +16,7 @@ from lineage_client.capture.events import (
     is_excluded,
     resolve_accesses,
 )
-
-from lineaged.models import Access, AccessMode
+from lineage_core.models import Access, AccessMode
 
 R, W = AccessMode.READ, AccessMode.WRITE
 

@@ -21,9 +21,8 @@ from lineage_client.capture import capture_command
 from lineage_client.capture.native import build_interposer, escape_reason
 from lineage_client.capture.settle import CTIME_SLACK_NS
 from lineage_client.capture.strace import find_strace, strace_problem
-
-from lineaged.errors import CaptureIncomplete, InvalidArgument, NotFound
-from lineaged.models import (
+from lineage_core.errors import CaptureIncomplete, InvalidArgument, NotFound
+from lineage_core.models import (
     AccessMode,
     Capture,
     Direction,
@@ -32,6 +31,7 @@ from lineaged.models import (
     RunStatus,
     StartNode,
 )
+
 from lineaged.store import Store
 from tests.conftest import DaemonProcess
 from tests.helpers import b3_files, wait_for

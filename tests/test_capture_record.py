@@ -13,12 +13,8 @@ from pathlib import Path
 
 import pytest
 from lineage_client.capture._envprobe import installed, scanned
-
-from lineaged.config import DEFAULT_IGNORE, Config, IgnoreRules
-from lineaged.engine import Engine, _PathFacts
-from lineaged.errors import NotFound, PathOutsideRoots
-from lineaged.indexer import Indexer, RootSet, WatchedRoot
-from lineaged.models import (
+from lineage_core.errors import NotFound, PathOutsideRoots
+from lineage_core.models import (
     Access,
     AccessMode,
     ChangeKind,
@@ -29,6 +25,10 @@ from lineaged.models import (
     RunStatus,
     StartNode,
 )
+
+from lineaged.config import DEFAULT_IGNORE, Config, IgnoreRules
+from lineaged.engine import Engine, _PathFacts
+from lineaged.indexer import Indexer, RootSet, WatchedRoot
 from lineaged.store import Store, Writer
 from tests.helpers import EngineHarness, b3, wait_for
 

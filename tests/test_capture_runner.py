@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from lineage_client.capture import capture_command, python_interpreter
 from lineage_client.capture.strace import find_strace, strace_problem
-
-from lineaged.errors import InvalidArgument
-from lineaged.models import AccessMode
+from lineage_core.errors import InvalidArgument
+from lineage_core.models import AccessMode
 
 STRACE = find_strace()
 HAS_STRACE = STRACE is not None and not strace_problem(STRACE)

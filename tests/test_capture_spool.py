@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from lineage_client import Client
+from lineage_core.models import Direction, RunStart, RunStatus, StartNode
 
-from lineaged.models import Direction, RunStart, RunStatus, StartNode
 from tests.conftest import DaemonProcess, short_tmp_dir
 from tests.helpers import b3, wait_for
 
@@ -291,8 +291,7 @@ def test_a_spooled_child_waits_for_its_parent_then_both_are_delivered_in_order(
     base: Path, daemons: Daemons, private_spool: Path
 ) -> None:
     from lineage_client import spool
-
-    from lineaged.models import Access, AccessMode, new_run_id
+    from lineage_core.models import Access, AccessMode, new_run_id
 
     daemon = daemons.start()
     client = daemon.client()

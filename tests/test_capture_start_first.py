@@ -17,10 +17,10 @@ import lineage_client.client as client_module
 import pytest
 from lineage_client.client import PARENT_WAIT
 from lineage_client.runcmd import PARENT_ENV
+from lineage_core import wire
+from lineage_core.errors import AlreadyExists, InvalidArgument, NotFound
+from lineage_core.models import RunStart, RunStatus, new_run_id, run_id_time_ns
 
-from lineaged import convert
-from lineaged.errors import AlreadyExists, InvalidArgument, NotFound
-from lineaged.models import RunStart, RunStatus, new_run_id, run_id_time_ns
 from tests.conftest import DaemonProcess
 
 
@@ -29,7 +29,7 @@ def test_a_client_chosen_run_id_is_kept_and_must_be_new_and_well_formed(
 ) -> None:
     client = module_daemon.client()
     run_id = new_run_id()
-    convert.check_new_run_id(run_id)  # the client's ids have the daemon's format
+    wire.check_new_run_id(run_id)  # the client's ids have the daemon's format
     run = client.begin_run(RunStart(name="chosen", run_id=run_id))
     assert run.run_id == run_id and client.get_run(run_id).name == "chosen"
     with pytest.raises(AlreadyExists, match="exists already"):
@@ -187,7 +187,7 @@ def test_lineage_run_starts_the_command_before_it_imports_the_client(tmp_path: P
         i
         for i, line in enumerate(lines)
         if "openat(" in line
-        and ("/grpc/" in line or "/google/protobuf/" in line or "/lineaged/models.py" in line)
+        and ("/grpc/" in line or "/google/protobuf/" in line or "/lineage_core/models.py" in line)
     ]
     assert heavy, "the wrapper never loaded the client: the check would prove nothing"
     assert started < min(heavy), lines[min(heavy)]

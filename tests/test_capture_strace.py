@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from lineage_client.capture import CapturedRun, capture_command
 from lineage_client.capture.strace import find_strace, parse_strace_file, strace_problem
-
-from lineaged.models import AccessMode
+from lineage_core.models import AccessMode
 
 STRACE = find_strace()
 needs_strace = pytest.mark.skipif(

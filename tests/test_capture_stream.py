@@ -12,7 +12,8 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from lineaged.models import Direction, StartNode
+from lineage_core.models import Direction, StartNode
+
 from lineaged.store import DB_NAME
 from tests.conftest import DaemonProcess
 from tests.helpers import b3
@@ -22,7 +23,7 @@ from tests.helpers import b3
 STAGE = """\
 import os, sys, time
 from lineage_client import Client
-from lineaged.models import Direction, StartNode
+from lineage_core.models import Direction, StartNode
 
 folder, socket = sys.argv[1], sys.argv[2]
 names = sorted(os.listdir(folder))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 from lineage_client import Client, cli
+from lineage_core.models import Run, Version
 
-from lineaged.models import Run, Version
 from tests.conftest import DaemonProcess
 from tests.helpers import b3, wait_for
 

@@ -17,14 +17,13 @@ import blake3
 import pytest
 from lineage_client import Client, Page, digest_file, parse_time
 from lineage_client.render import rfc3339
-
-from lineaged.errors import (
+from lineage_core.errors import (
     AmbiguousDigest,
     DaemonUnavailable,
     InvalidArgument,
     NotFound,
 )
-from lineaged.models import (
+from lineage_core.models import (
     Access,
     AccessMode,
     Direction,
@@ -38,6 +37,7 @@ from lineaged.models import (
     run_node_id,
     version_node_id,
 )
+
 from tests.conftest import REPO, DaemonProcess
 from tests.helpers import b3, wait_for
 
@@ -376,7 +376,7 @@ def test_default_client_finds_the_socket_or_says_where_it_looked(
     with Client() as client:
         assert client.status().pid == module_daemon.proc.pid
     monkeypatch.setenv("LINEAGE_SOCKET", str(socket_dir / "absent.sock"))
-    from lineaged.paths import candidate_sockets
+    from lineage_core.paths import candidate_sockets
 
     if any(p.exists() for p in candidate_sockets()):
         pytest.skip("a lineaged socket exists at a default place on this machine")
@@ -394,7 +394,7 @@ def test_another_user_cannot_connect(module_daemon: DaemonProcess) -> None:
         import os, sys
         # Import first: the interpreter's own files may not be readable by nobody.
         from lineage_client import Client
-        from lineaged.errors import LineageError
+        from lineage_core.errors import LineageError
         os.setgroups([]); os.setgid(65534); os.setuid(65534)
         try:
             Client(socket={str(module_daemon.socket)!r}).status()

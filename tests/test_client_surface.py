@@ -9,8 +9,7 @@ import typing
 import lineage_client
 from lineage_client import reproduce
 from lineage_client.client import Client
-
-from lineaged import errors, models
+from lineage_core import errors, models
 
 # The modules whose types make up the client's API.
 API_MODULES = (models.__name__, errors.__name__, reproduce.__name__)
@@ -68,3 +67,27 @@ def test_every_public_name_has_a_docstring() -> None:
         assert doc and doc.strip(), f"{name} has no docstring"
     for name in _public_methods():
         assert inspect.getdoc(getattr(Client, name)), f"Client.{name} has no docstring"
+
+
+def test_the_client_never_imports_the_daemon() -> None:
+    """Client and daemon share lineage_core and nothing else: importing every client module
+    (the CLI, the capture wrapper, spool, reproduce, the web view) leaves ``lineaged`` out."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    names = [
+        info.name
+        for info in pkgutil.walk_packages(lineage_client.__path__, "lineage_client.")
+        if "mlflow" not in info.name  # the MLflow bridge imports MLflow, an optional extra
+        and "._boot" not in info.name  # sitecustomize of runs under capture: it acts on import
+    ]
+    assert "lineage_client.cli" in names and "lineage_client.ui.server" in names
+    program = (
+        "import importlib, sys\n"
+        f"for name in {names!r}: importlib.import_module(name)\n"
+        "daemon = sorted(m for m in sys.modules if m == 'lineaged' or m.startswith('lineaged.'))\n"
+        "sys.exit(f'the client imported {daemon}' if daemon else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

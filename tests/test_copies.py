@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 
 from lineage_client import Client
+from lineage_core.errors import NotFound
+from lineage_core.models import Direction
 
-from lineaged.errors import NotFound
-from lineaged.models import Direction
 from tests.conftest import DaemonProcess
 from tests.helpers import wait_for
 

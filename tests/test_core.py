@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lineage_core import hasher
 from watchdog.observers import inotify_c
 
-from lineaged import hasher
 from lineaged.engine import Engine
 from tests.helpers import B3SUM, EngineHarness, b3, history, live_digests, wait_for
 

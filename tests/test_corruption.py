@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from lineage_core.errors import CorruptStore, DamagedRow
+from lineage_core.models import ChangeKind, Role, StatKey
 
 from lineaged import store as store_module
-from lineaged.errors import CorruptStore, DamagedRow
-from lineaged.models import ChangeKind, Role, StatKey
 from lineaged.store import DB_NAME, Store, VersionWrite, version_checksum
 from tests.conftest import REPO, DaemonProcess, short_tmp_dir
 from tests.helpers import b3, wait_for
@@ -96,7 +96,7 @@ def test_a_flipped_digest_is_refused_reported_and_hashed_again(tmp_path: Path) -
 
 
 def _known(client: object, digest: str) -> bool:
-    from lineaged.errors import NotFound
+    from lineage_core.errors import NotFound
 
     try:
         client.find_digest(digest)  # type: ignore[attr-defined]

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 from lineage_client import Client
+from lineage_core.errors import LineageError
+from lineage_core.models import Access, AccessMode, RunStart, RunStatus
 
-from lineaged.errors import LineageError
-from lineaged.models import Access, AccessMode, RunStart, RunStatus
 from lineaged.store import DB_NAME
 from tests.helpers import ground_truth, live_digests, wait_for
 

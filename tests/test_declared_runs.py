@@ -12,8 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from lineage_core.models import Direction, RunStatus, StartNode
 
-from lineaged.models import Direction, RunStatus, StartNode
 from tests.conftest import DaemonProcess
 from tests.helpers import b3
 

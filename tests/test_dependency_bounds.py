@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -17,13 +18,29 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parent.parent
-STUBS = REPO / "lineaged" / "_proto" / "lineage" / "v1"
+STUBS = REPO / "clients" / "lineage_core" / "_proto" / "lineage" / "v1"
+
+
+def _project() -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return project
 
 
 def _bounds() -> dict[str, SpecifierSet]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = [Requirement(text) for text in project["dependencies"]]
-    return {r.name.lower(): r.specifier for r in requirements}
+    """Every runtime bound: the client's dependencies and the daemon extra's."""
+    project = _project()
+    texts = project["dependencies"] + project["optional-dependencies"]["daemon"]
+    return {r.name.lower(): r.specifier for r in map(Requirement, texts)}
+
+
+def test_client_install_leaves_out_the_daemon_dependencies() -> None:
+    """pip install lineaged is the client; watchdog and sqlite-utils come with [daemon]."""
+    client = {Requirement(text).name.lower() for text in _project()["dependencies"]}
+    daemon = {
+        Requirement(text).name.lower() for text in _project()["optional-dependencies"]["daemon"]
+    }
+    assert client == {"blake3", "grpcio", "protobuf"}
+    assert {"watchdog", "sqlite-utils"} <= daemon
 
 
 def _lowest_allowed(specifier: SpecifierSet) -> Version:

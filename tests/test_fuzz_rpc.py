@@ -18,10 +18,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from lineage_core import wire
+from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+from lineage_core.errors import LineageError
 
-from lineaged import convert
-from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-from lineaged.errors import LineageError
 from tests.conftest import DaemonProcess
 from tests.helpers import b3, wait_for
 
@@ -121,7 +121,7 @@ def _valid_write(method: str, payload: bytes) -> bool:
     try:
         message = REQUESTS[method].FromString(payload)
         if method == "BeginRun":
-            convert.parse_begin_run(message, now=0)
+            wire.parse_begin_run(message, now=0)
             return True
     except Exception:
         return False
@@ -233,7 +233,7 @@ structured: dict[str, Any] = {
     )
     # Over the per-call cap, but short paths: under 4 MiB, so our check answers, not grpc's limit.
     | st.builds(
-        _accesses, st.just(convert.MAX_ACCESSES + 1), any_strings.filter(lambda p: len(p) < 100),
+        _accesses, st.just(wire.MAX_ACCESSES + 1), any_strings.filter(lambda p: len(p) < 100),
         enum_numbers, st.sampled_from(["", "ab" * 32]),
     )
     | st.builds(pb.RecordAccessesRequest, run_id=run_ids)
@@ -247,9 +247,9 @@ structured: dict[str, Any] = {
             run_id=uuid.uuid4().hex,
             accesses=[pb.Access(path="/tmp/x", mode=pb.ACCESS_MODE_READ)] * n,
             columns=pb.AccessColumns(
-                path=["/tmp/y"] * (convert.MAX_ACCESSES + 1 - n),
-                mode=[pb.ACCESS_MODE_READ] * (convert.MAX_ACCESSES + 1 - n),
-                first_at_ns=[1] * (convert.MAX_ACCESSES + 1 - n),
+                path=["/tmp/y"] * (wire.MAX_ACCESSES + 1 - n),
+                mode=[pb.ACCESS_MODE_READ] * (wire.MAX_ACCESSES + 1 - n),
+                first_at_ns=[1] * (wire.MAX_ACCESSES + 1 - n),
             ),
         ),
         st.sampled_from([0, 1, 5000]),
@@ -286,7 +286,7 @@ def test_structured_bad_messages(
 def test_huge_repeated_fields_are_refused_with_a_reason(
     channel: grpc.Channel, unchanged: None
 ) -> None:
-    request = _accesses(convert.MAX_ACCESSES + 1, "/tmp/x", pb.ACCESS_MODE_READ, "")
+    request = _accesses(wire.MAX_ACCESSES + 1, "/tmp/x", pb.ACCESS_MODE_READ, "")
     code, details = call(channel, "RecordAccesses", request.SerializeToString())
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "send at most 10000 per call" in details

@@ -1,4 +1,4 @@
-"""lineaged.hasher on real files: digests cross-checked, races forced through the test seam."""
+"""lineage_core.hasher on real files: digests cross-checked, races forced through the test seam."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 from blake3 import blake3
-
-from lineaged import hasher
-from lineaged.errors import HashError, UnstableFile
-from lineaged.hasher import HashResult, hash_bytes, hash_file, hash_many
-from lineaged.models import StatKey
+from lineage_core import hasher
+from lineage_core.errors import HashError, UnstableFile
+from lineage_core.hasher import HashResult, hash_bytes, hash_file, hash_many
+from lineage_core.models import StatKey
 
 EMPTY_DIGEST = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
 B3SUM = shutil.which("b3sum")

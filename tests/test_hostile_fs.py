@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lineage_core import hasher
+from lineage_core.models import ChangeKind
 
-from lineaged import hasher, scanner
-from lineaged.models import ChangeKind
+from lineaged import scanner
 from tests.helpers import EngineHarness, all_digests, b3, live_digests, wait_for
 
 CANARY_NAMES = ("canary-shadow", "canary-gshadow", "passwd")

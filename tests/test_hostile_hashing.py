@@ -18,11 +18,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from lineage_core import hasher
+from lineage_core.models import Access, AccessMode, Role, Root, RunStart
 
-from lineaged import hasher
 from lineaged.config import Config
 from lineaged.engine import Engine
-from lineaged.models import Access, AccessMode, Role, Root, RunStart
 from lineaged.store import DB_NAME, Store
 from tests.conftest import DaemonProcess, short_tmp_dir
 from tests.helpers import EngineHarness, b3, live_digests, wait_for
@@ -224,8 +224,9 @@ def test_max_hash_size_reports_too_large_and_clears(tmp_path: Path) -> None:
 def test_max_hash_size_in_the_config(tmp_path: Path) -> None:
     from argparse import Namespace
 
+    from lineage_core.errors import ConfigError
+
     from lineaged.config import load_config
-    from lineaged.errors import ConfigError
 
     def load(value: str) -> int:
         toml = tmp_path / "c.toml"
@@ -246,7 +247,7 @@ def test_max_hash_size_in_the_config(tmp_path: Path) -> None:
 def test_helper_dies_with_its_parent_even_when_killed(tmp_path: Path, mark: str) -> None:
     """The mmap helper of a process that is SIGKILLed mid-hash does not hash on."""
     big = _sparse(tmp_path / "big.bin", TIB)
-    script = "import sys; from lineaged.hasher import hash_file; hash_file(sys.argv[1])"
+    script = "import sys; from lineage_core.hasher import hash_file; hash_file(sys.argv[1])"
     parent = subprocess.Popen([sys.executable, "-c", script, str(big)])
     try:
         wait_for(lambda: _marked(mark, besides=parent.pid), what="the helper started")

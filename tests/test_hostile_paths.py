@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lineage_core.errors import InvalidArgument, NotFound, PathOutsideRoots
+from lineage_core.models import Access, AccessMode, RunStart, RunStatus
 from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.inotify import InotifyObserver
 
-from lineaged.errors import InvalidArgument, NotFound, PathOutsideRoots
-from lineaged.models import Access, AccessMode, RunStart, RunStatus
 from tests.conftest import DaemonProcess, short_tmp_dir
 from tests.helpers import wait_for
 

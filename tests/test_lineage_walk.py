@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lineage_core.models import Access, AccessMode, Direction, Graph, RunStart, RunStatus, StartNode
 
-from lineaged.models import Access, AccessMode, Direction, Graph, RunStart, RunStatus, StartNode
 from lineaged.store import Store
 
 DIGESTS = [f"{i:02x}" * 32 for i in range(1, 9)]  # few distinct contents: copies happen

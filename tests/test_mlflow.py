@@ -143,7 +143,7 @@ import json, sys, warnings
 warnings.simplefilter("ignore")
 from mlflow import MlflowClient
 from lineage_client import Client
-from lineaged.errors import LineageError
+from lineage_core.errors import LineageError
 
 socket, run_id = sys.argv[1:]
 run = MlflowClient().get_run(run_id)
@@ -178,8 +178,7 @@ def _in_subprocess(script: str, cwd: Path, env: dict[str, str], *args: str) -> s
 
 def test_mlflow_names_need_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from lineage_client import mlflow_bridge
-
-    from lineaged.errors import FailedPrecondition
+    from lineage_core.errors import FailedPrecondition
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if MLflow were not installed
     with pytest.raises(FailedPrecondition, match=r"lineaged\[mlflow\]"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lineaged import models
+from lineage_core import models
 
 MODELS = [
     value

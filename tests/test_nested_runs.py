@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from lineage_core.models import Direction, StartNode
 
-from lineaged.models import Direction, StartNode
 from tests.conftest import DaemonProcess, short_tmp_dir
 from tests.helpers import b3
 

@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
+from lineage_core import hasher, objects
+from lineage_core.errors import ConfigError, CorruptObject, NotFound
+from lineage_core.models import Keep
+from lineage_core.objects import ObjectStore
 
-from lineaged import hasher, objects
 from lineaged.config import load_config, parse_size
-from lineaged.errors import ConfigError, CorruptObject, NotFound
-from lineaged.models import Keep
-from lineaged.objects import ObjectStore
 from tests.helpers import b3
 
 
@@ -173,9 +173,10 @@ def test_hash_many_keeps_small_files_from_the_buffer_it_hashed(tmp_path: Path) -
 
 def test_keep_all_root_keeps_every_version_from_the_first_scan(tmp_path: Path) -> None:
     """An engine on a keep = "all" root: the initial scan keeps small and big files."""
+    from lineage_core.models import Role, Root
+
     from lineaged.config import Config
     from lineaged.engine import Engine
-    from lineaged.models import Role, Root
     from lineaged.store import DB_NAME, Store
     from tests.helpers import wait_for
 

@@ -28,12 +28,12 @@ referencing = pytest.importorskip("referencing")
 
 from conftest import DaemonProcess  # noqa: E402
 from helpers import b3, live_digests, wait_for  # noqa: E402
+from lineage_core.errors import ConfigError  # noqa: E402
+from lineage_core.models import Access, AccessMode, CodeState, Run, RunStart, RunStatus  # noqa: E402
 
 import lineaged  # noqa: E402
 from lineaged import ol_events  # noqa: E402
 from lineaged.config import Config  # noqa: E402
-from lineaged.errors import ConfigError  # noqa: E402
-from lineaged.models import Access, AccessMode, CodeState, Run, RunStart, RunStatus  # noqa: E402
 from lineaged.ol_delivery import settings_from  # noqa: E402
 from lineaged.store import DB_NAME  # noqa: E402
 

@@ -11,11 +11,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from lineaged import _protogen, convert
-from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-from lineaged.errors import InvalidArgument, LineageError
-from lineaged.models import (
+from lineage_core import wire
+from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+from lineage_core.errors import InvalidArgument, LineageError
+from lineage_core.models import (
     Access,
     AccessMode,
     ChangeKind,
@@ -39,9 +38,11 @@ from lineaged.models import (
     Version,
 )
 
+from lineaged import _protogen
+
 REPO = Path(__file__).resolve().parent.parent
 PROTO = REPO / "proto" / "lineage" / "v1" / "lineage.proto"
-STUBS = REPO / "lineaged" / "_proto"
+STUBS = REPO / "clients" / "lineage_core" / "_proto"
 NOW = 1_700_000_000_000_000_000
 
 # --- the stubs ---------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def test_committed_stubs_are_what_protogen_makes(tmp_path: Path) -> None:
 
 def test_stubs_import_each_other_inside_the_package() -> None:
     grpc_stub = (STUBS / "lineage" / "v1" / "lineage_pb2_grpc.py").read_text()
-    assert "from lineaged._proto.lineage.v1 import lineage_pb2" in grpc_stub
+    assert "from lineage_core._proto.lineage.v1 import lineage_pb2" in grpc_stub
     assert pb.DESCRIPTOR.name == "lineage/v1/lineage.proto"
     assert pb.DESCRIPTOR.package == "lineage.v1"
 
@@ -163,15 +164,15 @@ runs = st.builds(
 @settings(max_examples=60)
 @given(versions)
 def test_version_round_trip(version: Version) -> None:
-    wire = pb.Version.FromString(convert.version_to_pb(version).SerializeToString())
-    assert convert.version_from_pb(wire) == version
+    decoded = pb.Version.FromString(wire.version_to_pb(version).SerializeToString())
+    assert wire.version_from_pb(decoded) == version
 
 
 @settings(max_examples=60)
 @given(runs)
 def test_run_round_trip(run: Run) -> None:
-    wire = pb.Run.FromString(convert.run_to_pb(run).SerializeToString())
-    assert convert.run_from_pb(wire) == run
+    decoded = pb.Run.FromString(wire.run_to_pb(run).SerializeToString())
+    assert wire.run_from_pb(decoded) == run
 
 
 @settings(max_examples=60)
@@ -196,9 +197,7 @@ def test_graph_round_trip_leaves_diffs_out(
         for a, b in itertools.pairwise(graph_versions)
     )
     graph = Graph(tuple(graph_versions), tuple(graph_runs), edges, truncated, ("version:1",))
-    back = convert.graph_from_pb(
-        pb.Graph.FromString(convert.graph_to_pb(graph).SerializeToString())
-    )
+    back = wire.graph_from_pb(pb.Graph.FromString(wire.graph_to_pb(graph).SerializeToString()))
     assert back.versions == graph.versions
     assert back.edges == graph.edges
     assert (back.truncated, back.start) == (truncated, ("version:1",))
@@ -226,9 +225,7 @@ def test_runs_sharing_an_environment_each_carry_it() -> None:
         )
     )  # fmt: skip
     graph = Graph((), graph_runs, (), False, ())
-    back = convert.graph_from_pb(
-        pb.Graph.FromString(convert.graph_to_pb(graph).SerializeToString())
-    )
+    back = wire.graph_from_pb(pb.Graph.FromString(wire.graph_to_pb(graph).SerializeToString()))
     assert [r.env for r in back.runs] == [shared, None, shared, own, shared]
     assert [r.code for r in back.runs] == [code, None, code, other_code, code]
     assert back.runs[0].env is back.runs[2].env is back.runs[4].env
@@ -252,8 +249,8 @@ def test_runs_sharing_an_environment_each_carry_it() -> None:
     )
 )
 def test_begin_run_request_round_trip(start: RunStart) -> None:
-    wire = pb.BeginRunRequest.FromString(convert.begin_run_to_pb(start).SerializeToString())
-    assert convert.parse_begin_run(wire, now=NOW) == start
+    decoded = pb.BeginRunRequest.FromString(wire.begin_run_to_pb(start).SerializeToString())
+    assert wire.parse_begin_run(decoded, now=NOW) == start
 
 
 accesses = st.builds(
@@ -298,22 +295,22 @@ def _access_row(access: Access) -> pb.Access:
 @settings(max_examples=40)
 @given(accesses)
 def test_access_row_is_read(access: Access) -> None:
-    wire = pb.Access.FromString(_access_row(access).SerializeToString())
-    assert convert.parse_access(wire, "accesses[0]", now=NOW) == access
+    decoded = pb.Access.FromString(_access_row(access).SerializeToString())
+    assert wire.parse_access(decoded, "accesses[0]", now=NOW) == access
 
 
 @settings(max_examples=60)
 @given(st.lists(accesses | traced_reads, max_size=6))
 def test_access_columns_round_trip(batch: list[Access]) -> None:
     columns = pb.AccessColumns()
-    convert.add_access_columns(columns, batch)
-    wire = pb.AccessColumns.FromString(columns.SerializeToString())
-    assert convert.parse_access_columns(wire) == batch
+    wire.add_access_columns(columns, batch)
+    decoded = pb.AccessColumns.FromString(columns.SerializeToString())
+    assert wire.parse_access_columns(decoded) == batch
 
 
 def test_access_columns_leave_default_columns_empty() -> None:
     columns = pb.AccessColumns()
-    convert.add_access_columns(
+    wire.add_access_columns(
         columns, [Access(f"/d/f{i}", AccessMode.READ, 10 + i, 10 + i) for i in range(3)]
     )
     assert [name for name, value in ((f.name, v) for f, v in columns.ListFields())] == [
@@ -341,12 +338,12 @@ def test_bad_access_columns_are_refused_by_name(
     damage: Callable[[pb.AccessColumns], None], message: str
 ) -> None:
     columns = pb.AccessColumns()
-    convert.add_access_columns(
+    wire.add_access_columns(
         columns, [Access("/d/a", AccessMode.READ, 10, 10), Access("/d/b", AccessMode.READ, 10, 10)]
     )
     damage(columns)
     with pytest.raises(InvalidArgument, match=message):
-        convert.parse_access_columns(columns)
+        wire.parse_access_columns(columns)
 
 
 def test_status_verify_event_round_trip() -> None:
@@ -357,20 +354,20 @@ def test_status_verify_event_round_trip() -> None:
         scan=ScanState(True, True, 10, 5, 1000, NOW, NOW + 1, 2),
         queue_depth=3, serving=True, degraded=("inotify watch limit reached",),
     )  # fmt: skip
-    assert convert.status_from_pb(convert.status_to_pb(status)) == status
+    assert wire.status_from_pb(wire.status_to_pb(status)) == status
     item = VerifyItem("/d/a", "ab" * 32, VerifyState.CHANGED, "cd" * 32, 3, "r" * 32, True)
-    assert convert.verify_item_from_pb(convert.verify_item_to_pb(item)) == item
+    assert wire.verify_item_from_pb(wire.verify_item_to_pb(item)) == item
     version = Version(1, "/d/a", "ab" * 32, 1, 2, 3, None, ChangeKind.CREATED)
-    assert convert.event_from_pb(convert.event_to_pb(Event("version", version=version))) == Event(
+    assert wire.event_from_pb(wire.event_to_pb(Event("version", version=version))) == Event(
         "version", version=version
     )
 
 
 @given(times)
 def test_timestamps_round_trip(ns: int) -> None:
-    ts = convert.ns_to_ts(ns)
+    ts = wire.ns_to_ts(ns)
     assert 0 <= ts.nanos < 1_000_000_000
-    assert convert.ns_from_ts(ts) == ns
+    assert wire.ns_from_ts(ts) == ns
 
 
 @pytest.mark.parametrize(
@@ -384,7 +381,7 @@ def test_timestamps_round_trip(ns: int) -> None:
     ],
 )
 def test_start_node_round_trip(start: StartNode) -> None:
-    assert convert.parse_start(convert.start_to_pb(start)) == start
+    assert wire.parse_start(wire.start_to_pb(start)) == start
 
 
 # --- validation at the edge --------------------------------------------------------------
@@ -406,7 +403,7 @@ def test_start_node_round_trip(start: StartNode) -> None:
 )
 def test_bad_paths(path: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        convert.check_path(path)
+        wire.check_path(path)
 
 
 @pytest.mark.parametrize(
@@ -416,58 +413,58 @@ def test_bad_paths(path: str, message: str) -> None:
 )  # fmt: skip
 def test_digest_prefixes(digest: str, ok: bool) -> None:
     if ok:
-        assert convert.check_digest_prefix(digest) == digest.lower()
+        assert wire.check_digest_prefix(digest) == digest.lower()
     else:
         with pytest.raises(InvalidArgument, match="digest"):
-            convert.check_digest_prefix(digest)
+            wire.check_digest_prefix(digest)
 
 
 @pytest.mark.parametrize("size", [-1, 1001, 2**31 - 1])
 def test_absurd_page_sizes(size: int) -> None:
     with pytest.raises(InvalidArgument, match="between 1 and 1000"):
-        convert.parse_page_size(size)
-    assert convert.parse_page_size(0) == convert.DEFAULT_PAGE_SIZE
+        wire.parse_page_size(size)
+    assert wire.parse_page_size(0) == wire.DEFAULT_PAGE_SIZE
 
 
 def test_page_tokens() -> None:
-    token = convert.encode_page_token("runs", 42)
-    assert convert.decode_page_token(token, "runs") == 42
-    assert convert.decode_page_token("", "runs") is None
-    for bad in ("garbage!", "djE6cnVuczp4", convert.encode_page_token("history", 42)):
+    token = wire.encode_page_token("runs", 42)
+    assert wire.decode_page_token(token, "runs") == 42
+    assert wire.decode_page_token("", "runs") is None
+    for bad in ("garbage!", "djE6cnVuczp4", wire.encode_page_token("history", 42)):
         with pytest.raises(InvalidArgument, match="page_token"):
-            convert.decode_page_token(bad, "runs")
+            wire.decode_page_token(bad, "runs")
 
 
 def test_absurd_timestamps() -> None:
     request = pb.GetVersionAtRequest(path="/d/a", at=timestamp_pb2.Timestamp(seconds=1, nanos=-1))
     with pytest.raises(InvalidArgument, match="nanos"):
-        convert.parse_time(request, "at")
+        wire.parse_time(request, "at")
     request.at.CopyFrom(timestamp_pb2.Timestamp(seconds=10**12))
     with pytest.raises(InvalidArgument, match="out of range"):
-        convert.parse_time(request, "at")
+        wire.parse_time(request, "at")
     with pytest.raises(InvalidArgument, match="required"):
-        convert.parse_time(pb.GetVersionAtRequest(), "at", required=True)
+        wire.parse_time(pb.GetVersionAtRequest(), "at", required=True)
 
 
 def test_unknown_enum_numbers() -> None:
     with pytest.raises(InvalidArgument, match="unknown value 99"):
-        convert.parse_list_runs(pb.ListRunsRequest(status=99))  # type: ignore[arg-type]
+        wire.parse_list_runs(pb.ListRunsRequest(status=99))  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="direction"):
-        convert.parse_lineage(pb.GetLineageRequest(start=pb.StartNode(version_id=1)))
+        wire.parse_lineage(pb.GetLineageRequest(start=pb.StartNode(version_id=1)))
     with pytest.raises(InvalidArgument, match="unknown value 7"):
-        convert.parse_lineage(
+        wire.parse_lineage(
             pb.GetLineageRequest(start=pb.StartNode(version_id=1), direction=7)  # type: ignore[arg-type]
         )
     access = pb.Access(path="/d/a", mode=5)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match=r"accesses\[3\]\.mode"):
-        convert.parse_access(access, "accesses[3]", now=NOW)
+        wire.parse_access(access, "accesses[3]", now=NOW)
 
 
 def test_end_run_needs_a_final_status() -> None:
     for status in (pb.RUN_STATUS_UNSPECIFIED, pb.RUN_STATUS_RUNNING):
         with pytest.raises(InvalidArgument, match="status must be"):
-            convert.parse_end_run(pb.EndRunRequest(run_id="r" * 32, status=status), now=NOW)
-    run_id, exit_code, status, ended_at, _ = convert.parse_end_run(
+            wire.parse_end_run(pb.EndRunRequest(run_id="r" * 32, status=status), now=NOW)
+    run_id, exit_code, status, ended_at, _ = wire.parse_end_run(
         pb.EndRunRequest(run_id="r" * 32, status=pb.RUN_STATUS_FAILED, exit_code=3), now=NOW
     )
     assert (run_id, exit_code, status, ended_at) == ("r" * 32, 3, RunStatus.FAILED, NOW)
@@ -475,10 +472,10 @@ def test_end_run_needs_a_final_status() -> None:
 
 def test_lineage_limits() -> None:
     start = pb.StartNode(version_id=1)
-    query = convert.parse_lineage(pb.GetLineageRequest(start=start, direction=pb.DIRECTION_BOTH))
+    query = wire.parse_lineage(pb.GetLineageRequest(start=start, direction=pb.DIRECTION_BOTH))
     assert (query.max_depth, query.max_nodes) == (
-        convert.DEFAULT_MAX_DEPTH,
-        convert.DEFAULT_MAX_NODES,
+        wire.DEFAULT_MAX_DEPTH,
+        wire.DEFAULT_MAX_NODES,
     )
     for field, value in (
         ("max_depth", -1),
@@ -490,22 +487,22 @@ def test_lineage_limits() -> None:
             start=start, direction=pb.DIRECTION_UPSTREAM, **{field: value}
         )
         with pytest.raises(InvalidArgument, match=field):
-            convert.parse_lineage(request)
+            wire.parse_lineage(request)
     with pytest.raises(InvalidArgument, match="start is required"):
-        convert.parse_lineage(pb.GetLineageRequest(direction=pb.DIRECTION_UPSTREAM))
+        wire.parse_lineage(pb.GetLineageRequest(direction=pb.DIRECTION_UPSTREAM))
 
 
 def test_run_id_and_names() -> None:
     for bad in ("", "has space", "x" * 200, "nul\x00"):
         with pytest.raises(InvalidArgument, match="run_id"):
-            convert.parse_run_id(bad)
+            wire.parse_run_id(bad)
     with pytest.raises(InvalidArgument, match="name is required"):
-        convert.parse_begin_run(pb.BeginRunRequest(name="  "), now=NOW)
+        wire.parse_begin_run(pb.BeginRunRequest(name="  "), now=NOW)
     with pytest.raises(InvalidArgument, match=r"argv\[1\] contains a NUL"):
-        convert.parse_begin_run(pb.BeginRunRequest(name="t", argv=["a", "b\x00"]), now=NOW)
-    too_many = pb.BeginRunRequest(name="t", argv=["a"] * (convert.MAX_REPEATED + 1))
+        wire.parse_begin_run(pb.BeginRunRequest(name="t", argv=["a", "b\x00"]), now=NOW)
+    too_many = pb.BeginRunRequest(name="t", argv=["a"] * (wire.MAX_REPEATED + 1))
     with pytest.raises(InvalidArgument, match="at most 10000"):
-        convert.parse_begin_run(too_many, now=NOW)
+        wire.parse_begin_run(too_many, now=NOW)
 
 
 def test_runs_of_a_graph_share_one_code_and_environment() -> None:
@@ -515,9 +512,9 @@ def test_runs_of_a_graph_share_one_code_and_environment() -> None:
             code, env)
         for i in range(3)
     ]  # fmt: skip
-    message = convert.graph_to_pb(Graph((), tuple(shared), (), False))
+    message = wire.graph_to_pb(Graph((), tuple(shared), (), False))
     assert (len(message.codes), len(message.envs)) == (1, 1)
-    back = convert.graph_from_pb(pb.Graph.FromString(message.SerializeToString()))
+    back = wire.graph_from_pb(pb.Graph.FromString(message.SerializeToString()))
     assert back.runs == tuple(shared)
     assert back.runs[0].env is back.runs[2].env  # decoded once
 
@@ -537,7 +534,7 @@ def test_a_graph_whose_columns_disagree_is_refused(damage: Callable[[pb.Graph], 
     run = Run("f" * 32, "s", ("a",), "/", "", "", 0, 0, None, RunStatus.RUNNING, None, {}, "",
               CodeState(), None)  # fmt: skip
     edge = Edge(f"run:{run.run_id}", "version:1", "read")
-    message = convert.graph_to_pb(Graph((version,), (run,), (edge,), False))
+    message = wire.graph_to_pb(Graph((version,), (run,), (edge,), False))
     damage(message)
     with pytest.raises(LineageError, match="malformed lineage graph"):
-        convert.graph_from_pb(message)
+        wire.graph_from_pb(message)

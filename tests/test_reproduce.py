@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 from lineage_client.reproduce import materialise
+from lineage_core.errors import CorruptObject, NotFound
+from lineage_core.models import Access, AccessMode
 
-from lineaged.errors import CorruptObject, NotFound
-from lineaged.models import Access, AccessMode
 from tests.conftest import DaemonProcess, short_tmp_dir
 from tests.helpers import b3, wait_for
 from tests.test_pipeline import FEATURES, PREPARE, git, write_raw

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from lineage_core import wire
+from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
+from lineage_core.errors import ConfigError
+from lineage_core.models import CodeState, EnvState, RunStart
+from lineage_core.redact import KEY_FILE, REDACTED, Redactor, load_or_create_key, secret_name
 
-from lineaged import convert
-from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
 from lineaged.config import load_config
 from lineaged.daemon import build_parser
-from lineaged.errors import ConfigError
-from lineaged.models import CodeState, EnvState, RunStart
-from lineaged.redact import KEY_FILE, REDACTED, Redactor, load_or_create_key, secret_name
 from lineaged.store import DB_NAME
 from tests.conftest import DaemonProcess
 
@@ -225,7 +225,7 @@ def test_the_daemon_redacts_what_a_client_did_not(daemon: DaemonProcess) -> None
             }
         ),
     )
-    request = convert.begin_run_to_pb(start)
+    request = wire.begin_run_to_pb(start)
     with grpc.insecure_channel(f"unix:{daemon.socket}") as channel:
         stub = pb_grpc.LineageServiceStub(channel)
         first = stub.BeginRun(request, timeout=30).run

@@ -24,10 +24,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from lineage_client import Client
-
-from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
-from lineaged.errors import (
+from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
+from lineage_core.errors import (
     AmbiguousDigest,
     ConfigError,
     FailedPrecondition,
@@ -36,7 +35,8 @@ from lineaged.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from lineaged.models import ChangeKind, Event, Version
+from lineage_core.models import ChangeKind, Event, Version
+
 from lineaged.server import RpcServer, ServerOptions
 from tests.conftest import DaemonProcess, health_status, umask
 from tests.helpers import wait_for

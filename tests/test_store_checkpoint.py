@@ -12,7 +12,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from lineaged.models import RunStart
+from lineage_core.models import RunStart
+
 from lineaged.store import Store, Writer
 from tests.helpers import wait_for
 

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lineage_core.models import Role, Root, RunStart
 
 import lineaged.engine
 from lineaged.config import Config
 from lineaged.engine import Engine
-from lineaged.models import Role, Root, RunStart
 from lineaged.store import DB_NAME, Store, VersionWrite, Writer
 from tests.helpers import b3, ground_truth, history, live_digests, wait_for
 
@@ -190,8 +190,8 @@ def test_a_retried_batch_runs_each_change_once(
     first_run = writer.submit(lambda store: store.begin_run(start))
     target = h.data / "model.bin"
     target.write_bytes(b"weights")
-    from lineaged import hasher
-    from lineaged.models import ChangeKind
+    from lineage_core import hasher
+    from lineage_core.models import ChangeKind
 
     result = hasher.hash_file(str(target))
     root_id = h.engine.roots.roots[0].root_id

@@ -177,8 +177,9 @@ def test_units_agree_with_the_daemon_contract() -> None:
 
 
 def test_example_config_matches_the_system_unit(tmp_path: Path) -> None:
+    from lineage_core.models import Role
+
     from lineaged.config import load_config
-    from lineaged.models import Role
 
     raw = tomllib.loads(EXAMPLE_CONFIG.read_text())
     # Under systemd the state and socket paths come from the unit, so they stay commented out.

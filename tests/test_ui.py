@@ -21,9 +21,9 @@ from lineage_client import Client
 from lineage_client.ui import _pages, _views
 from lineage_client.ui._assets import asset_url
 from lineage_client.ui.server import CSP, UiServer
+from lineage_core.errors import ConfigError
+from lineage_core.models import Capture, CodeState
 
-from lineaged.errors import ConfigError
-from lineaged.models import Capture, CodeState
 from tests.conftest import DaemonProcess
 from tests.helpers import b3, wait_for
 from tests.ui_helpers import (

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from lineage_core.models import ChangeKind, Role, Root
 from watchdog.events import FileSystemEvent
 
 from lineaged import watcher as watcher_module
 from lineaged.config import DEFAULT_IGNORE
 from lineaged.indexer import IgnoreRules, WatchedRoot
-from lineaged.models import ChangeKind, Role, Root
 from lineaged.watcher import Change, RootWatcher
 from tests.helpers import wait_for
 

@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from lineage_client import Client
+from lineage_core.models import Run, Version
 
-from lineaged.models import Run, Version
 from tests.conftest import DaemonProcess
 from tests.helpers import b3, wait_for
 

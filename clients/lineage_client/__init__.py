@@ -9,22 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lineage_client.client import (
-        Client,
-        EventStream,
-        Page,
-        RunRecorder,
-        digest_file,
-        parse_time,
-    )
-    from lineage_client.reproduce import (
-        Checkout,
-        Missing,
-        OutputComparison,
-        Reproduction,
-        Restored,
-    )
-    from lineaged.errors import (
+    from lineage_core.errors import (
         AlreadyExists,
         AlreadyRunning,
         AmbiguousDigest,
@@ -49,7 +34,7 @@ if TYPE_CHECKING:
         Unauthenticated,
         UnstableFile,
     )
-    from lineaged.models import (
+    from lineage_core.models import (
         Access,
         AccessMode,
         Capture,
@@ -75,6 +60,22 @@ if TYPE_CHECKING:
         VerifyItem,
         VerifyState,
         Version,
+    )
+
+    from lineage_client.client import (
+        Client,
+        EventStream,
+        Page,
+        RunRecorder,
+        digest_file,
+        parse_time,
+    )
+    from lineage_client.reproduce import (
+        Checkout,
+        Missing,
+        OutputComparison,
+        Reproduction,
+        Restored,
     )
 
 _CLIENT = ("Client", "EventStream", "Page", "RunRecorder", "digest_file", "parse_time")
@@ -208,11 +209,11 @@ def __getattr__(name: str) -> Any:
 
         return getattr(reproduce, name)
     if name in _ERRORS:
-        from lineaged import errors
+        from lineage_core import errors
 
         return getattr(errors, name)
     if name in _MODELS:
-        from lineaged import models
+        from lineage_core import models
 
         return getattr(models, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

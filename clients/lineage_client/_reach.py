@@ -12,8 +12,8 @@ import os
 import socket as socket_module
 from typing import TYPE_CHECKING
 
-from lineaged.errors import DaemonUnavailable, PermissionDenied
-from lineaged.paths import candidate_socket_paths
+from lineage_core.errors import DaemonUnavailable, PermissionDenied
+from lineage_core.paths import candidate_socket_paths
 
 if TYPE_CHECKING:
     from pathlib import Path

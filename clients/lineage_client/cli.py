@@ -14,15 +14,16 @@ from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from lineage_core.errors import InvalidArgument, LineageError, PermissionDenied
+
 from lineage_client._terminal import escape, terminal_safe
-from lineaged.errors import InvalidArgument, LineageError, PermissionDenied
 
 if TYPE_CHECKING:
     from types import ModuleType
 
     from lineage_client.client import Client
 
-    # lineaged.models is imported by the commands that use it: `lineage run` starts its command
+    # lineage_core.models is imported by the commands that use it: `lineage run` starts its command
     # without it (building its dataclasses takes tens of milliseconds).
 
     Handler = Callable[[argparse.Namespace, Client], int]
@@ -77,7 +78,7 @@ def _where(args: argparse.Namespace, client: Client) -> int:
 
 def _lineage(way: str) -> Handler:
     def command(args: argparse.Namespace, client: Client) -> int:
-        from lineaged.models import Direction
+        from lineage_core.models import Direction
 
         direction = Direction(way)
         render = _render()
@@ -116,7 +117,7 @@ def _runs(args: argparse.Namespace, client: Client) -> int:
 
 
 def _show(args: argparse.Namespace, client: Client) -> int:
-    from lineaged.models import Direction, StartNode
+    from lineage_core.models import Direction, StartNode
 
     render = _render()
     run = client.get_run(args.run)
@@ -132,7 +133,7 @@ def _show(args: argparse.Namespace, client: Client) -> int:
 
 
 def _verify(args: argparse.Namespace, client: Client) -> int:
-    from lineaged.models import VerifyState
+    from lineage_core.models import VerifyState
 
     render = _render()
     start, items = client.verify_start(args.target)
@@ -394,7 +395,7 @@ def _command_word(argv: Sequence[str]) -> str | None:
 
 def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
     """The ``lineage`` argument parser (``only_run``: with the ``run`` command alone, which
-    is all ``lineage run`` needs; the others' choices need lineaged.models)."""
+    is all ``lineage run`` needs; the others' choices need lineage_core.models)."""
     common = _common()
     parser = argparse.ArgumentParser(
         prog="lineage",
@@ -407,7 +408,7 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
     if only_run:
         _add_run_command(sub, common)
         return parser
-    from lineaged.models import RunStatus
+    from lineage_core.models import RunStatus
 
     sub.add_parser(
         "status", parents=[common], help="daemon version, roots, counts, scan state"

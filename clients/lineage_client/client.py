@@ -1,6 +1,6 @@
-"""The Python client of lineaged: typed results, errors mapped back to ``lineaged.errors``.
+"""The Python client of lineaged: typed results, errors mapped back to ``lineage_core.errors``.
 
-Every method returns the frozen dataclasses of ``lineaged.models`` (never protobuf messages) and
+Every method returns the frozen dataclasses of ``lineage_core.models`` (never protobuf messages) and
 raises the same exception classes the daemon raised. Paths may be relative: they are made
 absolute against the current directory. Files outside every watched root are hashed here,
 as the calling user, because the daemon never opens them (docs/design.md, invariant 6).
@@ -24,19 +24,17 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
-
-from lineage_client._reach import PARENT_ENV, find_socket, not_running, permission_denied
-from lineaged import convert, errors, hasher
-from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-from lineaged._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
-from lineaged.errors import (
+from lineage_core import errors, hasher, wire
+from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
+from lineage_core.errors import (
     DaemonUnavailable,
     DeadlineExceeded,
     InvalidArgument,
     LineageError,
     NotFound,
 )
-from lineaged.models import (
+from lineage_core.models import (
     Access,
     AccessMode,
     Capture,
@@ -59,7 +57,9 @@ from lineaged.models import (
     Version,
     run_id_time_ns,
 )
-from lineaged.redact import Redactor
+from lineage_core.redact import Redactor
+
+from lineage_client._reach import PARENT_ENV, find_socket, not_running, permission_denied
 
 __all__ = [
     "Client",
@@ -163,7 +163,7 @@ class EventStream:
     def __iter__(self) -> Iterator[Event]:
         try:
             for message in self._call:
-                yield convert.event_from_pb(message)
+                yield wire.event_from_pb(message)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED:
                 return
@@ -240,11 +240,11 @@ class Client:
     # --- plumbing ------------------------------------------------------------------------
 
     def _error(self, exc: grpc.RpcError) -> LineageError:
-        """The ``lineaged.errors`` exception for a failed call."""
+        """The ``lineage_core.errors`` exception for a failed call."""
         code = exc.code()
         details = exc.details() or code.name
         for key, value in exc.trailing_metadata() or ():
-            if key == convert.ERROR_CLASS_KEY:
+            if key == wire.ERROR_CLASS_KEY:
                 cls = _error_class(str(value))
                 if cls is not None:
                     return cls(details)
@@ -302,7 +302,7 @@ class Client:
 
     def status(self) -> Status:
         """Version, uptime, roots with health, counts, scan state, queue depth."""
-        return convert.status_from_pb(self._call("GetStatus", pb.GetStatusRequest()))
+        return wire.status_from_pb(self._call("GetStatus", pb.GetStatusRequest()))
 
     def history(
         self, path: str | os.PathLike[str], *, page_size: int = 0, page_token: str = ""
@@ -313,7 +313,7 @@ class Client:
         )
         response = self._call("GetHistory", request)
         return Page(
-            tuple(convert.version_from_pb(v) for v in response.versions), response.next_page_token
+            tuple(wire.version_from_pb(v) for v in response.versions), response.next_page_token
         )
 
     def iter_history(
@@ -333,23 +333,21 @@ class Client:
         response = self._call(
             "FindDigest", pb.FindDigestRequest(digest=digest, page_size=page_size)
         )
-        return [convert.version_from_pb(v) for v in response.versions]
+        return [wire.version_from_pb(v) for v in response.versions]
 
     def version_at(self, path: str | os.PathLike[str], at: int | str | dt.datetime) -> Version:
         """The version ``path`` held at a time (ns, ISO 8601, or a duration ago like ``2h``)."""
-        request = pb.GetVersionAtRequest(
-            path=self._abspath(path), at=convert.ns_to_ts(parse_time(at))
-        )
-        return convert.version_from_pb(self._call("GetVersionAt", request).version)
+        request = pb.GetVersionAtRequest(path=self._abspath(path), at=wire.ns_to_ts(parse_time(at)))
+        return wire.version_from_pb(self._call("GetVersionAt", request).version)
 
     def get_version(self, version_id: int) -> Version:
         """One version by id."""
         response = self._call("GetVersion", pb.GetVersionRequest(version_id=version_id))
-        return convert.version_from_pb(response.version)
+        return wire.version_from_pb(response.version)
 
     def get_run(self, run_id: str) -> Run:
         """One run by id or unique prefix (>= 8 characters), with its code diff and environment."""
-        return convert.run_from_pb(self._call("GetRun", pb.GetRunRequest(run_id=run_id)).run)
+        return wire.run_from_pb(self._call("GetRun", pb.GetRunRequest(run_id=run_id)).run)
 
     def list_runs(
         self,
@@ -367,17 +365,17 @@ class Client:
         request = pb.ListRunsRequest(
             name=name,
             parent_run_id=parent_run_id,
-            status=convert.run_status_to_pb(RunStatus(status) if status else None),
+            status=wire.run_status_to_pb(RunStatus(status) if status else None),
             page_size=page_size,
             page_token=page_token,
         )
         if since is not None:
-            request.since.CopyFrom(convert.ns_to_ts(parse_time(since)))
+            request.since.CopyFrom(wire.ns_to_ts(parse_time(since)))
         if until is not None:
-            request.until.CopyFrom(convert.ns_to_ts(parse_time(until)))
+            request.until.CopyFrom(wire.ns_to_ts(parse_time(until)))
         response = self._call("ListRuns", request)
         memo: dict[Any, Any] = {}
-        runs = tuple([convert.run_from_pb(run, memo) for run in response.runs])
+        runs = tuple([wire.run_from_pb(run, memo) for run in response.runs])
         return Page(runs, response.next_page_token)
 
     def iter_runs(self, *, limit: int | None = None, **filters: Any) -> Iterator[Run]:
@@ -411,13 +409,13 @@ class Client:
         last: NotFound | None = None
         for node in self.resolve(start) if isinstance(start, str) else [start]:
             request = pb.GetLineageRequest(
-                start=convert.start_to_pb(node),
-                direction=convert.direction_to_pb(direction),
+                start=wire.start_to_pb(node),
+                direction=wire.direction_to_pb(direction),
                 max_depth=max_depth,
                 max_nodes=max_nodes,
             )
             try:
-                return convert.graph_from_pb(self._call("GetLineage", request).graph)
+                return wire.graph_from_pb(self._call("GetLineage", request).graph)
             except NotFound as exc:
                 last = exc
         assert last is not None  # resolve() yields at least one node
@@ -448,13 +446,11 @@ class Client:
         last: NotFound | None = None
         for node in self.resolve(target) if isinstance(target, str) else [target]:
             try:
-                response = self._call("Verify", pb.VerifyRequest(start=convert.start_to_pb(node)))
+                response = self._call("Verify", pb.VerifyRequest(start=wire.start_to_pb(node)))
             except NotFound as exc:
                 last = exc
                 continue
-            return node, [
-                self._check_locally(convert.verify_item_from_pb(i)) for i in response.items
-            ]
+            return node, [self._check_locally(wire.verify_item_from_pb(i)) for i in response.items]
         assert last is not None
         raise last
 
@@ -542,11 +538,11 @@ class Client:
         sending (docs/security.md; ``$LINEAGE_REDACT_NAMES`` adds names); the daemon redacts
         again.
         """
-        request = convert.begin_run_to_pb(client_redactor().run_start(start))
+        request = wire.begin_run_to_pb(client_redactor().run_start(start))
         pause = 0.01
         while True:
             try:
-                return convert.run_from_pb(self._call("BeginRun", request).run)
+                return wire.run_from_pb(self._call("BeginRun", request).run)
             except NotFound:
                 parent = start.parent_run_id
                 made = run_id_time_ns(parent)
@@ -566,12 +562,10 @@ class Client:
     def record_accesses(self, run_id: str, accesses: Sequence[Access]) -> int:
         """Report file accesses of a running run (batched); returns edges added or updated."""
         recorded = 0
-        for first in range(0, len(accesses), convert.MAX_ACCESSES):
+        for first in range(0, len(accesses), wire.MAX_ACCESSES):
             request = pb.RecordAccessesRequest(run_id=run_id)
             # Column by column: a message per access cost the client 10 us each to build.
-            convert.add_access_columns(
-                request.columns, accesses[first : first + convert.MAX_ACCESSES]
-            )
+            wire.add_access_columns(request.columns, accesses[first : first + wire.MAX_ACCESSES])
             recorded += self._call("RecordAccesses", request).recorded
         return recorded
 
@@ -591,16 +585,16 @@ class Client:
         """
         request = pb.EndRunRequest(
             run_id=run_id,
-            status=convert.run_status_to_pb(RunStatus(status)),
+            status=wire.run_status_to_pb(RunStatus(status)),
             warnings=list(warnings),
         )
         if capture is not None:
-            convert.capture_to_pb(request.capture, capture)
+            wire.capture_to_pb(request.capture, capture)
         if exit_code is not None:
             request.exit_code = exit_code
         if ended_at is not None:
-            request.ended_at.CopyFrom(convert.ns_to_ts(ended_at))
-        return convert.run_from_pb(self._call("EndRun", request).run)
+            request.ended_at.CopyFrom(wire.ns_to_ts(ended_at))
+        return wire.run_from_pb(self._call("EndRun", request).run)
 
     def run(
         self,
@@ -673,7 +667,7 @@ class Client:
         reproduction links."""
         response = self._call("GetRunFiles", pb.GetRunFilesRequest(run_id=run_id))
         return RunFiles(
-            files=tuple(convert.run_file_from_pb(f) for f in response.files),
+            files=tuple(wire.run_file_from_pb(f) for f in response.files),
             reproduces=response.reproduces,
             reproduced_by=tuple(response.reproduced_by),
         )
@@ -690,7 +684,7 @@ class Client:
             path=self._abspath(path) if path else "", digest=digest
         )
         if at is not None:
-            request.at.CopyFrom(convert.ns_to_ts(at))
+            request.at.CopyFrom(wire.ns_to_ts(at))
         try:
             call = self._stub.ReadVersionBytes(request, metadata=self._metadata)
             first = next(call)
@@ -710,7 +704,7 @@ class Client:
             finally:
                 call.cancel()
 
-        return convert.version_from_pb(first.version), chunks()
+        return wire.version_from_pb(first.version), chunks()
 
     def kept_version(self, path: str = "", *, digest: str = "") -> Version | None:
         """The version whose bytes ``read_version_bytes`` would give back, or None when they
@@ -729,10 +723,10 @@ class Client:
             path=self._abspath(path) if path else "", digest=digest, probe=True
         )
         if at is not None:
-            request.at.CopyFrom(convert.ns_to_ts(at))
+            request.at.CopyFrom(wire.ns_to_ts(at))
         try:
             for message in self._stub.ReadVersionBytes(request, metadata=self._metadata):
-                return convert.version_from_pb(message.version), message.object_path
+                return wire.version_from_pb(message.version), message.object_path
         except grpc.RpcError as exc:
             raise self._error(exc) from None
         raise LineageError("the daemon sent no version")
@@ -742,9 +736,9 @@ class Client:
         ``PATH@TIME``, a digest (every version with it) or a run (its files)."""
         last: NotFound | None = None
         for node in self.resolve(target):
-            request = pb.PinVersionsRequest(start=convert.start_to_pb(node), note=note)
+            request = pb.PinVersionsRequest(start=wire.start_to_pb(node), note=note)
             try:
-                return convert.pin_report_from_pb(self._call("PinVersions", request))
+                return wire.pin_report_from_pb(self._call("PinVersions", request))
             except NotFound as exc:
                 last = exc
         assert last is not None
@@ -753,7 +747,7 @@ class Client:
     def gc(self, *, dry_run: bool = False) -> GcReport:
         """Free the kept bytes the keep policy no longer wants, never upstream of a pin."""
         request = pb.CollectGarbageRequest(dry_run=dry_run)
-        return convert.gc_report_from_pb(self._call("CollectGarbage", request, timeout=3600))
+        return wire.gc_report_from_pb(self._call("CollectGarbage", request, timeout=3600))
 
     def link_reproduction(self, run_id: str, original_run_id: str) -> None:
         """Record that ``run_id`` re-ran ``original_run_id``."""
@@ -882,7 +876,7 @@ class RunRecorder:
                 digest, size, mtime_ns = digest_file(file)
                 access = dataclasses.replace(access, digest=digest, size=size, mtime_ns=mtime_ns)
             self._pending.append(access)
-        if len(self._pending) >= convert.MAX_ACCESSES:
+        if len(self._pending) >= wire.MAX_ACCESSES:
             self.flush()
 
     def output(self, path: str | os.PathLike[str]) -> None:

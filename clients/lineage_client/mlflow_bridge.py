@@ -27,10 +27,10 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lineaged.errors import FailedPrecondition, InvalidArgument, NotFound
+from lineage_core.errors import FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
-    from lineaged.models import Graph, Run, Version
+    from lineage_core.models import Graph, Run, Version
 
 __all__ = [
     "MLFLOW_DIGEST_HEX",
@@ -130,7 +130,7 @@ def read_notes(path: str) -> list[str]:
 
 def _io(run_id: str, graph: Graph) -> tuple[list[tuple[Version, bool]], list[Version]]:
     """The run's data inputs (with changed_during_run) and its outputs, by path."""
-    from lineaged.models import run_node_id, version_node_id
+    from lineage_core.models import run_node_id, version_node_id
 
     node = run_node_id(run_id)
     versions = {version_node_id(v.id): v for v in graph.versions}

@@ -14,8 +14,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lineage_client._terminal import escape
-from lineaged.models import (
+from lineage_core.models import (
     Capture,
     CodeState,
     Direction,
@@ -32,6 +31,8 @@ from lineaged.models import (
     run_node_id,
     version_node_id,
 )
+
+from lineage_client._terminal import escape
 
 if TYPE_CHECKING:
     from lineage_client.reproduce import Checkout, Reproduction, Restored

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import blake3
-
-from lineaged.errors import (
+from lineage_core.errors import (
     CorruptObject,
     FailedPrecondition,
     InvalidArgument,
     LineageError,
 )
-from lineaged.models import EnvState, Run, Version
+from lineage_core.models import EnvState, Run, Version
 
 if TYPE_CHECKING:
     from lineage_client.client import Client
@@ -184,7 +183,7 @@ def materialise(client: Client, version: Version, where: str, dest: str) -> int:
     except OSError:
         source = -1  # not ours to read (a daemon running as root): streamed instead
     if source >= 0:
-        from lineaged.objects import copy_verified
+        from lineage_core.objects import copy_verified
 
         try:
             os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)

@@ -23,6 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from lineage_core.errors import DaemonUnavailable, InvalidArgument, LineageError
+from lineage_core.runid import new_run_id
+
 from lineage_client._reach import PARENT_ENV, find_socket, probe_socket
 from lineage_client.capture.runner import (
     capture_command,
@@ -31,19 +34,18 @@ from lineage_client.capture.runner import (
     python_interpreter,
     refuse_partial,
 )
-from lineaged.errors import DaemonUnavailable, InvalidArgument, LineageError
-from lineaged.runid import new_run_id
 
 if TYPE_CHECKING:
     import argparse
+
+    from lineage_core.models import Access, CodeState, EnvState, Root, RunStart, RunStatus, Status
 
     from lineage_client.capture.raw import RawEvents
     from lineage_client.capture.result import CapturedRun
     from lineage_client.capture.stream import ReadStreamer
     from lineage_client.client import Client
-    from lineaged.models import Access, CodeState, EnvState, Root, RunStart, RunStatus, Status
 
-# lineaged.models (tens of milliseconds of dataclass building) and the client (grpc) are
+# lineage_core.models (tens of milliseconds of dataclass building) and the client (grpc) are
 # imported beside the running command, never before it starts.
 
 __all__ = ["PARENT_ENV", "capture_summary", "main_run", "run_name"]
@@ -154,7 +156,7 @@ def capture_summary(captured: CapturedRun) -> str:
 
 
 def _status(captured: CapturedRun) -> RunStatus:
-    from lineaged.models import RunStatus
+    from lineage_core.models import RunStatus
 
     if captured.interrupted:
         return RunStatus.INTERRUPTED
@@ -166,8 +168,9 @@ def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
     the sources the command executed or imported as code inputs."""
     import dataclasses
 
+    from lineage_core.models import Access, AccessMode
+
     from lineage_client.capture.digest import hash_external
-    from lineaged.models import Access, AccessMode
 
     # Traced paths are canonical already (capture resolves links): a prefix test per path,
     # no realpath.
@@ -250,7 +253,7 @@ def _target(args: argparse.Namespace) -> str:
     try:
         return "unix:" + find_socket(getattr(args, "socket", None))
     except DaemonUnavailable:
-        from lineaged.paths import candidate_socket_paths
+        from lineage_core.paths import candidate_socket_paths
 
         return "unix:" + os.path.abspath(candidate_socket_paths()[0])
 
@@ -343,8 +346,9 @@ def _begin(
     try:
         import dataclasses
 
+        from lineage_core.models import RunStart
+
         from lineage_client.capture.git import git_state
-        from lineaged.models import RunStart
 
         start = RunStart(**fields)
         code: CodeState | None = git_state(start.cwd, diff_cap=_diff_cap())
@@ -508,8 +512,9 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
 def _annotate_mlflow(client: Client, run_id: str, notes: str) -> None:
     """The command started MLflow runs: write the recorded run into them (mlflow_bridge)."""
     try:
+        from lineage_core.models import Direction, StartNode
+
         from lineage_client import mlflow_bridge
-        from lineaged.models import Direction, StartNode
 
         run = client.get_run(run_id)
         graph = client.lineage(StartNode(run_id=run_id), Direction.BOTH, max_depth=1)
@@ -530,8 +535,9 @@ def _record(
     is journaled to the spool, to be delivered later: nothing of the capture is dropped.
     """
     client, status = begun.client, begun.status
+    from lineage_core.models import Capture
+
     from lineage_client.capture.stream import unsent
-    from lineaged.models import Capture
 
     # What went to the daemon while the command ran, and the daemon confirmed; the rest
     # (and any read whose final form differs) goes now.
@@ -653,7 +659,7 @@ def _tell_parent_ended(run_id: str, started_at: int, begun: _Begun, captured: Ca
 def _unreachable(error: LineageError) -> bool:
     """Whether the daemon could not be reached (spool and deliver later), rather than it
     refused what it was sent (which a later delivery would not change)."""
-    from lineaged.errors import DeadlineExceeded
+    from lineage_core.errors import DeadlineExceeded
 
     return isinstance(error, (DaemonUnavailable, DeadlineExceeded))
 
@@ -668,9 +674,10 @@ def _spool(
     reason: str,
 ) -> int:
     """Journal the part of the run the daemon did not confirm; the command's exit status."""
+    from lineage_core.models import Capture, RunStart
+
     from lineage_client import spool
     from lineage_client.capture.digest import hash_external
-    from lineaged.models import Capture, RunStart
 
     start = begun.start or RunStart(**{**fields, "started_at": captured.started_at})
     # No daemon tied these to versions: their bytes, hashed now as the user, say which

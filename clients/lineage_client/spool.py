@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lineaged.errors import (
+from lineage_core.errors import (
     AlreadyExists,
     DaemonUnavailable,
     DeadlineExceeded,
@@ -46,8 +46,9 @@ from lineaged.errors import (
 )
 
 if TYPE_CHECKING:
+    from lineage_core.models import Access, Capture, RunStart, RunStatus
+
     from lineage_client.client import Client
-    from lineaged.models import Access, Capture, RunStart, RunStatus
 
 __all__ = [
     "FORMAT",
@@ -138,17 +139,17 @@ def write_run(
     needs to record the run from nothing, even when part of it reached one already.
     """
     from google.protobuf import json_format
+    from lineage_core import wire
+    from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 
     from lineage_client.client import client_redactor
-    from lineaged import convert
-    from lineaged._proto.lineage.v1 import lineage_pb2 as pb
 
     # Secrets never reach the disk, not even the user's own private spool (docs/security.md).
     redactor = client_redactor()
     start = redactor.run_start(start)
     warnings = redactor.texts(warnings)
     columns = pb.AccessColumns()
-    convert.add_access_columns(columns, list(accesses))
+    wire.add_access_columns(columns, list(accesses))
     body = {
         "format": FORMAT,
         "run_id": start.run_id,
@@ -156,7 +157,7 @@ def write_run(
         "started_at": start.started_at,
         "spooled_at": time.time_ns(),
         "reason": reason,
-        "begin": json_format.MessageToDict(convert.begin_run_to_pb(start)),
+        "begin": json_format.MessageToDict(wire.begin_run_to_pb(start)),
         "accesses": json_format.MessageToDict(columns),
         "end": {
             "status": str(status),
@@ -198,10 +199,9 @@ def write_run(
 
 def _read(path: Path, data: bytes) -> SpooledRun:
     from google.protobuf import json_format
-
-    from lineaged import convert
-    from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-    from lineaged.models import Capture, RunStatus
+    from lineage_core import wire
+    from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+    from lineage_core.models import Capture, RunStatus
 
     try:
         body = json.loads(data)
@@ -210,14 +210,14 @@ def _read(path: Path, data: bytes) -> SpooledRun:
         begin = json_format.ParseDict(body["begin"], pb.BeginRunRequest())
         columns = json_format.ParseDict(body["accesses"], pb.AccessColumns())
         end = body["end"]
-        start = convert.parse_begin_run(begin, now=int(body["started_at"]) or time.time_ns())
+        start = wire.parse_begin_run(begin, now=int(body["started_at"]) or time.time_ns())
         return SpooledRun(
             path=path,
             run_id=str(body["run_id"]),
             target=str(body["target"]),
             started_at=int(body["started_at"]),
             start=start,
-            accesses=tuple(convert.parse_access_columns(columns)),
+            accesses=tuple(wire.parse_access_columns(columns)),
             status=RunStatus(end["status"]),
             exit_code=None if end["exit_code"] is None else int(end["exit_code"]),
             ended_at=int(end["ended_at"]),
@@ -323,7 +323,7 @@ def _deliver_one(client: Client, entry: SpooledRun) -> str:
     """
     import dataclasses
 
-    from lineaged.models import RunStatus, run_id_time_ns
+    from lineage_core.models import RunStatus, run_id_time_ns
 
     note = f"delivered late from the spool ({entry.reason})" if entry.reason else ""
     warnings = [*entry.warnings, *([note] if note else [])]

@@ -9,8 +9,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from lineage_core.models import Access, AccessMode, CodeState, EnvState
+
 from lineage_client.capture.noise import noise_filter
-from lineaged.models import Access, AccessMode, CodeState, EnvState
 
 __all__ = ["describe_code", "describe_env", "loaded_sources", "source_accesses"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from lineaged.hasher import hash_file
-from lineaged.models import Access
+from lineage_core.hasher import hash_file
+from lineage_core.models import Access
 
 __all__ = ["hash_external"]
 

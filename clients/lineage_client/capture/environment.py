@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import blake3
+from lineage_core.models import EnvState
+from lineage_core.redact import SECRET_VARIABLE_MARKERS, Redactor, secret_variable
 
 from lineage_client.capture import _envprobe
-from lineaged.models import EnvState
-from lineaged.redact import SECRET_VARIABLE_MARKERS, Redactor, secret_variable
 
 __all__ = ["DEFAULT_ALLOWLIST", "SECRET_MARKERS", "env_state", "looks_secret"]
 
@@ -62,7 +62,7 @@ SECRET_MARKERS: tuple[str, ...] = SECRET_VARIABLE_MARKERS
 
 def looks_secret(name: str) -> bool:
     """Whether a variable name looks like it holds a secret (never recorded): a marker of
-    ``SECRET_MARKERS`` or a word such as ``PWD`` or ``JWT`` (``lineaged.redact``)."""
+    ``SECRET_MARKERS`` or a word such as ``PWD`` or ``JWT`` (``lineage_core.redact``)."""
     return secret_variable(name)
 
 

@@ -15,8 +15,9 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
+from lineage_core.models import Access, AccessMode
+
 from lineage_client.capture.raw import RawEvents, widen
-from lineaged.models import Access, AccessMode
 
 __all__ = [
     "SYSTEM_PREFIXES",

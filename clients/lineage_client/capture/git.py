@@ -11,9 +11,8 @@ import subprocess
 from urllib.parse import urlsplit, urlunsplit
 
 import blake3
-
-from lineaged.models import CodeState
-from lineaged.redact import Redactor
+from lineage_core.models import CodeState
+from lineage_core.redact import Redactor
 
 __all__ = ["DEFAULT_DIFF_CAP", "git_state", "strip_credentials"]
 

@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from lineaged.models import Access
+from lineage_core.models import Access
 
 __all__ = [
     "CHILDREN_ENV",

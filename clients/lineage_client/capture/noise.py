@@ -32,8 +32,9 @@ _VCS_PARTS = tuple(f"/{name}/" for name in VCS_DIRS)
 @functools.cache
 def environment_dirs() -> tuple[str, ...]:
     """Folders of this interpreter and of lineage itself, resolved, shortest first."""
+    import lineage_core
+
     import lineage_client
-    import lineaged
 
     dirs = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
     dirs += site.getsitepackages()
@@ -41,7 +42,7 @@ def environment_dirs() -> tuple[str, ...]:
         dirs.append(site.getusersitepackages())
     paths = sysconfig.get_paths()
     dirs += [paths[n] for n in ("stdlib", "platstdlib", "purelib", "platlib") if n in paths]
-    for package in (lineaged, lineage_client):
+    for package in (lineage_core, lineage_client):
         dirs += list(getattr(package, "__path__", []))
     found = {os.path.realpath(d) for d in dirs if d}
     found |= {os.path.normpath(d) for d in dirs if d}

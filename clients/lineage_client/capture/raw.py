@@ -1,6 +1,6 @@
 """What tracers saw of a run, before the rules of ``events.resolve_spans`` apply.
 
-Apart from ``events`` (which builds ``lineaged.models`` values) so that the tracers, which
+Apart from ``events`` (which builds ``lineage_core.models`` values) so that the tracers, which
 start before the command does, import nothing heavy.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lineaged.models import Access, SourceFile
+from lineage_core.models import Access, SourceFile
 
 __all__ = ["CapturedRun"]
 

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
+from lineage_core.errors import CaptureIncomplete, InvalidArgument
+
 from lineage_client.capture.audit import BOOT_DIR, TraceTail, compile_boot, hook_environment
 from lineage_client.capture.plan import (
     METHOD_AUDIT_HOOK,
@@ -40,17 +42,17 @@ from lineage_client.capture.plan import (
     plan_capture,
     untraced_programs_reason,
 )
-from lineaged.errors import CaptureIncomplete, InvalidArgument
 
 if TYPE_CHECKING:
     from types import FrameType
 
+    from lineage_core.models import Access, SourceFile
+
     from lineage_client.capture.raw import RawEvents
     from lineage_client.capture.result import CapturedRun
-    from lineaged.models import Access, SourceFile
 
 # Imported where they are used, once the command runs: everything here is on the way from
-# `lineage run` to the start of its command (lineaged.models alone builds its dataclasses
+# `lineage run` to the start of its command (lineage_core.models alone builds its dataclasses
 # for tens of milliseconds).
 
 __all__ = [
@@ -465,9 +467,10 @@ def _collect_now(
             del events.sources[path]  # the interpreter binary is not the run's code
     # Imported here: hashing loads blake3, which `lineage run` need not load before its
     # command starts.
+    from lineage_core.models import SourceFile
+
     from lineage_client.capture.digest import _digest_file
     from lineage_client.capture.events import build_accesses, resolve_spans
-    from lineaged.models import SourceFile
 
     spans, source_times = resolve_spans(events, excluded=excluded)
     code: dict[str, tuple[int, str, int, int]] = {}

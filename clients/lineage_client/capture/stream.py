@@ -30,9 +30,10 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 
+from lineage_core.models import Access, AccessMode
+
 from lineage_client.capture.events import FileSurvey, excluded_prefixes
 from lineage_client.capture.raw import RawEvents
-from lineaged.models import Access, AccessMode
 
 __all__ = ["ReadStreamer", "unsent"]
 

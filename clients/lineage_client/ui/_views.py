@@ -16,11 +16,9 @@ from itertools import islice
 from typing import Any
 from urllib.parse import urlencode
 
-from lineage_client import render
-from lineage_client.client import Client
-from lineaged import convert
-from lineaged.errors import InvalidArgument, NotFound
-from lineaged.models import (
+from lineage_core import wire
+from lineage_core.errors import InvalidArgument, NotFound
+from lineage_core.models import (
     Direction,
     Graph,
     Run,
@@ -30,6 +28,9 @@ from lineaged.models import (
     run_node_id,
     version_node_id,
 )
+
+from lineage_client import render
+from lineage_client.client import Client
 
 __all__ = [
     "DEFAULT_DEPTH",
@@ -43,8 +44,8 @@ __all__ = [
     "search_view",
 ]
 
-DEFAULT_DEPTH = convert.DEFAULT_MAX_DEPTH
-DEFAULT_NODES = convert.DEFAULT_MAX_NODES
+DEFAULT_DEPTH = wire.DEFAULT_MAX_DEPTH
+DEFAULT_NODES = wire.DEFAULT_MAX_NODES
 HISTORY_LIMIT = 500  # versions on one /path page; the JSON says when there are more
 RECENT_RUNS = 20
 _HEX = re.compile(r"[0-9a-fA-F]{8,64}")
@@ -107,8 +108,8 @@ def graph_query(params: Mapping[str, str]) -> GraphQuery:
     return GraphQuery(
         key=key,
         value=value.lower() if key == "digest" else value,
-        max_depth=_cap(params, "max_depth", DEFAULT_DEPTH, convert.MAX_DEPTH),
-        max_nodes=_cap(params, "max_nodes", DEFAULT_NODES, convert.MAX_NODES),
+        max_depth=_cap(params, "max_depth", DEFAULT_DEPTH, wire.MAX_DEPTH),
+        max_nodes=_cap(params, "max_nodes", DEFAULT_NODES, wire.MAX_NODES),
     )
 
 
@@ -273,11 +274,11 @@ def graph_view(client: Client, direction: Direction, query: GraphQuery) -> dict[
         expand=(
             query.link(
                 page,
-                max_depth=min(convert.MAX_DEPTH, query.max_depth * 4),
-                max_nodes=min(convert.MAX_NODES, query.max_nodes * 4),
+                max_depth=min(wire.MAX_DEPTH, query.max_depth * 4),
+                max_nodes=min(wire.MAX_NODES, query.max_nodes * 4),
             )
             if graph.truncated
-            and (query.max_depth < convert.MAX_DEPTH or query.max_nodes < convert.MAX_NODES)
+            and (query.max_depth < wire.MAX_DEPTH or query.max_nodes < wire.MAX_NODES)
             else None
         ),
         cli=shlex.join(

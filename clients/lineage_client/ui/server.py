@@ -30,10 +30,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from lineage_core.credentials import read_token
+from lineage_core.errors import ConfigError, InvalidArgument, LineageError, NotFound
+from lineage_core.models import Direction
+
 from lineage_client.client import Client
 from lineage_client.ui import _assets, _pages, _views
-from lineaged.errors import ConfigError, InvalidArgument, LineageError, NotFound
-from lineaged.models import Direction
 
 __all__ = ["DEFAULT_PORT", "UiServer", "is_loopback", "parse_listen", "read_token", "serve"]
 
@@ -75,13 +77,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--listen takes HOST:PORT (e.g. 127.0.0.1:8765), not {text!r}")
     return host, int(port)
-
-
-def read_token(path: str) -> str:
-    """The token of a token file, by the rules of the daemon's TCP listener."""
-    from lineaged.server import _read_token  # the daemon's rules, shared rather than copied
-
-    return _read_token(path)
 
 
 class _Response(Exception):

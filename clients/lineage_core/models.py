@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-from lineaged.runid import is_new_run_id, new_run_id, run_id_time_ns
+from lineage_core.runid import is_new_run_id, new_run_id, run_id_time_ns
 
 __all__ = [
     "Access",

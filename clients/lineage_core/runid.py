@@ -1,6 +1,6 @@
 """Run ids: time-ordered, unique, made by the daemon or chosen by a client.
 
-Kept apart from ``lineaged.models`` (whose dataclasses take tens of milliseconds to build at
+Kept apart from ``lineage_core.models`` (whose dataclasses take tens of milliseconds to build at
 import) so ``lineage run`` can make its run's id before it starts the command.
 """
 

@@ -1,7 +1,7 @@
 """Domain values <-> protobuf messages, and validation of everything that arrives on the wire.
 
 The only module besides ``service.py`` (and the client) that imports the generated stubs.
-``*_to_pb`` build messages from ``lineaged.models`` values; ``*_from_pb`` read them back.
+``*_to_pb`` build messages from ``lineage_core.models`` values; ``*_from_pb`` read them back.
 ``parse_*`` read *requests*: they validate at the edge (NUL bytes, relative or unnormalised
 paths, unknown enum numbers, absurd sizes and times) and raise ``InvalidArgument`` with a
 message a person can act on, naming the field.
@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
-from lineaged._proto.lineage.v1 import lineage_pb2 as pb
-from lineaged.errors import InvalidArgument, LineageError
-from lineaged.models import (
+from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+from lineage_core.errors import InvalidArgument, LineageError
+from lineage_core.models import (
     Access,
     AccessMode,
     Capture,
@@ -53,7 +53,7 @@ from lineaged.models import (
     Version,
     is_new_run_id,
 )
-from lineaged.paths import is_normal_path
+from lineage_core.paths import is_normal_path
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -115,7 +115,7 @@ __all__ = [
     "versions_to_pb",
 ]
 
-ERROR_CLASS_KEY = "lineage-error-class"  # trailing metadata: the lineaged.errors class name
+ERROR_CLASS_KEY = "lineage-error-class"  # trailing metadata: the lineage_core.errors class name
 
 # Limits of the wire contract (documented in lineage.proto and docs/grpc-api.md).
 DEFAULT_PAGE_SIZE = 100

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lineaged.errors import ConfigError
-from lineaged.models import RunStart
+from lineage_core.errors import ConfigError
+from lineage_core.models import RunStart
 
 __all__ = [
     "KEY_FILE",

@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
-from lineaged import dirfd
-from lineaged.errors import HashCancelled, HashError, TooLarge, UnstableFile
-from lineaged.models import StatKey
+from lineage_core import dirfd
+from lineage_core.errors import HashCancelled, HashError, TooLarge, UnstableFile
+from lineage_core.models import StatKey
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -511,7 +511,7 @@ def _keep_hashed(keep_into: str | None, digest: str, size: int) -> str:
     was hashed is what is written: one read, no second hash); "" when not kept."""
     if keep_into is None or size >= MT_THRESHOLD or size >= _CHUNK:
         return ""
-    from lineaged.objects import keep_bytes  # objects imports this module
+    from lineage_core.objects import keep_bytes  # objects imports this module
 
     try:
         return keep_bytes(keep_into, digest, _buffers.views[0][:size])

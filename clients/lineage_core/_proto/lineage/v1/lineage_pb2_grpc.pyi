@@ -8,12 +8,12 @@ are 64 lowercase hex characters of BLAKE3-256; paths are absolute and normalised
 components); every enum has an UNSPECIFIED = 0; listings are paginated with page_size (0 = the
 server's default, at most 1000) and an opaque page_token. Errors are gRPC status codes
 (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...) with a human message, and the trailing
-metadata "lineage-error-class" names the lineaged.errors class the daemon raised.
+metadata "lineage-error-class" names the lineage_core.errors class the daemon raised.
 """
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from lineaged._proto.lineage.v1 import lineage_pb2 as _lineage_pb2
+from lineage_core._proto.lineage.v1 import lineage_pb2 as _lineage_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from lineaged._proto.lineage.v1 import lineage_pb2 as lineage_dot_v1_dot_lineage__pb2
+from lineage_core._proto.lineage.v1 import lineage_pb2 as lineage_dot_v1_dot_lineage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__

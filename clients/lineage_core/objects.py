@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lineaged import hasher
-from lineaged.errors import CorruptObject, NotFound
+from lineage_core import hasher
+from lineage_core.errors import CorruptObject, NotFound
 
 __all__ = [
     "CHUNK",
