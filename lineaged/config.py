@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lineage_core.errors import ConfigError
+from lineage_core.limits import DEFAULT_MAX_MESSAGE_BYTES
 from lineage_core.models import Keep, Role, Root
 from lineage_core.paths import default_socket, default_state_dir
 
@@ -122,7 +123,7 @@ class Config:
     token_file: str = ""
     tls_cert: str = ""
     tls_key: str = ""
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_concurrent_rpcs: int = 64
     once: bool = False
     config_file: str = ""
@@ -313,7 +314,9 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         token_file=str(pick("token_file", "token_file", "")),
         tls_cert=str(pick("tls_cert", "tls_cert", "")),
         tls_key=str(pick("tls_key", "tls_key", "")),
-        max_message_bytes=int(pick("max_message_bytes", "max_message_bytes", 4 * 1024 * 1024)),
+        max_message_bytes=int(
+            pick("max_message_bytes", "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
+        ),
         max_concurrent_rpcs=int(pick("max_concurrent_rpcs", "max_concurrent_rpcs", 64)),
         once=bool(getattr(args, "once", False)),
         config_file=str(getattr(args, "config", "") or ""),

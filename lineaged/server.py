@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
 from lineage_core.credentials import read_secret, read_token
 from lineage_core.errors import ConfigError, FailedPrecondition, LineageError
+from lineage_core.limits import DEFAULT_MAX_MESSAGE_BYTES
 from lineage_core.wire import ERROR_CLASS_KEY
 
 from lineaged.engine import Engine
@@ -51,7 +52,7 @@ class ServerOptions:
     token_file: str = ""
     tls_cert: str = ""
     tls_key: str = ""
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_concurrent_rpcs: int = 64
     workers: int = 16
 

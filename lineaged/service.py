@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from lineage_core import wire
+from lineage_core import limits, wire
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
 from lineage_core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
@@ -131,10 +131,10 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         run_id = wire.parse_run_id(request.run_id)
         rows, columns = request.accesses, request.columns
         count = len(rows) + len(columns.path)
-        if count > wire.MAX_ACCESSES:
+        if count > limits.MAX_ACCESSES:
             raise InvalidArgument(
                 f"accesses and columns hold {count} accesses; send at most"
-                f" {wire.MAX_ACCESSES} per call (the Python client batches for you)"
+                f" {limits.MAX_ACCESSES} per call (the Python client batches for you)"
             )
         now = self._clock()
         accesses = [

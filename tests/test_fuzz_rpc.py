@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from lineage_core import wire
+from lineage_core import limits, wire
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core.errors import LineageError
 
@@ -233,7 +233,7 @@ structured: dict[str, Any] = {
     )
     # Over the per-call cap, but short paths: under 4 MiB, so our check answers, not grpc's limit.
     | st.builds(
-        _accesses, st.just(wire.MAX_ACCESSES + 1), any_strings.filter(lambda p: len(p) < 100),
+        _accesses, st.just(limits.MAX_ACCESSES + 1), any_strings.filter(lambda p: len(p) < 100),
         enum_numbers, st.sampled_from(["", "ab" * 32]),
     )
     | st.builds(pb.RecordAccessesRequest, run_id=run_ids)
@@ -247,9 +247,9 @@ structured: dict[str, Any] = {
             run_id=uuid.uuid4().hex,
             accesses=[pb.Access(path="/tmp/x", mode=pb.ACCESS_MODE_READ)] * n,
             columns=pb.AccessColumns(
-                path=["/tmp/y"] * (wire.MAX_ACCESSES + 1 - n),
-                mode=[pb.ACCESS_MODE_READ] * (wire.MAX_ACCESSES + 1 - n),
-                first_at_ns=[1] * (wire.MAX_ACCESSES + 1 - n),
+                path=["/tmp/y"] * (limits.MAX_ACCESSES + 1 - n),
+                mode=[pb.ACCESS_MODE_READ] * (limits.MAX_ACCESSES + 1 - n),
+                first_at_ns=[1] * (limits.MAX_ACCESSES + 1 - n),
             ),
         ),
         st.sampled_from([0, 1, 5000]),
@@ -286,7 +286,7 @@ def test_structured_bad_messages(
 def test_huge_repeated_fields_are_refused_with_a_reason(
     channel: grpc.Channel, unchanged: None
 ) -> None:
-    request = _accesses(wire.MAX_ACCESSES + 1, "/tmp/x", pb.ACCESS_MODE_READ, "")
+    request = _accesses(limits.MAX_ACCESSES + 1, "/tmp/x", pb.ACCESS_MODE_READ, "")
     code, details = call(channel, "RecordAccesses", request.SerializeToString())
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "send at most 10000 per call" in details

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lineage_core import wire
+from lineage_core import limits, wire
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core.errors import InvalidArgument, LineageError
 from lineage_core.models import (
@@ -423,7 +423,7 @@ def test_digest_prefixes(digest: str, ok: bool) -> None:
 def test_absurd_page_sizes(size: int) -> None:
     with pytest.raises(InvalidArgument, match="between 1 and 1000"):
         wire.parse_page_size(size)
-    assert wire.parse_page_size(0) == wire.DEFAULT_PAGE_SIZE
+    assert wire.parse_page_size(0) == limits.DEFAULT_PAGE_SIZE
 
 
 def test_page_tokens() -> None:
@@ -474,8 +474,8 @@ def test_lineage_limits() -> None:
     start = pb.StartNode(version_id=1)
     query = wire.parse_lineage(pb.GetLineageRequest(start=start, direction=pb.DIRECTION_BOTH))
     assert (query.max_depth, query.max_nodes) == (
-        wire.DEFAULT_MAX_DEPTH,
-        wire.DEFAULT_MAX_NODES,
+        limits.DEFAULT_MAX_DEPTH,
+        limits.DEFAULT_MAX_NODES,
     )
     for field, value in (
         ("max_depth", -1),
@@ -500,7 +500,7 @@ def test_run_id_and_names() -> None:
         wire.parse_begin_run(pb.BeginRunRequest(name="  "), now=NOW)
     with pytest.raises(InvalidArgument, match=r"argv\[1\] contains a NUL"):
         wire.parse_begin_run(pb.BeginRunRequest(name="t", argv=["a", "b\x00"]), now=NOW)
-    too_many = pb.BeginRunRequest(name="t", argv=["a"] * (wire.MAX_REPEATED + 1))
+    too_many = pb.BeginRunRequest(name="t", argv=["a"] * (limits.MAX_REPEATED + 1))
     with pytest.raises(InvalidArgument, match="at most 10000"):
         wire.parse_begin_run(too_many, now=NOW)
 

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
-from lineage_core import errors, hasher, wire
+from lineage_core import errors, hasher, limits, wire
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
 from lineage_core.errors import (
@@ -79,7 +79,7 @@ _HEX = re.compile(r"[0-9a-fA-F]{8,64}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ago)?", re.IGNORECASE)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 PARENT_WAIT = 30.0  # how long after its id was made a parent from PARENT_ENV is waited for
-_MAX_RECEIVE = 64 * 1024 * 1024
+_MAX_RECEIVE = limits.CLIENT_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,10 +562,10 @@ class Client:
     def record_accesses(self, run_id: str, accesses: Sequence[Access]) -> int:
         """Report file accesses of a running run (batched); returns edges added or updated."""
         recorded = 0
-        for first in range(0, len(accesses), wire.MAX_ACCESSES):
+        for first in range(0, len(accesses), limits.MAX_ACCESSES):
             request = pb.RecordAccessesRequest(run_id=run_id)
             # Column by column: a message per access cost the client 10 us each to build.
-            wire.add_access_columns(request.columns, accesses[first : first + wire.MAX_ACCESSES])
+            wire.add_access_columns(request.columns, accesses[first : first + limits.MAX_ACCESSES])
             recorded += self._call("RecordAccesses", request).recorded
         return recorded
 
@@ -876,7 +876,7 @@ class RunRecorder:
                 digest, size, mtime_ns = digest_file(file)
                 access = dataclasses.replace(access, digest=digest, size=size, mtime_ns=mtime_ns)
             self._pending.append(access)
-        if len(self._pending) >= wire.MAX_ACCESSES:
+        if len(self._pending) >= limits.MAX_ACCESSES:
             self.flush()
 
     def output(self, path: str | os.PathLike[str]) -> None:

@@ -22,6 +22,28 @@ from google.protobuf import timestamp_pb2
 
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core.errors import InvalidArgument, LineageError
+from lineage_core.limits import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_NODES,
+    DEFAULT_PAGE_SIZE,
+    MAX_CAPTURE_METHOD,
+    MAX_DEPTH,
+    MAX_DIFF_BYTES,
+    MAX_NAME_BYTES,
+    MAX_NODES,
+    MAX_NS,
+    MAX_PAGE_SIZE,
+    MAX_PATH_BYTES,
+    MAX_PID,
+    MAX_REPEATED,
+    MAX_RUN_ID,
+    MAX_RUN_NAME,
+    MAX_TEXT_BYTES,
+    MAX_WARNING_CHARS,
+    MAX_WARNINGS,
+    MIN_DIGEST_PREFIX,
+    MIN_NS,
+)
 from lineage_core.models import (
     Access,
     AccessMode,
@@ -56,16 +78,7 @@ from lineage_core.models import (
 from lineage_core.paths import is_normal_path
 
 __all__ = [
-    "DEFAULT_MAX_DEPTH",
-    "DEFAULT_MAX_NODES",
-    "DEFAULT_PAGE_SIZE",
     "ERROR_CLASS_KEY",
-    "MAX_ACCESSES",
-    "MAX_DEPTH",
-    "MAX_NODES",
-    "MAX_PAGE_SIZE",
-    "MAX_PATH_BYTES",
-    "MAX_REPEATED",
     "LineageQuery",
     "ListRunsQuery",
     "add_access_columns",
@@ -117,24 +130,10 @@ __all__ = [
 
 ERROR_CLASS_KEY = "lineage-error-class"  # trailing metadata: the lineage_core.errors class name
 
-# Limits of the wire contract (documented in lineage.proto and docs/grpc-api.md).
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000  # == lineaged.engine.MAX_PAGE; kept here so the client needs no engine
-DEFAULT_MAX_DEPTH = 100
-MAX_DEPTH = 10_000
-DEFAULT_MAX_NODES = 1000
-MAX_NODES = 10_000
-MAX_ACCESSES = 10_000  # per RecordAccesses call; the client batches
-MAX_REPEATED = 10_000  # argv, params, packages, sources, warnings, ...
-MAX_PATH_BYTES = 4096  # PATH_MAX
-MAX_NAME_BYTES = 1024
-MAX_TEXT_BYTES = 64 * 1024  # one argv entry, one param value, one warning
-MAX_DIFF_BYTES = 2 * 1024 * 1024
-MAX_RUN_ID = 128
 # Times must fit int64 nanoseconds, which is what the store keeps: 1677-09-21 .. 2262-04-11.
-_MIN_NS = -(2**63)
-_MAX_NS = 2**63 - 1
-_MAX_PID = 2**31 - 1
+_MIN_NS = MIN_NS
+_MAX_NS = MAX_NS
+_MAX_PID = MAX_PID
 
 _HEX = re.compile(r"[0-9a-f]+")
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]+")
@@ -306,7 +305,7 @@ def check_digest_prefix(value: str, field: str = "digest") -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
     digest = value.lower()
-    if not _HEX.fullmatch(digest) or not 8 <= len(digest) <= 64:
+    if not _HEX.fullmatch(digest) or not MIN_DIGEST_PREFIX <= len(digest) <= 64:
         raise InvalidArgument(
             f"{field} must be 8 to 64 hex characters (a BLAKE3 digest or a prefix), not {value[:80]!r}"
         )
@@ -561,8 +560,10 @@ def parse_capture(request: pb.EndRunRequest) -> Capture | None:
     """Validate EndRun's capture (None when the client did not say)."""
     if not request.HasField("capture"):
         return None
-    reasons = _parse_strings(request.capture.reasons, "capture.reasons")
-    method = _check_text(request.capture.method, "capture.method")
+    reasons = _parse_short_texts(request.capture.reasons, "capture.reasons")
+    method = _check_text(request.capture.method, "capture.method", max_bytes=MAX_CAPTURE_METHOD)
+    if request.capture.complete and reasons:
+        raise InvalidArgument("a complete capture has no reasons to be partial")
     return Capture(complete=request.capture.complete, reasons=reasons, method=method)
 
 
@@ -598,6 +599,17 @@ def _parse_strings(
 ) -> tuple[str, ...]:
     _check_count(values, field)
     return tuple(_check_text(v, f"{field}[{i}]", max_bytes=max_bytes) for i, v in enumerate(values))
+
+
+def _parse_short_texts(values: Sequence[str], field: str) -> tuple[str, ...]:
+    """Warnings and capture reasons: at most MAX_WARNINGS of MAX_WARNING_CHARS characters."""
+    _check_count(values, field, MAX_WARNINGS)
+    for index, value in enumerate(values):
+        if "\x00" in value:
+            raise InvalidArgument(f"{field}[{index}] contains a NUL byte")
+        if len(value) > MAX_WARNING_CHARS:
+            raise InvalidArgument(f"{field}[{index}] is longer than {MAX_WARNING_CHARS} characters")
+    return tuple(values)
 
 
 def _parse_map(values: Mapping[str, str], field: str) -> dict[str, str]:
@@ -676,9 +688,11 @@ def begin_run_to_pb(start: RunStart) -> pb.BeginRunRequest:
 
 def parse_begin_run(request: pb.BeginRunRequest, *, now: int) -> RunStart:
     """Validate a BeginRun request; an unset ``started_at`` becomes ``now``."""
-    name = _check_text(request.name, "name", max_bytes=MAX_NAME_BYTES)
+    name = request.name
     if not name.strip():
         raise InvalidArgument("name is required (a short label such as 'train')")
+    if "\x00" in name or len(name) > MAX_RUN_NAME:
+        raise InvalidArgument(f"name is 1 to {MAX_RUN_NAME} characters without NUL bytes")
     started_at = parse_time(request, "started_at")
     return RunStart(
         name=name,
@@ -885,7 +899,7 @@ def parse_end_run(
     status = _enum(_STATUS_FROM_PB, request.status, "status", pb.RunStatus)
     ended_at = parse_time(request, "ended_at")
     exit_code = request.exit_code if request.HasField("exit_code") else None
-    warnings = _parse_strings(request.warnings, "warnings")
+    warnings = _parse_short_texts(request.warnings, "warnings")
     return run_id, exit_code, status, now if ended_at is None else ended_at, warnings
 
 

@@ -16,7 +16,7 @@ from itertools import islice
 from typing import Any
 from urllib.parse import urlencode
 
-from lineage_core import wire
+from lineage_core import limits
 from lineage_core.errors import InvalidArgument, NotFound
 from lineage_core.models import (
     Direction,
@@ -44,8 +44,8 @@ __all__ = [
     "search_view",
 ]
 
-DEFAULT_DEPTH = wire.DEFAULT_MAX_DEPTH
-DEFAULT_NODES = wire.DEFAULT_MAX_NODES
+DEFAULT_DEPTH = limits.DEFAULT_MAX_DEPTH
+DEFAULT_NODES = limits.DEFAULT_MAX_NODES
 HISTORY_LIMIT = 500  # versions on one /path page; the JSON says when there are more
 RECENT_RUNS = 20
 _HEX = re.compile(r"[0-9a-fA-F]{8,64}")
@@ -108,8 +108,8 @@ def graph_query(params: Mapping[str, str]) -> GraphQuery:
     return GraphQuery(
         key=key,
         value=value.lower() if key == "digest" else value,
-        max_depth=_cap(params, "max_depth", DEFAULT_DEPTH, wire.MAX_DEPTH),
-        max_nodes=_cap(params, "max_nodes", DEFAULT_NODES, wire.MAX_NODES),
+        max_depth=_cap(params, "max_depth", DEFAULT_DEPTH, limits.MAX_DEPTH),
+        max_nodes=_cap(params, "max_nodes", DEFAULT_NODES, limits.MAX_NODES),
     )
 
 
@@ -274,11 +274,11 @@ def graph_view(client: Client, direction: Direction, query: GraphQuery) -> dict[
         expand=(
             query.link(
                 page,
-                max_depth=min(wire.MAX_DEPTH, query.max_depth * 4),
-                max_nodes=min(wire.MAX_NODES, query.max_nodes * 4),
+                max_depth=min(limits.MAX_DEPTH, query.max_depth * 4),
+                max_nodes=min(limits.MAX_NODES, query.max_nodes * 4),
             )
             if graph.truncated
-            and (query.max_depth < wire.MAX_DEPTH or query.max_nodes < wire.MAX_NODES)
+            and (query.max_depth < limits.MAX_DEPTH or query.max_nodes < limits.MAX_NODES)
             else None
         ),
         cli=shlex.join(
