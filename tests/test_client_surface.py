@@ -91,3 +91,23 @@ def test_the_client_never_imports_the_daemon() -> None:
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_error_maps_are_built_from_the_classes() -> None:
+    """The tree drawn in errors.py's docstring is the tree of classes, and a status code alone
+    maps back to the most general class that answers with it."""
+    import re
+
+    drawn = {
+        name: (status, int(code))
+        for name, status, code in re.findall(r"(\w+)\s+([A-Z_]+)\s+exit (\d)", errors.__doc__ or "")
+    }
+    classes = {name: (cls.grpc_status, cls.exit_code) for name, cls in errors.ERROR_CLASSES.items()}
+    assert drawn == classes
+    assert set(classes) <= set(errors.__all__)
+    for name, cls in errors.ERROR_CLASSES.items():
+        assert type(errors.error_for_status("OK", "m", name)) is cls
+        general = type(errors.error_for_status(cls.grpc_status, "m"))
+        assert general.grpc_status == cls.grpc_status
+        assert all(parent.grpc_status != cls.grpc_status for parent in general.__mro__[1:-3])
+    assert type(errors.error_for_status("NO_SUCH_CODE", "m")) is errors.LineageError

@@ -146,13 +146,6 @@ def parse_time(text: str | int | dt.datetime, *, now: int | None = None) -> int:
         ) from None
 
 
-def _error_class(name: str) -> type[LineageError] | None:
-    found = getattr(errors, name, None) if name in errors.__all__ else None
-    if isinstance(found, type) and issubclass(found, LineageError):
-        return found
-    return None
-
-
 class EventStream:
     """An open Subscribe stream: iterate for ``Event`` values; ``cancel()`` ends it."""
 
@@ -244,10 +237,8 @@ class Client:
         code = exc.code()
         details = exc.details() or code.name
         for key, value in exc.trailing_metadata() or ():
-            if key == wire.ERROR_CLASS_KEY:
-                cls = _error_class(str(value))
-                if cls is not None:
-                    return cls(details)
+            if key == wire.ERROR_CLASS_KEY and str(value) in errors.ERROR_CLASSES:
+                return errors.error_for_status(code.name, details, str(value))
         if code == grpc.StatusCode.UNAVAILABLE:
             where = self.socket or self.target
             if "permission denied" in details.lower():

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # typing costs `lineage run` milliseconds before its command 
     from typing import ClassVar
 
 __all__ = [
+    "ERROR_CLASSES",
     "AlreadyExists",
     "AlreadyRunning",
     "AmbiguousDigest",
@@ -197,20 +198,24 @@ class HashCancelled(HashError):
     """Hashing was stopped because the daemon is stopping."""
 
 
-_BY_STATUS: dict[str, type[LineageError]] = {
-    "INVALID_ARGUMENT": InvalidArgument,
-    "NOT_FOUND": NotFound,
-    "ALREADY_EXISTS": AlreadyExists,
-    "UNAVAILABLE": DaemonUnavailable,
-    "UNAUTHENTICATED": Unauthenticated,
-    "PERMISSION_DENIED": PermissionDenied,
-    "FAILED_PRECONDITION": FailedPrecondition,
-    "RESOURCE_EXHAUSTED": ResourceExhausted,
-    "DEADLINE_EXCEEDED": DeadlineExceeded,
-    "DATA_LOSS": DamagedRow,  # CorruptObject shares the code: the class name travels too
-}
+def _tree() -> list[type[LineageError]]:
+    """Every class of the tree, breadth first: a class comes before its subclasses."""
+    found: list[type[LineageError]] = [LineageError]
+    for cls in found:  # grows as it goes
+        found.extend(sorted(cls.__subclasses__(), key=lambda sub: sub.__name__))
+    return found
 
 
-def error_for_status(status_name: str, message: str) -> LineageError:
-    """Map a gRPC status code name back to the exception class the daemon raised."""
-    return _BY_STATUS.get(status_name, LineageError)(message)
+ERROR_CLASSES: dict[str, type[LineageError]] = {cls.__name__: cls for cls in _tree()}
+"""Each class of the tree by its name: what the daemon sends in the error-class metadata."""
+
+_BY_STATUS: dict[str, type[LineageError]] = {}
+for _cls in _tree():  # the most general class answering with each status code
+    _BY_STATUS.setdefault(_cls.grpc_status, _cls)
+
+
+def error_for_status(status_name: str, message: str, class_name: str = "") -> LineageError:
+    """The exception the daemon raised: its class by ``class_name`` when that names one of
+    the tree, else the most general class of the gRPC status code ``status_name``."""
+    cls = ERROR_CLASSES.get(class_name) or _BY_STATUS.get(status_name, LineageError)
+    return cls(message)
