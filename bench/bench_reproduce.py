@@ -291,11 +291,11 @@ def tree_rows(work: Path) -> tuple[list[list[object]], Path]:
 def gc_rows(state: Path, tree: Path) -> list[list[object]]:
     """gc over every kept object with PINNED pinned, the root's policy now keep = "none"."""
     from lineaged.config import IgnoreRules
-    from lineaged.indexer import RootSet, WatchedRoot
     from lineaged.models import Keep, Role, Root
     from lineaged.objects import ObjectStore
     from lineaged.retention import Keeper
     from lineaged.store import DB_NAME, Store, Writer
+    from lineaged.watching.indexer import RootSet, WatchedRoot
 
     store = Store.open(state / DB_NAME)
     writer = Writer(store)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from lineaged import __version__, hasher
 from lineaged.config import Config
-from lineaged.deepwatch import WATCHDOG_MAX_DEPTH, DeepWatcher, WatchdogCrashes, deeper_than
 from lineaged.errors import (
     ConfigError,
     FailedPrecondition,
@@ -31,8 +30,6 @@ from lineaged.errors import (
     ResourceExhausted,
     StoreError,
 )
-from lineaged.indexer import RACY_NS, Indexer, RootSet, WatchedRoot
-from lineaged.lanes import HashLane, Ticket
 from lineaged.models import (
     Access,
     AccessMode,
@@ -59,9 +56,17 @@ from lineaged.objects import CHUNK, ObjectStore
 from lineaged.paths import is_normal_path
 from lineaged.redact import Redactor, load_or_create_key
 from lineaged.retention import Keeper
-from lineaged.scanner import Scanner, ScanStats
 from lineaged.store import Store, Writer, digest_to_blob, pack_stat
-from lineaged.watcher import (
+from lineaged.watching.deepwatch import (
+    WATCHDOG_MAX_DEPTH,
+    DeepWatcher,
+    WatchdogCrashes,
+    deeper_than,
+)
+from lineaged.watching.indexer import RACY_NS, Indexer, RootSet, WatchedRoot
+from lineaged.watching.lanes import HashLane, Ticket
+from lineaged.watching.scanner import Scanner, ScanStats
+from lineaged.watching.watcher import (
     BLIND_SCAN_INTERVAL,
     NETWORK_FILESYSTEMS,
     POLL_SECONDS,

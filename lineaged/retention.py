@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 
 from lineaged.errors import InvalidArgument, NotFound
-from lineaged.indexer import RootSet
 from lineaged.models import GcReport, Keep, PinReport, StartNode, Version
 from lineaged.objects import ObjectStore, PutResult
 from lineaged.store import Store, Writer
+from lineaged.watching.indexer import RootSet
 
 __all__ = ["MAX_LISTED", "Keeper"]
 

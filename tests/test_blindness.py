@@ -30,8 +30,8 @@ import pytest
 from watchdog.observers import inotify_c
 
 from lineaged import dirfd
-from lineaged import watcher as watcher_module
 from lineaged.store import DB_NAME
+from lineaged.watching import watcher as watcher_module
 from tests.helpers import EngineHarness, b3, ground_truth, history, live_digests, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,6 @@ from lineage_client.capture._envprobe import installed, scanned
 from lineaged.config import DEFAULT_IGNORE, Config, IgnoreRules
 from lineaged.engine import Engine, _PathFacts
 from lineaged.errors import NotFound, PathOutsideRoots
-from lineaged.indexer import Indexer, RootSet, WatchedRoot
 from lineaged.models import (
     Access,
     AccessMode,
@@ -30,6 +29,7 @@ from lineaged.models import (
     StartNode,
 )
 from lineaged.store import Store, Writer
+from lineaged.watching.indexer import Indexer, RootSet, WatchedRoot
 from tests.helpers import EngineHarness, b3, wait_for
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from lineaged.deepwatch import DeepWatcher, deeper_than
 from lineaged.store import DB_NAME
+from lineaged.watching.deepwatch import DeepWatcher, deeper_than
 from tests.conftest import REPO, DaemonProcess, health_status, short_tmp_dir
 from tests.helpers import EngineHarness, b3, live_digests, wait_for
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from lineaged import hasher, scanner
+from lineaged import hasher
 from lineaged.models import ChangeKind
+from lineaged.watching import scanner
 from tests.helpers import EngineHarness, all_digests, b3, live_digests, wait_for
 
 CANARY_NAMES = ("canary-shadow", "canary-gshadow", "passwd")

@@ -24,8 +24,8 @@ from lineaged.models import ChangeKind, Root, StatKey
 from lineaged.store import CacheEntry, Store, VersionWrite, Writer
 
 if TYPE_CHECKING:
-    from lineaged.lanes import HashLane, Ticket
     from lineaged.retention import Keeper
+    from lineaged.watching.lanes import HashLane, Ticket
 
 __all__ = ["RACY_NS", "Indexer", "RootSet", "WatchedRoot", "needs_hash"]
 

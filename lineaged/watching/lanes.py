@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from lineaged import hasher
 
 if TYPE_CHECKING:
-    from lineaged.indexer import WatchedRoot
     from lineaged.models import ChangeKind
+    from lineaged.watching.indexer import WatchedRoot
 
 __all__ = ["HashLane", "Ticket"]
 

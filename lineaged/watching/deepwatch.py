@@ -35,9 +35,9 @@ from types import TracebackType
 from typing import Any
 
 from lineaged import dirfd
-from lineaged.indexer import WatchedRoot
 from lineaged.models import ChangeKind
-from lineaged.watcher import POLL_SECONDS, Change, root_identity
+from lineaged.watching.indexer import WatchedRoot
+from lineaged.watching.watcher import POLL_SECONDS, Change, root_identity
 
 __all__ = ["WATCHDOG_MAX_DEPTH", "DeepWatcher", "WatchdogCrashes", "deeper_than"]
 

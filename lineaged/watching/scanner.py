@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from lineaged import dirfd, hasher
 from lineaged.errors import TooLarge
-from lineaged.indexer import RACY_NS, RootSet, WatchedRoot
 from lineaged.models import ChangeKind
 from lineaged.store import Store, VersionWrite, Writer
+from lineaged.watching.indexer import RACY_NS, RootSet, WatchedRoot
 
 if TYPE_CHECKING:
     from lineaged.retention import Keeper
