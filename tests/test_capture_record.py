@@ -15,7 +15,8 @@ import pytest
 from lineage_client.capture._envprobe import installed, scanned
 
 from lineaged.config import DEFAULT_IGNORE, Config, IgnoreRules
-from lineaged.engine import Engine, _PathFacts
+from lineaged.engine import Engine
+from lineaged.engine.runs import _PathFacts
 from lineaged.errors import NotFound, PathOutsideRoots
 from lineaged.models import (
     Access,
@@ -344,7 +345,7 @@ def test_per_folder_answers_equal_the_root_set_path_by_path(tmp_path: Path) -> N
         answers = {}
         for path in paths:
             access = _read(path, 1)
-            _, under_root, tracked = engine._check_access(access, facts)
+            _, under_root, tracked = engine.runs._check_access(access, facts)
             answers[path] = (under_root, tracked)
         assert answers == {
             path: (roots.root_for(path) is not None, roots.tracked(path) is not None)
