@@ -226,7 +226,7 @@ class Scanner:
             def gone_job(store: Store) -> Recorded:
                 if not os.path.isdir(root.path):
                     # The root vanished during the scan: a deleted root cannot be told from
-                    # an unmounted one, so nothing below it is closed (see Engine).
+                    # an unmounted one, so nothing below it is closed (see engine.supervision).
                     return Recorded([])
                 return Recorded([], store.record_gone(gone, at, how))
 
