@@ -294,9 +294,9 @@ def gc_rows(state: Path, tree: Path) -> list[list[object]]:
     from lineage_core.objects import ObjectStore
 
     from lineaged.config import IgnoreRules
-    from lineaged.indexer import RootSet, WatchedRoot
     from lineaged.retention import Keeper
     from lineaged.store import DB_NAME, Store, Writer
+    from lineaged.watching.indexer import RootSet, WatchedRoot
 
     store = Store.open(state / DB_NAME)
     writer = Writer(store)

@@ -17,8 +17,8 @@ from lineage_core.errors import InvalidArgument, NotFound
 from lineage_core.models import GcReport, Keep, PinReport, StartNode, Version
 from lineage_core.objects import ObjectStore, PutResult
 
-from lineaged.indexer import RootSet
 from lineaged.store import Store, Writer
+from lineaged.watching.indexer import RootSet
 
 __all__ = ["MAX_LISTED", "Keeper"]
 

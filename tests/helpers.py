@@ -16,7 +16,7 @@ from lineage_core.models import Role, Root
 from lineaged.config import Config
 from lineaged.engine import Engine
 from lineaged.store import DB_NAME, Store
-from lineaged.watcher import POLL_SECONDS
+from lineaged.watching.watcher import POLL_SECONDS
 
 B3SUM = shutil.which("b3sum")
 

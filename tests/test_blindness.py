@@ -30,8 +30,8 @@ import pytest
 from lineage_core import dirfd
 from watchdog.observers import inotify_c
 
-from lineaged import watcher as watcher_module
 from lineaged.store import DB_NAME
+from lineaged.watching import watcher as watcher_module
 from tests.helpers import EngineHarness, b3, ground_truth, history, live_digests, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def make_harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
 
     yield make
     for h in started:
-        if h.engine._scan_thread.is_alive() or h.store._write_conn is not None:
+        if h.engine.supervision._scan_thread.is_alive() or h.store._write_conn is not None:
             h.stop()
 
 
@@ -204,7 +204,7 @@ def test_a_root_polled_for_the_watch_limit_is_watched_again_when_it_no_longer_bi
 ) -> None:
     """The health message clears when the condition does: inotify is tried again."""
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr("lineaged.engine.LIMIT_RETRY_SECONDS", 0.2)
+    monkeypatch.setattr("lineaged.engine.supervision.LIMIT_RETRY_SECONDS", 0.2)
     deep = tmp_path / "data" / "deep"
     deep.mkdir(parents=True)
     real = inotify_c.inotify_add_watch
@@ -530,7 +530,7 @@ def test_untested_watchdog_is_reported_and_rescanned_often(
     """Installing watchdog outside the bounds is forced here: the daemon must say so."""
     real = watcher_module.lost_event_problem
     monkeypatch.setattr(watcher_module, "lost_event_problem", lambda: real("6.0.0"))
-    monkeypatch.setattr("lineaged.engine.lost_event_problem", lambda: real("6.0.0"))
+    monkeypatch.setattr("lineaged.engine.supervision.lost_event_problem", lambda: real("6.0.0"))
     h = make_harness()
     degraded = h.engine.status().degraded
     assert any(d.startswith("watcher: watchdog 6.0.0 is not a release") for d in degraded)

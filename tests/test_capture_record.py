@@ -27,9 +27,10 @@ from lineage_core.models import (
 )
 
 from lineaged.config import DEFAULT_IGNORE, Config, IgnoreRules
-from lineaged.engine import Engine, _PathFacts
-from lineaged.indexer import Indexer, RootSet, WatchedRoot
+from lineaged.engine import Engine
+from lineaged.engine.runs import _PathFacts
 from lineaged.store import Store, Writer
+from lineaged.watching.indexer import Indexer, RootSet, WatchedRoot
 from tests.helpers import EngineHarness, b3, wait_for
 
 
@@ -344,7 +345,7 @@ def test_per_folder_answers_equal_the_root_set_path_by_path(tmp_path: Path) -> N
         answers = {}
         for path in paths:
             access = _read(path, 1)
-            _, under_root, tracked = engine._check_access(access, facts)
+            _, under_root, tracked = engine.runs._check_access(access, facts)
             answers[path] = (under_root, tracked)
         assert answers == {
             path: (roots.root_for(path) is not None, roots.tracked(path) is not None)

@@ -188,7 +188,9 @@ def test_racy_stat_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         return Lying(key_before) if st.st_ino == key_before.st_ino else st
 
     monkeypatch.setattr(hasher.os, "fstat", lying_fstat)
-    monkeypatch.setattr("lineaged.scanner.os.scandir", _scandir_with_stat(key_before, os.scandir))
+    monkeypatch.setattr(
+        "lineaged.watching.scanner.os.scandir", _scandir_with_stat(key_before, os.scandir)
+    )
     h.engine = Engine(h.config, h.store)
     h.engine.run_once()
     assert first == b3(b"X" * 64)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from lineaged.deepwatch import DeepWatcher, deeper_than
 from lineaged.store import DB_NAME
+from lineaged.watching.deepwatch import DeepWatcher, deeper_than
 from tests.conftest import REPO, DaemonProcess, health_status, short_tmp_dir
 from tests.helpers import EngineHarness, b3, live_digests, wait_for
 
@@ -67,7 +67,7 @@ def test_a_tree_1000_levels_deep_is_indexed_and_watched(tmp_path: Path) -> None:
     try:
         live = live_digests(h.db)
         assert live[str(bottom / "old.csv")] == b3(b"at the bottom\n")
-        watcher = h.engine._watchers[str(h.data)]
+        watcher = h.engine.supervision._watchers[str(h.data)]
         assert isinstance(watcher, DeepWatcher)
         assert h.root(h.data).health == "ok" and not h.root(h.data).polling
         # Watched, not found by a later scan (periodic scans are off in the harness).
@@ -78,9 +78,9 @@ def test_a_tree_1000_levels_deep_is_indexed_and_watched(tmp_path: Path) -> None:
         # Shallow again: back to watchdog.
         remove_deep(h.data / "deep")
         h.expect(bottom / "new.csv", None)
-        h.engine._scan_wanted.set()
+        h.engine.supervision._scan_wanted.set()
         wait_for(
-            lambda: not isinstance(h.engine._watchers.get(str(h.data)), DeepWatcher),
+            lambda: not isinstance(h.engine.supervision._watchers.get(str(h.data)), DeepWatcher),
             what="the root back on watchdog",
         )
         (h.data / "after.csv").write_bytes(b"after\n")
@@ -101,7 +101,7 @@ def test_a_deep_tree_made_while_watching_is_watched(tmp_path: Path) -> None:
         bottom = h.data.joinpath(*(["d"] * 1000))
         h.expect(bottom / "f.csv", b"one\n", timeout=60)
         wait_for(
-            lambda: isinstance(h.engine._watchers.get(str(h.data)), DeepWatcher),
+            lambda: isinstance(h.engine.supervision._watchers.get(str(h.data)), DeepWatcher),
             timeout=30,
             what="the deep-tree watcher",
         )

@@ -19,7 +19,7 @@ import pytest
 from lineage_core import hasher
 from lineage_core.models import ChangeKind
 
-from lineaged import scanner
+from lineaged.watching import scanner
 from tests.helpers import EngineHarness, all_digests, b3, live_digests, wait_for
 
 CANARY_NAMES = ("canary-shadow", "canary-gshadow", "passwd")

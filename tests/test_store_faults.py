@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from lineage_core.models import Role, Root, RunStart
 
-import lineaged.engine
+import lineaged.engine.supervision
 from lineaged.config import Config
 from lineaged.engine import Engine
 from lineaged.store import DB_NAME, Store, VersionWrite, Writer
@@ -219,8 +219,8 @@ def test_writes_given_up_are_recorded_by_a_rescan_once_the_fault_clears(
 ) -> None:
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(Writer, "RETRY_ATTEMPTS", 2)
-    monkeypatch.setattr(lineaged.engine, "LOST_RETRY_SECONDS", 0.3)
-    monkeypatch.setattr(lineaged.engine, "ROOT_CHECK_SECONDS", 0.3)
+    monkeypatch.setattr(lineaged.engine.supervision, "LOST_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(lineaged.engine.supervision, "ROOT_CHECK_SECONDS", 0.3)
     h = make_harness()
     h.disk.full = True
     lost = h.data / "lost.csv"

@@ -11,10 +11,10 @@ import pytest
 from lineage_core.models import ChangeKind, Role, Root
 from watchdog.events import FileSystemEvent
 
-from lineaged import watcher as watcher_module
 from lineaged.config import DEFAULT_IGNORE
-from lineaged.indexer import IgnoreRules, WatchedRoot
-from lineaged.watcher import Change, RootWatcher
+from lineaged.watching import watcher as watcher_module
+from lineaged.watching.indexer import IgnoreRules, WatchedRoot
+from lineaged.watching.watcher import Change, RootWatcher
 from tests.helpers import wait_for
 
 FILES = 300

@@ -13,15 +13,23 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lineage_core import dirfd, hasher
 from lineage_core.errors import TooLarge
 from lineage_core.models import ChangeKind
 
-from lineaged.indexer import RACY_NS, RootSet, WatchedRoot
 from lineaged.store import Store, VersionWrite, Writer
+from lineaged.watching.indexer import (
+    RACY_NS,
+    Publish,
+    Recorded,
+    RootSet,
+    WatchedRoot,
+    publish_when_committed,
+)
 
 if TYPE_CHECKING:
     from lineaged.retention import Keeper
@@ -86,10 +94,12 @@ class Scanner:
         progress: Callable[[ScanStats], None] | None = None,
         stop: threading.Event | None = None,
         large_lane: Callable[[WatchedRoot, str, ChangeKind], None] | None = None,
+        publish: Publish | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
         self.roots = roots
+        self.publish = publish  # handed the versions each write committed
         self.progress = progress
         self.stop = stop or threading.Event()
         # Files of hasher.LARGE_FILE bytes or more go there (hashed one at a time off this
@@ -117,7 +127,7 @@ class Scanner:
             prefix = top.rstrip("/") + "/"
             trusted = {p: k for p, k in trusted.items() if p.startswith(prefix)}
         unseen = dict(trusted)  # the walk pops what it finds: what remains has gone
-        futures = []
+        futures: list[Future[Recorded]] = []
         writes: list[VersionWrite] = []
         keeper = (
             self.keeper if self.keeper is not None and self.keeper.wants_all(root.root_id) else None
@@ -193,10 +203,10 @@ class Scanner:
                     # system, and other writers' dirty pages with ours.
                     keeper.objects.flush()
                     last_flush = time.monotonic()
-                    futures.append(self.writer.submit(_record_job(writes, kept, not_kept)))
+                    futures.append(self._submit(_record_job(writes, kept, not_kept)))
                     kept, not_kept = [], []
                 else:
-                    futures.append(self.writer.submit(_record_job(writes, [], [])))
+                    futures.append(self._submit(_record_job(writes, [], [])))
                 writes = []
                 if progress and time.monotonic() - last_progress > PROGRESS_SECONDS:
                     last_progress = time.monotonic()
@@ -208,28 +218,34 @@ class Scanner:
         if writes or kept or not_kept:
             if keeper is not None and kept:
                 keeper.objects.flush()
-            futures.append(self.writer.submit(_record_job(writes, kept, not_kept), urgent=True))
+            futures.append(self._submit(_record_job(writes, kept, not_kept), urgent=True))
         gone = [p for p in unseen if not _under_any(p, stats.unreadable)]
         if gone and not self.stop.is_set():
             at = time.time_ns()
             how = ChangeKind.DELETED
 
-            def gone_job(store: Store) -> list[Any]:
+            def gone_job(store: Store) -> Recorded:
                 if not os.path.isdir(root.path):
                     # The root vanished during the scan: a deleted root cannot be told from
-                    # an unmounted one, so nothing below it is closed (see Engine).
-                    return []
-                return [("gone", p, how) for p in store.record_gone(gone, at, how)]
+                    # an unmounted one, so nothing below it is closed (see engine.supervision).
+                    return Recorded([])
+                return Recorded([], store.record_gone(gone, at, how))
 
-            futures.append(self.writer.submit(gone_job, urgent=True))
+            futures.append(self._submit(gone_job, urgent=True))
         for future in futures:
-            for item in future.result():
-                if isinstance(item, tuple):
-                    stats.gone += 1
-                else:
-                    stats.new_versions += 1
+            recorded = future.result()
+            stats.gone += len(recorded.gone)
+            stats.new_versions += len(recorded.versions)
         stats.seconds = time.monotonic() - started
         return stats
+
+    def _submit(
+        self, job: Callable[[Store], Recorded], *, urgent: bool = False
+    ) -> Future[Recorded]:
+        """Queue a recording job; its new versions are published once committed."""
+        future = self.writer.submit(job, urgent=urgent)
+        publish_when_committed(future, self.publish)
+        return future
 
     def _walk(
         self,
@@ -446,14 +462,14 @@ def _record_job(
     writes: list[VersionWrite],
     kept: list[tuple[str, int, str]],
     not_kept: list[tuple[str, str, str]],
-) -> Callable[[Store], list[Any]]:
-    def job(store: Store) -> list[Any]:
-        created: list[Any] = list(store.record_versions(writes, hasher.HASH_FORMAT))
+) -> Callable[[Store], Recorded]:
+    def job(store: Store) -> Recorded:
+        recorded = Recorded(store.record_versions(writes, hasher.HASH_FORMAT))
         if kept:
             store.record_objects(kept, time.time_ns())
         if not_kept:
             store.mark_not_kept_current(not_kept)
-        return created
+        return recorded
 
     return job
 

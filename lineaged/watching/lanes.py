@@ -26,7 +26,7 @@ from lineage_core import hasher
 if TYPE_CHECKING:
     from lineage_core.models import ChangeKind
 
-    from lineaged.indexer import WatchedRoot
+    from lineaged.watching.indexer import WatchedRoot
 
 __all__ = ["HashLane", "Ticket"]
 

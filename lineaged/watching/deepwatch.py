@@ -37,8 +37,8 @@ from typing import Any
 from lineage_core import dirfd
 from lineage_core.models import ChangeKind
 
-from lineaged.indexer import WatchedRoot
-from lineaged.watcher import POLL_SECONDS, Change, root_identity
+from lineaged.watching.indexer import WatchedRoot
+from lineaged.watching.watcher import POLL_SECONDS, Change, root_identity
 
 __all__ = ["WATCHDOG_MAX_DEPTH", "DeepWatcher", "WatchdogCrashes", "deeper_than"]
 

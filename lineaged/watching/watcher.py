@@ -43,7 +43,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
-from lineaged.indexer import Indexer, WatchedRoot
+from lineaged.watching.indexer import Indexer, WatchedRoot
 
 __all__ = [
     "BLIND_SCAN_INTERVAL",

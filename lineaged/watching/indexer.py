@@ -14,27 +14,64 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lineage_core import hasher
 from lineage_core.errors import HashCancelled, HashError, TooLarge
-from lineage_core.models import ChangeKind, Root, StatKey
+from lineage_core.models import ChangeKind, Root, StatKey, Version
 
 from lineaged.config import IgnoreRules
 from lineaged.store import CacheEntry, Store, VersionWrite, Writer
 
 if TYPE_CHECKING:
-    from lineaged.lanes import HashLane, Ticket
     from lineaged.retention import Keeper
+    from lineaged.watching.lanes import HashLane, Ticket
 
-__all__ = ["RACY_NS", "Indexer", "RootSet", "WatchedRoot", "needs_hash"]
+__all__ = [
+    "RACY_NS",
+    "Indexer",
+    "Publish",
+    "Recorded",
+    "RootSet",
+    "WatchedRoot",
+    "needs_hash",
+    "publish_when_committed",
+]
 
 log = logging.getLogger(__name__)
 
 # An entry whose mtime is this close to when it was hashed may hide a later same-size write
 # in the same timestamp tick (git's "racy git" problem): it is hashed again on the next look.
 RACY_NS = 2_000_000_000
+
+
+# Where committed versions are announced: the engine's event bus (``EventBus.publish_versions``).
+Publish = Callable[[Sequence[Version]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one writer job of the indexer or the scanner recorded."""
+
+    versions: list[Version]  # new versions (unchanged content only refreshes the stat cache)
+    gone: list[str] = field(default_factory=list)  # paths closed: deleted, or moved away
+
+
+def publish_when_committed(future: Future[Recorded], publish: Publish | None) -> None:
+    """Hand ``publish`` the versions ``future``'s job recorded once the writer has committed
+    them; a job that failed, or a batch the store gave up on, publishes nothing."""
+    if publish is None:
+        return
+
+    def committed(done: Future[Recorded]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        versions = done.result().versions
+        if versions:
+            publish(versions)
+
+    future.add_done_callback(committed)
 
 
 def needs_hash(entry: CacheEntry | None, key: StatKey) -> bool:
@@ -136,19 +173,21 @@ class Indexer:
         *,
         cancel: threading.Event | None = None,
         on_too_large: Callable[[WatchedRoot, str], None] | None = None,
+        publish: Publish | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
         self.roots = roots
         self.cancel = cancel
         self.on_too_large = on_too_large
+        self.publish = publish  # handed the versions each write committed
         self.large_lane: HashLane | None = None
         self.small_lane: HashLane | None = None
         self.keeper: Keeper | None = None  # set by the engine: keeps bytes where roots want all
 
     def observe(
         self, hints: dict[str, ChangeKind], *, wait: bool = False
-    ) -> Future[list[Any]] | None:
+    ) -> Future[Recorded] | None:
         """Stat each path and record its present state: a new version, or gone.
 
         ``hints`` maps paths to how the change was seen. Paths not under a root or ignored
@@ -180,7 +219,7 @@ class Indexer:
         wait: bool,
         deadline: float | None,
         use_lanes: bool,
-    ) -> tuple[Future[list[Any]] | None, dict[str, Ticket]]:
+    ) -> tuple[Future[Recorded] | None, dict[str, Ticket]]:
         tickets: dict[str, Ticket] = {}
         writes: list[VersionWrite] = []
         gone: dict[ChangeKind, list[str]] = {}
@@ -275,21 +314,21 @@ class Indexer:
             return None, tickets
         at = time.time_ns()
 
-        def job(store: Store) -> list[Any]:
+        def job(store: Store) -> Recorded:
             for path, key, checked_at in touched:
                 store.touch_stat(path, key, checked_at)
-            created: list[Any] = list(store.record_versions(writes, hasher.HASH_FORMAT))
+            recorded = Recorded(store.record_versions(writes, hasher.HASH_FORMAT))
             if kept:
                 store.record_objects(kept, at)
             if not_kept:
                 store.mark_not_kept_current(not_kept)
             for how, paths in gone.items():
-                for path in store.record_gone(paths, at, how):
-                    created.append(("gone", path, how))
-            return created
+                recorded.gone.extend(store.record_gone(paths, at, how))
+            return recorded
 
         # A caller that waits (a run ending, a verify) is not kept for the writer's batching.
         future = self.writer.submit(job, urgent=wait)
+        publish_when_committed(future, self.publish)
         if wait:
             if deadline is None:
                 future.result(timeout=120)
@@ -299,14 +338,14 @@ class Indexer:
                     future.result(timeout=max(0.0, deadline - time.monotonic()))
         return future, tickets
 
-    def observe_gone_tree(self, directory: str, how: ChangeKind) -> Future[list[Any]] | None:
+    def observe_gone_tree(self, directory: str, how: ChangeKind) -> Future[Recorded] | None:
         """Every live path at or below ``directory`` is gone (a directory deleted or moved)."""
         paths = self.store.live_paths_under(directory)
         if not paths:
             return None
         at = time.time_ns()
 
-        def job(store: Store) -> list[Any]:
-            return [("gone", p, how) for p in store.record_gone(paths, at, how)]
+        def job(store: Store) -> Recorded:
+            return Recorded([], list(store.record_gone(paths, at, how)))
 
         return self.writer.submit(job)
