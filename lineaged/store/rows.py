@@ -93,21 +93,6 @@ def version_checksum(path: str, digest: bytes, size: int, mtime_ns: int, valid_f
     return blake3.blake3(data).digest(CHECKSUM_BYTES)
 
 
-def _version(record: VersionRecord) -> Version:
-    return Version(
-        id=record.id,
-        path=record.path,
-        digest=record.digest.hex(),
-        size=record.size,
-        mtime_ns=record.mtime_ns,
-        valid_from=record.valid_from,
-        valid_until=record.valid_until,
-        seen=CHANGE_KINDS[record.seen],
-        closed_by=CHANGE_KINDS[record.closed_by] if record.closed_by else None,
-        external=bool(record.external),
-    )
-
-
 class RowChecker:
     """Checks version rows against their checksums before they are served, and remembers
     which rows failed (id -> path) for ``status`` and whoever set ``on_damage``."""
@@ -118,18 +103,34 @@ class RowChecker:
         self.on_damage: Callable[[int, str], None] | None = None
 
     def version(self, row: Sequence[Any]) -> Version:
-        """A version row (``VERSION_COLUMNS``) as a value once its checksum holds."""
-        record = VersionRecord._make(row)
-        self.verify(
-            record.id,
-            record.path,
-            record.digest,
-            record.size,
-            record.mtime_ns,
-            record.valid_from,
-            record.checksum,
+        """A version row (``VERSION_COLUMNS``, as ``VersionRecord`` names them) as a value once
+        its checksum holds."""
+        (
+            version_id,
+            path,
+            digest,
+            size,
+            mtime_ns,
+            valid_from,
+            valid_until,
+            seen,
+            closed_by,
+            external,
+            checksum,
+        ) = row
+        self.verify(version_id, path, digest, size, mtime_ns, valid_from, checksum)
+        return Version(
+            version_id,
+            path,
+            digest.hex(),
+            size,
+            mtime_ns,
+            valid_from,
+            valid_until,
+            CHANGE_KINDS[seen],
+            CHANGE_KINDS[closed_by] if closed_by else None,
+            bool(external),
         )
-        return _version(record)
 
     def verify(
         self,
@@ -221,49 +222,64 @@ def run_rows(
     """Decode run rows (``RUN_COLUMNS``) into ``RunRow``s: one JSON parse for every row's
     argv, params, code and warnings (a lineage graph or a listing decodes many runs; one call
     per field would dominate)."""
-    records = list(map(RunRecord._make, rows))
+    # Each row's columns are taken apart by name once (tuple unpacking: no object per row).
     texts: list[str] = []
-    for record in records:
-        texts += (
-            record.argv or "[]",
-            record.params or "{}",
-            record.code or "null",
-            record.warnings or "[]",
-        )
+    for _, _, _, argv, *_, params, _, code, _, _, warnings, _ in rows:
+        texts += (argv or "[]", params or "{}", code or "null", warnings or "[]")
     decoded = json.loads("[" + ",".join(texts) + "]")
     # Runs of one pipeline mostly ran the same code: equal code is one value, built once
     # (and sent once in a graph, which names a value it has seen by position).
     codes: dict[tuple[str | None, bytes | None, tuple[SourceFile, ...]], CodeState | None] = {}
     statuses = RUN_STATUSES
     runs: list[RunRow] = []
-    for i, record in enumerate(records):
+    for i, (
+        row_id,
+        run_id,
+        name,
+        _,
+        cwd,
+        host,
+        user,
+        pid,
+        started_at,
+        ended_at,
+        status,
+        exit_code,
+        _,
+        parent_run_id,
+        code_text,
+        diff_digest,
+        env_body,
+        _,
+        capture,
+    ) in enumerate(rows):
         argv, params, code_raw, warnings = decoded[4 * i : 4 * i + 4]
-        run_sources = sources.get(record.id, ())
-        key = (record.code, record.diff_digest, run_sources)
+        run_sources = sources.get(row_id, ())
+        key = (code_text, diff_digest, run_sources)
         if key in codes:
             code = codes[key]
         else:
-            code = codes[key] = _run_code(code_raw, record.diff_digest, run_sources)
+            code = codes[key] = _run_code(code_raw, diff_digest, run_sources)
         runs.append(
             (
-                record.run_id,
-                record.name,
+                run_id,
+                name,
                 tuple(argv),
-                record.cwd or "",
-                record.host or "",
-                record.user or "",
-                record.pid or 0,
-                record.started_at,
-                record.ended_at,
-                statuses[record.status],
-                record.exit_code,
+                cwd or "",
+                host or "",
+                user or "",
+                pid or 0,
+                started_at,
+                ended_at,
+                statuses[status],
+                exit_code,
                 params,
-                record.parent_run_id or "",
+                parent_run_id or "",
                 code,
-                env_from_json(record.env_body),
+                env_from_json(env_body),
                 tuple(warnings),
-                record.id,
-                capture_from_json(record.capture),
+                row_id,
+                capture_from_json(capture),
             )
         )
     return runs
