@@ -14,8 +14,8 @@ import pytest
 from lineage_core.errors import CorruptStore, DamagedRow
 from lineage_core.models import ChangeKind, Role, StatKey
 
-from lineaged import store as store_module
 from lineaged.store import DB_NAME, Store, VersionWrite, version_checksum
+from lineaged.store import connection as store_connection
 from tests.conftest import REPO, DaemonProcess, short_tmp_dir
 from tests.helpers import b3, wait_for
 
@@ -133,13 +133,13 @@ def test_any_change_after_a_clean_stop_brings_the_full_check_back(
     store.close()
     assert Path(f"{db}-clean").read_text().startswith("blake3 ")
     checks: list[Path] = []
-    real = store_module._check_pages
+    real = store_connection._check_pages
 
     def counting(path: Path, conn: sqlite3.Connection) -> None:
         checks.append(path)
         real(path, conn)
 
-    monkeypatch.setattr(store_module, "_check_pages", counting)
+    monkeypatch.setattr(store_connection, "_check_pages", counting)
     # Same bytes, new times (a backup tool's touch): the check is not needed.
     os.utime(db)
     Store.open(db).close()

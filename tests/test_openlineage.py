@@ -519,8 +519,8 @@ def test_a_store_from_before_the_outbox_gets_it(
 ) -> None:
     import sqlite3
 
-    from lineaged import store as store_module
     from lineaged.store import Store
+    from lineaged.store import migrations as store_module
 
     db = tmp_path / "lineaged.db"
     everything = store_module.MIGRATIONS
