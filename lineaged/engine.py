@@ -42,7 +42,7 @@ from lineaged.models import (
     Direction,
     Event,
     GcReport,
-    GraphTable,
+    Graph,
     PinReport,
     Root,
     Run,
@@ -1438,15 +1438,15 @@ class Engine:
 
     def lineage(
         self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
-    ) -> GraphTable:
-        """The lineage subgraph around ``start``, as rows; ``truncated`` when a limit cut it."""
+    ) -> Graph:
+        """The lineage subgraph around ``start``; ``truncated`` when a limit cut it."""
         max_depth = max_depth or 50
         max_nodes = max_nodes or 1000
         if not 1 <= max_depth <= MAX_DEPTH:
             raise InvalidArgument(f"max_depth must be between 1 and {MAX_DEPTH}, got {max_depth}")
         if not 1 <= max_nodes <= MAX_NODES:
             raise InvalidArgument(f"max_nodes must be between 1 and {MAX_NODES}, got {max_nodes}")
-        return self.store.lineage_table(
+        return self.store.lineage(
             self._check_start(start), direction, max_depth=max_depth, max_nodes=max_nodes
         )
 

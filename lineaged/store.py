@@ -56,15 +56,13 @@ from lineaged.models import (
     CodeState,
     Counts,
     Direction,
-    EdgeRow,
+    Edge,
     EnvState,
     Graph,
-    GraphTable,
     Role,
     Root,
     Run,
     RunFile,
-    RunRow,
     RunStart,
     RunStatus,
     SourceFile,
@@ -73,12 +71,10 @@ from lineaged.models import (
     VerifyItem,
     VerifyState,
     Version,
-    VersionRow,
     is_new_run_id,
     new_run_id,
     run_node_id,
     version_node_id,
-    version_row,
 )
 
 __all__ = [
@@ -615,24 +611,17 @@ def _env_from_json(body: str | None) -> EnvState | None:
 def _runs(
     rows: Sequence[Sequence[Any]], sources: Mapping[int, tuple[SourceFile, ...]]
 ) -> list[Run]:
-    """Decode run rows into values (see ``_run_rows``)."""
-    return [Run(*row) for row in _run_rows(rows, sources)]
-
-
-def _run_rows(
-    rows: Sequence[Sequence[Any]], sources: Mapping[int, tuple[SourceFile, ...]]
-) -> list[RunRow]:
-    """Decode run rows: one JSON parse for every row's argv, params, code and warnings (a
-    lineage graph or a listing decodes many runs; one call per field would dominate)."""
+    """Decode run rows into values: one JSON parse for every row's argv, params, code and
+    warnings (a lineage graph or a listing decodes many runs; one call per field would
+    dominate)."""
     texts: list[str] = []
     for row in rows:
         texts += (row[3] or "[]", row[12] or "{}", row[14] or "null", row[17] or "[]")
     decoded = json.loads("[" + ",".join(texts) + "]")
-    # Runs of one pipeline mostly ran the same code: equal code is one value, built once
-    # (and sent once in a graph, which names a value it has seen by position).
+    # Runs of one pipeline mostly ran the same code: equal code is one value, built once.
     codes: dict[tuple[str | None, bytes | None, tuple[SourceFile, ...]], CodeState | None] = {}
     statuses = _RUN_STATUSES
-    runs: list[RunRow] = []
+    runs: list[Run] = []
     for i, row in enumerate(rows):
         argv, params, code_raw, warnings = decoded[4 * i : 4 * i + 4]
         run_sources = sources.get(row[0], ())
@@ -642,25 +631,25 @@ def _run_rows(
         else:
             code = codes[key] = _run_code(code_raw, row[15], run_sources)
         runs.append(
-            (
-                row[1],
-                row[2],
-                tuple(argv),
-                row[4] or "",
-                row[5] or "",
-                row[6] or "",
-                row[7] or 0,
-                row[8],
-                row[9],
-                statuses[row[10]],
-                row[11],
-                params,
-                row[13] or "",
-                code,
-                _env_from_json(row[16]),
-                tuple(warnings),
-                row[0],
-                _capture_from_json(row[18]),
+            Run(
+                run_id=row[1],
+                name=row[2],
+                argv=tuple(argv),
+                cwd=row[4] or "",
+                host=row[5] or "",
+                user=row[6] or "",
+                pid=row[7] or 0,
+                started_at=row[8],
+                ended_at=row[9],
+                status=statuses[row[10]],
+                exit_code=row[11],
+                params=params,
+                parent_run_id=row[13] or "",
+                code=code,
+                env=_env_from_json(row[16]),
+                warnings=tuple(warnings),
+                id=row[0],
+                capture=_capture_from_json(row[18]),
             )
         )
     return runs
@@ -1789,14 +1778,6 @@ class Store:
         ``max_depth`` counts run levels: upstream of a model, depth 1 is the run that wrote
         it and the versions that run read; depth 2 the runs that wrote those, and so on.
         """
-        return self.lineage_table(
-            start, direction, max_depth=max_depth, max_nodes=max_nodes
-        ).graph()
-
-    def lineage_table(
-        self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
-    ) -> GraphTable:
-        """:meth:`lineage` as rows, for encoding without a value per node."""
         start_versions, start_runs = self.start_versions(start)
         ways = (
             (Direction.UPSTREAM, Direction.DOWNSTREAM)
@@ -1807,7 +1788,7 @@ class Store:
             walk = _Walk(self, conn, start_versions, start_runs)
             for way in ways:
                 walk.walk(way, max_depth=max_depth, max_nodes=max_nodes)
-            return walk.table()
+            return walk.graph()
 
     def verify(self, start: StartNode, *, max_nodes: int = 10_000) -> list[VerifyItem]:
         """Every input on the upstream closure of ``start`` and what its path holds now."""
@@ -2341,10 +2322,10 @@ class _Walk:
                 else:
                     self.truncated = True
 
-    def table(self) -> GraphTable:
+    def graph(self) -> Graph:
         version_ids = {edge[1] for edge in self.edges.values()}
         version_ids |= {edge[1] for edge, _ in self.pending}
-        versions: dict[int, VersionRow] = {v.id: version_row(v) for v in self.start_versions}
+        versions: dict[int, Version] = {v.id: v for v in self.start_versions}
         start_ids = set(versions)
         run_rows: list[Sequence[Any]] = []
         kinds = _CHANGE_KINDS
@@ -2362,42 +2343,42 @@ class _Walk:
                     row[1], row[2], bytes.fromhex(row[3]), row[4], row[5], row[6], row[11]
                 )
                 closed = row[9]
-                versions[row[1]] = (
-                    row[1],
-                    row[2],
-                    row[3],
-                    row[4],
-                    row[5],
-                    row[6],
-                    row[7],
-                    kinds[row[8]],
-                    kinds[closed] if closed else None,
-                    bool(row[10]),
+                versions[row[1]] = Version(
+                    id=row[1],
+                    path=row[2],
+                    digest=row[3],
+                    size=row[4],
+                    mtime_ns=row[5],
+                    valid_from=row[6],
+                    valid_until=row[7],
+                    seen=kinds[row[8]],
+                    closed_by=kinds[closed] if closed else None,
+                    external=bool(row[10]),
                 )
         for edge, digests in self.pending:
             version = versions.get(edge[1])
-            if version is not None and bytes.fromhex(version[2]) in digests:
+            if version is not None and bytes.fromhex(version.digest) in digests:
                 self.edges[(edge[0], edge[1], edge[2])] = edge
         kept_ids = {edge[1] for edge in self.edges.values()} | start_ids
         versions = {vid: versions[vid] for vid in sorted(kept_ids) if vid in versions}
-        runs = _run_rows(run_rows, self._sources(versions))
+        runs = _runs(run_rows, self._sources(versions))
         runs.sort(key=_ROW_ID)
-        run_nodes = {run[16]: run_node_id(run[0]) for run in runs}
-        edges: list[EdgeRow] = [
-            (
-                run_nodes[run_id],
-                version_node_id(version_id),
-                kind,
-                how or "traced",
-                role or "data",
-                bool(changed),
+        run_nodes = {run.id: run_node_id(run.run_id) for run in runs}
+        edges = [
+            Edge(
+                source=run_nodes[run_id],
+                target=version_node_id(version_id),
+                kind=kind,
+                how=how or "traced",
+                role=role or "data",
+                changed_during_run=bool(changed),
             )
             for run_id, version_id, kind, how, role, changed in self.edges.values()
             if run_id in run_nodes
         ]
         edges += _bridges(versions, self.edges)
-        edges.sort()  # by source, target, kind
-        return GraphTable(
+        edges.sort(key=_EDGE_ORDER)
+        return Graph(
             versions=tuple(versions.values()),
             runs=tuple(runs),
             edges=tuple(edges),
@@ -2408,7 +2389,7 @@ class _Walk:
             ),
         )
 
-    def _sources(self, versions: Mapping[int, VersionRow]) -> dict[int, tuple[SourceFile, ...]]:
+    def _sources(self, versions: Mapping[int, Version]) -> dict[int, tuple[SourceFile, ...]]:
         """Each run's code inputs (``CodeState.sources``), by run row id."""
         found: dict[int, list[SourceFile]] = {}
         # An upstream walk crossed every read edge of its runs: their sources are among the
@@ -2416,7 +2397,7 @@ class _Walk:
         for run_id, version_id, kind, _, role, _ in self.edges.values():
             if role == "code" and kind == "read" and run_id in self.upstream_runs:
                 version = versions[version_id]
-                found.setdefault(run_id, []).append(SourceFile(version[1], version[2]))
+                found.setdefault(run_id, []).append(SourceFile(version.path, version.digest))
         others = sorted(self.run_ids - self.upstream_runs)
         if others:
             for (
@@ -2443,12 +2424,13 @@ class _Walk:
         }
 
 
-_ROW_ID = operator.itemgetter(16)  # a RunRow's run row id
+_ROW_ID = operator.attrgetter("id")  # a run's row id
+_EDGE_ORDER = operator.attrgetter("source", "target", "kind")
 
 
 def _bridges(
-    versions: Mapping[int, VersionRow], kept: Mapping[tuple[int, int, str], object]
-) -> list[EdgeRow]:
+    versions: Mapping[int, Version], kept: Mapping[tuple[int, int, str], object]
+) -> list[Edge]:
     """``same_digest`` edges from a version a run wrote to every other version with its bytes,
     written by another run or not (``versions`` in id order: the caps keep the oldest).
 
@@ -2459,8 +2441,8 @@ def _bridges(
     written = {version_id for (_, version_id, kind) in kept if kind == "wrote"}
     by_digest: dict[str, list[int]] = {}
     for version in versions.values():
-        by_digest.setdefault(version[2], []).append(version[0])
-    bridges: list[EdgeRow] = []
+        by_digest.setdefault(version.digest, []).append(version.id)
+    bridges: list[Edge] = []
     for group in by_digest.values():
         if len(group) < 2:
             continue
@@ -2469,13 +2451,11 @@ def _bridges(
             for target in group[:50]:
                 if target != source:
                     bridges.append(
-                        (
-                            version_node_id(source),
-                            version_node_id(target),
-                            "same_digest",
-                            "digest",
-                            "data",
-                            False,
+                        Edge(
+                            source=version_node_id(source),
+                            target=version_node_id(target),
+                            kind="same_digest",
+                            how="digest",
                         )
                     )
     return bridges
