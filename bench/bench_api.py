@@ -12,7 +12,7 @@ Measured in the same run:
   daemon's readers have. Interleaved call by call with
   them, to show where the time goes: the same byte-for-byte answer from a do-nothing servicer
   (RPC plus the client's decoding, nothing behind it), and the steps without any RPC, in
-  process (``Store.lineage_table``; ``graph_to_pb`` and serializing; parsing and
+  process (``Store.lineage``; ``graph_to_pb`` and serializing; parsing and
   ``graph_from_pb``);
 - GetStatus calls/s (median of alternating rounds) from 8 client *processes* (separate processes:
   client threads in one process would measure the client's GIL), against the same load on a
@@ -423,7 +423,7 @@ def in_process_tracer(
 
         def trace(chain: int) -> None:
             started = time.perf_counter()
-            graph = store.lineage_table(  # what the daemon's GetLineage walks and encodes
+            graph = store.lineage(  # what the daemon's GetLineage walks and encodes
                 StartNode(version_id=deepest_version(chain)),
                 Direction.UPSTREAM,
                 max_depth=MAX_DEPTH,
@@ -544,7 +544,7 @@ def main() -> None:
             [f"trace over socket p99 ({calls} calls)", trace_p99, "ms"],
             ["floor: one recursive CTE, direct p50", floor_p50, "ms"],
             ["floor: one recursive CTE, direct p99", floor_p99, "ms"],
-            ["in process: Store.lineage_table p50", ms("walk", 0.5), "ms"],
+            ["in process: Store.lineage p50", ms("walk", 0.5), "ms"],
             ["in process: graph_to_pb + serialize p50", ms("encode", 0.5), "ms"],
             ["in process: parse + graph_from_pb p50", ms("decode", 0.5), "ms"],
             [f"same answer ({answer_bytes} B), trivial servicer p50", ms("canned", 0.5), "ms"],

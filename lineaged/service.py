@@ -129,19 +129,17 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
     ) -> pb.RecordAccessesResponse:
         """Record file accesses of a running run (at most 10,000 per call)."""
         run_id = wire.parse_run_id(request.run_id)
-        rows, columns = request.accesses, request.columns
-        count = len(rows) + len(columns.path)
+        count = len(request.accesses)
         if count > limits.MAX_ACCESSES:
             raise InvalidArgument(
-                f"accesses and columns hold {count} accesses; send at most"
+                f"accesses holds {count} accesses; send at most"
                 f" {limits.MAX_ACCESSES} per call (the Python client batches for you)"
             )
         now = self._clock()
         accesses = [
             wire.parse_access(access, f"accesses[{index}]", now=now)
-            for index, access in enumerate(rows)
+            for index, access in enumerate(request.accesses)
         ]
-        accesses += wire.parse_access_columns(columns, offset=len(rows))
         _check_deadline(context)
         recorded = self._engine.record_accesses(run_id, accesses)
         return pb.RecordAccessesResponse(recorded=recorded)

@@ -120,7 +120,8 @@ def test_run_with_no_daemon_spools_its_capture_and_sync_delivers_it_once(
     assert stat.S_IMODE(private_spool.stat().st_mode) == 0o700
     body = json.loads(entry.read_text())
     run_id = body["run_id"]
-    digests = dict(zip(body["accesses"]["path"], body["accesses"]["digest"], strict=True))
+    assert body["format"] == "lineage-spool/2"
+    digests = {access["path"]: access.get("digest", "") for access in body["accesses"]}
     # The client hashed what the run read and wrote: no daemon could tie them to versions.
     assert digests[str(raw)] == b3(raw.read_bytes())
     assert digests[str(model)] == b3(model.read_bytes())
@@ -320,6 +321,42 @@ def test_a_spooled_child_waits_for_its_parent_then_both_are_delivered_in_order(
     assert io_of(client, child.run_id) == ({}, {str(out): b3(out.read_bytes())})
     assert [e.run_id for e in spool.pending()] == [elsewhere.run_id]
     assert spool.deliver(client, every_target=True).delivered == [elsewhere.run_id]
+
+
+def test_an_entry_spooled_with_access_columns_is_still_read(private_spool: Path) -> None:
+    """Entries of lineage-spool/1 (accesses column by column, as the wire had them) spooled
+    before an upgrade are still read; one whose columns disagree is left for the user."""
+    from lineage_client import spool
+    from lineage_core.models import Access, AccessMode, new_run_id
+
+    start = RunStart(name="old", run_id=new_run_id(), started_at=1_000)
+    spool.write_run(
+        target="unix:/nowhere.sock", start=start, accesses=(), status=RunStatus.SUCCEEDED,
+        exit_code=0, ended_at=3_000, warnings=(), reason="test",
+    )  # fmt: skip
+    [entry] = spooled(private_spool)
+    body = json.loads(entry.read_text())
+    # What lineage-spool/1 held: protobuf's JSON form of an AccessColumns message.
+    body["format"] = "lineage-spool/1"
+    body["accesses"] = {
+        "path": ["/m/out", "/d/in"], "mode": ["ACCESS_MODE_WRITE", "ACCESS_MODE_READ"],
+        "firstAtNs": ["2100", "2000"], "lastAtNs": ["2200", "2300"],
+        "how": ["ACCESS_HOW_TRACED", "ACCESS_HOW_DECLARED"],
+        "role": ["ACCESS_ROLE_DATA", "ACCESS_ROLE_CODE"], "digest": ["ab" * 32, ""],
+        "size": ["0", "5"], "mtimeNs": ["0", "7"],
+    }  # fmt: skip
+    entry.write_text(json.dumps(body))
+    [read] = spool.pending()
+    assert read.accesses == (
+        Access("/m/out", AccessMode.WRITE, 2100, 2200, digest="ab" * 32),
+        Access("/d/in", AccessMode.READ, 2000, 2300, "declared", "code", size=5, mtime_ns=7),
+    )
+    body["accesses"] = {"path": ["/d/in"], "mode": ["ACCESS_MODE_READ"], "firstAtNs": ["1"]}
+    entry.write_text(json.dumps(body))
+    assert spool.pending()[0].accesses == (Access("/d/in", AccessMode.READ, 1, 1),)
+    body["accesses"]["size"] = ["0", "5"]
+    entry.write_text(json.dumps(body))
+    assert spool.pending() == []
 
 
 def test_the_spool_holds_no_secret(base: Path, private_spool: Path) -> None:

@@ -208,18 +208,21 @@ def _accesses(count: int, path: str, mode: int, digest: str) -> pb.RecordAccesse
     return pb.RecordAccessesRequest(run_id=uuid.uuid4().hex, accesses=[access] * count)
 
 
-def _columns(
-    paths: list[str], modes: list[int], firsts: list[int], lasts: list[int], digests: list[str]
+def _accesses_of(
+    paths: list[str],
+    modes: list[int],
+    firsts: list[timestamp_pb2.Timestamp],
+    lasts: list[timestamp_pb2.Timestamp],
+    digests: list[str],
 ) -> pb.RecordAccessesRequest:
-    """Columns of any lengths: ragged, empty, mismatched against the paths."""
-    columns = pb.AccessColumns(
-        path=paths,
-        mode=modes,
-        first_at_ns=firsts,
-        last_at_ns=lasts,
-        digest=digests,  # type: ignore[arg-type]
-    )
-    return pb.RecordAccessesRequest(run_id=uuid.uuid4().hex, columns=columns)
+    """Accesses that differ in every field: bad times, last before first, unknown modes."""
+    accesses = [
+        pb.Access(path=path, mode=mode, first_at=first, last_at=last, digest=digest)  # type: ignore[arg-type]
+        for path, mode, first, last, digest in zip(
+            paths, modes, firsts, lasts, digests, strict=False
+        )
+    ]
+    return pb.RecordAccessesRequest(run_id=uuid.uuid4().hex, accesses=accesses)
 
 
 structured: dict[str, Any] = {
@@ -238,21 +241,9 @@ structured: dict[str, Any] = {
     )
     | st.builds(pb.RecordAccessesRequest, run_id=run_ids)
     | st.builds(
-        _columns, st.lists(any_strings, max_size=3), st.lists(enum_numbers, max_size=3),
-        st.lists(int64s, max_size=3), st.lists(int64s, max_size=3),
+        _accesses_of, st.lists(any_strings, max_size=3), st.lists(enum_numbers, max_size=3),
+        st.lists(timestamps, max_size=3), st.lists(timestamps, max_size=3),
         st.lists(st.sampled_from(["", "xyz", "ab" * 32]), max_size=3),
-    )
-    | st.builds(  # the cap counts rows and columns together
-        lambda n: pb.RecordAccessesRequest(
-            run_id=uuid.uuid4().hex,
-            accesses=[pb.Access(path="/tmp/x", mode=pb.ACCESS_MODE_READ)] * n,
-            columns=pb.AccessColumns(
-                path=["/tmp/y"] * (limits.MAX_ACCESSES + 1 - n),
-                mode=[pb.ACCESS_MODE_READ] * (limits.MAX_ACCESSES + 1 - n),
-                first_at_ns=[1] * (limits.MAX_ACCESSES + 1 - n),
-            ),
-        ),
-        st.sampled_from([0, 1, 5000]),
     ),
     "EndRun": st.builds(
         pb.EndRunRequest, run_id=run_ids, status=enum_numbers, ended_at=timestamps,

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from google.protobuf import timestamp_pb2
+from google.protobuf import text_format, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lineage_core import limits, wire
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
-from lineage_core.errors import InvalidArgument, LineageError
+from lineage_core.errors import InvalidArgument
 from lineage_core.models import (
     Access,
     AccessMode,
@@ -209,7 +209,6 @@ def test_graph_round_trip_leaves_diffs_out(
 
 
 def test_runs_sharing_an_environment_each_carry_it() -> None:
-    # graph_to_pb encodes an environment object once and copies it into the other runs;
     # graph_from_pb decodes equal code and environments once and shares the value.
     shared = EnvState(
         "3.11.7", "CPython", "Linux-x86_64", ("numpy==2.1.0",), "a" * 64, {"LANG": "C"}
@@ -265,7 +264,7 @@ accesses = st.builds(
     size=small,
     mtime_ns=st.integers(1, 2**62),
 )
-# As lineage run reports them: the defaults everywhere, so optional columns stay empty.
+# As lineage run reports them: the defaults everywhere.
 traced_reads = st.builds(
     Access,
     path=paths,
@@ -276,7 +275,7 @@ traced_reads = st.builds(
 
 
 def _access_row(access: Access) -> pb.Access:
-    """The row form of an access, as an older client sends it (the daemon still reads it)."""
+    """An access as any client may build it: an encoding independent of ``access_to_pb``."""
     message = pb.Access(
         path=access.path,
         mode=pb.ACCESS_MODE_READ if access.mode is AccessMode.READ else pb.ACCESS_MODE_WRITE,
@@ -300,50 +299,33 @@ def test_access_row_is_read(access: Access) -> None:
 
 
 @settings(max_examples=60)
-@given(st.lists(accesses | traced_reads, max_size=6))
-def test_access_columns_round_trip(batch: list[Access]) -> None:
-    columns = pb.AccessColumns()
-    wire.add_access_columns(columns, batch)
-    decoded = pb.AccessColumns.FromString(columns.SerializeToString())
-    assert wire.parse_access_columns(decoded) == batch
-
-
-def test_access_columns_leave_default_columns_empty() -> None:
-    columns = pb.AccessColumns()
-    wire.add_access_columns(
-        columns, [Access(f"/d/f{i}", AccessMode.READ, 10 + i, 10 + i) for i in range(3)]
-    )
-    assert [name for name, value in ((f.name, v) for f, v in columns.ListFields())] == [
-        "path", "mode", "first_at_ns",
-    ]  # fmt: skip
+@given(accesses | traced_reads)
+def test_access_round_trip(access: Access) -> None:
+    decoded = pb.Access.FromString(wire.access_to_pb(access).SerializeToString())
+    assert wire.parse_access(decoded, "accesses[0]", now=NOW) == access
+    assert decoded == _access_row(access)
 
 
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda c: c.path.append("relative"), "columns.mode has 2 entries for 3 paths"),
-        (lambda c: c.path.__setitem__(1, "/a/../b"), r"columns.path\[1\] must be normalised"),
-        (lambda c: c.path.__setitem__(0, "/a\x00b"), r"columns.path\[0\] contains a NUL"),
-        (lambda c: c.mode.__setitem__(1, 9), r"columns.mode\[1\] has an unknown value 9"),
-        (lambda c: c.last_at_ns.extend([20, 5]), r"columns.last_at_ns\[1\] is before"),
-        (lambda c: c.how.extend([1, pb.ACCESS_HOW_DIGEST]), r"columns.how\[1\] has an unknown"),
-        (lambda c: c.digest.extend(["", "xyz"]), r"columns.digest\[1\]"),
-        (lambda c: c.size.extend([0]), "columns.size has 1 entries for 2 paths"),
-        (lambda c: c.size.extend([0, -1]), r"columns.size\[1\] must be between"),
+        (lambda a: setattr(a, "path", "/a/../b"), r"accesses\[1\]\.path must be normalised"),
+        (lambda a: setattr(a, "path", "/a\x00b"), r"accesses\[1\]\.path contains a NUL"),
+        (lambda a: setattr(a, "mode", 9), r"accesses\[1\]\.mode has an unknown value 9"),
+        (lambda a: a.last_at.FromNanoseconds(5), r"accesses\[1\]\.last_at is before"),
+        (lambda a: setattr(a, "how", pb.ACCESS_HOW_DIGEST), r"accesses\[1\]\.how has an unknown"),
+        (lambda a: setattr(a, "digest", "xyz"), r"accesses\[1\]\.digest"),
+        (lambda a: setattr(a, "size", -1), r"accesses\[1\]\.size must be between"),
     ],
-    ids=["lengths", "unnormalised", "nul", "mode", "last before first", "how", "digest",
-         "short column", "negative size"],
+    ids=["unnormalised", "nul", "mode", "last before first", "how", "digest", "negative size"],
 )  # fmt: skip
-def test_bad_access_columns_are_refused_by_name(
-    damage: Callable[[pb.AccessColumns], None], message: str
+def test_bad_accesses_are_refused_by_name(
+    damage: Callable[[pb.Access], None], message: str
 ) -> None:
-    columns = pb.AccessColumns()
-    wire.add_access_columns(
-        columns, [Access("/d/a", AccessMode.READ, 10, 10), Access("/d/b", AccessMode.READ, 10, 10)]
-    )
-    damage(columns)
+    access = wire.access_to_pb(Access("/d/b", AccessMode.READ, 10, 10))
+    damage(access)
     with pytest.raises(InvalidArgument, match=message):
-        wire.parse_access_columns(columns)
+        wire.parse_access(access, "accesses[1]", now=NOW)
 
 
 def test_status_verify_event_round_trip() -> None:
@@ -513,28 +495,34 @@ def test_runs_of_a_graph_share_one_code_and_environment() -> None:
         for i in range(3)
     ]  # fmt: skip
     message = wire.graph_to_pb(Graph((), tuple(shared), (), False))
-    assert (len(message.codes), len(message.envs)) == (1, 1)
     back = wire.graph_from_pb(pb.Graph.FromString(message.SerializeToString()))
     assert back.runs == tuple(shared)
     assert back.runs[0].env is back.runs[2].env  # decoded once
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda g: g.versions.path.append("/extra"),
-        lambda g: g.runs.argv.append("extra"),
-        lambda g: g.runs.code.__setitem__(0, 7),
-        lambda g: g.edges.kind.append(pb.EDGE_KIND_READ),
-    ],
-    ids=["version column", "argv count", "code index", "edge column"],
-)
-def test_a_graph_whose_columns_disagree_is_refused(damage: Callable[[pb.Graph], None]) -> None:
+def test_a_graph_is_plain_messages() -> None:
+    # What grpcurl and reflection show: a message per node and per edge, fields by name.
     version = Version(1, "/d/x", "ab" * 32, 1, 0, 0, None, ChangeKind.SCAN)
     run = Run("f" * 32, "s", ("a",), "/", "", "", 0, 0, None, RunStatus.RUNNING, None, {}, "",
-              CodeState(), None)  # fmt: skip
+              CodeState(diff=b"left out"), None)  # fmt: skip
     edge = Edge(f"run:{run.run_id}", "version:1", "read")
-    message = wire.graph_to_pb(Graph((version,), (run,), (edge,), False))
-    damage(message)
-    with pytest.raises(LineageError, match="malformed lineage graph"):
-        wire.graph_from_pb(message)
+    message = wire.graph_to_pb(Graph((version,), (run,), (edge,), True, ("version:1",)))
+    assert message == pb.Graph(
+        truncated=True,
+        start=["version:1"],
+        versions=[wire.version_to_pb(version)],
+        runs=[wire.run_to_pb(run, with_diff=False)],
+        edges=[
+            pb.Edge(
+                source=f"run:{run.run_id}",
+                target="version:1",
+                kind=pb.EDGE_KIND_READ,
+                how=pb.ACCESS_HOW_TRACED,
+                role=pb.ACCESS_ROLE_DATA,
+            )
+        ],
+    )
+    assert not message.runs[0].code.diff
+    text = text_format.MessageToString(message)
+    assert 'versions {\n  id: 1\n  path: "/d/x"' in text
+    assert "edges {" in text and "kind: EDGE_KIND_READ" in text

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from lineage_client import Client
@@ -377,6 +378,30 @@ def test_reflection_lists_the_services(serve) -> None:
         answers = list(reflection.ServerReflectionInfo(iter([request]), timeout=5))
     names = {s.name for s in answers[0].list_services_response.service}
     assert {"lineage.v1.LineageService", "grpc.health.v1.Health"} <= names
+
+
+def test_reflection_describes_a_graph_as_messages_per_node_and_edge(serve) -> None:
+    # What `grpcurl describe lineage.v1.Graph` shows, and what lets it print a graph.
+    server = serve()
+    with grpc.insecure_channel(server.address) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="lineage.v1.Graph")
+        [answer] = list(reflection.ServerReflectionInfo(iter([request]), timeout=5))
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in answer.file_descriptor_response.file_descriptor_proto
+    ]
+    [lineage] = [f for f in files if f.package == "lineage.v1"]
+    [graph] = [m for m in lineage.message_type if m.name == "Graph"]
+    repeated = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+    fields = {f.name: (f.label == repeated, f.type_name or f.type) for f in graph.field}
+    assert fields == {
+        "truncated": (False, descriptor_pb2.FieldDescriptorProto.TYPE_BOOL),
+        "start": (True, descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
+        "versions": (True, ".lineage.v1.Version"),
+        "runs": (True, ".lineage.v1.Run"),
+        "edges": (True, ".lineage.v1.Edge"),
+    }
 
 
 # --- TCP, token, TLS ---------------------------------------------------------------------

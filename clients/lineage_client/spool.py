@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lineage_core.errors import (
     AlreadyExists,
@@ -46,12 +46,14 @@ from lineage_core.errors import (
 )
 
 if TYPE_CHECKING:
+    from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
     from lineage_core.models import Access, Capture, RunStart, RunStatus
 
     from lineage_client.client import Client
 
 __all__ = [
     "FORMAT",
+    "FORMAT_V1",
     "PARENT_WAIT_NS",
     "Delivery",
     "SpooledRun",
@@ -63,7 +65,11 @@ __all__ = [
     "write_run",
 ]
 
-FORMAT = "lineage-spool/1"
+FORMAT = "lineage-spool/2"  # accesses as Access messages
+# Earlier entries hold their accesses column by column (the AccessColumns message the wire
+# had then). They are still read: runs spooled across an upgrade (the daemon is down then,
+# which is when the spool fills) are delivered.
+FORMAT_V1 = "lineage-spool/1"
 SUFFIX = ".run.json"
 # How long a spooled run whose parent the daemon does not know waits for that parent.
 PARENT_WAIT_NS = 7 * 24 * 3600 * 1_000_000_000
@@ -140,7 +146,6 @@ def write_run(
     """
     from google.protobuf import json_format
     from lineage_core import wire
-    from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 
     from lineage_client.client import client_redactor
 
@@ -148,8 +153,6 @@ def write_run(
     redactor = client_redactor()
     start = redactor.run_start(start)
     warnings = redactor.texts(warnings)
-    columns = pb.AccessColumns()
-    wire.add_access_columns(columns, list(accesses))
     body = {
         "format": FORMAT,
         "run_id": start.run_id,
@@ -158,7 +161,7 @@ def write_run(
         "spooled_at": time.time_ns(),
         "reason": reason,
         "begin": json_format.MessageToDict(wire.begin_run_to_pb(start)),
-        "accesses": json_format.MessageToDict(columns),
+        "accesses": [json_format.MessageToDict(wire.access_to_pb(access)) for access in accesses],
         "end": {
             "status": str(status),
             "exit_code": exit_code,
@@ -205,19 +208,26 @@ def _read(path: Path, data: bytes) -> SpooledRun:
 
     try:
         body = json.loads(data)
-        if body.get("format") != FORMAT:
+        if body.get("format") == FORMAT:
+            messages = [json_format.ParseDict(a, pb.Access()) for a in body["accesses"]]
+        elif body.get("format") == FORMAT_V1:
+            messages = _v1_accesses(body["accesses"])
+        else:
             raise ValueError(f"unknown format {body.get('format')!r}")
         begin = json_format.ParseDict(body["begin"], pb.BeginRunRequest())
-        columns = json_format.ParseDict(body["accesses"], pb.AccessColumns())
         end = body["end"]
-        start = wire.parse_begin_run(begin, now=int(body["started_at"]) or time.time_ns())
+        now = int(body["started_at"]) or time.time_ns()
+        start = wire.parse_begin_run(begin, now=now)
         return SpooledRun(
             path=path,
             run_id=str(body["run_id"]),
             target=str(body["target"]),
             started_at=int(body["started_at"]),
             start=start,
-            accesses=tuple(wire.parse_access_columns(columns)),
+            accesses=tuple(
+                wire.parse_access(message, f"accesses[{index}]", now=now)
+                for index, message in enumerate(messages)
+            ),
             status=RunStatus(end["status"]),
             exit_code=None if end["exit_code"] is None else int(end["exit_code"]),
             ended_at=int(end["ended_at"]),
@@ -233,6 +243,45 @@ def _read(path: Path, data: bytes) -> SpooledRun:
         )
     except (ValueError, KeyError, TypeError, json_format.ParseError) as exc:
         raise InvalidArgument(f"spooled run {path} cannot be read: {exc}") from None
+
+
+def _v1_accesses(columns: Mapping[str, Any]) -> list[pb.Access]:
+    """The accesses of a ``lineage-spool/1`` entry: protobuf's JSON form of the former
+    ``AccessColumns`` (element i of each column is access i; an optional column left out
+    means its default for every access), as ``Access`` messages."""
+    # Imported when an entry is read, as in _read: lineage run loads this module early.
+    from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+
+    paths = columns.get("path", [])
+
+    def column(name: str, default: Any) -> list[Any]:
+        values = columns.get(name) or [default] * len(paths)
+        if len(values) != len(paths):
+            raise ValueError(f"accesses.{name} has {len(values)} entries for {len(paths)} paths")
+        return list(values)
+
+    firsts = column("firstAtNs", 0)
+    rows = zip(
+        paths,
+        column("mode", 0),
+        firsts,
+        columns.get("lastAtNs") or firsts,
+        column("how", 0),
+        column("role", 0),
+        column("digest", ""),
+        column("size", 0),
+        column("mtimeNs", 0),
+        strict=True,
+    )
+    messages = []
+    for path, mode, first_at, last_at, how, role, digest, size, mtime_ns in rows:
+        message = pb.Access(path=path, mode=mode, how=how, role=role, digest=digest, size=int(size))
+        message.first_at.FromNanoseconds(int(first_at))
+        message.last_at.FromNanoseconds(int(last_at))
+        if int(mtime_ns):
+            message.mtime.FromNanoseconds(int(mtime_ns))
+        messages.append(message)
+    return messages
 
 
 def has_pending(folder: Path | None = None) -> bool:

@@ -6,13 +6,10 @@ Times are integers of nanoseconds since the Unix epoch (``time.time_ns()``). Dig
 
 from __future__ import annotations
 
-import itertools
-import operator
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from lineage_core.runid import is_new_run_id, new_run_id, run_id_time_ns
 
@@ -25,19 +22,16 @@ __all__ = [
     "Counts",
     "Direction",
     "Edge",
-    "EdgeRow",
     "EnvState",
     "Event",
     "GcReport",
     "Graph",
-    "GraphTable",
     "Keep",
     "PinReport",
     "Role",
     "Root",
     "Run",
     "RunFile",
-    "RunRow",
     "RunStart",
     "RunStatus",
     "ScanState",
@@ -48,13 +42,11 @@ __all__ = [
     "VerifyItem",
     "VerifyState",
     "Version",
-    "VersionRow",
     "is_new_run_id",
     "new_run_id",
     "run_id_time_ns",
     "run_node_id",
     "version_node_id",
-    "version_row",
 ]
 
 
@@ -322,64 +314,6 @@ class Graph:
     edges: tuple[Edge, ...]
     truncated: bool
     start: tuple[str, ...] = ()  # node ids the walk started from
-
-
-# A node or an edge of a lineage graph as a plain row: the fields of Version, Run and Edge, in
-# their order. Graphs are built and encoded as rows (see GraphTable).
-VersionRow = tuple[int, str, str, int, int, int, int | None, ChangeKind, ChangeKind | None, bool]
-RunRow = tuple[
-    str, str, tuple[str, ...], str, str, str, int, int, int | None, RunStatus, int | None,
-    Mapping[str, str], str, CodeState | None, EnvState | None, tuple[str, ...], int,
-    Capture | None,
-]  # fmt: skip
-EdgeRow = tuple[str, str, str, str, str, bool]
-
-
-def _row_of(cls: type) -> Any:
-    """A getter of a value's fields, in order: the value as a row."""
-    return operator.attrgetter(*(item.name for item in fields(cls)))
-
-
-_VERSION_ROW, _RUN_ROW, _EDGE_ROW = _row_of(Version), _row_of(Run), _row_of(Edge)
-
-
-def version_row(version: Version) -> VersionRow:
-    """``version`` as a ``VersionRow``."""
-    row: VersionRow = _VERSION_ROW(version)
-    return row
-
-
-@dataclass(frozen=True, slots=True)
-class GraphTable:
-    """A lineage graph as rows (see ``VersionRow``): what the store walks out and the service
-    encodes, column by column, with no value built per node; ``graph()`` builds the values."""
-
-    versions: tuple[VersionRow, ...]
-    runs: tuple[RunRow, ...]
-    edges: tuple[EdgeRow, ...]
-    truncated: bool
-    start: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, graph: Graph) -> GraphTable:
-        """A graph of values as rows."""
-        return cls(
-            versions=tuple(map(_VERSION_ROW, graph.versions)),
-            runs=tuple(map(_RUN_ROW, graph.runs)),
-            edges=tuple(map(_EDGE_ROW, graph.edges)),
-            truncated=graph.truncated,
-            start=graph.start,
-        )
-
-    def graph(self) -> Graph:
-        """The same graph as values."""
-        return Graph(
-            versions=tuple(itertools.starmap(Version, self.versions)),
-            runs=tuple(itertools.starmap(Run, self.runs)),
-            edges=tuple(itertools.starmap(Edge, self.edges)),
-            truncated=self.truncated,
-            start=self.start,
-        )
 
 
 @dataclass(frozen=True, slots=True)

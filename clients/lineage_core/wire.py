@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 from google.protobuf import timestamp_pb2
 
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
-from lineage_core.errors import InvalidArgument, LineageError
+from lineage_core.errors import InvalidArgument
 from lineage_core.limits import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_NODES,
@@ -57,13 +56,11 @@ from lineage_core.models import (
     Event,
     GcReport,
     Graph,
-    GraphTable,
     PinReport,
     Role,
     Root,
     Run,
     RunFile,
-    RunRow,
     RunStart,
     RunStatus,
     ScanState,
@@ -81,7 +78,7 @@ __all__ = [
     "ERROR_CLASS_KEY",
     "LineageQuery",
     "ListRunsQuery",
-    "add_access_columns",
+    "access_to_pb",
     "begin_run_to_pb",
     "capture_to_pb",
     "check_digest_prefix",
@@ -99,7 +96,6 @@ __all__ = [
     "ns_from_ts",
     "ns_to_ts",
     "parse_access",
-    "parse_access_columns",
     "parse_begin_run",
     "parse_capture",
     "parse_direction",
@@ -153,9 +149,6 @@ _CHANGE_TO_PB = {
     ChangeKind.RUN: pb.CHANGE_KIND_RUN,
     ChangeKind.EXTERNAL: pb.CHANGE_KIND_EXTERNAL,
 }
-# Graph columns send "still current" as UNSPECIFIED.
-_CLOSED_TO_PB: dict[ChangeKind | None, pb.ChangeKind.ValueType] = dict(_CHANGE_TO_PB.items())
-_CLOSED_TO_PB[None] = pb.CHANGE_KIND_UNSPECIFIED
 _MODE_TO_PB = {AccessMode.READ: pb.ACCESS_MODE_READ, AccessMode.WRITE: pb.ACCESS_MODE_WRITE}
 _HOW_TO_PB = {
     "declared": pb.ACCESS_HOW_DECLARED,
@@ -384,7 +377,7 @@ def version_to_pb(version: Version) -> pb.Version:
 
 
 def _fill_version(message: pb.Version, version: Version) -> pb.Version:
-    # Fills a message in place, so graphs build theirs inside the repeated field (no copy).
+    # Fills a message in place: graphs build theirs inside the repeated field.
     message.id = version.id
     message.path = version.path
     message.digest = version.digest
@@ -489,12 +482,10 @@ def run_status_to_pb(status: RunStatus | None) -> pb.RunStatus.ValueType:
 
 def run_to_pb(run: Run, *, with_diff: bool = True) -> pb.Run:
     """The wire form of a run; lineage graphs leave the (possibly large) diff out."""
-    return _fill_run(pb.Run(), run, with_diff=with_diff, encoded={})
+    return _fill_run(pb.Run(), run, with_diff=with_diff)
 
 
-def _fill_run(message: pb.Run, run: Run, *, with_diff: bool, encoded: dict[int, Any]) -> pb.Run:
-    # ``encoded``: the code and environment values already encoded for this answer, by
-    # object; the runs sharing one (the store builds equal values once) copy its message.
+def _fill_run(message: pb.Run, run: Run, *, with_diff: bool) -> pb.Run:
     message.run_id = run.run_id
     message.name = run.name
     message.argv.extend(run.argv)
@@ -514,19 +505,10 @@ def _fill_run(message: pb.Run, run: Run, *, with_diff: bool, encoded: dict[int, 
     _set_time(message, "ended_at", run.ended_at)
     if run.exit_code is not None:
         message.exit_code = run.exit_code
-    code, env = run.code, run.env
-    if code is not None:
-        done = encoded.get(id(code))
-        if done is None:
-            encoded[id(code)] = _fill_code(message.code, code, with_diff=with_diff)
-        else:
-            message.code.CopyFrom(done)
-    if env is not None:
-        done = encoded.get(id(env))
-        if done is None:
-            encoded[id(env)] = _fill_env(message.env, env)
-        else:
-            message.env.CopyFrom(done)
+    if run.code is not None:
+        _fill_code(message.code, run.code, with_diff=with_diff)
+    if run.env is not None:
+        _fill_env(message.env, run.env)
     return message
 
 
@@ -722,112 +704,23 @@ def check_new_run_id(value: str, field: str = "run_id") -> str:
     return value
 
 
-def add_access_columns(columns: pb.AccessColumns, accesses: Sequence[Access]) -> None:
-    """Append ``accesses`` to ``columns``; an optional column stays empty when every access
-    has its default (the usual traced read: no digest, no size, how and role unset)."""
-    if not accesses:
-        return
-    columns.path.extend([a.path for a in accesses])
-    modes = _MODE_TO_PB
-    columns.mode.extend([modes[a.mode] for a in accesses])
-    firsts = [a.first_at for a in accesses]
-    columns.first_at_ns.extend(firsts)
-    lasts = [a.last_at for a in accesses]
-    if lasts != firsts:
-        columns.last_at_ns.extend(lasts)
-    if any(a.how != "traced" for a in accesses):
-        columns.how.extend([_HOW_TO_PB.get(a.how, pb.ACCESS_HOW_UNSPECIFIED) for a in accesses])
-    if any(a.role != "data" for a in accesses):
-        roles = _ACCESS_ROLE_TO_PB
-        columns.role.extend([roles.get(a.role, pb.ACCESS_ROLE_UNSPECIFIED) for a in accesses])
-    if any(a.digest for a in accesses):
-        columns.digest.extend([a.digest for a in accesses])
-    if any(a.size for a in accesses):
-        columns.size.extend([a.size for a in accesses])
-    if any(a.mtime_ns for a in accesses):
-        columns.mtime_ns.extend([a.mtime_ns for a in accesses])
+def access_to_pb(access: Access) -> pb.Access:
+    """The wire form of a reported access (client side)."""
+    return _fill_access(pb.Access(), access)
 
 
-def _column(values: Sequence[_T], count: int, name: str, default: _T) -> list[_T]:
-    """An optional column: ``default`` for every access when empty, else exactly ``count``."""
-    if not values:
-        return [default] * count
-    if len(values) != count:
-        raise InvalidArgument(
-            f"columns.{name} has {len(values)} entries for {count} paths; give one per path or none"
-        )
-    return list(values)
-
-
-def parse_access_columns(columns: pb.AccessColumns, *, offset: int = 0) -> list[Access]:
-    """Validate accesses sent column by column (the same rules as :func:`parse_access`,
-    checked a column at a time); ``offset`` numbers them after the row-wise ones."""
-    paths = columns.path
-    count = len(paths)
-    if not count:
-        if any(
-            len(c)
-            for c in (columns.mode, columns.first_at_ns, columns.last_at_ns, columns.how,
-                      columns.role, columns.digest, columns.size, columns.mtime_ns)
-        ):  # fmt: skip
-            raise InvalidArgument("columns has values but no columns.path")
-        return []
-    for name, required in (("mode", columns.mode), ("first_at_ns", columns.first_at_ns)):
-        if len(required) != count:
-            raise InvalidArgument(
-                f"columns.{name} has {len(required)} entries for {count} paths; give one per path"
-            )
-    # Cheap exact tests on every path (up to 1,024 characters a path cannot exceed 4,096
-    # bytes); check_path decides the rest and words the failure.
-    for index, path in enumerate(paths):
-        if path[:1] != "/" or "\x00" in path or len(path) > 1024 or not is_normal_path(path):
-            check_path(path, f"columns.path[{offset + index}]")
-    modes = [_MODE_FROM_PB.get(number) for number in columns.mode]
-    if None in modes:
-        index = modes.index(None)
-        _enum(_MODE_FROM_PB, columns.mode[index], f"columns.mode[{offset + index}]", pb.AccessMode)
-    firsts = list(columns.first_at_ns)
-    # Left empty, every last access is the first (and nothing to compare).
-    lasts = _column(columns.last_at_ns, count, "last_at_ns", 0) if columns.last_at_ns else firsts
-    if lasts is not firsts:
-        for index, (first, last) in enumerate(zip(firsts, lasts, strict=True)):
-            if last < first:
-                raise InvalidArgument(
-                    f"columns.last_at_ns[{offset + index}] is before its first_at_ns"
-                )
-    hows = _enum_column(
-        columns.how, count, "how", _REPORTED_HOW_FROM_PB, "traced", pb.AccessHow, offset
-    )
-    roles = _enum_column(
-        columns.role, count, "role", _ACCESS_ROLE_FROM_PB, "data", pb.AccessRole, offset
-    )
-    digests = _column(columns.digest, count, "digest", "")
-    for index, digest in enumerate(digests):
-        if digest:
-            _check_digest(digest, f"columns.digest[{offset + index}]")
-    sizes = _column(columns.size, count, "size", 0)
-    if count and min(sizes) < 0:  # one pass in C; the index is looked for only to name it
-        index = next(i for i, size in enumerate(sizes) if size < 0)
-        _check_int(sizes[index], f"columns.size[{offset + index}]", 0, _MAX_NS)
-    mtimes = _column(columns.mtime_ns, count, "mtime_ns", 0)
-    return list(map(Access, paths, modes, firsts, lasts, hows, roles, digests, sizes, mtimes))
-
-
-def _enum_column(
-    values: Sequence[int],
-    count: int,
-    name: str,
-    mapping: Mapping[int, str],
-    default: str,
-    enum: Any,
-    offset: int,
-) -> Sequence[str]:
-    given = _column(values, count, name, 0)  # 0: UNSPECIFIED, the default
-    answers = [mapping.get(number, default if number == 0 else None) for number in given]
-    if None in answers:
-        index = answers.index(None)
-        _enum(mapping, given[index], f"columns.{name}[{offset + index}]", enum)
-    return answers  # type: ignore[return-value]
+def _fill_access(message: pb.Access, access: Access) -> pb.Access:
+    message.path = access.path
+    message.mode = _MODE_TO_PB[access.mode]
+    _set_time(message, "first_at", access.first_at)
+    _set_time(message, "last_at", access.last_at)
+    message.how = _HOW_TO_PB.get(access.how, pb.ACCESS_HOW_UNSPECIFIED)
+    message.role = _ACCESS_ROLE_TO_PB.get(access.role, pb.ACCESS_ROLE_UNSPECIFIED)
+    message.digest = access.digest
+    message.size = access.size
+    if access.mtime_ns:
+        _set_time(message, "mtime", access.mtime_ns)
+    return message
 
 
 def _time_ns(ts: timestamp_pb2.Timestamp, field: str) -> int:
@@ -1015,284 +908,48 @@ def parse_lineage(request: pb.GetLineageRequest) -> LineageQuery:
     return LineageQuery(start, direction, depth, nodes)
 
 
-def graph_to_pb(graph: Graph | GraphTable) -> pb.Graph:
-    """The wire form of a lineage graph, column by column (run diffs left out: GetRun has them).
-
-    A ``GraphTable`` (what the store walks out) is encoded straight from its rows: each column
-    is one slice of the transposed rows, with no value built per node.
-    """
-    table = graph if isinstance(graph, GraphTable) else GraphTable.of(graph)
-    message = pb.Graph(truncated=table.truncated, start=table.start)
-    if table.versions:
-        (ids, paths, digests, sizes, mtimes, froms, untils, seen, closed_by, external) = zip(
-            *table.versions, strict=True
+def graph_to_pb(graph: Graph) -> pb.Graph:
+    """The wire form of a lineage graph (run diffs left out: GetRun has them)."""
+    message = pb.Graph(truncated=graph.truncated, start=graph.start)
+    add_version = message.versions.add
+    for version in graph.versions:
+        _fill_version(add_version(), version)
+    add_run = message.runs.add
+    for run in graph.runs:
+        _fill_run(add_run(), run, with_diff=False)
+    add_edge = message.edges.add
+    for edge in graph.edges:
+        add_edge(
+            source=edge.source,
+            target=edge.target,
+            kind=_EDGE_TO_PB.get(edge.kind, pb.EDGE_KIND_UNSPECIFIED),
+            how=_HOW_TO_PB.get(edge.how, pb.ACCESS_HOW_UNSPECIFIED),
+            role=_ACCESS_ROLE_TO_PB.get(edge.role, pb.ACCESS_ROLE_UNSPECIFIED),
+            changed_during_run=edge.changed_during_run,
         )
-        columns = message.versions
-        columns.id.extend(ids)
-        columns.path.extend(paths)
-        columns.digest.extend(digests)
-        columns.size.extend(sizes)
-        columns.mtime_ns.extend(mtimes)
-        columns.valid_from_ns.extend(froms)
-        _put_optional(columns.valid_until_ns, columns.closed, untils)
-        change = _CLOSED_TO_PB.get
-        unknown = pb.CHANGE_KIND_UNSPECIFIED
-        columns.seen.extend([change(kind, unknown) for kind in seen])
-        columns.closed_by.extend([change(kind, unknown) for kind in closed_by])
-        columns.external.extend(external)
-    if table.runs:
-        _runs_to_columns(message, table.runs)
-    if table.edges:
-        sources, targets, kinds, hows, roles, changed = zip(*table.edges, strict=True)
-        edge_columns = message.edges
-        edge_columns.source.extend(sources)
-        edge_columns.target.extend(targets)
-        edge_columns.kind.extend([_EDGE_TO_PB.get(k, pb.EDGE_KIND_UNSPECIFIED) for k in kinds])
-        edge_columns.how.extend([_HOW_TO_PB.get(h, pb.ACCESS_HOW_UNSPECIFIED) for h in hows])
-        edge_columns.role.extend(
-            [_ACCESS_ROLE_TO_PB.get(r, pb.ACCESS_ROLE_UNSPECIFIED) for r in roles]
-        )
-        edge_columns.changed_during_run.extend(changed)
     return message
 
 
-def _put_optional(values: Any, present: Any, column: Sequence[int | None]) -> None:
-    """A column that may lack values: 0 where absent, and its presence column (the reverse
-    of ``_present``)."""
-    values.extend([value or 0 for value in column])
-    present.extend([value is not None for value in column])
-
-
-def _runs_to_columns(message: pb.Graph, runs: Sequence[RunRow]) -> None:
-    (
-        run_ids, names, argvs, cwds, hosts, users, pids, started, ended, statuses, exit_codes,
-        params, parents, codes, envs, warnings, ids, captures,
-    ) = zip(*runs, strict=True)  # fmt: skip
-    columns = message.runs
-    columns.id.extend(ids)
-    columns.run_id.extend(run_ids)
-    columns.name.extend(names)
-    columns.argv_count.extend(map(len, argvs))
-    columns.argv.extend(itertools.chain.from_iterable(argvs))
-    columns.cwd.extend(cwds)
-    columns.host.extend(hosts)
-    columns.user.extend(users)
-    columns.pid.extend(pids)
-    columns.started_at_ns.extend(started)
-    _put_optional(columns.ended_at_ns, columns.ended, ended)
-    columns.status.extend([_STATUS_TO_PB.get(s, pb.RUN_STATUS_UNSPECIFIED) for s in statuses])
-    _put_optional(columns.exit_code, columns.exited, exit_codes)
-    columns.param_count.extend(map(len, params))
-    columns.param_key.extend(itertools.chain.from_iterable(params))
-    columns.param_value.extend(itertools.chain.from_iterable(p.values() for p in params))
-    columns.parent_run_id.extend(parents)
-    columns.warning_count.extend(map(len, warnings))
-    columns.warning.extend(itertools.chain.from_iterable(warnings))
-    columns.capture_state.extend([0 if c is None else 1 if c.complete else 2 for c in captures])
-    columns.capture_reason_count.extend([len(c.reasons) if c else 0 for c in captures])
-    columns.capture_reason.extend(
-        itertools.chain.from_iterable(c.reasons for c in captures if c is not None)
-    )
-    columns.capture_method.extend([c.method if c else "" for c in captures])
-    # Runs of one pipeline mostly share their code and environment (the store builds equal
-    # values once): each distinct value is sent once and the runs name it by position.
-    columns.code.extend(
-        _refs(codes, lambda code: _fill_code(message.codes.add(), code, with_diff=False))
-    )
-    columns.env.extend(_refs(envs, lambda env: _fill_env(message.envs.add(), env)))
-
-
-def _refs(values: Iterable[_T | None], add: Callable[[_T], object]) -> list[int]:
-    """1 + the position of each value among the distinct ones (by identity), 0 for None;
-    ``add`` is called once for each distinct value, in order."""
-    seen: dict[int, int] = {}
-    refs = []
-    for value in values:
-        if value is None:
-            refs.append(0)
-            continue
-        ref = seen.get(id(value))
-        if ref is None:
-            add(value)
-            ref = seen[id(value)] = len(seen) + 1
-        refs.append(ref)
-    return refs
-
-
-def _malformed(what: str) -> LineageError:
-    return LineageError(f"malformed lineage graph from the daemon: {what}")
-
-
-def _same_lengths(kind: str, columns: Sequence[Sized]) -> int:
-    count = len(columns[0])
-    if any(len(column) != count for column in columns):
-        raise _malformed(f"its {kind} columns differ in length")
-    return count
-
-
-def _split(values: Sequence[_T], counts: Sequence[int], what: str) -> list[tuple[_T, ...]]:
-    """Undo the flattening of a list per run: ``counts[i]`` values each, in order."""
-    if sum(counts) != len(values):
-        raise _malformed(f"{what} counts do not add up")
-    items = iter(values)
-    return [tuple(itertools.islice(items, count)) if count else () for count in counts]
-
-
-def _present(values: Sequence[_T], present: Sequence[bool]) -> list[_T | None]:
-    """A column of values that may be absent, with its presence column: None where absent."""
-    return [value if there else None for value, there in zip(values, present, strict=True)]
-
-
 def graph_from_pb(message: pb.Graph) -> Graph:
-    """A lineage graph read back from the wire (LineageError when its columns disagree)."""
+    """A lineage graph read back from the wire; its runs share equal code and environments."""
+    memo: dict[tuple[Any, bytes], Any] = {}
     return Graph(
-        versions=_versions_from_columns(message.versions),
-        runs=_runs_from_columns(message),
-        edges=_edges_from_columns(message.edges),
+        versions=tuple([version_from_pb(version) for version in message.versions]),
+        runs=tuple([run_from_pb(run, memo) for run in message.runs]),
+        edges=tuple([_edge_from_pb(edge) for edge in message.edges]),
         truncated=message.truncated,
         start=tuple(message.start),
     )
 
 
-def _versions_from_columns(columns: pb.VersionColumns) -> tuple[Version, ...]:
-    ids = columns.id
-    if not ids:
-        return ()
-    fields = (
-        ids,
-        columns.path,
-        columns.digest,
-        columns.size,
-        columns.mtime_ns,
-        columns.valid_from_ns,
-        columns.valid_until_ns,
-        columns.seen,
-        columns.closed_by,
-        columns.external,
-        columns.closed,
-    )
-    _same_lengths("version", fields)
-    change = _CHANGE_FROM_PB.get
-    return tuple(
-        map(
-            Version,
-            ids,
-            columns.path,
-            columns.digest,
-            columns.size,
-            columns.mtime_ns,
-            columns.valid_from_ns,
-            _present(columns.valid_until_ns, columns.closed),
-            [change(seen, ChangeKind.SCAN) for seen in columns.seen],
-            [change(closed) for closed in columns.closed_by],
-            columns.external,
-        )
-    )
-
-
-def _runs_from_columns(message: pb.Graph) -> tuple[Run, ...]:
-    columns = message.runs
-    ids = columns.id
-    if not ids:
-        return ()
-    _same_lengths(
-        "run",
-        (
-            ids,
-            columns.run_id,
-            columns.name,
-            columns.argv_count,
-            columns.cwd,
-            columns.host,
-            columns.user,
-            columns.pid,
-            columns.started_at_ns,
-            columns.ended_at_ns,
-            columns.status,
-            columns.exited,
-            columns.exit_code,
-            columns.param_count,
-            columns.parent_run_id,
-            columns.code,
-            columns.env,
-            columns.warning_count,
-            columns.ended,
-        ),
-    )
-    # Each distinct code and environment is decoded once; the runs share the values.
-    codes = [None, *map(_code_from_pb, message.codes)]
-    envs = [None, *map(_env_from_pb, message.envs)]
-    if max(columns.code) >= len(codes) or max(columns.env) >= len(envs):
-        raise _malformed("a run names a code or environment the graph does not carry")
-    keys = _split(columns.param_key, columns.param_count, "param")
-    values = _split(columns.param_value, columns.param_count, "param")
-    status = _STATUS_FROM_PB.get
-    return tuple(
-        map(
-            Run,
-            columns.run_id,
-            columns.name,
-            _split(columns.argv, columns.argv_count, "argv"),
-            columns.cwd,
-            columns.host,
-            columns.user,
-            columns.pid,
-            columns.started_at_ns,
-            _present(columns.ended_at_ns, columns.ended),
-            [status(number, RunStatus.RUNNING) for number in columns.status],
-            _present(columns.exit_code, columns.exited),
-            [dict(zip(k, v, strict=True)) if k else {} for k, v in zip(keys, values, strict=True)],
-            columns.parent_run_id,
-            [codes[index] for index in columns.code],
-            [envs[index] for index in columns.env],
-            _split(columns.warning, columns.warning_count, "warning"),
-            ids,
-            _captures_from_columns(columns, len(ids)),
-        )
-    )
-
-
-def _captures_from_columns(columns: pb.RunColumns, count: int) -> list[Capture | None]:
-    """The runs' captures; none known when the daemon sent no capture columns (older)."""
-    states = columns.capture_state
-    if not states:
-        return [None] * count
-    _same_lengths(
-        "capture", (states, columns.capture_reason_count, columns.capture_method, range(count))
-    )
-    reasons = _split(columns.capture_reason, columns.capture_reason_count, "capture reason")
-    return [
-        None if state == 0 else Capture(state == 1, why, method)
-        for state, why, method in zip(states, reasons, columns.capture_method, strict=True)
-    ]
-
-
-def _edges_from_columns(columns: pb.EdgeColumns) -> tuple[Edge, ...]:
-    sources = columns.source
-    if not sources:
-        return ()
-    _same_lengths(
-        "edge",
-        (
-            sources,
-            columns.target,
-            columns.kind,
-            columns.how,
-            columns.role,
-            columns.changed_during_run,
-        ),
-    )
-    kind, how, role = _EDGE_FROM_PB.get, _HOW_FROM_PB.get, _ACCESS_ROLE_FROM_PB.get
-    return tuple(
-        map(
-            Edge,
-            sources,
-            columns.target,
-            [kind(number, "read") for number in columns.kind],
-            [how(number, "traced") for number in columns.how],
-            [role(number, "data") for number in columns.role],
-            columns.changed_during_run,
-        )
+def _edge_from_pb(message: pb.Edge) -> Edge:
+    return Edge(
+        source=message.source,
+        target=message.target,
+        kind=_EDGE_FROM_PB.get(message.kind, "read"),
+        how=_HOW_FROM_PB.get(message.how, "traced"),
+        role=_ACCESS_ROLE_FROM_PB.get(message.role, "data"),
+        changed_during_run=message.changed_during_run,
     )
 
 

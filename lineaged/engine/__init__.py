@@ -25,7 +25,7 @@ from lineage_core.models import (
     Capture,
     Direction,
     GcReport,
-    GraphTable,
+    Graph,
     PinReport,
     Run,
     RunFile,
@@ -316,8 +316,8 @@ class Engine:
 
     def lineage(
         self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
-    ) -> GraphTable:
-        """The lineage subgraph around ``start``, as rows; ``truncated`` when a limit cut it."""
+    ) -> Graph:
+        """The lineage subgraph around ``start``; ``truncated`` when a limit cut it."""
         return self.queries.lineage(start, direction, max_depth=max_depth, max_nodes=max_nodes)
 
     def verify(self, start: StartNode) -> list[VerifyItem]:

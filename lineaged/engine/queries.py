@@ -17,7 +17,7 @@ from lineage_core.models import (
     ChangeKind,
     Direction,
     GcReport,
-    GraphTable,
+    Graph,
     PinReport,
     Run,
     RunFile,
@@ -130,10 +130,10 @@ class Queries:
 
     def lineage(
         self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
-    ) -> GraphTable:
-        """The lineage subgraph around ``start``, as rows; ``truncated`` when a limit cut it."""
+    ) -> Graph:
+        """The lineage subgraph around ``start``; ``truncated`` when a limit cut it."""
         max_depth, max_nodes = check_graph_limits(max_depth, max_nodes)
-        return self.store.lineage_table(
+        return self.store.lineage(
             check_start(start), direction, max_depth=max_depth, max_nodes=max_nodes
         )
 

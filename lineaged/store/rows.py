@@ -29,7 +29,6 @@ from lineage_core.models import (
     CodeState,
     EnvState,
     Run,
-    RunRow,
     RunStatus,
     SourceFile,
     StatKey,
@@ -211,26 +210,18 @@ RUN_COLUMNS = (
 def decode_runs(
     rows: Sequence[Sequence[Any]], sources: Mapping[int, tuple[SourceFile, ...]]
 ) -> list[Run]:
-    """Decode run rows (``RUN_COLUMNS``) into values, with each run's code inputs."""
-    return [Run(*row) for row in run_rows(rows, sources)]
-
-
-def run_rows(
-    rows: Sequence[Sequence[Any]], sources: Mapping[int, tuple[SourceFile, ...]]
-) -> list[RunRow]:
-    """Decode run rows (``RUN_COLUMNS``) into ``RunRow``s: one JSON parse for every row's
-    argv, params, code and warnings (a lineage graph or a listing decodes many runs; one call
-    per field would dominate)."""
+    """Decode run rows (``RUN_COLUMNS``) into values, with each run's code inputs: one JSON
+    parse for every row's argv, params, code and warnings (a lineage graph or a listing
+    decodes many runs; one call per field would dominate)."""
     # Each row's columns are taken apart by name once (tuple unpacking: no object per row).
     texts: list[str] = []
     for _, _, _, argv, *_, params, _, code, _, _, warnings, _ in rows:
         texts += (argv or "[]", params or "{}", code or "null", warnings or "[]")
     decoded = json.loads("[" + ",".join(texts) + "]")
-    # Runs of one pipeline mostly ran the same code: equal code is one value, built once
-    # (and sent once in a graph, which names a value it has seen by position).
+    # Runs of one pipeline mostly ran the same code: equal code is one value, built once.
     codes: dict[tuple[str | None, bytes | None, tuple[SourceFile, ...]], CodeState | None] = {}
     statuses = RUN_STATUSES
-    runs: list[RunRow] = []
+    runs: list[Run] = []
     for i, (
         row_id,
         run_id,
@@ -260,25 +251,25 @@ def run_rows(
         else:
             code = codes[key] = _run_code(code_raw, diff_digest, run_sources)
         runs.append(
-            (
-                run_id,
-                name,
-                tuple(argv),
-                cwd or "",
-                host or "",
-                user or "",
-                pid or 0,
-                started_at,
-                ended_at,
-                statuses[status],
-                exit_code,
-                params,
-                parent_run_id or "",
-                code,
-                env_from_json(env_body),
-                tuple(warnings),
-                row_id,
-                capture_from_json(capture),
+            Run(
+                run_id=run_id,
+                name=name,
+                argv=tuple(argv),
+                cwd=cwd or "",
+                host=host or "",
+                user=user or "",
+                pid=pid or 0,
+                started_at=started_at,
+                ended_at=ended_at,
+                status=statuses[status],
+                exit_code=exit_code,
+                params=params,
+                parent_run_id=parent_run_id or "",
+                code=code,
+                env=env_from_json(env_body),
+                warnings=tuple(warnings),
+                id=row_id,
+                capture=capture_from_json(capture),
             )
         )
     return runs

@@ -29,7 +29,6 @@ from lineage_core.models import (
     Counts,
     Direction,
     Graph,
-    GraphTable,
     Role,
     Root,
     Run,
@@ -483,12 +482,6 @@ class Store:
     ) -> Graph:
         """Walk run/version edges from ``start``; versions with equal digests are bridged."""
         return walk.lineage(self, start, direction, max_depth=max_depth, max_nodes=max_nodes)
-
-    def lineage_table(
-        self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
-    ) -> GraphTable:
-        """:meth:`lineage` as rows, for encoding without a value per node."""
-        return walk.lineage_table(self, start, direction, max_depth=max_depth, max_nodes=max_nodes)
 
     def verify(self, start: StartNode, *, max_nodes: int = 10_000) -> list[VerifyItem]:
         """Every input on the upstream closure of ``start`` and what its path holds now."""

@@ -1,7 +1,7 @@
 """The lineage graph walk: one recursive query from the start over run/version edges (copies
 bridged through equal digests), then the nodes it reached loaded in one statement.
 
-``lineage_table`` is what ``Store.lineage_table`` answers; ``verify`` and
+``lineage`` is what ``Store.lineage`` answers; ``verify`` and
 ``upstream_digests`` (what retention keeps) are answered by walks too.
 """
 
@@ -15,25 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 from lineage_core.models import (
     Direction,
-    EdgeRow,
+    Edge,
     Graph,
-    GraphTable,
     Run,
     SourceFile,
     StartNode,
     VerifyItem,
     VerifyState,
     Version,
-    VersionRow,
     run_node_id,
     version_node_id,
-    version_row,
 )
 
 from lineaged.store.rows import CHANGE_KINDS as _CHANGE_KINDS
 from lineaged.store.rows import RUN_COLUMNS as _RUN_COLUMNS
 from lineaged.store.rows import chunks as _chunks
-from lineaged.store.rows import run_rows as _run_rows
+from lineaged.store.rows import decode_runs as _decode_runs
 
 if TYPE_CHECKING:
     from lineaged.store.store import Store
@@ -47,13 +44,6 @@ def lineage(
     ``max_depth`` counts run levels: upstream of a model, depth 1 is the run that wrote
     it and the versions that run read; depth 2 the runs that wrote those, and so on.
     """
-    return lineage_table(store, start, direction, max_depth=max_depth, max_nodes=max_nodes).graph()
-
-
-def lineage_table(
-    store: Store, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
-) -> GraphTable:
-    """:meth:`lineage` as rows, for encoding without a value per node."""
     start_versions, start_runs = store.start_versions(start)
     ways = (
         (Direction.UPSTREAM, Direction.DOWNSTREAM) if direction is Direction.BOTH else (direction,)
@@ -62,7 +52,7 @@ def lineage_table(
         walk = _Walk(store, conn, start_versions, start_runs)
         for way in ways:
             walk.walk(way, max_depth=max_depth, max_nodes=max_nodes)
-        return walk.table()
+        return walk.graph()
 
 
 def verify(store: Store, start: StartNode, *, max_nodes: int = 10_000) -> list[VerifyItem]:
@@ -251,10 +241,10 @@ class _Walk:
                 else:
                     self.truncated = True
 
-    def table(self) -> GraphTable:
+    def graph(self) -> Graph:
         version_ids = {edge[1] for edge in self.edges.values()}
         version_ids |= {edge[1] for edge, _ in self.pending}
-        versions: dict[int, VersionRow] = {v.id: version_row(v) for v in self.start_versions}
+        versions: dict[int, Version] = {v.id: v for v in self.start_versions}
         start_ids = set(versions)
         run_rows: list[Sequence[Any]] = []
         kinds = _CHANGE_KINDS
@@ -272,42 +262,42 @@ class _Walk:
                     row[1], row[2], bytes.fromhex(row[3]), row[4], row[5], row[6], row[11]
                 )
                 closed = row[9]
-                versions[row[1]] = (
-                    row[1],
-                    row[2],
-                    row[3],
-                    row[4],
-                    row[5],
-                    row[6],
-                    row[7],
-                    kinds[row[8]],
-                    kinds[closed] if closed else None,
-                    bool(row[10]),
+                versions[row[1]] = Version(
+                    id=row[1],
+                    path=row[2],
+                    digest=row[3],
+                    size=row[4],
+                    mtime_ns=row[5],
+                    valid_from=row[6],
+                    valid_until=row[7],
+                    seen=kinds[row[8]],
+                    closed_by=kinds[closed] if closed else None,
+                    external=bool(row[10]),
                 )
         for edge, digests in self.pending:
             version = versions.get(edge[1])
-            if version is not None and bytes.fromhex(version[2]) in digests:
+            if version is not None and bytes.fromhex(version.digest) in digests:
                 self.edges[(edge[0], edge[1], edge[2])] = edge
         kept_ids = {edge[1] for edge in self.edges.values()} | start_ids
         versions = {vid: versions[vid] for vid in sorted(kept_ids) if vid in versions}
-        runs = _run_rows(run_rows, self._sources(versions))
+        runs = _decode_runs(run_rows, self._sources(versions))
         runs.sort(key=_ROW_ID)
-        run_nodes = {run[16]: run_node_id(run[0]) for run in runs}
-        edges: list[EdgeRow] = [
-            (
-                run_nodes[run_id],
-                version_node_id(version_id),
-                kind,
-                how or "traced",
-                role or "data",
-                bool(changed),
+        run_nodes = {run.id: run_node_id(run.run_id) for run in runs}
+        edges = [
+            Edge(
+                source=run_nodes[run_id],
+                target=version_node_id(version_id),
+                kind=kind,
+                how=how or "traced",
+                role=role or "data",
+                changed_during_run=bool(changed),
             )
             for run_id, version_id, kind, how, role, changed in self.edges.values()
             if run_id in run_nodes
         ]
         edges += _bridges(versions, self.edges)
-        edges.sort()  # by source, target, kind
-        return GraphTable(
+        edges.sort(key=_EDGE_ORDER)
+        return Graph(
             versions=tuple(versions.values()),
             runs=tuple(runs),
             edges=tuple(edges),
@@ -318,7 +308,7 @@ class _Walk:
             ),
         )
 
-    def _sources(self, versions: Mapping[int, VersionRow]) -> dict[int, tuple[SourceFile, ...]]:
+    def _sources(self, versions: Mapping[int, Version]) -> dict[int, tuple[SourceFile, ...]]:
         """Each run's code inputs (``CodeState.sources``), by run row id."""
         found: dict[int, list[SourceFile]] = {}
         # An upstream walk crossed every read edge of its runs: their sources are among the
@@ -326,7 +316,7 @@ class _Walk:
         for run_id, version_id, kind, _, role, _ in self.edges.values():
             if role == "code" and kind == "read" and run_id in self.upstream_runs:
                 version = versions[version_id]
-                found.setdefault(run_id, []).append(SourceFile(version[1], version[2]))
+                found.setdefault(run_id, []).append(SourceFile(version.path, version.digest))
         others = sorted(self.run_ids - self.upstream_runs)
         if others:
             for (
@@ -353,12 +343,13 @@ class _Walk:
         }
 
 
-_ROW_ID = operator.itemgetter(16)  # a RunRow's run row id
+_ROW_ID = operator.attrgetter("id")  # a run's row id
+_EDGE_ORDER = operator.attrgetter("source", "target", "kind")
 
 
 def _bridges(
-    versions: Mapping[int, VersionRow], kept: Mapping[tuple[int, int, str], object]
-) -> list[EdgeRow]:
+    versions: Mapping[int, Version], kept: Mapping[tuple[int, int, str], object]
+) -> list[Edge]:
     """``same_digest`` edges from a version a run wrote to every other version with its bytes,
     written by another run or not (``versions`` in id order: the caps keep the oldest).
 
@@ -369,8 +360,8 @@ def _bridges(
     written = {version_id for (_, version_id, kind) in kept if kind == "wrote"}
     by_digest: dict[str, list[int]] = {}
     for version in versions.values():
-        by_digest.setdefault(version[2], []).append(version[0])
-    bridges: list[EdgeRow] = []
+        by_digest.setdefault(version.digest, []).append(version.id)
+    bridges: list[Edge] = []
     for group in by_digest.values():
         if len(group) < 2:
             continue
@@ -379,13 +370,11 @@ def _bridges(
             for target in group[:50]:
                 if target != source:
                     bridges.append(
-                        (
-                            version_node_id(source),
-                            version_node_id(target),
-                            "same_digest",
-                            "digest",
-                            "data",
-                            False,
+                        Edge(
+                            source=version_node_id(source),
+                            target=version_node_id(target),
+                            kind="same_digest",
+                            how="digest",
                         )
                     )
     return bridges

@@ -720,14 +720,8 @@ Global___StartNode: _TypeAlias = StartNode  # noqa: Y015
 
 @_typing.final
 class Graph(_message.Message):
-    """A lineage subgraph. Node ids are "version:<id>" and "run:<run_id>".
-
-    Nodes and edges travel column by column: element i of every column of VersionColumns is
-    version i, and likewise for runs and edges, so each column is one packed field. A graph
-    holds hundreds of nodes, and a message per node cost both sides a Python object per field
-    (columns took a 50-run trace's decoding from 2.2 to 1.4 ms and its encoding from 1.6 to 0.7). Times in columns are int64 nanoseconds since the
-    Unix epoch. All columns of one kind have the same length; a graph whose columns disagree is
-    malformed.
+    """A lineage subgraph. Node ids are "version:<id>" and "run:<run_id>"; every edge joins two
+    nodes of the graph. Runs leave out their code's diff (GetRun carries it).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -737,258 +731,44 @@ class Graph(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
     EDGES_FIELD_NUMBER: _builtins.int
-    CODES_FIELD_NUMBER: _builtins.int
-    ENVS_FIELD_NUMBER: _builtins.int
     truncated: _builtins.bool
+    """the walk stopped at max_depth or max_nodes with more beyond"""
     @_builtins.property
-    def start(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def versions(self) -> Global___VersionColumns: ...
-    @_builtins.property
-    def runs(self) -> Global___RunColumns: ...
-    @_builtins.property
-    def edges(self) -> Global___EdgeColumns: ...
-    @_builtins.property
-    def codes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CodeState]:
-        """the distinct code states of the runs (diffs left out)"""
+    def start(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the node ids the walk started from"""
 
     @_builtins.property
-    def envs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvState]:
-        """the distinct environments of the runs"""
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Version]:
+        """in id order"""
+
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
+        """in row-id order"""
+
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___Edge]:
+        """by source, target, kind"""
 
     def __init__(
         self,
         *,
         truncated: _builtins.bool = ...,
         start: _abc.Iterable[_builtins.str] | None = ...,
-        versions: Global___VersionColumns | None = ...,
-        runs: Global___RunColumns | None = ...,
-        edges: Global___EdgeColumns | None = ...,
-        codes: _abc.Iterable[Global___CodeState] | None = ...,
-        envs: _abc.Iterable[Global___EnvState] | None = ...,
+        versions: _abc.Iterable[Global___Version] | None = ...,
+        runs: _abc.Iterable[Global___Run] | None = ...,
+        edges: _abc.Iterable[Global___Edge] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "runs", b"runs", "versions", b"versions"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["codes", b"codes", "edges", b"edges", "envs", b"envs", "runs", b"runs", "start", b"start", "truncated", b"truncated", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "runs", b"runs", "start", b"start", "truncated", b"truncated", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Graph: _TypeAlias = Graph  # noqa: Y015
 
 @_typing.final
-class VersionColumns(_message.Message):
-    """The versions of a graph (see Graph): the fields of Version, one column each."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    PATH_FIELD_NUMBER: _builtins.int
-    DIGEST_FIELD_NUMBER: _builtins.int
-    SIZE_FIELD_NUMBER: _builtins.int
-    MTIME_NS_FIELD_NUMBER: _builtins.int
-    VALID_FROM_NS_FIELD_NUMBER: _builtins.int
-    VALID_UNTIL_NS_FIELD_NUMBER: _builtins.int
-    SEEN_FIELD_NUMBER: _builtins.int
-    CLOSED_BY_FIELD_NUMBER: _builtins.int
-    EXTERNAL_FIELD_NUMBER: _builtins.int
-    CLOSED_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def digest(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def size(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def mtime_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def valid_from_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def valid_until_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """meaningful where closed"""
-
-    @_builtins.property
-    def seen(self) -> _containers.RepeatedScalarFieldContainer[Global___ChangeKind.ValueType]: ...
-    @_builtins.property
-    def closed_by(self) -> _containers.RepeatedScalarFieldContainer[Global___ChangeKind.ValueType]:
-        """UNSPECIFIED while current"""
-
-    @_builtins.property
-    def external(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
-    @_builtins.property
-    def closed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
-        """false: the path still holds it"""
-
-    def __init__(
-        self,
-        *,
-        id: _abc.Iterable[_builtins.int] | None = ...,
-        path: _abc.Iterable[_builtins.str] | None = ...,
-        digest: _abc.Iterable[_builtins.str] | None = ...,
-        size: _abc.Iterable[_builtins.int] | None = ...,
-        mtime_ns: _abc.Iterable[_builtins.int] | None = ...,
-        valid_from_ns: _abc.Iterable[_builtins.int] | None = ...,
-        valid_until_ns: _abc.Iterable[_builtins.int] | None = ...,
-        seen: _abc.Iterable[Global___ChangeKind.ValueType] | None = ...,
-        closed_by: _abc.Iterable[Global___ChangeKind.ValueType] | None = ...,
-        external: _abc.Iterable[_builtins.bool] | None = ...,
-        closed: _abc.Iterable[_builtins.bool] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "closed_by", b"closed_by", "digest", b"digest", "external", b"external", "id", b"id", "mtime_ns", b"mtime_ns", "path", b"path", "seen", b"seen", "size", b"size", "valid_from_ns", b"valid_from_ns", "valid_until_ns", b"valid_until_ns"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___VersionColumns: _TypeAlias = VersionColumns  # noqa: Y015
-
-@_typing.final
-class RunColumns(_message.Message):
-    """The runs of a graph (see Graph): the fields of Run, one column each. A list per run is
-    flattened: run i's argv is the next argv_count[i] strings of argv after those of the runs
-    before it; params (param_count, param_key, param_value) and warnings likewise.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    ARGV_COUNT_FIELD_NUMBER: _builtins.int
-    ARGV_FIELD_NUMBER: _builtins.int
-    CWD_FIELD_NUMBER: _builtins.int
-    HOST_FIELD_NUMBER: _builtins.int
-    USER_FIELD_NUMBER: _builtins.int
-    PID_FIELD_NUMBER: _builtins.int
-    STARTED_AT_NS_FIELD_NUMBER: _builtins.int
-    ENDED_AT_NS_FIELD_NUMBER: _builtins.int
-    STATUS_FIELD_NUMBER: _builtins.int
-    EXITED_FIELD_NUMBER: _builtins.int
-    EXIT_CODE_FIELD_NUMBER: _builtins.int
-    PARAM_COUNT_FIELD_NUMBER: _builtins.int
-    PARAM_KEY_FIELD_NUMBER: _builtins.int
-    PARAM_VALUE_FIELD_NUMBER: _builtins.int
-    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
-    CODE_FIELD_NUMBER: _builtins.int
-    ENV_FIELD_NUMBER: _builtins.int
-    WARNING_COUNT_FIELD_NUMBER: _builtins.int
-    WARNING_FIELD_NUMBER: _builtins.int
-    ENDED_FIELD_NUMBER: _builtins.int
-    CAPTURE_STATE_FIELD_NUMBER: _builtins.int
-    CAPTURE_REASON_COUNT_FIELD_NUMBER: _builtins.int
-    CAPTURE_REASON_FIELD_NUMBER: _builtins.int
-    CAPTURE_METHOD_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def run_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def name(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def argv_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def cwd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def host(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def user(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def pid(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def started_at_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def ended_at_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """meaningful where ended"""
-
-    @_builtins.property
-    def status(self) -> _containers.RepeatedScalarFieldContainer[Global___RunStatus.ValueType]: ...
-    @_builtins.property
-    def exited(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
-        """whether exit_code is set"""
-
-    @_builtins.property
-    def exit_code(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def param_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def param_key(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def param_value(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def parent_run_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def code(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """1 + its index in Graph.codes; 0: unknown"""
-
-    @_builtins.property
-    def env(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """1 + its index in Graph.envs; 0: unknown"""
-
-    @_builtins.property
-    def warning_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def warning(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def ended(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
-        """false while running"""
-
-    @_builtins.property
-    def capture_state(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """The capture of each run (see RunCapture): 0 unknown, 1 complete, 2 partial; its reasons
-        flattened like warnings, and its method.
-        """
-
-    @_builtins.property
-    def capture_reason_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def capture_reason(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def capture_method(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        id: _abc.Iterable[_builtins.int] | None = ...,
-        run_id: _abc.Iterable[_builtins.str] | None = ...,
-        name: _abc.Iterable[_builtins.str] | None = ...,
-        argv_count: _abc.Iterable[_builtins.int] | None = ...,
-        argv: _abc.Iterable[_builtins.str] | None = ...,
-        cwd: _abc.Iterable[_builtins.str] | None = ...,
-        host: _abc.Iterable[_builtins.str] | None = ...,
-        user: _abc.Iterable[_builtins.str] | None = ...,
-        pid: _abc.Iterable[_builtins.int] | None = ...,
-        started_at_ns: _abc.Iterable[_builtins.int] | None = ...,
-        ended_at_ns: _abc.Iterable[_builtins.int] | None = ...,
-        status: _abc.Iterable[Global___RunStatus.ValueType] | None = ...,
-        exited: _abc.Iterable[_builtins.bool] | None = ...,
-        exit_code: _abc.Iterable[_builtins.int] | None = ...,
-        param_count: _abc.Iterable[_builtins.int] | None = ...,
-        param_key: _abc.Iterable[_builtins.str] | None = ...,
-        param_value: _abc.Iterable[_builtins.str] | None = ...,
-        parent_run_id: _abc.Iterable[_builtins.str] | None = ...,
-        code: _abc.Iterable[_builtins.int] | None = ...,
-        env: _abc.Iterable[_builtins.int] | None = ...,
-        warning_count: _abc.Iterable[_builtins.int] | None = ...,
-        warning: _abc.Iterable[_builtins.str] | None = ...,
-        ended: _abc.Iterable[_builtins.bool] | None = ...,
-        capture_state: _abc.Iterable[_builtins.int] | None = ...,
-        capture_reason_count: _abc.Iterable[_builtins.int] | None = ...,
-        capture_reason: _abc.Iterable[_builtins.str] | None = ...,
-        capture_method: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "argv_count", b"argv_count", "capture_method", b"capture_method", "capture_reason", b"capture_reason", "capture_reason_count", b"capture_reason_count", "capture_state", b"capture_state", "code", b"code", "cwd", b"cwd", "ended", b"ended", "ended_at_ns", b"ended_at_ns", "env", b"env", "exit_code", b"exit_code", "exited", b"exited", "host", b"host", "id", b"id", "name", b"name", "param_count", b"param_count", "param_key", b"param_key", "param_value", b"param_value", "parent_run_id", b"parent_run_id", "pid", b"pid", "run_id", b"run_id", "started_at_ns", b"started_at_ns", "status", b"status", "user", b"user", "warning", b"warning", "warning_count", b"warning_count"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RunColumns: _TypeAlias = RunColumns  # noqa: Y015
-
-@_typing.final
-class EdgeColumns(_message.Message):
-    """The edges of a graph (see Graph and EdgeKind): source and target are node ids."""
+class Edge(_message.Message):
+    """An edge of a lineage graph (see EdgeKind): source and target are node ids."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -998,27 +778,23 @@ class EdgeColumns(_message.Message):
     HOW_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     CHANGED_DURING_RUN_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def source(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def target(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def kind(self) -> _containers.RepeatedScalarFieldContainer[Global___EdgeKind.ValueType]: ...
-    @_builtins.property
-    def how(self) -> _containers.RepeatedScalarFieldContainer[Global___AccessHow.ValueType]: ...
-    @_builtins.property
-    def role(self) -> _containers.RepeatedScalarFieldContainer[Global___AccessRole.ValueType]: ...
-    @_builtins.property
-    def changed_during_run(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    source: _builtins.str
+    target: _builtins.str
+    kind: Global___EdgeKind.ValueType
+    how: Global___AccessHow.ValueType
+    """DIGEST for SAME_DIGEST edges"""
+    role: Global___AccessRole.ValueType
+    changed_during_run: _builtins.bool
+    """a read whose file changed before the run ended"""
     def __init__(
         self,
         *,
-        source: _abc.Iterable[_builtins.str] | None = ...,
-        target: _abc.Iterable[_builtins.str] | None = ...,
-        kind: _abc.Iterable[Global___EdgeKind.ValueType] | None = ...,
-        how: _abc.Iterable[Global___AccessHow.ValueType] | None = ...,
-        role: _abc.Iterable[Global___AccessRole.ValueType] | None = ...,
-        changed_during_run: _abc.Iterable[_builtins.bool] | None = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        kind: Global___EdgeKind.ValueType = ...,
+        how: Global___AccessHow.ValueType = ...,
+        role: Global___AccessRole.ValueType = ...,
+        changed_during_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1026,7 +802,7 @@ class EdgeColumns(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___EdgeColumns: _TypeAlias = EdgeColumns  # noqa: Y015
+Global___Edge: _TypeAlias = Edge  # noqa: Y015
 
 @_typing.final
 class Counts(_message.Message):
@@ -1504,88 +1280,25 @@ class BeginRunResponse(_message.Message):
 Global___BeginRunResponse: _TypeAlias = BeginRunResponse  # noqa: Y015
 
 @_typing.final
-class AccessColumns(_message.Message):
-    """Accesses column by column, as Graph's columns: element i of each column is access i. An
-    optional column left empty means the default for every access: last_at_ns = first_at_ns,
-    how TRACED, role DATA, no digest, size and mtime_ns 0.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    PATH_FIELD_NUMBER: _builtins.int
-    MODE_FIELD_NUMBER: _builtins.int
-    FIRST_AT_NS_FIELD_NUMBER: _builtins.int
-    LAST_AT_NS_FIELD_NUMBER: _builtins.int
-    HOW_FIELD_NUMBER: _builtins.int
-    ROLE_FIELD_NUMBER: _builtins.int
-    DIGEST_FIELD_NUMBER: _builtins.int
-    SIZE_FIELD_NUMBER: _builtins.int
-    MTIME_NS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def mode(self) -> _containers.RepeatedScalarFieldContainer[Global___AccessMode.ValueType]: ...
-    @_builtins.property
-    def first_at_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def last_at_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def how(self) -> _containers.RepeatedScalarFieldContainer[Global___AccessHow.ValueType]: ...
-    @_builtins.property
-    def role(self) -> _containers.RepeatedScalarFieldContainer[Global___AccessRole.ValueType]: ...
-    @_builtins.property
-    def digest(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def size(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def mtime_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    def __init__(
-        self,
-        *,
-        path: _abc.Iterable[_builtins.str] | None = ...,
-        mode: _abc.Iterable[Global___AccessMode.ValueType] | None = ...,
-        first_at_ns: _abc.Iterable[_builtins.int] | None = ...,
-        last_at_ns: _abc.Iterable[_builtins.int] | None = ...,
-        how: _abc.Iterable[Global___AccessHow.ValueType] | None = ...,
-        role: _abc.Iterable[Global___AccessRole.ValueType] | None = ...,
-        digest: _abc.Iterable[_builtins.str] | None = ...,
-        size: _abc.Iterable[_builtins.int] | None = ...,
-        mtime_ns: _abc.Iterable[_builtins.int] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "first_at_ns", b"first_at_ns", "how", b"how", "last_at_ns", b"last_at_ns", "mode", b"mode", "mtime_ns", b"mtime_ns", "path", b"path", "role", b"role", "size", b"size"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___AccessColumns: _TypeAlias = AccessColumns  # noqa: Y015
-
-@_typing.final
 class RecordAccessesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     ACCESSES_FIELD_NUMBER: _builtins.int
-    COLUMNS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     @_builtins.property
     def accesses(self) -> _containers.RepeatedCompositeFieldContainer[Global___Access]:
-        """one message per access"""
-
-    @_builtins.property
-    def columns(self) -> Global___AccessColumns:
-        """or column by column (what lineage run sends); 10,000 in all"""
+        """at most 10,000 per call (the Python client batches)"""
 
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         accesses: _abc.Iterable[Global___Access] | None = ...,
-        columns: Global___AccessColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "columns", b"columns", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accesses", b"accesses", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
