@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
 from lineage_core.credentials import read_secret, read_token
 from lineage_core.errors import ConfigError, FailedPrecondition, LineageError
-from lineage_core.limits import DEFAULT_MAX_MESSAGE_BYTES
+from lineage_core.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_ANSWER_BYTES
 from lineage_core.wire import ERROR_CLASS_KEY
 
 from lineaged.engine import Engine
@@ -318,7 +318,8 @@ class RpcServer:
             interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", opts.max_message_bytes),
-                ("grpc.max_send_message_length", opts.max_message_bytes),
+                # Answers may be as big as clients accept (a graph of many runs, each whole).
+                ("grpc.max_send_message_length", max(opts.max_message_bytes, MAX_ANSWER_BYTES)),
                 # Without this a second daemon could bind the same TCP port and split traffic.
                 ("grpc.so_reuseport", 0),
             ],

@@ -196,7 +196,15 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
             query.start, query.direction, max_depth=query.max_depth, max_nodes=query.max_nodes
         )
         _check_deadline(context)
-        return pb.GetLineageResponse(graph=wire.graph_to_pb(graph))
+        answer = pb.GetLineageResponse(graph=wire.graph_to_pb(graph))
+        size = answer.ByteSize()
+        if size > limits.MAX_ANSWER_BYTES:
+            raise ResourceExhausted(
+                f"the lineage graph is {size / 2**20:.0f} MiB, more than the"
+                f" {limits.MAX_ANSWER_BYTES >> 20} MiB an answer may hold: ask for fewer nodes"
+                " (max_nodes) or less depth (max_depth)"
+            )
+        return answer
 
     def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:
         """Every input upstream of a start node and what its path holds now."""

@@ -79,7 +79,7 @@ _HEX = re.compile(r"[0-9a-fA-F]{8,64}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ago)?", re.IGNORECASE)
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 PARENT_WAIT = 30.0  # how long after its id was made a parent from PARENT_ENV is waited for
-_MAX_RECEIVE = limits.CLIENT_MAX_MESSAGE_BYTES
+_MAX_RECEIVE = limits.MAX_ANSWER_BYTES
 
 
 @dataclass(frozen=True, slots=True)

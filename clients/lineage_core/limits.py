@@ -8,12 +8,12 @@ their calls and to cap what they ask for. docs/grpc-api.md lists them for people
 from __future__ import annotations
 
 __all__ = [
-    "CLIENT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_NODES",
     "DEFAULT_PAGE_SIZE",
     "MAX_ACCESSES",
+    "MAX_ANSWER_BYTES",
     "MAX_CAPTURE_METHOD",
     "MAX_DEPTH",
     "MAX_DIFF_BYTES",
@@ -64,7 +64,8 @@ MIN_NS = -(2**63)
 MAX_NS = 2**63 - 1
 MAX_PID = 2**31 - 1
 
-# gRPC message sizes: what the daemon accepts by default (max_message_bytes in its config), and
-# what a client accepts (graphs of MAX_NODES nodes with their runs' environments).
+# gRPC message sizes. A request is held to the daemon's max_message_bytes (this default; a
+# guard against hostile input). An answer may be bigger, up to what clients accept: a graph
+# carries each run whole, environment included (1,000 runs of 200 packages: about 7 MiB).
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-CLIENT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
