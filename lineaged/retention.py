@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from lineage_core.errors import InvalidArgument, NotFound
+from lineage_core.errors import NotFound
 from lineage_core.models import GcReport, Keep, PinReport, StartNode, Version
 from lineage_core.objects import ObjectStore, PutResult
 
@@ -98,8 +98,6 @@ class Keeper:
         """Pin ``versions`` (resolved from ``start``); report what is upstream of them."""
         if not versions:
             raise NotFound("nothing to pin: the target has no recorded version")
-        if len(note) > 1024 or "\x00" in note:
-            raise InvalidArgument("a pin note is at most 1024 characters without NUL bytes")
         ids = sorted({v.id for v in versions})
         at = time.time_ns()
         self.writer.call(lambda store: store.pin(ids, note, at))

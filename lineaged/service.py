@@ -1,7 +1,8 @@
 """The ``lineage.v1.LineageService`` servicer: validate the request, ask the engine, answer.
 
 Servicers only raise ``lineage_core.errors`` exceptions; the error interceptor in ``server.py`` turns
-them into status codes. Request validation lives in ``convert`` (the ``parse_*`` functions).
+them into status codes. Every request is checked once, by ``lineage_core.gate``, before the
+engine sees it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from lineage_core import limits, wire
+from lineage_core import gate, limits, wire
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core._proto.lineage.v1 import lineage_pb2_grpc as pb_grpc
-from lineage_core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from lineage_core.errors import DeadlineExceeded, ResourceExhausted
 from lineage_core.models import Status
 
-from lineaged.engine import MAX_PAGE, Engine
+from lineaged.engine import Engine
 
 __all__ = ["SERVICE_NAME", "LineageServicer"]
 
@@ -38,10 +39,10 @@ def _page(
     fetch: Callable[[int], Sequence[_T]], page_size: int, row_id: Callable[[_T], int], kind: str
 ) -> tuple[list[_T], str]:
     """One page plus the token of the next; asks for one extra row to know whether there is one."""
-    rows = list(fetch(min(page_size + 1, MAX_PAGE)))
-    if len(rows) > page_size or (len(rows) == page_size == MAX_PAGE):
+    rows = list(fetch(min(page_size + 1, limits.MAX_PAGE_SIZE)))
+    if len(rows) > page_size or (len(rows) == page_size == limits.MAX_PAGE_SIZE):
         rows = rows[:page_size]
-        return rows, wire.encode_page_token(kind, row_id(rows[-1]))
+        return rows, gate.encode_page_token(kind, row_id(rows[-1]))
     return rows, ""
 
 
@@ -73,9 +74,9 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
 
     def GetHistory(self, request: pb.GetHistoryRequest, context: Any) -> pb.GetHistoryResponse:
         """Every version a path has had, newest first, one page at a time."""
-        path = wire.check_path(request.path)
-        page_size = wire.parse_page_size(request.page_size)
-        before_id = wire.decode_page_token(request.page_token, "history")
+        path = gate.check_path(request.path)
+        page_size = gate.parse_page_size(request.page_size)
+        before_id = gate.decode_page_token(request.page_token, "history")
         _check_deadline(context)
         versions, token = _page(
             lambda limit: self._engine.history(path, limit=limit, before_id=before_id),
@@ -87,11 +88,12 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
 
     def FindDigest(self, request: pb.FindDigestRequest, context: Any) -> pb.FindDigestResponse:
         """Every version (any path) that held a digest or a unique prefix of one."""
-        digest = wire.check_digest_prefix(request.digest)
-        page_size = wire.parse_page_size(request.page_size)
+        digest = gate.check_digest_prefix(request.digest)
+        page_size = gate.parse_page_size(request.page_size)
         _check_deadline(context)
-        versions = self._engine.versions_by_digest(digest, limit=min(page_size + 1, MAX_PAGE))
-        truncated = len(versions) > page_size or len(versions) == page_size == MAX_PAGE
+        limit = min(page_size + 1, limits.MAX_PAGE_SIZE)
+        versions = self._engine.versions_by_digest(digest, limit=limit)
+        truncated = len(versions) > page_size or len(versions) == page_size == limits.MAX_PAGE_SIZE
         return pb.FindDigestResponse(
             versions=wire.versions_to_pb(versions[:page_size]), truncated=truncated
         )
@@ -100,8 +102,8 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         self, request: pb.GetVersionAtRequest, context: Any
     ) -> pb.GetVersionAtResponse:
         """The version a path held at a time."""
-        path = wire.check_path(request.path)
-        at = wire.parse_time(request, "at", required=True)
+        path = gate.check_path(request.path)
+        at = gate.parse_time(request, "at", required=True)
         assert at is not None  # required=True
         _check_deadline(context)
         return pb.GetVersionAtResponse(
@@ -110,17 +112,14 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
 
     def GetVersion(self, request: pb.GetVersionRequest, context: Any) -> pb.GetVersionResponse:
         """One version by id."""
-        if request.version_id <= 0:
-            raise InvalidArgument(
-                f"version_id must be a positive version id, not {request.version_id}"
-            )
+        version_id = gate.parse_version_id(request.version_id)
         _check_deadline(context)
-        version = self._engine.get_version(request.version_id)
+        version = self._engine.get_version(version_id)
         return pb.GetVersionResponse(version=wire.version_to_pb(version))
 
     def BeginRun(self, request: pb.BeginRunRequest, context: Any) -> pb.BeginRunResponse:
         """Record a new run; the answer carries its run id."""
-        start = wire.parse_begin_run(request, now=self._clock())
+        start = gate.parse_begin_run(request, now=self._clock())
         _check_deadline(context)
         return pb.BeginRunResponse(run=wire.run_to_pb(self._engine.begin_run(start)))
 
@@ -128,25 +127,14 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         self, request: pb.RecordAccessesRequest, context: Any
     ) -> pb.RecordAccessesResponse:
         """Record file accesses of a running run (at most 10,000 per call)."""
-        run_id = wire.parse_run_id(request.run_id)
-        count = len(request.accesses)
-        if count > limits.MAX_ACCESSES:
-            raise InvalidArgument(
-                f"accesses holds {count} accesses; send at most"
-                f" {limits.MAX_ACCESSES} per call (the Python client batches for you)"
-            )
-        now = self._clock()
-        accesses = [
-            wire.parse_access(access, f"accesses[{index}]", now=now)
-            for index, access in enumerate(request.accesses)
-        ]
+        run_id, accesses = gate.parse_record_accesses(request, now=self._clock())
         _check_deadline(context)
         recorded = self._engine.record_accesses(run_id, accesses)
         return pb.RecordAccessesResponse(recorded=recorded)
 
     def EndRun(self, request: pb.EndRunRequest, context: Any) -> pb.EndRunResponse:
         """Finish a run with its exit status."""
-        run_id, exit_code, status, ended_at, warnings = wire.parse_end_run(
+        run_id, exit_code, status, ended_at, warnings = gate.parse_end_run(
             request, now=self._clock()
         )
         _check_deadline(context)
@@ -156,19 +144,19 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
             status=status,
             ended_at=ended_at,
             warnings=warnings,
-            capture=wire.parse_capture(request),
+            capture=gate.parse_capture(request),
         )
         return pb.EndRunResponse(run=wire.run_to_pb(run))
 
     def GetRun(self, request: pb.GetRunRequest, context: Any) -> pb.GetRunResponse:
         """One run by id or unique prefix, with its code (diff included) and environment."""
-        run_id = wire.parse_run_id(request.run_id)
+        run_id = gate.parse_run_id(request.run_id)
         _check_deadline(context)
         return pb.GetRunResponse(run=wire.run_to_pb(self._engine.get_run(run_id)))
 
     def ListRuns(self, request: pb.ListRunsRequest, context: Any) -> pb.ListRunsResponse:
         """Runs newest first, filtered, one page at a time."""
-        query = wire.parse_list_runs(request)
+        query = gate.parse_list_runs(request)
         _check_deadline(context)
         runs, token = _page(
             lambda limit: self._engine.list_runs(
@@ -190,7 +178,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
 
     def GetLineage(self, request: pb.GetLineageRequest, context: Any) -> pb.GetLineageResponse:
         """The lineage graph around a start node, capped by depth and node count."""
-        query = wire.parse_lineage(request)
+        query = gate.parse_lineage(request)
         _check_deadline(context)
         graph = self._engine.lineage(
             query.start, query.direction, max_depth=query.max_depth, max_nodes=query.max_nodes
@@ -208,18 +196,14 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
 
     def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:
         """Every input upstream of a start node and what its path holds now."""
-        start = wire.parse_start(request.start)
+        start = gate.parse_start(request.start)
         _check_deadline(context)
         items = self._engine.verify(start)
         return pb.VerifyResponse(items=[wire.verify_item_to_pb(item) for item in items])
 
     def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> Iterator[pb.Event]:
         """Stream new versions and run events under a path prefix until the caller cancels."""
-        prefix = request.path_prefix
-        if prefix:
-            wire.check_path(
-                prefix.rstrip("/") or "/", "path_prefix"
-            )  # a prefix may end in "/" or stop mid-name; otherwise it is a path
+        prefix = gate.parse_path_prefix(request.path_prefix)
         subscription = self._engine.subscribe(prefix)
         try:
             # Headers go out now, so a client knows the subscription is live before any event.
@@ -240,10 +224,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         self, request: pb.ExportOpenLineageRequest, context: Any
     ) -> Iterator[pb.OpenLineageEvent]:
         """Recorded runs' OpenLineage events as JSON, oldest run first (a backfill)."""
-        if len(request.run_ids) > MAX_PAGE:
-            raise InvalidArgument(f"at most {MAX_PAGE} run ids per export")
-        run_ids = [wire.parse_run_id(run_id, "run_ids") for run_id in request.run_ids]
-        since = wire.parse_time(request, "since")
+        run_ids, since = gate.parse_export_openlineage(request)
         _check_deadline(context)
         for text in self._engine.export_openlineage(run_ids, since):
             if not context.is_active() or self._stopping.is_set():
@@ -254,7 +235,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
 
     def GetRunFiles(self, request: pb.GetRunFilesRequest, context: Any) -> pb.GetRunFilesResponse:
         """Every version a run read or wrote, with whether its bytes are kept."""
-        run_id = wire.parse_run_id(request.run_id)
+        run_id = gate.parse_run_id(request.run_id)
         _check_deadline(context)
         files = self._engine.run_files(run_id)
         return pb.GetRunFilesResponse(
@@ -269,7 +250,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """The kept bytes of a version, hashed as they are read: the last chunk only follows once
         all of them matched (else DATA_LOSS). The caller writes them (the daemon opens no path
         outside its roots on a client's behalf)."""
-        path, at, digest = wire.parse_read_version_bytes(request)
+        path, at, digest = gate.parse_read_version_bytes(request)
         _check_deadline(context)
         version = self._engine.version_to_restore(path, at, digest)
         where = str(self._engine.objects.path_of(version.digest))
@@ -286,8 +267,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
 
     def PinVersions(self, request: pb.PinVersionsRequest, context: Any) -> pb.PinVersionsResponse:
         """Pin a version (or a run's files) and so everything upstream of it."""
-        start = wire.parse_start(request.start)
-        note = request.note
+        start, note = gate.parse_pin_versions(request)
         _check_deadline(context)
         return wire.pin_report_to_pb(self._engine.pin(start, note))
 
@@ -303,8 +283,8 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         self, request: pb.LinkReproductionRequest, context: Any
     ) -> pb.LinkReproductionResponse:
         """Record that a run re-ran another (``lineage reproduce``)."""
-        run_id = wire.parse_run_id(request.run_id)
-        original = wire.parse_run_id(request.original_run_id, "original_run_id")
+        run_id = gate.parse_run_id(request.run_id)
+        original = gate.parse_run_id(request.original_run_id, "original_run_id")
         _check_deadline(context)
         self._engine.link_reproduction(run_id, original)
         return pb.LinkReproductionResponse()

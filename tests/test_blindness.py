@@ -333,7 +333,7 @@ def _python_for(uid: int) -> tuple[str, dict[str, str]] | None:
         try:
             probe = subprocess.run(
                 [python, "-c", "import blake3, grpc, watchdog, lineaged.daemon"],
-                env={**env, "PYTHONPATH": f"{REPO}:{site}"},
+                env={**env, "PYTHONPATH": f"{REPO}:{REPO}/clients:{site}"},
                 user=uid,
                 capture_output=True,
                 cwd="/",
@@ -341,7 +341,7 @@ def _python_for(uid: int) -> tuple[str, dict[str, str]] | None:
         except OSError:  # it cannot even execute the interpreter (e.g. under /root)
             continue
         if probe.returncode == 0:
-            return python, {**env, "PYTHONPATH": f"{REPO}:{site}", "HOME": "/"}
+            return python, {**env, "PYTHONPATH": f"{REPO}:{REPO}/clients:{site}", "HOME": "/"}
     return None
 
 

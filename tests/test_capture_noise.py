@@ -9,6 +9,7 @@ import sysconfig
 from pathlib import Path
 
 import lineage_client
+import lineage_core
 import pytest
 from lineage_client.capture.noise import environment_dirs, is_noise
 
@@ -30,7 +31,8 @@ HOME = "/home/ada"
         "/srv/project/sub/.hg/store/data",
         os.path.join(os.path.realpath(sysconfig.get_paths()["stdlib"]), "json", "__init__.py"),
         os.path.join(os.path.realpath(site.getsitepackages()[0]), "grpc", "__init__.py"),
-        os.path.join(os.path.realpath(lineaged.__path__[0]), "store.py"),
+        os.path.join(os.path.realpath(lineaged.__path__[0]), "store", "store.py"),
+        os.path.join(os.path.realpath(lineage_core.__path__[0]), "wire.py"),
         os.path.join(os.path.realpath(lineage_client.__path__[0]), "capture", "_boot", "x.py"),
         os.path.realpath(sys.executable),
     ],

@@ -345,7 +345,7 @@ def test_per_folder_answers_equal_the_root_set_path_by_path(tmp_path: Path) -> N
         answers = {}
         for path in paths:
             access = _read(path, 1)
-            _, under_root, tracked = engine.runs._check_access(access, facts)
+            under_root, tracked = engine.runs._place_access(access, facts)
             answers[path] = (under_root, tracked)
         assert answers == {
             path: (roots.root_for(path) is not None, roots.tracked(path) is not None)

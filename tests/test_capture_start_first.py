@@ -17,7 +17,7 @@ import lineage_client.client as client_module
 import pytest
 from lineage_client.client import PARENT_WAIT
 from lineage_client.runcmd import PARENT_ENV
-from lineage_core import wire
+from lineage_core import gate
 from lineage_core.errors import AlreadyExists, InvalidArgument, NotFound
 from lineage_core.models import RunStart, RunStatus, new_run_id, run_id_time_ns
 
@@ -29,7 +29,7 @@ def test_a_client_chosen_run_id_is_kept_and_must_be_new_and_well_formed(
 ) -> None:
     client = module_daemon.client()
     run_id = new_run_id()
-    wire.check_new_run_id(run_id)  # the client's ids have the daemon's format
+    gate.check_new_run_id(run_id)  # the client's ids have the daemon's format
     run = client.begin_run(RunStart(name="chosen", run_id=run_id))
     assert run.run_id == run_id and client.get_run(run_id).name == "chosen"
     with pytest.raises(AlreadyExists, match="exists already"):

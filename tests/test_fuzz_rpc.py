@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from lineage_core import limits, wire
+from lineage_core import gate, limits
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core.errors import LineageError
 
@@ -121,7 +121,7 @@ def _valid_write(method: str, payload: bytes) -> bool:
     try:
         message = REQUESTS[method].FromString(payload)
         if method == "BeginRun":
-            wire.parse_begin_run(message, now=0)
+            gate.parse_begin_run(message, now=0)
             return True
     except Exception:
         return False

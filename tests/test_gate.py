@@ -3,6 +3,7 @@ edge, with the gate's message, and a value at the limit goes through whole."""
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -154,3 +155,28 @@ def test_a_graph_bigger_than_an_answer_may_be_is_refused_with_what_to_ask(
         assert "ask for fewer nodes (max_nodes)" in str(caught.value.details())
         request.max_nodes = 4  # the version and three runs: 30 MB
         assert len(stub.GetLineage(request, timeout=120).graph.runs) == 3
+
+
+def test_every_limit_is_defined_once() -> None:
+    """No module of the daemon or the client defines a limit of ``lineage_core.limits`` again
+    (the engine, the store and the wire codecs once each had their own, and disagreed)."""
+    names = set(limits.__all__)
+    repo = Path(__file__).resolve().parent.parent
+    again = []
+    for path in sorted([*(repo / "lineaged").rglob("*.py"), *(repo / "clients").rglob("*.py")]):
+        if "_proto" in path.parts or path.name == "limits.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
+            again += [
+                f"{path.relative_to(repo)}:{node.lineno} {target.id}"
+                for target in targets
+                if isinstance(target, ast.Name) and target.id.lstrip("_") in names
+            ]
+    assert again == []

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import text_format, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lineage_core import limits, wire
+from lineage_core import gate, limits, wire
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core.errors import InvalidArgument
 from lineage_core.models import (
@@ -249,7 +249,7 @@ def test_runs_sharing_an_environment_each_carry_it() -> None:
 )
 def test_begin_run_request_round_trip(start: RunStart) -> None:
     decoded = pb.BeginRunRequest.FromString(wire.begin_run_to_pb(start).SerializeToString())
-    assert wire.parse_begin_run(decoded, now=NOW) == start
+    assert gate.parse_begin_run(decoded, now=NOW) == start
 
 
 accesses = st.builds(
@@ -295,14 +295,14 @@ def _access_row(access: Access) -> pb.Access:
 @given(accesses)
 def test_access_row_is_read(access: Access) -> None:
     decoded = pb.Access.FromString(_access_row(access).SerializeToString())
-    assert wire.parse_access(decoded, "accesses[0]", now=NOW) == access
+    assert gate.parse_access(decoded, "accesses[0]", now=NOW) == access
 
 
 @settings(max_examples=60)
 @given(accesses | traced_reads)
 def test_access_round_trip(access: Access) -> None:
     decoded = pb.Access.FromString(wire.access_to_pb(access).SerializeToString())
-    assert wire.parse_access(decoded, "accesses[0]", now=NOW) == access
+    assert gate.parse_access(decoded, "accesses[0]", now=NOW) == access
     assert decoded == _access_row(access)
 
 
@@ -325,7 +325,7 @@ def test_bad_accesses_are_refused_by_name(
     access = wire.access_to_pb(Access("/d/b", AccessMode.READ, 10, 10))
     damage(access)
     with pytest.raises(InvalidArgument, match=message):
-        wire.parse_access(access, "accesses[1]", now=NOW)
+        gate.parse_access(access, "accesses[1]", now=NOW)
 
 
 def test_status_verify_event_round_trip() -> None:
@@ -363,7 +363,7 @@ def test_timestamps_round_trip(ns: int) -> None:
     ],
 )
 def test_start_node_round_trip(start: StartNode) -> None:
-    assert wire.parse_start(wire.start_to_pb(start)) == start
+    assert gate.parse_start(wire.start_to_pb(start)) == start
 
 
 # --- validation at the edge --------------------------------------------------------------
@@ -385,7 +385,7 @@ def test_start_node_round_trip(start: StartNode) -> None:
 )
 def test_bad_paths(path: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        wire.check_path(path)
+        gate.check_path(path)
 
 
 @pytest.mark.parametrize(
@@ -395,58 +395,58 @@ def test_bad_paths(path: str, message: str) -> None:
 )  # fmt: skip
 def test_digest_prefixes(digest: str, ok: bool) -> None:
     if ok:
-        assert wire.check_digest_prefix(digest) == digest.lower()
+        assert gate.check_digest_prefix(digest) == digest.lower()
     else:
         with pytest.raises(InvalidArgument, match="digest"):
-            wire.check_digest_prefix(digest)
+            gate.check_digest_prefix(digest)
 
 
 @pytest.mark.parametrize("size", [-1, 1001, 2**31 - 1])
 def test_absurd_page_sizes(size: int) -> None:
     with pytest.raises(InvalidArgument, match="between 1 and 1000"):
-        wire.parse_page_size(size)
-    assert wire.parse_page_size(0) == limits.DEFAULT_PAGE_SIZE
+        gate.parse_page_size(size)
+    assert gate.parse_page_size(0) == limits.DEFAULT_PAGE_SIZE
 
 
 def test_page_tokens() -> None:
-    token = wire.encode_page_token("runs", 42)
-    assert wire.decode_page_token(token, "runs") == 42
-    assert wire.decode_page_token("", "runs") is None
-    for bad in ("garbage!", "djE6cnVuczp4", wire.encode_page_token("history", 42)):
+    token = gate.encode_page_token("runs", 42)
+    assert gate.decode_page_token(token, "runs") == 42
+    assert gate.decode_page_token("", "runs") is None
+    for bad in ("garbage!", "djE6cnVuczp4", gate.encode_page_token("history", 42)):
         with pytest.raises(InvalidArgument, match="page_token"):
-            wire.decode_page_token(bad, "runs")
+            gate.decode_page_token(bad, "runs")
 
 
 def test_absurd_timestamps() -> None:
     request = pb.GetVersionAtRequest(path="/d/a", at=timestamp_pb2.Timestamp(seconds=1, nanos=-1))
     with pytest.raises(InvalidArgument, match="nanos"):
-        wire.parse_time(request, "at")
+        gate.parse_time(request, "at")
     request.at.CopyFrom(timestamp_pb2.Timestamp(seconds=10**12))
     with pytest.raises(InvalidArgument, match="out of range"):
-        wire.parse_time(request, "at")
+        gate.parse_time(request, "at")
     with pytest.raises(InvalidArgument, match="required"):
-        wire.parse_time(pb.GetVersionAtRequest(), "at", required=True)
+        gate.parse_time(pb.GetVersionAtRequest(), "at", required=True)
 
 
 def test_unknown_enum_numbers() -> None:
     with pytest.raises(InvalidArgument, match="unknown value 99"):
-        wire.parse_list_runs(pb.ListRunsRequest(status=99))  # type: ignore[arg-type]
+        gate.parse_list_runs(pb.ListRunsRequest(status=99))  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="direction"):
-        wire.parse_lineage(pb.GetLineageRequest(start=pb.StartNode(version_id=1)))
+        gate.parse_lineage(pb.GetLineageRequest(start=pb.StartNode(version_id=1)))
     with pytest.raises(InvalidArgument, match="unknown value 7"):
-        wire.parse_lineage(
+        gate.parse_lineage(
             pb.GetLineageRequest(start=pb.StartNode(version_id=1), direction=7)  # type: ignore[arg-type]
         )
     access = pb.Access(path="/d/a", mode=5)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match=r"accesses\[3\]\.mode"):
-        wire.parse_access(access, "accesses[3]", now=NOW)
+        gate.parse_access(access, "accesses[3]", now=NOW)
 
 
 def test_end_run_needs_a_final_status() -> None:
     for status in (pb.RUN_STATUS_UNSPECIFIED, pb.RUN_STATUS_RUNNING):
         with pytest.raises(InvalidArgument, match="status must be"):
-            wire.parse_end_run(pb.EndRunRequest(run_id="r" * 32, status=status), now=NOW)
-    run_id, exit_code, status, ended_at, _ = wire.parse_end_run(
+            gate.parse_end_run(pb.EndRunRequest(run_id="r" * 32, status=status), now=NOW)
+    run_id, exit_code, status, ended_at, _ = gate.parse_end_run(
         pb.EndRunRequest(run_id="r" * 32, status=pb.RUN_STATUS_FAILED, exit_code=3), now=NOW
     )
     assert (run_id, exit_code, status, ended_at) == ("r" * 32, 3, RunStatus.FAILED, NOW)
@@ -454,7 +454,7 @@ def test_end_run_needs_a_final_status() -> None:
 
 def test_lineage_limits() -> None:
     start = pb.StartNode(version_id=1)
-    query = wire.parse_lineage(pb.GetLineageRequest(start=start, direction=pb.DIRECTION_BOTH))
+    query = gate.parse_lineage(pb.GetLineageRequest(start=start, direction=pb.DIRECTION_BOTH))
     assert (query.max_depth, query.max_nodes) == (
         limits.DEFAULT_MAX_DEPTH,
         limits.DEFAULT_MAX_NODES,
@@ -469,22 +469,22 @@ def test_lineage_limits() -> None:
             start=start, direction=pb.DIRECTION_UPSTREAM, **{field: value}
         )
         with pytest.raises(InvalidArgument, match=field):
-            wire.parse_lineage(request)
+            gate.parse_lineage(request)
     with pytest.raises(InvalidArgument, match="start is required"):
-        wire.parse_lineage(pb.GetLineageRequest(direction=pb.DIRECTION_UPSTREAM))
+        gate.parse_lineage(pb.GetLineageRequest(direction=pb.DIRECTION_UPSTREAM))
 
 
 def test_run_id_and_names() -> None:
     for bad in ("", "has space", "x" * 200, "nul\x00"):
         with pytest.raises(InvalidArgument, match="run_id"):
-            wire.parse_run_id(bad)
+            gate.parse_run_id(bad)
     with pytest.raises(InvalidArgument, match="name is required"):
-        wire.parse_begin_run(pb.BeginRunRequest(name="  "), now=NOW)
+        gate.parse_begin_run(pb.BeginRunRequest(name="  "), now=NOW)
     with pytest.raises(InvalidArgument, match=r"argv\[1\] contains a NUL"):
-        wire.parse_begin_run(pb.BeginRunRequest(name="t", argv=["a", "b\x00"]), now=NOW)
+        gate.parse_begin_run(pb.BeginRunRequest(name="t", argv=["a", "b\x00"]), now=NOW)
     too_many = pb.BeginRunRequest(name="t", argv=["a"] * (limits.MAX_REPEATED + 1))
     with pytest.raises(InvalidArgument, match="at most 10000"):
-        wire.parse_begin_run(too_many, now=NOW)
+        gate.parse_begin_run(too_many, now=NOW)
 
 
 def test_runs_of_a_graph_share_one_code_and_environment() -> None:

@@ -144,6 +144,7 @@ def write_run(
     ``start`` carries the run id the wrapper chose; the entry holds everything a daemon
     needs to record the run from nothing, even when part of it reached one already.
     """
+    # Deferred: `lineage run` imports this module for spool_dir() before its command starts.
     from google.protobuf import json_format
     from lineage_core import wire
 
@@ -202,7 +203,7 @@ def write_run(
 
 def _read(path: Path, data: bytes) -> SpooledRun:
     from google.protobuf import json_format
-    from lineage_core import wire
+    from lineage_core import gate
     from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
     from lineage_core.models import Capture, RunStatus
 
@@ -217,7 +218,7 @@ def _read(path: Path, data: bytes) -> SpooledRun:
         begin = json_format.ParseDict(body["begin"], pb.BeginRunRequest())
         end = body["end"]
         now = int(body["started_at"]) or time.time_ns()
-        start = wire.parse_begin_run(begin, now=now)
+        start = gate.parse_begin_run(begin, now=now)
         return SpooledRun(
             path=path,
             run_id=str(body["run_id"]),
@@ -225,7 +226,7 @@ def _read(path: Path, data: bytes) -> SpooledRun:
             started_at=int(body["started_at"]),
             start=start,
             accesses=tuple(
-                wire.parse_access(message, f"accesses[{index}]", now=now)
+                gate.parse_access(message, f"accesses[{index}]", now=now)
                 for index, message in enumerate(messages)
             ),
             status=RunStatus(end["status"]),

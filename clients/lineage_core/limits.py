@@ -23,6 +23,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_PATH_BYTES",
     "MAX_PID",
+    "MAX_PIN_NOTE",
     "MAX_REPEATED",
     "MAX_RUN_ID",
     "MAX_RUN_NAME",
@@ -55,6 +56,7 @@ MAX_DIFF_BYTES = 2 * 1024 * 1024  # a run's uncommitted diff (the client truncat
 MAX_WARNINGS = 100  # per run, and capture reasons per run
 MAX_WARNING_CHARS = 4096  # one warning or capture reason
 MAX_CAPTURE_METHOD = 64  # characters naming how a run was captured
+MAX_PIN_NOTE = 1024  # characters of a pin's note
 
 # Digests: a lookup by prefix needs at least this many hex characters.
 MIN_DIGEST_PREFIX = 8

@@ -1,48 +1,19 @@
-"""Domain values <-> protobuf messages, and validation of everything that arrives on the wire.
+"""The wire codecs: ``lineage_core.models`` values <-> protobuf messages.
 
-The only module besides ``service.py`` (and the client) that imports the generated stubs.
-``*_to_pb`` build messages from ``lineage_core.models`` values; ``*_from_pb`` read them back.
-``parse_*`` read *requests*: they validate at the edge (NUL bytes, relative or unnormalised
-paths, unknown enum numbers, absurd sizes and times) and raise ``InvalidArgument`` with a
-message a person can act on, naming the field.
+``*_to_pb`` build messages from values; ``*_from_pb`` read answers back (trusting the daemon).
+Requests a daemon receives are read by ``lineage_core.gate``, which checks them; the maps from
+wire enum numbers to model enums (``*_FROM_PB``) are shared with it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import posixpath
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
 from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core.errors import InvalidArgument
-from lineage_core.limits import (
-    DEFAULT_MAX_DEPTH,
-    DEFAULT_MAX_NODES,
-    DEFAULT_PAGE_SIZE,
-    MAX_CAPTURE_METHOD,
-    MAX_DEPTH,
-    MAX_DIFF_BYTES,
-    MAX_NAME_BYTES,
-    MAX_NODES,
-    MAX_NS,
-    MAX_PAGE_SIZE,
-    MAX_PATH_BYTES,
-    MAX_PID,
-    MAX_REPEATED,
-    MAX_RUN_ID,
-    MAX_RUN_NAME,
-    MAX_TEXT_BYTES,
-    MAX_WARNING_CHARS,
-    MAX_WARNINGS,
-    MIN_DIGEST_PREFIX,
-    MIN_NS,
-)
 from lineage_core.models import (
     Access,
     AccessMode,
@@ -70,23 +41,19 @@ from lineage_core.models import (
     VerifyItem,
     VerifyState,
     Version,
-    is_new_run_id,
 )
-from lineage_core.paths import is_normal_path
 
 __all__ = [
+    "ACCESS_ROLE_FROM_PB",
+    "DIRECTION_FROM_PB",
     "ERROR_CLASS_KEY",
-    "LineageQuery",
-    "ListRunsQuery",
+    "MODE_FROM_PB",
+    "REPORTED_HOW_FROM_PB",
+    "STATUS_FROM_PB",
     "access_to_pb",
     "begin_run_to_pb",
     "capture_to_pb",
-    "check_digest_prefix",
-    "check_new_run_id",
-    "check_path",
-    "decode_page_token",
     "direction_to_pb",
-    "encode_page_token",
     "event_from_pb",
     "event_to_pb",
     "gc_report_from_pb",
@@ -95,18 +62,6 @@ __all__ = [
     "graph_to_pb",
     "ns_from_ts",
     "ns_to_ts",
-    "parse_access",
-    "parse_begin_run",
-    "parse_capture",
-    "parse_direction",
-    "parse_end_run",
-    "parse_lineage",
-    "parse_list_runs",
-    "parse_page_size",
-    "parse_read_version_bytes",
-    "parse_run_id",
-    "parse_start",
-    "parse_time",
     "pin_report_from_pb",
     "pin_report_to_pb",
     "run_file_from_pb",
@@ -125,14 +80,6 @@ __all__ = [
 ]
 
 ERROR_CLASS_KEY = "lineage-error-class"  # trailing metadata: the lineage_core.errors class name
-
-# Times must fit int64 nanoseconds, which is what the store keeps: 1677-09-21 .. 2262-04-11.
-_MIN_NS = MIN_NS
-_MAX_NS = MAX_NS
-_MAX_PID = MAX_PID
-
-_HEX = re.compile(r"[0-9a-f]+")
-_RUN_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
 _ROLE_TO_PB = {
     Role.DATA: pb.ROLE_DATA,
@@ -190,16 +137,16 @@ def _invert(mapping: Mapping[_K, int]) -> dict[int, _K]:
 
 _ROLE_FROM_PB = _invert(_ROLE_TO_PB)
 _CHANGE_FROM_PB = _invert(_CHANGE_TO_PB)
-_MODE_FROM_PB = _invert(_MODE_TO_PB)
+MODE_FROM_PB = _invert(_MODE_TO_PB)
 _HOW_FROM_PB = _invert(_HOW_TO_PB)
 # How a client may say it knew of an access ("digest" is for graph edges only).
-_REPORTED_HOW_FROM_PB: dict[int, str] = {
+REPORTED_HOW_FROM_PB: dict[int, str] = {
     pb.ACCESS_HOW_DECLARED: "declared",
     pb.ACCESS_HOW_TRACED: "traced",
 }
-_ACCESS_ROLE_FROM_PB = _invert(_ACCESS_ROLE_TO_PB)
-_STATUS_FROM_PB = _invert(_STATUS_TO_PB)
-_DIRECTION_FROM_PB = _invert(_DIRECTION_TO_PB)
+ACCESS_ROLE_FROM_PB = _invert(_ACCESS_ROLE_TO_PB)
+STATUS_FROM_PB = _invert(_STATUS_TO_PB)
+DIRECTION_FROM_PB = _invert(_DIRECTION_TO_PB)
 _EDGE_FROM_PB = _invert(_EDGE_TO_PB)
 _VERIFY_FROM_PB = _invert(_VERIFY_TO_PB)
 
@@ -218,23 +165,6 @@ def ns_from_ts(ts: timestamp_pb2.Timestamp) -> int:
     return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
 
 
-def parse_time(message: Any, field: str, *, required: bool = False) -> int | None:
-    """The validated time in ``message.field``: None when unset (InvalidArgument if required)."""
-    if not message.HasField(field):
-        if required:
-            raise InvalidArgument(f"{field} is required")
-        return None
-    ts = getattr(message, field)
-    if not 0 <= ts.nanos < 1_000_000_000:
-        raise InvalidArgument(f"{field}.nanos must be between 0 and 999999999, not {ts.nanos}")
-    ns = ns_from_ts(ts)
-    if not _MIN_NS <= ns <= _MAX_NS:
-        raise InvalidArgument(
-            f"{field} is out of range: times must lie between 1677-09-21 and 2262-04-11 UTC"
-        )
-    return ns
-
-
 def _set_time(message: Any, field: str, ns: int | None) -> None:
     if ns is not None:
         ts = getattr(message, field)  # set in place: no Timestamp built and copied
@@ -246,126 +176,6 @@ def _get_time(message: Any, field: str) -> int | None:
         return None
     ts: timestamp_pb2.Timestamp = getattr(message, field)
     return ts.seconds * 1_000_000_000 + ts.nanos
-
-
-# --- scalar validation -------------------------------------------------------------------
-
-
-def _check_text(value: str, field: str, *, max_bytes: int = MAX_TEXT_BYTES) -> str:
-    if "\x00" in value:
-        raise InvalidArgument(f"{field} contains a NUL byte")
-    if len(value) > max_bytes or len(value.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise InvalidArgument(f"{field} is longer than {max_bytes} bytes")
-    return value
-
-
-def _check_count(values: Sized, field: str, limit: int = MAX_REPEATED) -> None:
-    if len(values) > limit:
-        raise InvalidArgument(f"{field} has {len(values)} entries; at most {limit} are accepted")
-
-
-def check_path(value: str, field: str = "path", *, allow_empty: bool = False) -> str:
-    """An absolute, normalised path, else InvalidArgument saying what is wrong with it."""
-    if not value:
-        if allow_empty:
-            return value
-        raise InvalidArgument(f"{field} is required")
-    _check_text(value, field, max_bytes=MAX_PATH_BYTES)
-    if not value.startswith("/"):
-        raise InvalidArgument(
-            f"{field} must be an absolute path, not {value!r} (clients make paths absolute)"
-        )
-    # posixpath keeps a leading "//" (implementation-defined in POSIX); no root uses it.
-    if posixpath.normpath(value) != value or value.startswith("//"):
-        raise InvalidArgument(
-            f"{field} must be normalised (no '.', '..', '//' or trailing '/'): {value!r};"
-            f" did you mean {posixpath.normpath('/' + value.lstrip('/'))!r}?"
-        )
-    return value
-
-
-def _check_digest(value: str, field: str) -> str:
-    digest = value.lower()
-    if len(digest) != 64 or not _HEX.fullmatch(digest):
-        raise InvalidArgument(
-            f"{field} must be 64 hex characters (a BLAKE3-256 digest), not {value[:80]!r}"
-        )
-    return digest
-
-
-def check_digest_prefix(value: str, field: str = "digest") -> str:
-    """A full digest or a prefix of 8..64 hex characters, lowercased."""
-    if not value:
-        raise InvalidArgument(f"{field} is required")
-    digest = value.lower()
-    if not _HEX.fullmatch(digest) or not MIN_DIGEST_PREFIX <= len(digest) <= 64:
-        raise InvalidArgument(
-            f"{field} must be 8 to 64 hex characters (a BLAKE3 digest or a prefix), not {value[:80]!r}"
-        )
-    return digest
-
-
-def parse_run_id(value: str, field: str = "run_id") -> str:
-    """A run id (or a prefix of one) in the characters run ids are made of."""
-    if not value:
-        raise InvalidArgument(f"{field} is required")
-    if len(value) > MAX_RUN_ID or not _RUN_ID.fullmatch(value):
-        raise InvalidArgument(
-            f"{field} must be 1 to {MAX_RUN_ID} characters of letters, digits, '.', '_', ':'"
-            f" or '-', not {value[:80]!r}"
-        )
-    return value
-
-
-def _check_int(value: int, field: str, low: int, high: int) -> int:
-    if not low <= value <= high:
-        raise InvalidArgument(f"{field} must be between {low} and {high}, not {value}")
-    return value
-
-
-def _enum(mapping: Mapping[int, _K], number: int, field: str, enum: Any) -> _K:
-    if number not in mapping:
-        names = ", ".join(enum.Name(n) for n in sorted(mapping))
-        raise InvalidArgument(f"{field} has an unknown value {number}; expected one of {names}")
-    return mapping[number]
-
-
-def parse_page_size(value: int, field: str = "page_size") -> int:
-    """0 means the default; otherwise 1..1000."""
-    if value == 0:
-        return DEFAULT_PAGE_SIZE
-    if not 1 <= value <= MAX_PAGE_SIZE:
-        raise InvalidArgument(
-            f"{field} must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE}), not {value}"
-        )
-    return value
-
-
-# --- page tokens -------------------------------------------------------------------------
-
-
-def encode_page_token(kind: str, before_id: int) -> str:
-    """An opaque token resuming a ``kind`` listing after the row ``before_id``."""
-    return base64.urlsafe_b64encode(f"v1:{kind}:{before_id}".encode()).decode().rstrip("=")
-
-
-def decode_page_token(token: str, kind: str) -> int | None:
-    """The row id a token resumes after; None for an empty token; InvalidArgument if foreign."""
-    if not token:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-        version, token_kind, number = text.split(":")
-        before_id = int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument(
-            "page_token is not a token this server issued; pass next_page_token unchanged"
-        ) from None
-    if version != "v1" or token_kind != kind or not 0 < before_id <= _MAX_NS:
-        raise InvalidArgument(
-            f"page_token belongs to another listing; pass the next_page_token of a {kind} answer"
-        )
-    return before_id
 
 
 # --- versions ----------------------------------------------------------------------------
@@ -538,17 +348,6 @@ def _capture_from_pb(message: pb.RunCapture) -> Capture:
     return Capture(complete=message.complete, reasons=tuple(message.reasons), method=message.method)
 
 
-def parse_capture(request: pb.EndRunRequest) -> Capture | None:
-    """Validate EndRun's capture (None when the client did not say)."""
-    if not request.HasField("capture"):
-        return None
-    reasons = _parse_short_texts(request.capture.reasons, "capture.reasons")
-    method = _check_text(request.capture.method, "capture.method", max_bytes=MAX_CAPTURE_METHOD)
-    if request.capture.complete and reasons:
-        raise InvalidArgument("a complete capture has no reasons to be partial")
-    return Capture(complete=request.capture.complete, reasons=reasons, method=method)
-
-
 def run_from_pb(message: pb.Run, memo: dict[tuple[Any, bytes], Any] | None = None) -> Run:
     """A run read back from the wire; runs decoded with one ``memo`` share equal code and
     environment values instead of decoding each again."""
@@ -563,7 +362,7 @@ def run_from_pb(message: pb.Run, memo: dict[tuple[Any, bytes], Any] | None = Non
         pid=message.pid,
         started_at=started.seconds * 1_000_000_000 + started.nanos,
         ended_at=_get_time(message, "ended_at"),
-        status=_STATUS_FROM_PB.get(message.status, RunStatus.RUNNING),
+        status=STATUS_FROM_PB.get(message.status, RunStatus.RUNNING),
         exit_code=message.exit_code if message.HasField("exit_code") else None,
         # Empty containers skip the conversion: graphs decode many runs, most without them.
         params=dict(message.params) if message.params else {},
@@ -573,77 +372,6 @@ def run_from_pb(message: pb.Run, memo: dict[tuple[Any, bytes], Any] | None = Non
         warnings=tuple(message.warnings) if message.warnings else (),
         id=message.id,
         capture=_capture_from_pb(message.capture) if message.HasField("capture") else None,
-    )
-
-
-def _parse_strings(
-    values: Sequence[str], field: str, *, max_bytes: int = MAX_TEXT_BYTES
-) -> tuple[str, ...]:
-    _check_count(values, field)
-    return tuple(_check_text(v, f"{field}[{i}]", max_bytes=max_bytes) for i, v in enumerate(values))
-
-
-def _parse_short_texts(values: Sequence[str], field: str) -> tuple[str, ...]:
-    """Warnings and capture reasons: at most MAX_WARNINGS of MAX_WARNING_CHARS characters."""
-    _check_count(values, field, MAX_WARNINGS)
-    for index, value in enumerate(values):
-        if "\x00" in value:
-            raise InvalidArgument(f"{field}[{index}] contains a NUL byte")
-        if len(value) > MAX_WARNING_CHARS:
-            raise InvalidArgument(f"{field}[{index}] is longer than {MAX_WARNING_CHARS} characters")
-    return tuple(values)
-
-
-def _parse_map(values: Mapping[str, str], field: str) -> dict[str, str]:
-    _check_count(values, field)
-    parsed: dict[str, str] = {}
-    for key, value in values.items():
-        _check_text(key, f"{field} key", max_bytes=MAX_NAME_BYTES)
-        parsed[key] = _check_text(value, f"{field}[{key[:40]!r}]")
-    return parsed
-
-
-def _parse_code(message: pb.CodeState) -> CodeState:
-    if len(message.diff) > MAX_DIFF_BYTES:
-        raise InvalidArgument(f"code.diff is larger than {MAX_DIFF_BYTES} bytes; truncate it")
-    _check_count(message.sources, "code.sources")
-    sources = tuple(
-        SourceFile(
-            path=check_path(s.path, f"code.sources[{i}].path"),
-            digest=_check_digest(s.digest, f"code.sources[{i}].digest"),
-        )
-        for i, s in enumerate(message.sources)
-    )
-    return CodeState(
-        commit=_check_text(message.commit, "code.commit", max_bytes=MAX_NAME_BYTES),
-        branch=_check_text(message.branch, "code.branch", max_bytes=MAX_NAME_BYTES),
-        remote=_check_text(message.remote, "code.remote", max_bytes=MAX_PATH_BYTES),
-        dirty=message.dirty,
-        diff=bytes(message.diff),
-        diff_digest=_check_digest(message.diff_digest, "code.diff_digest")
-        if message.diff_digest
-        else "",
-        diff_size=_check_int(message.diff_size, "code.diff_size", 0, _MAX_NS),
-        diff_truncated=message.diff_truncated,
-        untracked=_parse_strings(message.untracked, "code.untracked", max_bytes=MAX_PATH_BYTES),
-        sources=sources,
-    )
-
-
-def _parse_env(message: pb.EnvState) -> EnvState:
-    return EnvState(
-        python_version=_check_text(
-            message.python_version, "env.python_version", max_bytes=MAX_NAME_BYTES
-        ),
-        implementation=_check_text(
-            message.implementation, "env.implementation", max_bytes=MAX_NAME_BYTES
-        ),
-        platform=_check_text(message.platform, "env.platform", max_bytes=MAX_NAME_BYTES),
-        packages=_parse_strings(message.packages, "env.packages", max_bytes=MAX_NAME_BYTES),
-        packages_digest=_check_digest(message.packages_digest, "env.packages_digest")
-        if message.packages_digest
-        else "",
-        variables=_parse_map(message.variables, "env.variables"),
     )
 
 
@@ -668,42 +396,6 @@ def begin_run_to_pb(start: RunStart) -> pb.BeginRunRequest:
     return request
 
 
-def parse_begin_run(request: pb.BeginRunRequest, *, now: int) -> RunStart:
-    """Validate a BeginRun request; an unset ``started_at`` becomes ``now``."""
-    name = request.name
-    if not name.strip():
-        raise InvalidArgument("name is required (a short label such as 'train')")
-    if "\x00" in name or len(name) > MAX_RUN_NAME:
-        raise InvalidArgument(f"name is 1 to {MAX_RUN_NAME} characters without NUL bytes")
-    started_at = parse_time(request, "started_at")
-    return RunStart(
-        name=name,
-        argv=_parse_strings(request.argv, "argv"),
-        cwd=check_path(request.cwd, "cwd", allow_empty=True),
-        host=_check_text(request.host, "host", max_bytes=MAX_NAME_BYTES),
-        user=_check_text(request.user, "user", max_bytes=MAX_NAME_BYTES),
-        pid=_check_int(request.pid, "pid", 0, _MAX_PID),
-        started_at=now if started_at is None else started_at,
-        params=_parse_map(request.params, "params"),
-        parent_run_id=parse_run_id(request.parent_run_id, "parent_run_id")
-        if request.parent_run_id
-        else "",
-        code=_parse_code(request.code) if request.HasField("code") else None,
-        env=_parse_env(request.env) if request.HasField("env") else None,
-        run_id=check_new_run_id(request.run_id) if request.run_id else "",
-    )
-
-
-def check_new_run_id(value: str, field: str = "run_id") -> str:
-    """A run id a client chose for a new run: the daemon's format, else InvalidArgument."""
-    if not is_new_run_id(value):
-        raise InvalidArgument(
-            f"{field} must be 32 lowercase hex characters, as the daemon makes them (a 48-bit"
-            f" millisecond timestamp then 80 random bits), or empty; not {value[:80]!r}"
-        )
-    return value
-
-
 def access_to_pb(access: Access) -> pb.Access:
     """The wire form of a reported access (client side)."""
     return _fill_access(pb.Access(), access)
@@ -721,116 +413,6 @@ def _fill_access(message: pb.Access, access: Access) -> pb.Access:
     if access.mtime_ns:
         _set_time(message, "mtime", access.mtime_ns)
     return message
-
-
-def _time_ns(ts: timestamp_pb2.Timestamp, field: str) -> int:
-    """:func:`parse_time` for a Timestamp known to be set."""
-    nanos = ts.nanos
-    if not 0 <= nanos < 1_000_000_000:
-        raise InvalidArgument(f"{field}.nanos must be between 0 and 999999999, not {nanos}")
-    ns = ts.seconds * 1_000_000_000 + nanos
-    if not _MIN_NS <= ns <= _MAX_NS:
-        raise InvalidArgument(
-            f"{field} is out of range: times must lie between 1677-09-21 and 2262-04-11 UTC"
-        )
-    return ns
-
-
-def parse_access(message: pb.Access, field: str, *, now: int) -> Access:
-    """Validate one reported access; unset times become ``now``."""
-    path = message.path
-    # check_path's rules, by cheaper exact tests first; its messages when one fails.
-    if (
-        path[:1] != "/"
-        or "\x00" in path
-        or len(path) > MAX_PATH_BYTES
-        or (not path.isascii() and len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES)
-        or not is_normal_path(path)
-    ):
-        check_path(path, f"{field}.path")
-    mode = _MODE_FROM_PB.get(message.mode)
-    if mode is None:
-        mode = _enum(_MODE_FROM_PB, message.mode, f"{field}.mode", pb.AccessMode)
-    has = message.HasField
-    first_at = _time_ns(message.first_at, "first_at") if has("first_at") else now
-    last_at = _time_ns(message.last_at, "last_at") if has("last_at") else first_at
-    if last_at < first_at:
-        raise InvalidArgument(f"{field}.last_at is before {field}.first_at")
-    how = _REPORTED_HOW_FROM_PB.get(message.how) or (
-        "traced"
-        if message.how == pb.ACCESS_HOW_UNSPECIFIED
-        else _enum(_REPORTED_HOW_FROM_PB, message.how, f"{field}.how", pb.AccessHow)
-    )
-    role = _ACCESS_ROLE_FROM_PB.get(message.role) or (
-        "data"
-        if message.role == pb.ACCESS_ROLE_UNSPECIFIED
-        else _enum(_ACCESS_ROLE_FROM_PB, message.role, f"{field}.role", pb.AccessRole)
-    )
-    digest = message.digest
-    if digest:
-        digest = _check_digest(digest, f"{field}.digest")
-    size = message.size
-    if size:
-        _check_int(size, f"{field}.size", 0, _MAX_NS)
-    mtime = _time_ns(message.mtime, "mtime") if has("mtime") else 0
-    return Access(path, mode, first_at, last_at, how, role, digest, size, mtime)
-
-
-def parse_end_run(
-    request: pb.EndRunRequest, *, now: int
-) -> tuple[str, int | None, RunStatus, int, tuple[str, ...]]:
-    """Validate EndRun: (run_id, exit_code, status, ended_at, warnings)."""
-    run_id = parse_run_id(request.run_id)
-    if request.status in (
-        pb.RUN_STATUS_UNSPECIFIED,
-        pb.RUN_STATUS_RUNNING,
-        pb.RUN_STATUS_ABANDONED,
-    ):
-        raise InvalidArgument(
-            "status must be RUN_STATUS_SUCCEEDED, RUN_STATUS_FAILED or RUN_STATUS_INTERRUPTED"
-        )
-    status = _enum(_STATUS_FROM_PB, request.status, "status", pb.RunStatus)
-    ended_at = parse_time(request, "ended_at")
-    exit_code = request.exit_code if request.HasField("exit_code") else None
-    warnings = _parse_short_texts(request.warnings, "warnings")
-    return run_id, exit_code, status, now if ended_at is None else ended_at, warnings
-
-
-@dataclass(frozen=True, slots=True)
-class ListRunsQuery:
-    """A validated ListRuns request."""
-
-    limit: int
-    name: str
-    status: RunStatus | None
-    since: int | None
-    until: int | None
-    before_id: int | None
-    parent_run_id: str = ""
-
-
-def parse_list_runs(request: pb.ListRunsRequest) -> ListRunsQuery:
-    """Validate ListRuns."""
-    status = (
-        None
-        if request.status == pb.RUN_STATUS_UNSPECIFIED
-        else _enum(_STATUS_FROM_PB, request.status, "status", pb.RunStatus)
-    )
-    since = parse_time(request, "since")
-    until = parse_time(request, "until")
-    if since is not None and until is not None and until < since:
-        raise InvalidArgument("until is before since")
-    return ListRunsQuery(
-        limit=parse_page_size(request.page_size),
-        name=_check_text(request.name, "name", max_bytes=MAX_NAME_BYTES),
-        status=status,
-        since=since,
-        until=until,
-        before_id=decode_page_token(request.page_token, "runs"),
-        parent_run_id=parse_run_id(request.parent_run_id, "parent_run_id")
-        if request.parent_run_id
-        else "",
-    )
 
 
 # --- lineage -----------------------------------------------------------------------------
@@ -851,61 +433,9 @@ def start_to_pb(start: StartNode) -> pb.StartNode:
     raise InvalidArgument("a lineage start needs a path, a digest, a version id or a run id")
 
 
-def parse_start(message: pb.StartNode, field: str = "start") -> StartNode:
-    """Validate a StartNode oneof."""
-    which = message.WhichOneof("node")
-    if which is None:
-        raise InvalidArgument(
-            f"{field} is required: set one of path, path_at, digest, version_id or run_id"
-        )
-    if which == "path":
-        return StartNode(path=check_path(message.path, f"{field}.path"))
-    if which == "path_at":
-        path = check_path(message.path_at.path, f"{field}.path_at.path")
-        at = parse_time(message.path_at, "at", required=True)
-        return StartNode(path=path, at=at)
-    if which == "digest":
-        return StartNode(digest=check_digest_prefix(message.digest, f"{field}.digest"))
-    if which == "version_id":
-        return StartNode(
-            version_id=_check_int(message.version_id, f"{field}.version_id", 1, _MAX_NS)
-        )
-    return StartNode(run_id=parse_run_id(message.run_id, f"{field}.run_id"))
-
-
-def parse_direction(number: int, field: str = "direction") -> Direction:
-    """A walk direction; UNSPECIFIED is an error (say which way to walk)."""
-    if number == pb.DIRECTION_UNSPECIFIED:
-        raise InvalidArgument(
-            f"{field} is required: DIRECTION_UPSTREAM, DIRECTION_DOWNSTREAM or DIRECTION_BOTH"
-        )
-    return _enum(_DIRECTION_FROM_PB, number, field, pb.Direction)
-
-
 def direction_to_pb(direction: Direction) -> pb.Direction.ValueType:
     """The wire number of a direction."""
     return _DIRECTION_TO_PB[direction]
-
-
-@dataclass(frozen=True, slots=True)
-class LineageQuery:
-    """A validated GetLineage request."""
-
-    start: StartNode
-    direction: Direction
-    max_depth: int
-    max_nodes: int
-
-
-def parse_lineage(request: pb.GetLineageRequest) -> LineageQuery:
-    """Validate GetLineage; 0 depth/nodes mean the defaults."""
-    start = parse_start(request.start) if request.HasField("start") else parse_start(pb.StartNode())
-    direction = parse_direction(request.direction)
-    depth = request.max_depth or DEFAULT_MAX_DEPTH
-    nodes = request.max_nodes or DEFAULT_MAX_NODES
-    _check_int(depth, "max_depth", 1, MAX_DEPTH)
-    _check_int(nodes, "max_nodes", 1, MAX_NODES)
-    return LineageQuery(start, direction, depth, nodes)
 
 
 def graph_to_pb(graph: Graph) -> pb.Graph:
@@ -948,7 +478,7 @@ def _edge_from_pb(message: pb.Edge) -> Edge:
         target=message.target,
         kind=_EDGE_FROM_PB.get(message.kind, "read"),
         how=_HOW_FROM_PB.get(message.how, "traced"),
-        role=_ACCESS_ROLE_FROM_PB.get(message.role, "data"),
+        role=ACCESS_ROLE_FROM_PB.get(message.role, "data"),
         changed_during_run=message.changed_during_run,
     )
 
@@ -1124,20 +654,6 @@ def run_file_from_pb(message: pb.RunFile) -> RunFile:
         kept=message.kept,
         not_kept=message.not_kept,
     )
-
-
-def parse_read_version_bytes(
-    request: pb.ReadVersionBytesRequest,
-) -> tuple[str, int | None, str]:
-    """(path or "", time or None, digest or "") of a ReadVersionBytes request, validated."""
-    path = check_path(request.path, allow_empty=True) if request.path else ""
-    at = parse_time(request, "at")
-    digest = check_digest_prefix(request.digest) if request.digest else ""
-    if not path and not digest:
-        raise InvalidArgument("give a path, a digest, or both")
-    if at is not None and (digest or not path):
-        raise InvalidArgument("a time goes with a path, and not with a digest")
-    return path, at, digest
 
 
 def pin_report_to_pb(report: PinReport) -> pb.PinVersionsResponse:

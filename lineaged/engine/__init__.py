@@ -5,9 +5,10 @@
 - ``supervision``: the watching machinery, the scan thread, root health and the status cache;
 - ``runs``: run recording (begin, accesses, end, orphaned runs, reproductions);
 - ``queries``: the answers (versions, runs, lineage, verify, the content store, status);
-- ``events``: the event bus the ``Subscribe`` streams read;
-- ``checks``: the checks of what a caller sends, and the limits (``MAX_PAGE``, ...).
+- ``events``: the event bus the ``Subscribe`` streams read.
 
+The engine trusts its arguments: every request was checked once, at the gRPC edge, by
+``lineage_core.gate`` (paths absolute and normalised, limits within ``lineage_core.limits``).
 Reads go to the store's per-thread read connections; writes (runs, accesses) go through the
 single writer thread. The engine never opens a path outside its watched roots: files a run
 used elsewhere arrive with the digest the client computed.
@@ -41,7 +42,6 @@ from lineage_core.objects import ObjectStore
 from lineage_core.redact import Redactor
 
 from lineaged.config import Config
-from lineaged.engine.checks import MAX_ACCESSES, MAX_DEPTH, MAX_NODES, MAX_PAGE, check_no_nul
 from lineaged.engine.events import MAX_SUBSCRIBERS, SUBSCRIBER_BUFFER, EventBus, Subscription
 from lineaged.engine.queries import Queries
 from lineaged.engine.runs import ABANDON_AFTER_NS, HASH_WAIT_SECONDS, Runs
@@ -71,10 +71,6 @@ __all__ = [
     "HASH_WAIT_SECONDS",
     "LIMIT_RETRY_SECONDS",
     "LOST_RETRY_SECONDS",
-    "MAX_ACCESSES",
-    "MAX_DEPTH",
-    "MAX_NODES",
-    "MAX_PAGE",
     "MAX_SUBSCRIBERS",
     "MISSING_ROOT_CHECK_SECONDS",
     "PROBLEM_KINDS",
@@ -346,7 +342,6 @@ class Engine:
 
     def subscribe(self, path_prefix: str = "") -> Subscription:
         """A queue of new versions and run events whose path starts with ``path_prefix``."""
-        check_no_nul(path_prefix, "a path prefix")
         return self.events.subscribe(path_prefix)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from lineage_core.errors import NotFound
+from lineage_core.limits import MAX_DEPTH, MAX_NODES, MAX_PAGE_SIZE
 from lineage_core.models import (
     ChangeKind,
     Direction,
@@ -30,18 +31,6 @@ from lineage_core.models import (
 from lineage_core.objects import CHUNK, ObjectStore
 
 from lineaged import __version__
-from lineaged.engine.checks import (
-    MAX_DEPTH,
-    MAX_NODES,
-    MAX_PAGE,
-    check_abs,
-    check_graph_limits,
-    check_limit,
-    check_no_nul,
-    check_restore,
-    check_start,
-    check_version_id,
-)
 from lineaged.engine.runs import HASH_WAIT_SECONDS
 from lineaged.engine.supervision import Supervisor
 from lineaged.retention import Keeper
@@ -77,20 +66,19 @@ class Queries:
 
     def history(self, path: str, *, limit: int, before_id: int | None = None) -> list[Version]:
         """Every version the path has had, newest first; page with ``before_id``."""
-        return self.store.history(check_abs(path), limit=check_limit(limit), before_id=before_id)
+        return self.store.history(path, limit=limit, before_id=before_id)
 
     def version_at(self, path: str, at: int) -> Version:
         """The version the path held at time ``at`` (NotFound if none)."""
-        return self.store.version_at(check_abs(path), at)
+        return self.store.version_at(path, at)
 
     def get_version(self, version_id: int) -> Version:
         """One version by id."""
-        check_version_id(version_id)
         return self.store.get_version(version_id)
 
     def versions_by_digest(self, digest: str, *, limit: int) -> list[Version]:
         """Every version (any path) with this digest; a prefix of >= 8 hex chars is accepted."""
-        return self.store.versions_by_digest(digest, limit=check_limit(limit))
+        return self.store.versions_by_digest(digest, limit=limit)
 
     # -- runs
 
@@ -111,9 +99,8 @@ class Queries:
     ) -> list[Run]:
         """Runs newest first, filtered; page with ``before_id`` (the last run's ``id``);
         ``parent_run_id``: only the runs nested in that one."""
-        check_no_nul(name, "a run name")
         return self.store.list_runs(
-            limit=check_limit(limit),
+            limit=limit,
             name=name,
             status=status,
             since=since,
@@ -132,14 +119,10 @@ class Queries:
         self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
     ) -> Graph:
         """The lineage subgraph around ``start``; ``truncated`` when a limit cut it."""
-        max_depth, max_nodes = check_graph_limits(max_depth, max_nodes)
-        return self.store.lineage(
-            check_start(start), direction, max_depth=max_depth, max_nodes=max_nodes
-        )
+        return self.store.lineage(start, direction, max_depth=max_depth, max_nodes=max_nodes)
 
     def verify(self, start: StartNode) -> list[VerifyItem]:
         """Every input on the upstream closure of ``start`` and what its path holds now."""
-        start = check_start(start)
         # Paths under a root are brought up to date first: "now" means now, not the last event.
         graph = self.store.lineage(
             start, Direction.UPSTREAM, max_depth=MAX_DEPTH, max_nodes=MAX_NODES
@@ -155,7 +138,6 @@ class Queries:
 
     def pin(self, start: StartNode, note: str = "") -> PinReport:
         """Pin a path's current version, every version of a digest, or a run's files."""
-        start = check_start(start)
         if start.run_id:
             versions = [f.version for f in self.store.run_files(start.run_id)]
         else:
@@ -169,9 +151,8 @@ class Queries:
     def version_to_restore(self, path: str, at: int | None, digest: str) -> Version:
         """The version ``lineage restore`` means: PATH (its newest version), PATH@TIME,
         PATH@DIGEST or a digest alone; NotFound when its bytes are not kept."""
-        path = check_restore(path, digest)
         if digest:
-            candidates = self.store.versions_by_digest(digest, limit=MAX_PAGE)
+            candidates = self.store.versions_by_digest(digest, limit=MAX_PAGE_SIZE)
             same_path = [v for v in candidates if v.path == path]
             if path and not same_path:
                 raise NotFound(f"{path} never held {candidates[0].digest}")

@@ -17,7 +17,6 @@ import stat
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lineage_core import hasher
@@ -26,14 +25,6 @@ from lineage_core.models import Access, AccessMode, Capture, ChangeKind, Run, Ru
 from lineage_core.redact import Redactor, load_or_create_key
 
 from lineaged.config import Config
-from lineaged.engine.checks import (
-    check_abs,
-    check_accesses_count,
-    check_fields,
-    check_run_end,
-    check_run_start,
-    is_clean_abs,
-)
 from lineaged.engine.events import EventBus
 from lineaged.retention import Keeper
 from lineaged.store import Store, Writer, pack_stat
@@ -182,7 +173,6 @@ class Runs:
 
     def begin_run(self, start: RunStart) -> Run:
         """Record a new run (status running) and return it with its run_id."""
-        check_run_start(start)
         start = self.redactor.run_start(start)
         run_id = self.writer.call(lambda store: store.begin_run(start))
         if self.openlineage is not None:
@@ -198,30 +188,22 @@ class Runs:
         opened; writes are tied at the run's end to what the file then holds; files outside
         every root are recorded with the digest the client computed (never opened here).
         """
-        check_accesses_count(accesses)
         roots = self.roots
         facts = _PathFacts(frozenset([*(r.path for r in roots.roots), *roots.excluded]))
-        check_fields(accesses)
         clean: list[Access] = []
         reads: list[Access] = []
         # Files outside every root carry the digest the client computed (never opened here).
         external: list[Access] = []
-        # The usual access (a clean path in a folder seen before, a file that is no link,
-        # times in order) is decided here inline; _check_access decides (and words) the rest.
+        # The usual access (a file that is no link, in a folder seen before) is placed here
+        # inline; _place_access places (or refuses, with the words) the rest.
         folders, special, real_dirs = facts.folders, facts.special, facts.real_dirs
         lstat, in_folder, read = facts.lstat, self.roots.file_in_folder_tracked, AccessMode.READ
         for access in accesses:
             path = access.path
             folder, _, name = path.rpartition("/")
             place = folders.get(folder)
-            if (
-                place is None
-                or not name
-                or path in special
-                or access.last_at < access.first_at
-                or not is_clean_abs(path)
-            ):
-                access, under_root, tracked = self._check_access(access, facts)
+            if place is None or not name or path in special:
+                under_root, tracked = self._place_access(access, facts)
             else:
                 root, files_tracked = place
                 if root is None:
@@ -231,7 +213,7 @@ class Runs:
                     if real_dirs.get(folder) != folder or (
                         st is not None and stat.S_ISLNK(st.st_mode)
                     ):
-                        access, under_root, tracked = self._check_access(access, facts)  # refused
+                        under_root, tracked = self._place_access(access, facts)  # refused
                     else:
                         under_root = True
                         tracked = files_tracked and in_folder(root, path, name)
@@ -388,13 +370,12 @@ class Runs:
             log.warning("marked %d runs abandoned (their wrappers are gone)", len(reasons))
         return sorted(reasons)
 
-    def _check_access(self, access: Access, facts: _PathFacts) -> tuple[Access, bool, bool]:
-        """The access's path checked (normalised; last_at not before first_at), whether it
-        is under a root, and whether it is tracked there (:meth:`RootSet.tracked`). The other
-        fields are checked for the whole batch by :func:`check_fields`."""
+    def _place_access(self, access: Access, facts: _PathFacts) -> tuple[bool, bool]:
+        """Whether the access's path is under a root, and whether it is tracked there
+        (:meth:`RootSet.tracked`); ``PathOutsideRoots`` when it goes through a link under a
+        root. The gate has checked the access itself (an absolute, normalised path, times in
+        order)."""
         path = access.path
-        if not is_clean_abs(path):
-            path = check_abs(path)
         folder, _, name = path.rpartition("/")
         folder = folder or "/"
         place = facts.folders.get(folder)
@@ -420,9 +401,7 @@ class Runs:
                     f"{path} goes through a symbolic link (it resolves to {real}); lineaged "
                     "never follows links under its roots: send the resolved path"
                 )
-        if path != access.path or access.last_at < access.first_at:
-            access = replace(access, path=path, last_at=max(access.last_at, access.first_at))
-        return access, root is not None, tracked
+        return root is not None, tracked
 
     def end_run(
         self,
@@ -435,7 +414,6 @@ class Runs:
         capture: Capture | None = None,
     ) -> Run:
         """Finish a run: resolve its outputs to the versions they hold now, and close it."""
-        check_run_end(status, warnings, capture)
         warnings = self.redactor.texts(warnings)
         run = self.store.get_run(run_id)
         if run.status not in (RunStatus.RUNNING, RunStatus.ABANDONED):

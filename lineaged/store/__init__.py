@@ -17,7 +17,6 @@ own connection (WAL lets them run beside the writer). Where each thing is:
 
 from __future__ import annotations
 
-from lineaged.store.checks import digest_to_blob
 from lineaged.store.connection import CACHE_KIB, DB_NAME, TransactionLost
 from lineaged.store.migrations import (
     APP_ID,
@@ -27,6 +26,7 @@ from lineaged.store.migrations import (
     _migration_openlineage,
     _migration_redact_secrets,
 )
+from lineaged.store.names import digest_to_blob
 from lineaged.store.outbox import OutboxEntry
 from lineaged.store.rows import pack_stat, pack_stat_key, version_checksum
 from lineaged.store.store import Store

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from lineage_core.models import RunFile
 
-from lineaged.store.checks import digest_to_blob
+from lineaged.store.names import digest_to_blob
 from lineaged.store.rows import VERSION_COLUMNS, RowChecker, chunks
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lineage_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from lineage_core.limits import MIN_DIGEST_PREFIX
 from lineage_core.models import (
     Access,
     AccessMode,
@@ -30,7 +31,7 @@ from lineage_core.models import (
 )
 
 from lineaged.store import outbox
-from lineaged.store.checks import MIN_PREFIX, check_new_run_id, check_run_id, digest_to_blob
+from lineaged.store.names import digest_to_blob
 from lineaged.store.rows import (
     RUN_COLUMNS,
     VERSION_COLUMNS,
@@ -57,11 +58,9 @@ OPEN_STATUSES = (RunStatus.RUNNING.value, RunStatus.ABANDONED.value)
 def begin_run(conn: sqlite3.Connection, start: RunStart, *, openlineage: bool) -> str:
     """Insert a running run; returns its run_id (``start.run_id`` when the client chose it)."""
     run_id = start.run_id or new_run_id()
-    if start.run_id:
-        check_new_run_id(run_id)
-        # The one writer thread runs this: nothing can take the id between check and insert.
-        if conn.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone():
-            raise AlreadyExists(f"run {run_id} exists already: choose a new run id")
+    # The one writer thread runs this: nothing can take the id between check and insert.
+    if start.run_id and conn.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone():
+        raise AlreadyExists(f"run {run_id} exists already: choose a new run id")
     env_id = None
     if start.env is not None:
         body = env_to_json(start.env)
@@ -256,8 +255,6 @@ def end_run(
     row_id, current, started_at = _run_row_id(conn, run_id)
     if current not in OPEN_STATUSES:
         raise FailedPrecondition(f"run {run_id} already ended ({current})")
-    if status is RunStatus.RUNNING:
-        raise InvalidArgument("a run cannot end with status running")
     conn.execute(
         "UPDATE runs SET ended_at=?, status=?, exit_code=?, warnings=?, capture=? WHERE id=?",
         (
@@ -328,9 +325,8 @@ def link_reproduction(conn: sqlite3.Connection, run_id: str, original_run_id: st
 
 def get_run(conn: sqlite3.Connection, checker: RowChecker, run_id: str) -> Run:
     """One run by id, or by a unique prefix of at least 8 characters (one snapshot)."""
-    check_run_id(run_id)
     runs = _runs_where(conn, checker, "r.run_id=?", (run_id,))
-    if not runs and len(run_id) >= MIN_PREFIX:
+    if not runs and len(run_id) >= MIN_DIGEST_PREFIX:
         runs = _runs_where(
             conn,
             checker,

@@ -17,10 +17,8 @@ from typing import Any, NamedTuple
 from lineage_core.errors import AmbiguousDigest, NotFound
 from lineage_core.models import ChangeKind, Counts, Role, Root, StatKey, Version
 
-from lineaged.store.checks import (
+from lineaged.store.names import (
     DIGEST_BYTES,
-    check_digest_or_prefix,
-    check_path,
     digest_to_blob,
     storable,
 )
@@ -494,7 +492,6 @@ def history(
     before_id: int | None = None,
 ) -> list[Version]:
     """Every version of a path, newest first."""
-    path = check_path(path)
     rows = conn.execute(
         f"SELECT {VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
         "WHERE a.path=? AND v.id < ? ORDER BY v.valid_from DESC, v.id DESC LIMIT ?",
@@ -507,7 +504,6 @@ def history(
 
 def version_at(conn: sqlite3.Connection, checker: RowChecker, path: str, at: int) -> Version:
     """The version a path held at time ``at``."""
-    path = check_path(path)
     row = conn.execute(
         f"SELECT {VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
         "WHERE a.path=? AND v.valid_from<=? AND (v.valid_until IS NULL OR v.valid_until>?) "
@@ -523,7 +519,6 @@ def version_at(conn: sqlite3.Connection, checker: RowChecker, path: str, at: int
 
 def current_version(conn: sqlite3.Connection, checker: RowChecker, path: str) -> Version | None:
     """The version a path holds now, or None when it does not exist (any more)."""
-    path = check_path(path)
     row = conn.execute(
         f"SELECT {VERSION_COLUMNS} FROM versions v JOIN artifacts a ON a.id=v.artifact_id "
         "WHERE a.path=? AND v.valid_until IS NULL",
@@ -546,7 +541,6 @@ def get_version(conn: sqlite3.Connection, checker: RowChecker, version_id: int) 
 
 def resolve_digest(conn: sqlite3.Connection, digest: str) -> bytes:
     """A full digest, or the unique digest a >= 8 hex character prefix names."""
-    digest = check_digest_or_prefix(digest)
     if len(digest) == 2 * DIGEST_BYTES:
         return bytes.fromhex(digest)
     low, high = _prefix_range(digest)

@@ -21,6 +21,7 @@ import sys
 import sysconfig
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
+from importlib.util import find_spec
 
 __all__ = ["CONFIG_DIRS", "VCS_DIRS", "environment_dirs", "is_noise", "noise_filter"]
 
@@ -36,6 +37,9 @@ def environment_dirs() -> tuple[str, ...]:
 
     import lineage_client
 
+    # The daemon's package too when it is installed, found without importing it: the client
+    # never loads the daemon (tests/test_client_surface.py).
+    daemon = find_spec("lineaged")
     dirs = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
     dirs += site.getsitepackages()
     with suppress(Exception):
@@ -44,6 +48,8 @@ def environment_dirs() -> tuple[str, ...]:
     dirs += [paths[n] for n in ("stdlib", "platstdlib", "purelib", "platlib") if n in paths]
     for package in (lineage_core, lineage_client):
         dirs += list(getattr(package, "__path__", []))
+    if daemon is not None:
+        dirs += list(daemon.submodule_search_locations or [])
     found = {os.path.realpath(d) for d in dirs if d}
     found |= {os.path.normpath(d) for d in dirs if d}
     found.discard("/")
