@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from lineage_core.errors import InvalidArgument
-from lineage_core.models import Access, Capture, RunStart, RunStatus, StartNode
+from lineage_core.models import (
+    Access,
+    AccessHow,
+    AccessRole,
+    Capture,
+    RunStart,
+    RunStatus,
+    StartNode,
+)
 from lineage_core.paths import is_normal_path
 
 from lineaged.store import digest_to_blob
@@ -92,12 +100,12 @@ def check_fields(accesses: Sequence[Access]) -> None:
     is small: a run reports a handful of distinct ones)."""
     if not accesses:
         return
-    hows = {access.how for access in accesses} - {"declared", "traced"}
+    hows = {access.how for access in accesses} - {AccessHow.DECLARED, AccessHow.TRACED}
     if hows:
-        raise InvalidArgument(f"access 'how' is declared or traced, got {min(hows)!r}")
-    roles = {access.role for access in accesses} - {"data", "code"}
+        raise InvalidArgument(f"access 'how' is declared or traced, got {str(min(hows))!r}")
+    roles = {access.role for access in accesses} - set(AccessRole)
     if roles:
-        raise InvalidArgument(f"access role is data or code, got {min(roles)!r}")
+        raise InvalidArgument(f"access role is data or code, got {str(min(roles))!r}")
     for access in accesses:
         if access.digest:
             digest_to_blob(access.digest)
