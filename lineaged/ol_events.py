@@ -30,7 +30,7 @@ from importlib import resources
 from typing import Any
 
 import attr
-from lineage_core.models import Run, RunStatus, Version
+from lineage_core.models import EdgeKind, Run, RunStatus, Version
 from openlineage.client import event_v2
 from openlineage.client.facet_v2 import (
     DatasetFacet,
@@ -83,8 +83,8 @@ _END_TYPES = {
     RunStatus.INTERRUPTED.value: event_v2.RunState.ABORT,
 }
 
-# The datasets of a run: (kind "read" | "wrote", changed during the run, version).
-RunDatasets = Sequence[tuple[str, bool, Version]]
+# The datasets of a run: (read or wrote, changed during the run, version).
+RunDatasets = Sequence[tuple[EdgeKind, bool, Version]]
 
 
 @attr.define
@@ -281,7 +281,7 @@ def build_event(
             # Files outside every root were hashed by the client, on the run's host.
             host = (run.host or here) if version.external else here
             dataset_namespace, facets = _dataset_facets(version, changed, host)
-            if kind == "read":
+            if kind is EdgeKind.READ:
                 inputs.append(
                     event_v2.InputDataset(
                         namespace=dataset_namespace, name=version.path, facets=facets

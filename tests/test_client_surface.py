@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import inspect
 import typing
@@ -45,6 +46,18 @@ def test_every_value_the_client_takes_or_returns_is_exported() -> None:
         hints = typing.get_type_hints(getattr(Client, name), localns=names)
         for annotation in hints.values():
             needed |= {cls for cls in _classes_in(annotation) if cls.__module__ in API_MODULES}
+    # ... and every type those values hold in their fields (a Version's ChangeKind, ...).
+    todo = list(needed)
+    while todo:
+        cls = todo.pop()
+        if not dataclasses.is_dataclass(cls):
+            continue
+        names = {**vars(models), **vars(errors), **vars(reproduce)}
+        for annotation in typing.get_type_hints(cls, localns=names).values():
+            for found in _classes_in(annotation) - needed:
+                if found.__module__ in API_MODULES:
+                    needed.add(found)
+                    todo.append(found)
     assert needed, "no model type found in the client's signatures: the check is broken"
     assert needed <= exported, sorted(c.__name__ for c in needed - exported)
 

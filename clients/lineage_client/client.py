@@ -36,7 +36,9 @@ from lineage_core.errors import (
 )
 from lineage_core.models import (
     Access,
+    AccessHow,
     AccessMode,
+    AccessRole,
     Capture,
     CodeState,
     Direction,
@@ -804,7 +806,7 @@ class RunRecorder:
         self._start = start
         self._capture = capture
         self._pending: list[Access] = []
-        self._outputs: dict[str, tuple[int, str]] = {}
+        self._outputs: dict[str, tuple[int, AccessHow]] = {}
         self._warnings: list[str] = []
         self.run: Run | None = None  # as begun
         self.result: Run | None = None  # as ended
@@ -850,8 +852,15 @@ class RunRecorder:
             )
         return [absolute]
 
-    def input(self, path: str | os.PathLike[str], *, role: str = "data") -> None:
-        """Declare that the run read ``path`` (a file, or every file under a directory)."""
+    def input(
+        self, path: str | os.PathLike[str], *, role: AccessRole | str = AccessRole.DATA
+    ) -> None:
+        """Declare that the run read ``path`` (a file, or every file under a directory);
+        ``role`` is data or code."""
+        try:
+            access_role = AccessRole(role)
+        except ValueError:
+            raise InvalidArgument(f"role is data or code, not {str(role)!r}") from None
         now = time.time_ns()
         for file in self._files(path):
             access = Access(
@@ -859,8 +868,8 @@ class RunRecorder:
                 mode=AccessMode.READ,
                 first_at=now,
                 last_at=now,
-                how="declared",
-                role=role,
+                how=AccessHow.DECLARED,
+                role=access_role,
             )
             if self._client.under_root(file) is None:
                 # The daemon never opens files outside its roots: hash as the user, now.
@@ -874,7 +883,7 @@ class RunRecorder:
         """Declare that the run wrote ``path``; it is resolved to its content when the run ends."""
         now = time.time_ns()
         for file in self._files(path):
-            self._outputs.setdefault(file, (now, "declared"))
+            self._outputs.setdefault(file, (now, AccessHow.DECLARED))
 
     def warn(self, message: str) -> None:
         """Attach a warning to the run (shown by ``lineage show``)."""

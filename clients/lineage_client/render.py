@@ -265,7 +265,11 @@ def _run_node(run: Run) -> dict[str, Any]:
 
 
 def _edge(edge: Edge) -> dict[str, Any]:
-    value: dict[str, Any] = {"source": edge.source, "target": edge.target, "kind": edge.kind}
+    value: dict[str, Any] = {
+        "source": edge.source,
+        "target": edge.target,
+        "kind": str(edge.kind),
+    }
     if edge.kind == "read":
         value["changed_during_run"] = edge.changed_during_run
     return value
@@ -374,8 +378,8 @@ def run_detail_json(run: Run, graph: Graph, children: Sequence[Run] = ()) -> dic
         return [
             {
                 **version_json(version),
-                "how": edge.how,
-                "role": edge.role,
+                "how": str(edge.how),
+                "role": str(edge.role),
                 "changed_during_run": edge.changed_during_run,
             }
             for version, edge in pairs

@@ -168,7 +168,7 @@ def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
     the sources the command executed or imported as code inputs."""
     import dataclasses
 
-    from lineage_core.models import Access, AccessMode
+    from lineage_core.models import Access, AccessHow, AccessMode, AccessRole
 
     from lineage_client.capture.digest import hash_external
 
@@ -190,9 +190,9 @@ def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
         source = code.get(access.path)
         if source is not None and access.mode is AccessMode.READ:
             del code[access.path]
-            if access.role != "code" or not access.digest:
+            if access.role is not AccessRole.CODE or not access.digest:
                 accesses[index] = dataclasses.replace(
-                    access, role="code", digest=access.digest or source.digest
+                    access, role=AccessRole.CODE, digest=access.digest or source.digest
                 )
     accesses += [
         Access(
@@ -200,8 +200,8 @@ def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
             mode=AccessMode.READ,
             first_at=captured.started_at,
             last_at=captured.ended_at,
-            how="traced",
-            role="code",
+            how=AccessHow.TRACED,
+            role=AccessRole.CODE,
             digest=source.digest,
         )
         for source in code.values()
@@ -612,6 +612,8 @@ def _own(accesses: list[Access], begun: _Begun, fields: dict[str, Any]) -> list[
     before its hook could report its sources)."""
     import dataclasses
 
+    from lineage_core.models import AccessMode, AccessRole
+
     from lineage_client.capture import nested
     from lineage_client.capture.digest import hash_external
     from lineage_client.capture.noise import noise_filter
@@ -622,8 +624,12 @@ def _own(accesses: list[Access], begun: _Begun, fields: dict[str, Any]) -> list[
         own = nested.without_children(own, nested.read_children(begun.children))
     script = _script(fields["argv"], fields["cwd"])
     for index, access in enumerate(own):
-        if access.path == script and access.mode == "read" and access.role == "data":
-            code = dataclasses.replace(access, role="code")
+        if (
+            access.path == script
+            and access.mode is AccessMode.READ
+            and access.role is AccessRole.DATA
+        ):
+            code = dataclasses.replace(access, role=AccessRole.CODE)
             own[index] = code if code.digest else hash_external(code)
     return own
 

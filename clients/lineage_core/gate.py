@@ -49,6 +49,8 @@ from lineage_core.limits import (
 )
 from lineage_core.models import (
     Access,
+    AccessHow,
+    AccessRole,
     Capture,
     CodeState,
     Direction,
@@ -384,12 +386,12 @@ def parse_access(message: pb.Access, field: str, *, now: int) -> Access:
     if last_at < first_at:
         raise InvalidArgument(f"{field}.last_at is before {field}.first_at")
     how = REPORTED_HOW_FROM_PB.get(message.how) or (
-        "traced"
+        AccessHow.TRACED
         if message.how == pb.ACCESS_HOW_UNSPECIFIED
         else _enum(REPORTED_HOW_FROM_PB, message.how, f"{field}.how", pb.AccessHow)
     )
     role = ACCESS_ROLE_FROM_PB.get(message.role) or (
-        "data"
+        AccessRole.DATA
         if message.role == pb.ACCESS_ROLE_UNSPECIFIED
         else _enum(ACCESS_ROLE_FROM_PB, message.role, f"{field}.role", pb.AccessRole)
     )

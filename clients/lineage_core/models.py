@@ -15,15 +15,19 @@ from lineage_core.runid import is_new_run_id, new_run_id, run_id_time_ns
 
 __all__ = [
     "Access",
+    "AccessHow",
     "AccessMode",
+    "AccessRole",
     "Capture",
     "ChangeKind",
     "CodeState",
     "Counts",
     "Direction",
     "Edge",
+    "EdgeKind",
     "EnvState",
     "Event",
+    "EventKind",
     "GcReport",
     "Graph",
     "Keep",
@@ -76,6 +80,37 @@ class AccessMode(StrEnum):
 
     READ = "read"
     WRITE = "write"
+
+
+class AccessHow(StrEnum):
+    """How a run's access to a file became known."""
+
+    DECLARED = "declared"  # the program said so (RunRecorder.input/output)
+    TRACED = "traced"  # a tracer saw it
+    DIGEST = "digest"  # graph edges only: a version with the same bytes as another
+
+
+class AccessRole(StrEnum):
+    """What a file a run read was to it."""
+
+    DATA = "data"
+    CODE = "code"  # a source the run executed or imported
+
+
+class EdgeKind(StrEnum):
+    """What a lineage graph edge says."""
+
+    READ = "read"  # run -> version it read
+    WROTE = "wrote"  # run -> version it wrote
+    SAME_DIGEST = "same_digest"  # version -> a version elsewhere with the same bytes
+
+
+class EventKind(StrEnum):
+    """What a streamed event carries."""
+
+    VERSION = "version"
+    RUN = "run"
+    UNKNOWN = "unknown"  # a kind of event this client does not know (from a newer daemon)
 
 
 class RunStatus(StrEnum):
@@ -229,7 +264,9 @@ class Capture:
     """How completely ``lineage run`` saw a run's file accesses.
 
     ``complete``: every process of the run was traced; otherwise each of ``reasons`` says
-    what was missed and why. ``method`` names the tracer ("interposer", "strace", ...).
+    what was missed and why. ``method`` names the tracer: ``lineage run`` says "interposer",
+    "strace", "audit-hook" or "none", but it is plain text, not an enum, because the daemon
+    records whatever short text a client reports (another client may name its own tracer).
     """
 
     complete: bool
@@ -267,16 +304,15 @@ class Access:
 
     ``digest``/``size``/``mtime_ns`` are set by the client for files outside every root
     (the daemon never opens those); for files under a root the daemon resolves the
-    version from its own history. ``how`` is "declared" or "traced"; ``role`` is "data"
-    or "code".
+    version from its own history. ``how`` is declared or traced (never digest).
     """
 
     path: str
     mode: AccessMode
     first_at: int
     last_at: int
-    how: str = "traced"
-    role: str = "data"
+    how: AccessHow = AccessHow.TRACED
+    role: AccessRole = AccessRole.DATA
     digest: str = ""
     size: int = 0
     mtime_ns: int = 0
@@ -288,9 +324,9 @@ class Edge:
 
     source: str
     target: str
-    kind: str  # "read" or "wrote"
-    how: str = "traced"
-    role: str = "data"
+    kind: EdgeKind
+    how: AccessHow = AccessHow.TRACED
+    role: AccessRole = AccessRole.DATA
     changed_during_run: bool = False
 
 
@@ -377,7 +413,7 @@ class Status:
 class Event:
     """A new version or a run event, as streamed to subscribers."""
 
-    kind: str  # "version" or "run"
+    kind: EventKind
     version: Version | None = None
     run: Run | None = None
 
@@ -387,8 +423,8 @@ class RunFile:
     """A version a run read or wrote, and whether its bytes are kept."""
 
     version: Version
-    kind: str  # "read" or "wrote"
-    role: str = "data"
+    kind: EdgeKind  # read or wrote
+    role: AccessRole = AccessRole.DATA
     kept: bool = False
     not_kept: str = ""  # why the bytes are not kept, when known
 

@@ -16,15 +16,19 @@ from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 from lineage_core.errors import InvalidArgument
 from lineage_core.models import (
     Access,
+    AccessHow,
     AccessMode,
+    AccessRole,
     Capture,
     ChangeKind,
     CodeState,
     Counts,
     Direction,
     Edge,
+    EdgeKind,
     EnvState,
     Event,
+    EventKind,
     GcReport,
     Graph,
     PinReport,
@@ -98,11 +102,11 @@ _CHANGE_TO_PB = {
 }
 _MODE_TO_PB = {AccessMode.READ: pb.ACCESS_MODE_READ, AccessMode.WRITE: pb.ACCESS_MODE_WRITE}
 _HOW_TO_PB = {
-    "declared": pb.ACCESS_HOW_DECLARED,
-    "traced": pb.ACCESS_HOW_TRACED,
-    "digest": pb.ACCESS_HOW_DIGEST,
+    AccessHow.DECLARED: pb.ACCESS_HOW_DECLARED,
+    AccessHow.TRACED: pb.ACCESS_HOW_TRACED,
+    AccessHow.DIGEST: pb.ACCESS_HOW_DIGEST,
 }
-_ACCESS_ROLE_TO_PB = {"data": pb.ACCESS_ROLE_DATA, "code": pb.ACCESS_ROLE_CODE}
+_ACCESS_ROLE_TO_PB = {AccessRole.DATA: pb.ACCESS_ROLE_DATA, AccessRole.CODE: pb.ACCESS_ROLE_CODE}
 _STATUS_TO_PB = {
     RunStatus.RUNNING: pb.RUN_STATUS_RUNNING,
     RunStatus.SUCCEEDED: pb.RUN_STATUS_SUCCEEDED,
@@ -116,9 +120,9 @@ _DIRECTION_TO_PB = {
     Direction.BOTH: pb.DIRECTION_BOTH,
 }
 _EDGE_TO_PB = {
-    "read": pb.EDGE_KIND_READ,
-    "wrote": pb.EDGE_KIND_WROTE,
-    "same_digest": pb.EDGE_KIND_SAME_DIGEST,
+    EdgeKind.READ: pb.EDGE_KIND_READ,
+    EdgeKind.WROTE: pb.EDGE_KIND_WROTE,
+    EdgeKind.SAME_DIGEST: pb.EDGE_KIND_SAME_DIGEST,
 }
 _VERIFY_TO_PB = {
     VerifyState.MATCH: pb.VERIFY_STATE_MATCH,
@@ -140,11 +144,14 @@ _CHANGE_FROM_PB = _invert(_CHANGE_TO_PB)
 MODE_FROM_PB = _invert(_MODE_TO_PB)
 _HOW_FROM_PB = _invert(_HOW_TO_PB)
 # How a client may say it knew of an access ("digest" is for graph edges only).
-REPORTED_HOW_FROM_PB: dict[int, str] = {
-    pb.ACCESS_HOW_DECLARED: "declared",
-    pb.ACCESS_HOW_TRACED: "traced",
+REPORTED_HOW_FROM_PB: dict[int, AccessHow] = {
+    pb.ACCESS_HOW_DECLARED: AccessHow.DECLARED,
+    pb.ACCESS_HOW_TRACED: AccessHow.TRACED,
 }
 ACCESS_ROLE_FROM_PB = _invert(_ACCESS_ROLE_TO_PB)
+# RunFile says kind and role in text (lineage.proto); anything else reads as a data input.
+_RUN_FILE_KINDS = {kind.value: kind for kind in (EdgeKind.READ, EdgeKind.WROTE)}
+_RUN_FILE_ROLES = {role.value: role for role in AccessRole}
 STATUS_FROM_PB = _invert(_STATUS_TO_PB)
 DIRECTION_FROM_PB = _invert(_DIRECTION_TO_PB)
 _EDGE_FROM_PB = _invert(_EDGE_TO_PB)
@@ -476,9 +483,9 @@ def _edge_from_pb(message: pb.Edge) -> Edge:
     return Edge(
         source=message.source,
         target=message.target,
-        kind=_EDGE_FROM_PB.get(message.kind, "read"),
-        how=_HOW_FROM_PB.get(message.how, "traced"),
-        role=ACCESS_ROLE_FROM_PB.get(message.role, "data"),
+        kind=_EDGE_FROM_PB.get(message.kind, EdgeKind.READ),
+        how=_HOW_FROM_PB.get(message.how, AccessHow.TRACED),
+        role=ACCESS_ROLE_FROM_PB.get(message.role, AccessRole.DATA),
         changed_during_run=message.changed_during_run,
     )
 
@@ -620,10 +627,10 @@ def event_from_pb(message: pb.Event) -> Event:
     """A streamed event read back from the wire."""
     which = message.WhichOneof("event")
     if which == "version":
-        return Event(kind="version", version=version_from_pb(message.version))
+        return Event(kind=EventKind.VERSION, version=version_from_pb(message.version))
     if which == "run":
-        return Event(kind="run", run=run_from_pb(message.run))
-    return Event(kind="unknown")
+        return Event(kind=EventKind.RUN, run=run_from_pb(message.run))
+    return Event(kind=EventKind.UNKNOWN)
 
 
 def versions_to_pb(versions: Iterable[Version]) -> list[pb.Version]:
@@ -649,8 +656,8 @@ def run_file_from_pb(message: pb.RunFile) -> RunFile:
     """A run's file from its wire form."""
     return RunFile(
         version=version_from_pb(message.version),
-        kind=message.kind,
-        role=message.role or "data",
+        kind=_RUN_FILE_KINDS.get(message.kind, EdgeKind.READ),
+        role=_RUN_FILE_ROLES.get(message.role, AccessRole.DATA),
         kept=message.kept,
         not_kept=message.not_kept,
     )

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 
 from lineage_core.errors import ResourceExhausted
-from lineage_core.models import Event, Run, Version
+from lineage_core.models import Event, EventKind, Run, Version
 
 __all__ = ["MAX_SUBSCRIBERS", "SUBSCRIBER_BUFFER", "EventBus", "Subscription"]
 
@@ -96,11 +96,11 @@ class EventBus:
         # cost a second of it.
         if not self.listened:
             return
-        self.publish([Event(kind="version", version=version) for version in versions])
+        self.publish([Event(kind=EventKind.VERSION, version=version) for version in versions])
 
     def publish_run(self, run: Run) -> None:
         """Publish a run that began or ended."""
-        self.publish([Event(kind="run", run=run)])
+        self.publish([Event(kind=EventKind.RUN, run=run)])
 
     def publish(self, events: Sequence[Event]) -> None:
         """Offer each event to every subscriber whose prefix it matches."""

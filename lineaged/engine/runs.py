@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING
 
 from lineage_core import hasher
 from lineage_core.errors import ConfigError, FailedPrecondition, PathOutsideRoots, StoreError
-from lineage_core.models import Access, AccessMode, Capture, ChangeKind, Run, RunStart, RunStatus
+from lineage_core.models import (
+    Access,
+    AccessMode,
+    Capture,
+    ChangeKind,
+    EdgeKind,
+    Run,
+    RunStart,
+    RunStatus,
+)
 from lineage_core.redact import Redactor, load_or_create_key
 
 from lineaged.config import Config
@@ -236,23 +245,23 @@ class Runs:
 
         def job(store: Store) -> int:
             store.add_accesses(run_id, raw)
-            store.link_many(run_id, "read", linked)
+            store.link_many(run_id, EdgeKind.READ, linked)
             for access in external:
                 version_id = store.record_external(
                     access.path, access.digest, access.size, access.mtime_ns, access.first_at
                 )
-                kind = "read" if access.mode is AccessMode.READ else "wrote"
+                kind = EdgeKind.READ if access.mode is AccessMode.READ else EdgeKind.WROTE
                 store.link(run_id, version_id, kind, access)
             return len(clean)
 
         recorded = self.writer.call(job)
-        self._link_when_hashed(run_id, "read", reads, hashing)
+        self._link_when_hashed(run_id, EdgeKind.READ, reads, hashing)
         # Before the run ends: the bytes it read are copied while its reads are reported.
         self.keeper.keep_versions([version_id for version_id, _ in linked])
         return int(recorded)
 
     def _link_when_hashed(
-        self, run_id: str, kind: str, accesses: Sequence[Access], hashing: dict[str, Ticket]
+        self, run_id: str, kind: EdgeKind, accesses: Sequence[Access], hashing: dict[str, Ticket]
     ) -> None:
         """Tie the run to the files a lane is still hashing, once their versions land.
 
@@ -443,7 +452,7 @@ class Runs:
         self.keeper.keep_versions([version_id for version_id, _ in linked])
 
         def job(store: Store) -> None:
-            store.link_many(run_id, "wrote", linked)
+            store.link_many(run_id, EdgeKind.WROTE, linked)
             store.flag_changed_reads(run_id, end)
             store.end_run(
                 run_id,
@@ -457,7 +466,7 @@ class Runs:
         self.writer.call(job)
         if self.openlineage is not None:
             self.openlineage.wake()
-        self._link_when_hashed(run_id, "wrote", outputs, hashing)
+        self._link_when_hashed(run_id, EdgeKind.WROTE, outputs, hashing)
         finished = self.store.get_run(run_id)
         self.events.publish_run(finished)
         return finished

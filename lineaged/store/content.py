@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from lineage_core.models import RunFile
 
 from lineaged.store.names import digest_to_blob
-from lineaged.store.rows import VERSION_COLUMNS, RowChecker, chunks
+from lineaged.store.rows import ACCESS_ROLES, EDGE_KINDS, VERSION_COLUMNS, RowChecker, chunks
 
 
 def record_objects(conn: sqlite3.Connection, kept: Sequence[tuple[str, int, str]], at: int) -> None:
@@ -85,7 +85,13 @@ def run_files(conn: sqlite3.Connection, checker: RowChecker, run_row_id: int) ->
         (run_row_id,),
     ).fetchall()
     return [
-        RunFile(checker.version(version), kind, role or "data", bool(kept), not_kept or "")
+        RunFile(
+            checker.version(version),
+            EDGE_KINDS[kind],
+            ACCESS_ROLES[role],
+            bool(kept),
+            not_kept or "",
+        )
         for kind, role, kept, not_kept, *version in rows
     ]
 

@@ -24,9 +24,12 @@ import blake3
 from lineage_core.errors import DamagedRow
 from lineage_core.hasher import hash_bytes
 from lineage_core.models import (
+    AccessHow,
+    AccessRole,
     Capture,
     ChangeKind,
     CodeState,
+    EdgeKind,
     EnvState,
     Run,
     RunStatus,
@@ -50,6 +53,18 @@ _CHECKED_FIELDS = struct.Struct("<3q")
 # machinery (graphs and histories decode hundreds of rows per call).
 CHANGE_KINDS = {kind.value: kind for kind in ChangeKind}
 RUN_STATUSES = {status.value: status for status in RunStatus}
+EDGE_KINDS = {kind.value: kind for kind in EdgeKind}
+# An edge's or access's ``how``/``role`` column left NULL (or empty) reads as traced data.
+ACCESS_HOWS: dict[str | None, AccessHow] = {
+    None: AccessHow.TRACED,
+    "": AccessHow.TRACED,
+    **{how.value: how for how in AccessHow},
+}
+ACCESS_ROLES: dict[str | None, AccessRole] = {
+    None: AccessRole.DATA,
+    "": AccessRole.DATA,
+    **{role.value: role for role in AccessRole},
+}
 
 
 # --- version rows -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lineage_core.models import (
     AccessMode,
     Capture,
     CodeState,
+    EdgeKind,
     Run,
     RunStart,
     RunStatus,
@@ -33,6 +34,9 @@ from lineage_core.models import (
 from lineaged.store import outbox
 from lineaged.store.names import digest_to_blob
 from lineaged.store.rows import (
+    ACCESS_HOWS,
+    ACCESS_ROLES,
+    EDGE_KINDS,
     RUN_COLUMNS,
     VERSION_COLUMNS,
     RowChecker,
@@ -154,12 +158,12 @@ def link(
     conn: sqlite3.Connection,
     run_id: str,
     version_id: int,
-    kind: str,
+    kind: EdgeKind,
     access: Access,
     *,
     changed_during_run: bool = False,
 ) -> bool:
-    """Add an edge run->version (kind "read" or "wrote"); False when it already existed."""
+    """Add an edge run->version (read or wrote); False when it already existed."""
     row_id, _, _ = _run_row_id(conn, run_id)
     cur = conn.execute(
         "INSERT INTO edges(run_id, version_id, kind, how, role, first_at, last_at, "
@@ -182,7 +186,7 @@ def link(
 
 
 def link_many(
-    conn: sqlite3.Connection, run_id: str, kind: str, links: Sequence[tuple[int, Access]]
+    conn: sqlite3.Connection, run_id: str, kind: EdgeKind, links: Sequence[tuple[int, Access]]
 ) -> None:
     """:meth:`link` for many (version id, access) pairs: one statement, run looked up once."""
     row_id, _, _ = _run_row_id(conn, run_id)
@@ -216,8 +220,8 @@ def run_accesses(conn: sqlite3.Connection, run_id: str, mode: AccessMode) -> lis
             mode=mode,
             first_at=first_at,
             last_at=last_at,
-            how=how or "traced",
-            role=role or "data",
+            how=ACCESS_HOWS[how],
+            role=ACCESS_ROLES[role],
             digest=hex_or_empty(digest),
             size=size or 0,
             mtime_ns=mtime_ns or 0,
@@ -435,7 +439,7 @@ def _sources(
 
 def run_datasets(
     conn: sqlite3.Connection, checker: RowChecker, run_id: str
-) -> list[tuple[str, bool, Version]]:
+) -> list[tuple[EdgeKind, bool, Version]]:
     """A run's data edges (not code) as (kind, changed_during_run, version), by path."""
     row_id, _, _ = _run_row_id(conn, run_id)
     rows = conn.execute(
@@ -444,7 +448,10 @@ def run_datasets(
         "WHERE e.run_id=? AND coalesce(e.role, 'data') <> 'code' ORDER BY a.path, e.kind",
         (row_id,),
     ).fetchall()
-    return [(kind, bool(changed), checker.version(version)) for kind, changed, *version in rows]
+    return [
+        (EDGE_KINDS[kind], bool(changed), checker.version(version))
+        for kind, changed, *version in rows
+    ]
 
 
 def reproductions_of(conn: sqlite3.Connection, run_row_id: int) -> list[str]:

@@ -28,6 +28,7 @@ from lineage_core.models import (
     ChangeKind,
     Counts,
     Direction,
+    EdgeKind,
     Graph,
     Role,
     Root,
@@ -348,17 +349,17 @@ class Store:
         self,
         run_id: str,
         version_id: int,
-        kind: str,
+        kind: EdgeKind,
         access: Access,
         *,
         changed_during_run: bool = False,
     ) -> bool:
-        """Add an edge run->version (kind "read" or "wrote"); False when it already existed."""
+        """Add an edge run->version (read or wrote); False when it already existed."""
         return runs.link(
             self._wc, run_id, version_id, kind, access, changed_during_run=changed_during_run
         )
 
-    def link_many(self, run_id: str, kind: str, links: Sequence[tuple[int, Access]]) -> None:
+    def link_many(self, run_id: str, kind: EdgeKind, links: Sequence[tuple[int, Access]]) -> None:
         """:meth:`link` for many (version id, access) pairs: one statement, run looked up once."""
         runs.link_many(self._wc, run_id, kind, links)
 
@@ -436,7 +437,7 @@ class Store:
                 parent_run_id=parent_run_id,
             )
 
-    def run_datasets(self, run_id: str) -> list[tuple[str, bool, Version]]:
+    def run_datasets(self, run_id: str) -> list[tuple[EdgeKind, bool, Version]]:
         """A run's data edges (not code) as (kind, changed_during_run, version), by path."""
         with self.reading() as conn:
             return runs.run_datasets(conn, self._rows, run_id)

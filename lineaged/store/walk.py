@@ -14,8 +14,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lineage_core.models import (
+    AccessHow,
+    AccessRole,
     Direction,
     Edge,
+    EdgeKind,
     Graph,
     Run,
     SourceFile,
@@ -27,7 +30,10 @@ from lineage_core.models import (
     version_node_id,
 )
 
+from lineaged.store.rows import ACCESS_HOWS as _ACCESS_HOWS
+from lineaged.store.rows import ACCESS_ROLES as _ACCESS_ROLES
 from lineaged.store.rows import CHANGE_KINDS as _CHANGE_KINDS
+from lineaged.store.rows import EDGE_KINDS as _EDGE_KINDS
 from lineaged.store.rows import RUN_COLUMNS as _RUN_COLUMNS
 from lineaged.store.rows import chunks as _chunks
 from lineaged.store.rows import decode_runs as _decode_runs
@@ -62,7 +68,7 @@ def verify(store: Store, start: StartNode, *, max_nodes: int = 10_000) -> list[V
     runs = {run_node_id(r.run_id): r for r in graph.runs}
     items: dict[tuple[str, str], VerifyItem] = {}
     for edge in graph.edges:
-        if edge.kind != "read":
+        if edge.kind is not EdgeKind.READ:
             continue
         version = by_id.get(edge.target)
         run = runs.get(edge.source)
@@ -103,8 +109,8 @@ def upstream_digests(conn: sqlite3.Connection, version_ids: Sequence[int]) -> se
         {
             "versions": json.dumps(list(version_ids)),
             "runs": "[]",
-            "to_run": "wrote",
-            "from_run": "read",
+            "to_run": EdgeKind.WROTE,
+            "from_run": EdgeKind.READ,
             "max_depth": 1_000_000,
             "row_cap": 2**62,
         },
@@ -181,7 +187,9 @@ class _Walk:
 
     def walk(self, direction: Direction, *, max_depth: int, max_nodes: int) -> None:
         upstream = direction is Direction.UPSTREAM
-        to_run, from_run = ("wrote", "read") if upstream else ("read", "wrote")
+        to_run, from_run = (
+            (EdgeKind.WROTE, EdgeKind.READ) if upstream else (EdgeKind.READ, EdgeKind.WROTE)
+        )
         row_cap = max_nodes * 8 + 64
         rows = self.conn.execute(
             _WALK_SQL,
@@ -225,7 +233,7 @@ class _Walk:
         if upstream and not cut:
             self.upstream_runs |= runs
 
-    def _frontier(self, digests: list[bytes], to_run: str, runs: set[int]) -> None:
+    def _frontier(self, digests: list[bytes], to_run: EdgeKind, runs: set[int]) -> None:
         """Digests at the depth limit: edges from runs on the walk into them belong to the
         graph; an edge from any other run means the walk stopped with more beyond."""
         for chunk in _chunks(digests, 500):
@@ -287,9 +295,9 @@ class _Walk:
             Edge(
                 source=run_nodes[run_id],
                 target=version_node_id(version_id),
-                kind=kind,
-                how=how or "traced",
-                role=role or "data",
+                kind=_EDGE_KINDS[kind],
+                how=_ACCESS_HOWS[how],
+                role=_ACCESS_ROLES[role],
                 changed_during_run=bool(changed),
             )
             for run_id, version_id, kind, how, role, changed in self.edges.values()
@@ -314,7 +322,7 @@ class _Walk:
         # An upstream walk crossed every read edge of its runs: their sources are among the
         # kept edges. Other runs' are looked up.
         for run_id, version_id, kind, _, role, _ in self.edges.values():
-            if role == "code" and kind == "read" and run_id in self.upstream_runs:
+            if role == AccessRole.CODE and kind == EdgeKind.READ and run_id in self.upstream_runs:
                 version = versions[version_id]
                 found.setdefault(run_id, []).append(SourceFile(version.path, version.digest))
         others = sorted(self.run_ids - self.upstream_runs)
@@ -357,7 +365,7 @@ def _bridges(
     only through this edge ("same bytes as X, written by R"), never as its writer; two runs
     that wrote the same bytes are bridged both ways, so every answer (text trace, JSON,
     verify) shows both, each as what it is."""
-    written = {version_id for (_, version_id, kind) in kept if kind == "wrote"}
+    written = {version_id for (_, version_id, kind) in kept if kind == EdgeKind.WROTE}
     by_digest: dict[str, list[int]] = {}
     for version in versions.values():
         by_digest.setdefault(version.digest, []).append(version.id)
@@ -373,8 +381,8 @@ def _bridges(
                         Edge(
                             source=version_node_id(source),
                             target=version_node_id(target),
-                            kind="same_digest",
-                            how="digest",
+                            kind=EdgeKind.SAME_DIGEST,
+                            how=AccessHow.DIGEST,
                         )
                     )
     return bridges

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lineage_core.models import Access, AccessMode, CodeState, EnvState
+from lineage_core.models import Access, AccessHow, AccessMode, AccessRole, CodeState, EnvState
 
 from lineage_client.capture.noise import noise_filter
 
@@ -76,8 +76,8 @@ def source_accesses(paths: Sequence[str], first_at: int, last_at: int) -> list[A
                 mode=AccessMode.READ,
                 first_at=first_at,
                 last_at=last_at,
-                how="traced",
-                role="code",
+                how=AccessHow.TRACED,
+                role=AccessRole.CODE,
             )
         )
         for path in paths

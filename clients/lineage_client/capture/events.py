@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-from lineage_core.models import Access, AccessMode
+from lineage_core.models import Access, AccessHow, AccessMode, AccessRole
 
 from lineage_client.capture.raw import RawEvents, widen
 
@@ -401,7 +401,15 @@ def build_accesses(
         index = bisect_left(paths, path)
         first, last = reads[path]
         accesses[index] = Access(
-            path, AccessMode.READ, first, last, "traced", "code", digest, size, mtime_ns
+            path,
+            AccessMode.READ,
+            first,
+            last,
+            AccessHow.TRACED,
+            AccessRole.CODE,
+            digest,
+            size,
+            mtime_ns,
         )
     return accesses
 

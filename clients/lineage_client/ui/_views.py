@@ -177,9 +177,9 @@ def _edge(edge: Any) -> dict[str, Any]:
     return {
         "source": edge.source,
         "target": edge.target,
-        "kind": edge.kind,
-        "how": edge.how,
-        "role": edge.role,
+        "kind": str(edge.kind),
+        "how": str(edge.how),
+        "role": str(edge.role),
         "changed_during_run": edge.changed_during_run,
     }
 
