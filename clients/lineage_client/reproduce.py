@@ -1,7 +1,7 @@
 """Restore, checkout and reproduce: the client's half of the content store.
 
 The daemon keeps the bytes and streams them, verified; this side writes them, as the calling
-user (DESIGN.md invariant 5: the daemon opens no path outside its roots on a client's
+user (invariant 6 of docs/design.md: the daemon opens no path outside its roots on a client's
 behalf, and may run as another user). Every file written here is written to a temporary file
 beside its destination, hashed while it is written, and renamed over the destination only
 when the digest is the recorded one.

@@ -9,7 +9,8 @@ own connection (WAL lets them run beside the writer). Where each thing is:
 - ``content``: what the content store holds, pins; ``outbox``: the OpenLineage outbox;
 - ``walk``: the lineage graph walk (one recursive query);
 - ``rows``: the row codec (named rows, JSON columns, the version checksum);
-- ``checks``: the input checks the store still makes on its callers' values;
+- ``names``: digests and file names as the store keeps them (requests were checked at the
+  edge: the store trusts its arguments);
 - ``connection``: opening, pragmas, integrity checks, the clean-stop marker, the WAL checks;
 - ``migrations``: the schema and ``MIGRATIONS``;
 - ``writer``: the writer thread and the checkpointer beside it.
