@@ -79,7 +79,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         before_id = gate.decode_page_token(request.page_token, "history")
         _check_deadline(context)
         versions, token = _page(
-            lambda limit: self._engine.history(path, limit=limit, before_id=before_id),
+            lambda limit: self._engine.queries.history(path, limit=limit, before_id=before_id),
             page_size,
             lambda version: version.id,
             "history",
@@ -92,7 +92,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         page_size = gate.parse_page_size(request.page_size)
         _check_deadline(context)
         limit = min(page_size + 1, limits.MAX_PAGE_SIZE)
-        versions = self._engine.versions_by_digest(digest, limit=limit)
+        versions = self._engine.queries.versions_by_digest(digest, limit=limit)
         truncated = len(versions) > page_size or len(versions) == page_size == limits.MAX_PAGE_SIZE
         return pb.FindDigestResponse(
             versions=wire.versions_to_pb(versions[:page_size]), truncated=truncated
@@ -107,21 +107,21 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         assert at is not None  # required=True
         _check_deadline(context)
         return pb.GetVersionAtResponse(
-            version=wire.version_to_pb(self._engine.version_at(path, at))
+            version=wire.version_to_pb(self._engine.queries.version_at(path, at))
         )
 
     def GetVersion(self, request: pb.GetVersionRequest, context: Any) -> pb.GetVersionResponse:
         """One version by id."""
         version_id = gate.parse_version_id(request.version_id)
         _check_deadline(context)
-        version = self._engine.get_version(version_id)
+        version = self._engine.queries.get_version(version_id)
         return pb.GetVersionResponse(version=wire.version_to_pb(version))
 
     def BeginRun(self, request: pb.BeginRunRequest, context: Any) -> pb.BeginRunResponse:
         """Record a new run; the answer carries its run id."""
         start = gate.parse_begin_run(request, now=self._clock())
         _check_deadline(context)
-        return pb.BeginRunResponse(run=wire.run_to_pb(self._engine.begin_run(start)))
+        return pb.BeginRunResponse(run=wire.run_to_pb(self._engine.runs.begin_run(start)))
 
     def RecordAccesses(
         self, request: pb.RecordAccessesRequest, context: Any
@@ -129,7 +129,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """Record file accesses of a running run (at most 10,000 per call)."""
         run_id, accesses = gate.parse_record_accesses(request, now=self._clock())
         _check_deadline(context)
-        recorded = self._engine.record_accesses(run_id, accesses)
+        recorded = self._engine.runs.record_accesses(run_id, accesses)
         return pb.RecordAccessesResponse(recorded=recorded)
 
     def EndRun(self, request: pb.EndRunRequest, context: Any) -> pb.EndRunResponse:
@@ -138,7 +138,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
             request, now=self._clock()
         )
         _check_deadline(context)
-        run = self._engine.end_run(
+        run = self._engine.runs.end_run(
             run_id,
             exit_code=exit_code,
             status=status,
@@ -152,14 +152,14 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """One run by id or unique prefix, with its code (diff included) and environment."""
         run_id = gate.parse_run_id(request.run_id)
         _check_deadline(context)
-        return pb.GetRunResponse(run=wire.run_to_pb(self._engine.get_run(run_id)))
+        return pb.GetRunResponse(run=wire.run_to_pb(self._engine.queries.get_run(run_id)))
 
     def ListRuns(self, request: pb.ListRunsRequest, context: Any) -> pb.ListRunsResponse:
         """Runs newest first, filtered, one page at a time."""
         query = gate.parse_list_runs(request)
         _check_deadline(context)
         runs, token = _page(
-            lambda limit: self._engine.list_runs(
+            lambda limit: self._engine.queries.list_runs(
                 limit=limit,
                 name=query.name,
                 status=query.status,
@@ -180,7 +180,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """The lineage graph around a start node, capped by depth and node count."""
         query = gate.parse_lineage(request)
         _check_deadline(context)
-        graph = self._engine.lineage(
+        graph = self._engine.queries.lineage(
             query.start, query.direction, max_depth=query.max_depth, max_nodes=query.max_nodes
         )
         _check_deadline(context)
@@ -198,13 +198,13 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """Every input upstream of a start node and what its path holds now."""
         start = gate.parse_start(request.start)
         _check_deadline(context)
-        items = self._engine.verify(start)
+        items = self._engine.queries.verify(start)
         return pb.VerifyResponse(items=[wire.verify_item_to_pb(item) for item in items])
 
     def Subscribe(self, request: pb.SubscribeRequest, context: Any) -> Iterator[pb.Event]:
         """Stream new versions and run events under a path prefix until the caller cancels."""
         prefix = gate.parse_path_prefix(request.path_prefix)
-        subscription = self._engine.subscribe(prefix)
+        subscription = self._engine.events.subscribe(prefix)
         try:
             # Headers go out now, so a client knows the subscription is live before any event.
             context.send_initial_metadata(())
@@ -226,7 +226,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """Recorded runs' OpenLineage events as JSON, oldest run first (a backfill)."""
         run_ids, since = gate.parse_export_openlineage(request)
         _check_deadline(context)
-        for text in self._engine.export_openlineage(run_ids, since):
+        for text in self._engine.queries.export_openlineage(run_ids, since):
             if not context.is_active() or self._stopping.is_set():
                 return
             yield pb.OpenLineageEvent(json=text)
@@ -237,7 +237,7 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """Every version a run read or wrote, with whether its bytes are kept."""
         run_id = gate.parse_run_id(request.run_id)
         _check_deadline(context)
-        files = self._engine.run_files(run_id)
+        files = self._engine.queries.run_files(run_id)
         return pb.GetRunFilesResponse(
             files=[wire.run_file_to_pb(f) for f in files],
             reproduces=self._engine.store.reproduces(run_id),
@@ -252,12 +252,12 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         outside its roots on a client's behalf)."""
         path, at, digest = gate.parse_read_version_bytes(request)
         _check_deadline(context)
-        version = self._engine.version_to_restore(path, at, digest)
+        version = self._engine.queries.version_to_restore(path, at, digest)
         where = str(self._engine.objects.path_of(version.digest))
         if request.probe:
             yield pb.VersionBytes(version=wire.version_to_pb(version), object_path=where)
             return
-        chunks = self._engine.object_chunks(version.digest)
+        chunks = self._engine.queries.object_chunks(version.digest)
         first = next(chunks, b"")  # a small object is read and verified whole here
         yield pb.VersionBytes(version=wire.version_to_pb(version), data=first, object_path=where)
         for chunk in chunks:
@@ -269,14 +269,14 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         """Pin a version (or a run's files) and so everything upstream of it."""
         start, note = gate.parse_pin_versions(request)
         _check_deadline(context)
-        return wire.pin_report_to_pb(self._engine.pin(start, note))
+        return wire.pin_report_to_pb(self._engine.queries.pin(start, note))
 
     def CollectGarbage(
         self, request: pb.CollectGarbageRequest, context: Any
     ) -> pb.CollectGarbageResponse:
         """Free the kept bytes the policy no longer wants (never upstream of a pin)."""
         _check_deadline(context)
-        report = self._engine.collect_garbage(dry_run=request.dry_run)
+        report = self._engine.queries.collect_garbage(dry_run=request.dry_run)
         return wire.gc_report_to_pb(report)
 
     def LinkReproduction(
@@ -286,5 +286,5 @@ class LineageServicer(pb_grpc.LineageServiceServicer):
         run_id = gate.parse_run_id(request.run_id)
         original = gate.parse_run_id(request.original_run_id, "original_run_id")
         _check_deadline(context)
-        self._engine.link_reproduction(run_id, original)
+        self._engine.runs.link_reproduction(run_id, original)
         return pb.LinkReproductionResponse()

@@ -120,11 +120,11 @@ def test_two_reads_of_a_path_in_one_call_find_the_version_of_each_first_open(
         newest, oldest = harness.store.history(str(path), limit=10)
         assert oldest.valid_until == newest.valid_from
         engine = harness.engine
-        run = engine.begin_run(_start())
+        run = engine.runs.begin_run(_start())
         # One call, two opens of the same path: one while each version was current.
         accesses = [_read(path, oldest.valid_from), _read(path, newest.valid_from)]
-        assert engine.record_accesses(run.run_id, accesses) == 2
-        engine.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
+        assert engine.runs.record_accesses(run.run_id, accesses) == 2
+        engine.runs.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
         graph = harness.store.lineage(
             StartNode(run_id=run.run_id), Direction.UPSTREAM, max_depth=1, max_nodes=100
         )
@@ -145,7 +145,7 @@ def test_a_read_is_kept_as_its_edge_or_else_as_a_raw_access(tmp_path: Path) -> N
     harness.start()
     try:
         engine = harness.engine
-        run = engine.begin_run(_start())
+        run = engine.runs.begin_run(_start())
         now = time.time_ns()
         gone = harness.data / "gone.csv"
         output = harness.models / "model.pkl"
@@ -156,8 +156,8 @@ def test_a_read_is_kept_as_its_edge_or_else_as_a_raw_access(tmp_path: Path) -> N
             _read(gone, now),
             Access(str(output), AccessMode.WRITE, now, now),
         ]
-        assert engine.record_accesses(run.run_id, accesses) == 4
-        engine.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
+        assert engine.runs.record_accesses(run.run_id, accesses) == 4
+        engine.runs.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
         assert set(_read_digests(harness, run.run_id)) == {str(tracked)}
         with sqlite3.connect(harness.db) as conn:
             raw = conn.execute(
@@ -183,9 +183,9 @@ def test_a_read_the_watcher_has_not_seen_yet_is_hashed_first(tmp_path: Path) -> 
         path.write_bytes(b"after the scan, longer")
         os.utime(path, ns=(10**18 + 10**9, 10**18 + 10**9))
         engine = harness.engine
-        run = engine.begin_run(_start())
-        engine.record_accesses(run.run_id, [_read(path, time.time_ns())])
-        engine.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
+        run = engine.runs.begin_run(_start())
+        engine.runs.record_accesses(run.run_id, [_read(path, time.time_ns())])
+        engine.runs.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
         assert _read_digests(harness, run.run_id) == {str(path): b3(b"after the scan, longer")}
     finally:
         harness.stop()
@@ -202,14 +202,14 @@ def test_many_reads_link_each_file_once_and_links_are_refused(tmp_path: Path) ->
     harness.start()
     try:
         engine = harness.engine
-        run = engine.begin_run(_start())
+        run = engine.runs.begin_run(_start())
         now = time.time_ns()
-        assert engine.record_accesses(run.run_id, [_read(f, now) for f in files]) == len(files)
+        assert engine.runs.record_accesses(run.run_id, [_read(f, now) for f in files]) == len(files)
         # Reported twice (a second batch): still one edge per file.
-        engine.record_accesses(run.run_id, [_read(f, now + 1) for f in files[:10]])
+        engine.runs.record_accesses(run.run_id, [_read(f, now + 1) for f in files[:10]])
         with pytest.raises(PathOutsideRoots, match="symbolic link"):
-            engine.record_accesses(run.run_id, [_read(harness.data / "link" / "f000", now)])
-        engine.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
+            engine.runs.record_accesses(run.run_id, [_read(harness.data / "link" / "f000", now)])
+        engine.runs.end_run(run.run_id, exit_code=0, status=RunStatus.SUCCEEDED, ended_at=0)
         assert _read_digests(harness, run.run_id) == {
             str(f): b3(b"%d" % i) for i, f in enumerate(files)
         }

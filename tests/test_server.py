@@ -63,6 +63,8 @@ class TinyEngine:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.subscribed = threading.Event()
+        # The parts the service asks: this one object plays them all.
+        self.queries = self.events = self
 
     def add_health_listener(self, listener: Callable[[bool], None]) -> None:
         self._listeners.append(listener)

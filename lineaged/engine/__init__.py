@@ -1,6 +1,6 @@
-"""The daemon's facade: every question the gRPC service asks goes through ``Engine``.
+"""The daemon's engine: ``Engine`` starts, reloads and stops the parts, and holds them.
 
-``Engine`` composes the parts, each a module of its own:
+The gRPC service asks the part a question belongs to, each a module of its own:
 
 - ``supervision``: the watching machinery, the scan thread, root health and the status cache;
 - ``runs``: run recording (begin, accesses, end, orphaned runs, reproductions);
@@ -18,26 +18,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lineage_core.models import (
-    Access,
-    Capture,
-    Direction,
-    GcReport,
-    Graph,
-    PinReport,
-    Run,
-    RunFile,
-    RunStart,
-    RunStatus,
-    ScanState,
-    StartNode,
-    Status,
-    VerifyItem,
-    Version,
-)
+from lineage_core.models import ScanState, Status
 from lineage_core.objects import ObjectStore
 from lineage_core.redact import Redactor
 
@@ -84,7 +68,8 @@ __all__ = [
 
 
 class Engine:
-    """Everything the daemon does, behind one object: index, watch, answer, record runs.
+    """Everything the daemon does, in parts: ``supervision`` indexes and watches, ``runs``
+    records runs, ``queries`` answers, ``events`` streams; ``Engine`` starts and stops them.
 
     Blindness is reported, never silent: every reason a root cannot be fully seen and a
     failing store are listed in ``status().degraded`` and in the root's ``health`` (see
@@ -217,132 +202,6 @@ class Engine:
     def status(self) -> Status:
         """Version, uptime, roots with health, counts, scan state, queue depth."""
         return self.queries.status()
-
-    def export_openlineage(self, run_ids: Sequence[str], since: int | None) -> Iterator[str]:
-        """The OpenLineage events (JSON) of the named runs, or of every run since ``since``."""
-        return self.queries.export_openlineage(run_ids, since)
-
-    # -- versions
-
-    def history(self, path: str, *, limit: int, before_id: int | None = None) -> list[Version]:
-        """Every version the path has had, newest first; page with ``before_id``."""
-        return self.queries.history(path, limit=limit, before_id=before_id)
-
-    def version_at(self, path: str, at: int) -> Version:
-        """The version the path held at time ``at`` (NotFound if none)."""
-        return self.queries.version_at(path, at)
-
-    def get_version(self, version_id: int) -> Version:
-        """One version by id."""
-        return self.queries.get_version(version_id)
-
-    def versions_by_digest(self, digest: str, *, limit: int) -> list[Version]:
-        """Every version (any path) with this digest; a prefix of >= 8 hex chars is accepted."""
-        return self.queries.versions_by_digest(digest, limit=limit)
-
-    # -- runs
-
-    def begin_run(self, start: RunStart) -> Run:
-        """Record a new run (status running) and return it with its run_id."""
-        return self.runs.begin_run(start)
-
-    def record_accesses(self, run_id: str, accesses: Sequence[Access]) -> int:
-        """Record file accesses of a running run; returns how many were recorded."""
-        return self.runs.record_accesses(run_id, accesses)
-
-    def abandon_orphans(self, *, now: int | None = None) -> list[str]:
-        """Mark ``abandoned`` the running runs whose wrapper is gone; returns their ids."""
-        return self.runs.abandon_orphans(now=now)
-
-    def end_run(
-        self,
-        run_id: str,
-        *,
-        exit_code: int | None,
-        status: RunStatus,
-        ended_at: int,
-        warnings: Sequence[str] = (),
-        capture: Capture | None = None,
-    ) -> Run:
-        """Finish a run: resolve its outputs to the versions they hold now, and close it."""
-        return self.runs.end_run(
-            run_id,
-            exit_code=exit_code,
-            status=status,
-            ended_at=ended_at,
-            warnings=warnings,
-            capture=capture,
-        )
-
-    def get_run(self, run_id: str) -> Run:
-        """One run by id (a unique prefix of at least 8 characters is accepted)."""
-        return self.queries.get_run(run_id)
-
-    def list_runs(
-        self,
-        *,
-        limit: int,
-        name: str = "",
-        status: RunStatus | None = None,
-        since: int | None = None,
-        until: int | None = None,
-        before_id: int | None = None,
-        parent_run_id: str = "",
-    ) -> list[Run]:
-        """Runs newest first, filtered; page with ``before_id`` (the last run's ``id``)."""
-        return self.queries.list_runs(
-            limit=limit,
-            name=name,
-            status=status,
-            since=since,
-            until=until,
-            before_id=before_id,
-            parent_run_id=parent_run_id,
-        )
-
-    def link_reproduction(self, run_id: str, original_run_id: str) -> None:
-        """Record that ``run_id`` re-ran ``original_run_id``."""
-        self.runs.link_reproduction(run_id, original_run_id)
-
-    def run_files(self, run_id: str) -> list[RunFile]:
-        """Every version a run read or wrote, and whether its bytes are kept."""
-        return self.queries.run_files(run_id)
-
-    # -- lineage
-
-    def lineage(
-        self, start: StartNode, direction: Direction, *, max_depth: int, max_nodes: int
-    ) -> Graph:
-        """The lineage subgraph around ``start``; ``truncated`` when a limit cut it."""
-        return self.queries.lineage(start, direction, max_depth=max_depth, max_nodes=max_nodes)
-
-    def verify(self, start: StartNode) -> list[VerifyItem]:
-        """Every input on the upstream closure of ``start`` and what its path holds now."""
-        return self.queries.verify(start)
-
-    # -- content store
-
-    def pin(self, start: StartNode, note: str = "") -> PinReport:
-        """Pin a path's current version, every version of a digest, or a run's files."""
-        return self.queries.pin(start, note)
-
-    def collect_garbage(self, *, dry_run: bool) -> GcReport:
-        """Free what the keep policy no longer wants (``lineage gc``)."""
-        return self.queries.collect_garbage(dry_run=dry_run)
-
-    def version_to_restore(self, path: str, at: int | None, digest: str) -> Version:
-        """The version ``lineage restore`` means; NotFound when its bytes are not kept."""
-        return self.queries.version_to_restore(path, at, digest)
-
-    def object_chunks(self, digest: str) -> Iterator[bytes]:
-        """The kept bytes of ``digest``, verified before the first chunk (``CorruptObject``)."""
-        return self.queries.object_chunks(digest)
-
-    # -- events
-
-    def subscribe(self, path_prefix: str = "") -> Subscription:
-        """A queue of new versions and run events whose path starts with ``path_prefix``."""
-        return self.events.subscribe(path_prefix)
 
 
 def _openlineage_delivery(
