@@ -11,7 +11,7 @@ import json
 import operator
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lineage_core.models import (
     AccessHow,
@@ -158,8 +158,21 @@ SELECT 'v', v.id, a.path, lower(hex(v.digest)), v.size, v.mtime_ns, v.valid_from
  WHERE v.id IN (SELECT value FROM json_each(:versions))
 """
 
-# An edge as the walk keeps it: (run row id, version id, kind, how, role, changed_during_run).
-_EdgeRow = tuple[int, int, str, str | None, str | None, int | None]
+
+class _EdgeRow(NamedTuple):
+    """An edge as the walk keeps it (a row of ``edges``)."""
+
+    run_id: int  # the run's row id
+    version_id: int
+    kind: str
+    how: str | None
+    role: str | None
+    changed_during_run: int | None
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        """What makes the edge one: run, version and kind."""
+        return (self.run_id, self.version_id, self.kind)
 
 
 class _Walk:
@@ -204,18 +217,18 @@ class _Walk:
         ).fetchall()
         cut = len(rows) >= row_cap
         depths: dict[tuple[str, Any], int] = {}
-        for row in rows:
-            key = (row[0], row[1])
-            known = depths.get(key)
-            if known is None or row[2] < known:
-                depths[key] = row[2]
+        for kind, node, depth, *_ in rows:
+            known = depths.get((kind, node))
+            if known is None or depth < known:
+                depths[(kind, node)] = depth
         if len(depths) > max_nodes:
             cut = True
             nearest = sorted(depths, key=depths.__getitem__)[:max_nodes]  # nearest first
             depths = {key: depths[key] for key in nearest}
         runs = {node for kind, node in depths if kind == "r"}
         digests = {node for kind, node in depths if kind == "d"}
-        crossed = [row[3:] for row in rows if row[3] is not None and row[3] in runs]
+        # Each row ends with the edge it crossed, when it crossed one into a kept run.
+        crossed = [_EdgeRow(*edge) for _, _, _, *edge in rows if edge[0] in runs]
         if cut:
             self.truncated = True
             # A crossed edge whose version's digest was cut away is off the walk: decided once
@@ -223,7 +236,7 @@ class _Walk:
             self.pending += [(edge, digests) for edge in crossed]
         else:
             for edge in crossed:
-                self.edges[(edge[0], edge[1], edge[2])] = edge
+                self.edges[edge.key] = edge
         frontier = [
             node for (kind, node), depth in depths.items() if kind == "d" and depth >= max_depth
         ]
@@ -238,20 +251,21 @@ class _Walk:
         graph; an edge from any other run means the walk stopped with more beyond."""
         for chunk in _chunks(digests, 500):
             marks = ",".join("?" * len(chunk))
-            for edge in self.conn.execute(
+            for row in self.conn.execute(
                 "SELECT e.run_id, e.version_id, e.kind, e.how, e.role, e.changed_during_run "
                 f"FROM versions v JOIN edges e ON e.version_id = v.id AND e.kind = ? "
                 f"WHERE v.digest IN ({marks})",
                 [to_run, *chunk],
             ):
-                if edge[0] in runs:
-                    self.edges[(edge[0], edge[1], edge[2])] = edge
+                edge = _EdgeRow(*row)
+                if edge.run_id in runs:
+                    self.edges[edge.key] = edge
                 else:
                     self.truncated = True
 
     def graph(self) -> Graph:
-        version_ids = {edge[1] for edge in self.edges.values()}
-        version_ids |= {edge[1] for edge, _ in self.pending}
+        version_ids = {edge.version_id for edge in self.edges.values()}
+        version_ids |= {edge.version_id for edge, _ in self.pending}
         versions: dict[int, Version] = {v.id: v for v in self.start_versions}
         start_ids = set(versions)
         run_rows: list[Sequence[Any]] = []
@@ -263,30 +277,32 @@ class _Walk:
                 "versions": json.dumps(sorted(version_ids - start_ids)),
             },
         ):
-            if row[0] == "r":
-                run_rows.append(row[1:])
-            else:
-                self.store.verify_row(
-                    row[1], row[2], bytes.fromhex(row[3]), row[4], row[5], row[6], row[11]
-                )
-                closed = row[9]
-                versions[row[1]] = Version(
-                    id=row[1],
-                    path=row[2],
-                    digest=row[3],
-                    size=row[4],
-                    mtime_ns=row[5],
-                    valid_from=row[6],
-                    valid_until=row[7],
-                    seen=kinds[row[8]],
-                    closed_by=kinds[closed] if closed else None,
-                    external=bool(row[10]),
-                )
+            node, *columns = row
+            if node == "r":
+                run_rows.append(columns)
+                continue
+            (vid, path, digest, size, mtime_ns, valid_from, valid_until, seen, closed, external,
+             checksum, *_) = columns  # fmt: skip
+            self.store.verify_row(
+                vid, path, bytes.fromhex(digest), size, mtime_ns, valid_from, checksum
+            )
+            versions[vid] = Version(
+                id=vid,
+                path=path,
+                digest=digest,
+                size=size,
+                mtime_ns=mtime_ns,
+                valid_from=valid_from,
+                valid_until=valid_until,
+                seen=kinds[seen],
+                closed_by=kinds[closed] if closed else None,
+                external=bool(external),
+            )
         for edge, digests in self.pending:
-            version = versions.get(edge[1])
+            version = versions.get(edge.version_id)
             if version is not None and bytes.fromhex(version.digest) in digests:
-                self.edges[(edge[0], edge[1], edge[2])] = edge
-        kept_ids = {edge[1] for edge in self.edges.values()} | start_ids
+                self.edges[edge.key] = edge
+        kept_ids = {edge.version_id for edge in self.edges.values()} | start_ids
         versions = {vid: versions[vid] for vid in sorted(kept_ids) if vid in versions}
         runs = _decode_runs(run_rows, self._sources(versions))
         runs.sort(key=_ROW_ID)
