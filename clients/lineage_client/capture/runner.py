@@ -417,7 +417,7 @@ def _trace_dir() -> str:
     found = private_folder("lineage-trace-")
     if found:
         return found
-
+    # $TMPDIR is not writable: tempfile knows where else to look.
     return tempfile.mkdtemp(prefix="lineage-trace-")
 
 
