@@ -29,6 +29,7 @@ from lineaged.config import Config, load_config
 from lineaged.engine import Engine
 from lineaged.privacy import PRIVATE_UMASK, secure_state_dir
 from lineaged.sdnotify import Notifier
+from lineaged.server import RpcServer, ServerOptions
 from lineaged.store import DB_NAME, Store
 
 __all__ = ["StateLock", "build_parser", "main"]
@@ -224,8 +225,6 @@ def _opened_store(config: Config) -> Iterator[Store]:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    from lineaged.server import RpcServer, ServerOptions
-
     notifier = Notifier()
     signals = _Signals()
     signals.install()

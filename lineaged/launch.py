@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from lineaged.daemon import main as daemon_main  # only once its dependencies are known
+    # (c) optional: the daemon extra may be missing; imported once it is known to be there.
+    from lineaged.daemon import main as daemon_main
 
     return daemon_main(argv)

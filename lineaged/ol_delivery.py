@@ -151,6 +151,7 @@ def make_client(settings: OpenLineageSettings) -> Any:
     """openlineage-python's ``OpenLineageClient`` for these settings (ConfigError if it
     cannot be made: the extra is missing, or its configuration is wrong)."""
     try:
+        # (c) optional: openlineage-python may not be installed.
         from openlineage.client import OpenLineageClient
     except ImportError:
         raise ConfigError(
@@ -178,7 +179,7 @@ def make_client(settings: OpenLineageSettings) -> Any:
 
 
 def _event_source(store: Store, namespace: str) -> Callable[[str, str], Any]:
-    from lineaged import ol_events
+    from lineaged import ol_events  # (c) optional: it imports openlineage-python
 
     return ol_events.event_source(store.get_run, store.run_datasets, namespace)
 
@@ -189,7 +190,7 @@ def export_events(
     """Each run's events (START, then its end when it ended) as JSON, one string each: the
     events the daemon sends, with the configured client's tags and environment facets."""
     try:
-        from lineaged import ol_events
+        from lineaged import ol_events  # (c) optional: it imports openlineage-python
     except ImportError:
         raise FailedPrecondition(
             f"exporting OpenLineage events needs openlineage-python in the daemon; {INSTALL_HINT}"

@@ -32,6 +32,7 @@ from typing import Any
 import attr
 from lineage_core.models import EdgeKind, Run, RunStatus, Version
 from openlineage.client import event_v2
+from openlineage.client.constants import __version__ as openlineage_version
 from openlineage.client.facet_v2 import (
     DatasetFacet,
     JobFacet,
@@ -199,7 +200,7 @@ def _run_facets(
         "processing_engine": processing_engine_run.ProcessingEngineRunFacet(
             version=__version__,
             name="lineaged",
-            openlineageAdapterVersion=_client_version(),
+            openlineageAdapterVersion=openlineage_version,
             producer=PRODUCER,
         )
     }
@@ -231,12 +232,6 @@ def _run_facets(
 def _language(argv: Sequence[str]) -> str:
     program = argv[0].rpartition("/")[2] if argv else ""
     return "python" if program.startswith("python") else (program or "unknown")
-
-
-def _client_version() -> str:
-    from openlineage.client.constants import __version__ as version
-
-    return version
 
 
 def _dataset_facets(

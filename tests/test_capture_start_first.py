@@ -15,6 +15,8 @@ from pathlib import Path
 
 import lineage_client.client as client_module
 import pytest
+from lineage_client.capture import capture_command
+from lineage_client.capture.audit import BOOT_DIR
 from lineage_client.client import PARENT_WAIT
 from lineage_client.runcmd import PARENT_ENV
 from lineage_core import gate
@@ -191,3 +193,26 @@ def test_lineage_run_starts_the_command_before_it_imports_the_client(tmp_path: P
     ]
     assert heavy, "the wrapper never loaded the client: the check would prove nothing"
     assert started < min(heavy), lines[min(heavy)]
+
+
+def test_a_traced_python_process_loads_no_client_grpc_or_protobuf(tmp_path: Path) -> None:
+    """The import budget of the hook in every traced Python process (capture/_boot): its
+    sitecustomize loads neither grpc, protobuf, the data model nor lineage's packages."""
+    loaded = tmp_path / "modules.txt"
+    script = (
+        "import sys; open('data.csv').read(); "
+        f"open({str(loaded)!r}, 'w').write(repr(sys.modules['sitecustomize'].__file__) + "
+        "'\\n' + '\\n'.join(sorted(sys.modules)))"
+    )
+    (tmp_path / "data.csv").write_text("x\n")
+    run = capture_command(mode="audit-hook", argv=[sys.executable, "-c", script], cwd=str(tmp_path))
+    assert run.exit_code == 0, run
+    assert any(access.path == str(tmp_path / "data.csv") for access in run.accesses)
+    boot, *modules = loaded.read_text().splitlines()
+    assert boot == repr(os.path.join(BOOT_DIR, "sitecustomize.py"))
+    heavy = [
+        name
+        for name in modules
+        if name.split(".")[0] in ("grpc", "google", "lineage_core", "lineage_client")
+    ]
+    assert heavy == []

@@ -215,7 +215,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The client imports grpc (a quarter of a second): `lineage run` starts its command
+    # (a) `lineage run` start-up: the client imports grpc (a quarter of a second): `lineage run` starts its command
     # first and imports it while the command runs, so nothing here imports it eagerly
     # (tests/test_capture_start_first.py holds that budget).
     if name in _CLIENT:

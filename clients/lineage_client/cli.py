@@ -32,7 +32,7 @@ __all__ = ["build_parser", "main"]
 
 
 def _render() -> ModuleType:
-    # Imported when a command prints: `lineage run` prints none of it and starts faster.
+    # (a) `lineage run` start-up: cli.py loads before the exec; only this command needs it
     from lineage_client import render
 
     return render
@@ -78,6 +78,7 @@ def _where(args: argparse.Namespace, client: Client) -> int:
 
 def _lineage(way: str) -> Handler:
     def command(args: argparse.Namespace, client: Client) -> int:
+        # (a) `lineage run` start-up: cli.py loads before the exec; only this command needs it
         from lineage_core.models import Direction
 
         direction = Direction(way)
@@ -117,6 +118,7 @@ def _runs(args: argparse.Namespace, client: Client) -> int:
 
 
 def _show(args: argparse.Namespace, client: Client) -> int:
+    # (a) `lineage run` start-up: cli.py loads before the exec; only this command needs it
     from lineage_core.models import Direction, StartNode
 
     render = _render()
@@ -133,6 +135,7 @@ def _show(args: argparse.Namespace, client: Client) -> int:
 
 
 def _verify(args: argparse.Namespace, client: Client) -> int:
+    # (a) `lineage run` start-up: cli.py loads before the exec; only this command needs it
     from lineage_core.models import VerifyState
 
     render = _render()
@@ -148,6 +151,7 @@ def _verify(args: argparse.Namespace, client: Client) -> int:
 
 
 def _sync(args: argparse.Namespace, client: Client) -> int:
+    # (a) `lineage run` start-up: cli.py loads before the exec; only this command needs it
     from lineage_client import spool
 
     report = spool.deliver(client, every_target=args.all)
@@ -172,6 +176,7 @@ def _sync(args: argparse.Namespace, client: Client) -> int:
 
 def _deliver_spooled(args: argparse.Namespace, client: Client) -> None:
     """Before a command's answer: hand the daemon the runs spooled while it was away."""
+    # (a) `lineage run` start-up: cli.py loads before the exec; only this command needs it
     from lineage_client import spool
 
     if args.handler is _sync or not spool.has_pending():
@@ -185,6 +190,7 @@ def _deliver_spooled(args: argparse.Namespace, client: Client) -> None:
 
 
 def _ui(args: argparse.Namespace, client: Client) -> int:
+    # (a) `lineage run` start-up: cli.py loads before the exec; only this command needs it
     from lineage_client.ui import server
 
     if args.listen:
@@ -408,6 +414,7 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
     if only_run:
         _add_run_command(sub, common)
         return parser
+    # (a) `lineage run` start-up: cli.py loads before the exec; only this command needs it
     from lineage_core.models import RunStatus
 
     sub.add_parser(
@@ -546,6 +553,7 @@ def build_parser(*, only_run: bool = False) -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> Client:
+    # (a) `lineage run` start-up: cli.py loads before the exec; only this command needs it
     from lineage_client.client import Client
 
     target = getattr(args, "tcp_target", None)

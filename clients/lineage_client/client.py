@@ -61,7 +61,14 @@ from lineage_core.models import (
 )
 from lineage_core.redact import Redactor
 
+from lineage_client import mlflow_bridge
 from lineage_client._reach import PARENT_ENV, find_socket, not_running, permission_denied
+from lineage_client.capture.declared import (
+    describe_code,
+    describe_env,
+    loaded_sources,
+    source_accesses,
+)
 
 __all__ = [
     "Client",
@@ -475,8 +482,6 @@ class Client:
             raise InvalidArgument(f"{target!r} is not a path, digest or run id")
         kind, _, rest = text.partition(":")
         if kind in ("mlflow", "runs", "models") and rest:
-            from lineage_client import mlflow_bridge  # imports MLflow: only for its names
-
             return [StartNode(run_id=mlflow_bridge.lineage_run_id(text))]
         if kind == "run" and rest:
             return [StartNode(run_id=rest)]
@@ -757,12 +762,14 @@ class Client:
         """Write the recorded bytes of ``PATH``, ``PATH@TIME`` or ``PATH@DIGEST`` back (or to
         ``to``), checked against the digest; refuses to overwrite unsaved content unless
         ``force``."""
+        # (d) cycle: reproduce imports this module (digest_file, parse_time)
         from lineage_client.reproduce import restore
 
         return restore(self, os.fspath(target), to=to, force=force)
 
     def checkout(self, run_id: str, to: str | os.PathLike[str]) -> Checkout:
         """Materialise what a run read, at the versions it read, and its code, under ``to``."""
+        # (d) cycle: reproduce imports this module (digest_file, parse_time)
         from lineage_client.reproduce import checkout
 
         return checkout(self, run_id, os.fspath(to))
@@ -778,6 +785,7 @@ class Client:
 
         ``output`` is where the re-run command's stdout goes (a file descriptor; default ours).
         """
+        # (d) cycle: reproduce imports this module (digest_file, parse_time)
         from lineage_client.reproduce import reproduce
 
         return reproduce(
@@ -823,8 +831,6 @@ class RunRecorder:
     def __enter__(self) -> RunRecorder:
         start = dataclasses.replace(self._start, started_at=time.time_ns())
         if self._capture:
-            from lineage_client.capture.declared import describe_code, describe_env
-
             if start.code is None:
                 start = dataclasses.replace(start, code=describe_code(start.cwd, self._warnings))
             if start.env is None:
@@ -834,8 +840,6 @@ class RunRecorder:
 
     def _collect_sources(self) -> None:
         """The script and project modules this process loaded, as code inputs."""
-        from lineage_client.capture.declared import loaded_sources, source_accesses
-
         assert self.run is not None
         self._pending += source_accesses(loaded_sources(), self.run.started_at, time.time_ns())
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lineage_core.errors import FailedPrecondition, InvalidArgument, NotFound
+from lineage_core.models import run_node_id, version_node_id
 
 if TYPE_CHECKING:
     from lineage_core.models import Graph, Run, Version
@@ -57,6 +58,7 @@ def is_mlflow_target(target: str) -> bool:
 
 def _mlflow() -> Any:
     try:
+        # (c) optional: MLflow may not be installed
         import mlflow
     except ImportError:
         raise FailedPrecondition(f"MLflow is not installed here; {INSTALL_HINT}") from None
@@ -64,6 +66,7 @@ def _mlflow() -> Any:
 
 
 def _mlflow_run(client: Any, run_id: str) -> Any:
+    # (c) optional: MLflow may not be installed
     from mlflow.exceptions import MlflowException
 
     try:
@@ -79,6 +82,7 @@ def lineage_run_id(target: str) -> str:
     read from the MLflow run's ``lineage.run_id`` tag; the tracking and registry URIs come
     from MLflow's own configuration (``MLFLOW_TRACKING_URI``, ``MLFLOW_REGISTRY_URI``)."""
     mlflow = _mlflow()
+    # (c) optional: MLflow may not be installed
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
@@ -130,8 +134,6 @@ def read_notes(path: str) -> list[str]:
 
 def _io(run_id: str, graph: Graph) -> tuple[list[tuple[Version, bool]], list[Version]]:
     """The run's data inputs (with changed_during_run) and its outputs, by path."""
-    from lineage_core.models import run_node_id, version_node_id
-
     node = run_node_id(run_id)
     versions = {version_node_id(v.id): v for v in graph.versions}
     inputs: dict[str, tuple[Version, bool]] = {}
@@ -167,6 +169,7 @@ def annotate(tracking_uris: Iterable[str], run: Run, graph: Graph) -> list[str]:
     """Write the lineage run into every MLflow run tagged with it; returns what was done, one
     line per MLflow run. ``graph`` is the run's neighbourhood (``Direction.BOTH``, depth 1)."""
     mlflow = _mlflow()
+    # (c) optional: MLflow may not be installed
     from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag, ViewType
 
     inputs, outputs = _io(run.run_id, graph)

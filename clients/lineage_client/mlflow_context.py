@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import mlflow
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
 from lineage_client._reach import PARENT_ENV
@@ -36,8 +37,6 @@ class LineageRunContextProvider(RunContextProvider):
         notes = os.environ.get(NOTES_ENV, "")
         if notes:
             try:
-                import mlflow
-
                 with open(notes, "a", encoding="utf-8") as handle:
                     handle.write(mlflow.get_tracking_uri() + "\n")
             except OSError:  # never break the user's run: the tag below still links it

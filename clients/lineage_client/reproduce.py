@@ -10,6 +10,7 @@ when the digest is the recorded one.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import secrets
@@ -22,7 +23,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import blake3
 from lineage_core.errors import (
@@ -32,9 +32,9 @@ from lineage_core.errors import (
     LineageError,
 )
 from lineage_core.models import EnvState, Run, Version
+from lineage_core.objects import copy_verified
 
-if TYPE_CHECKING:
-    from lineage_client.client import Client
+from lineage_client.client import Client, digest_file, parse_time
 
 __all__ = [
     "EXIT_CANNOT",
@@ -126,8 +126,6 @@ class Reproduction:
 
 def parse_restore_target(text: str) -> tuple[str, int | None, str]:
     """``PATH``, ``PATH@TIME`` or ``PATH@DIGEST`` to (path, time or None, digest or "")."""
-    from lineage_client.client import parse_time
-
     if not text or "\x00" in text:
         raise InvalidArgument("restore needs PATH, PATH@TIME or PATH@DIGEST")
     if "@" not in text or os.path.lexists(text):
@@ -154,8 +152,6 @@ def restore(
     if os.path.lexists(dest) and not os.path.isfile(dest):
         raise InvalidArgument(f"{dest} exists and is not a regular file; not touching it")
     if os.path.isfile(dest):
-        from lineage_client.client import digest_file
-
         current, _, _ = digest_file(dest)
         if current == version.digest:
             return Restored(version, dest, version.size, unchanged=True)
@@ -183,8 +179,6 @@ def materialise(client: Client, version: Version, where: str, dest: str) -> int:
     except OSError:
         source = -1  # not ours to read (a daemon running as root): streamed instead
     if source >= 0:
-        from lineage_core.objects import copy_verified
-
         try:
             os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
             copied = copy_verified(source, Path(dest), version.digest, mode=mode)
@@ -375,7 +369,6 @@ def _materialise_code(top: str, run: Run, directory: str) -> tuple[str, str]:
     archive = _git(top, "archive", "--format=tar", code.commit)
     if archive.returncode != 0:
         return "", f"git archive of {code.commit} failed: {archive.stderr.decode().strip()}"
-    import io
 
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(directory, filter="data")
@@ -412,8 +405,6 @@ def _check_in_place(path: str, digest: str) -> str:
 
 def _check_code_file(path: str, digest: str) -> str:
     """ "" when the checked-out source file holds the bytes the run read, else why not."""
-    from lineage_client.client import digest_file
-
     try:
         found, _, _ = digest_file(path)
     except FileNotFoundError:
@@ -452,7 +443,6 @@ def reproduce(
         client.link_reproduction(again.run_id, run.run_id)
     top = _repository_top(run.cwd) if run.code is not None and run.code.commit else ""
     layout_base = top or run.cwd
-    from lineage_client.client import digest_file
 
     comparisons: list[OutputComparison] = []
     for item in client.run_files(run.run_id).files:

@@ -23,10 +23,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lineage_core.errors import DaemonUnavailable, InvalidArgument, LineageError
+from lineage_core.errors import DaemonUnavailable, DeadlineExceeded, InvalidArgument, LineageError
+from lineage_core.paths import candidate_socket_paths
 from lineage_core.runid import new_run_id
 
 from lineage_client._reach import PARENT_ENV, find_socket, probe_socket
+from lineage_client._terminal import escape
 from lineage_client.capture.runner import (
     capture_command,
     capture_plan,
@@ -89,6 +91,7 @@ def _params(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _diff_cap() -> int:
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.git import DEFAULT_DIFF_CAP
 
     cap = _check_diff_cap()
@@ -110,7 +113,7 @@ def _check_diff_cap() -> int | None:
 
 
 def _environment(command: Sequence[str], cwd: str, warnings: list[str]) -> EnvState | None:
-    # Imported beside the running command (importlib.metadata, blake3), as is git below.
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.environment import DEFAULT_ALLOWLIST, env_state
 
     extra = [p.strip() for p in os.environ.get(ENV_ALLOW_ENV, "").split(",") if p.strip()]
@@ -125,6 +128,7 @@ def _environment(command: Sequence[str], cwd: str, warnings: list[str]) -> EnvSt
 
 def _capture_mode(args: argparse.Namespace) -> str:
     """``--capture``, else ``$LINEAGE_CAPTURE``, else auto; InvalidArgument for an unknown one."""
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.plan import MODES
 
     mode = str(getattr(args, "capture", None) or os.environ.get(CAPTURE_ENV, "") or "auto")
@@ -156,6 +160,7 @@ def capture_summary(captured: CapturedRun) -> str:
 
 
 def _status(captured: CapturedRun) -> RunStatus:
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_core.models import RunStatus
 
     if captured.interrupted:
@@ -166,10 +171,13 @@ def _status(captured: CapturedRun) -> RunStatus:
 def _accesses(roots: Sequence[Root], captured: CapturedRun) -> list[Access]:
     """The traced accesses, with files outside every root hashed here (as the user), and
     the sources the command executed or imported as code inputs."""
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     import dataclasses
 
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_core.models import Access, AccessHow, AccessMode, AccessRole
 
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.digest import hash_external
 
     # Traced paths are canonical already (capture resolves links): a prefix test per path,
@@ -253,8 +261,6 @@ def _target(args: argparse.Namespace) -> str:
     try:
         return "unix:" + find_socket(getattr(args, "socket", None))
     except DaemonUnavailable:
-        from lineage_core.paths import candidate_socket_paths
-
         return "unix:" + os.path.abspath(candidate_socket_paths()[0])
 
 
@@ -344,10 +350,13 @@ def _begin(
     """Runs beside the command: capture git and the environment, then (``connect`` given)
     connect, BeginRun, and deliver what the spool holds for this daemon."""
     try:
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         import dataclasses
 
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_core.models import RunStart
 
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_client.capture.git import git_state
 
         start = RunStart(**fields)
@@ -369,6 +378,7 @@ def _begin(
         begun.status = client.status()
         client.begin_run(start)
         begun.begun = True
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_client.capture.stream import ReadStreamer
 
         run_id = start.run_id
@@ -385,6 +395,7 @@ def _begin(
 
 def _deliver_spool(client: Client, notes: list[str]) -> None:
     """Deliver the runs spooled for this daemon (older runs, captured while it was away)."""
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client import spool
 
     if not spool.has_pending():
@@ -459,6 +470,7 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
         for thread in worker:
             thread.join()
         status = begun.status
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_client.spool import spool_dir
 
         # Never data: the daemon's state, nested runs' notes and spooled captures.
@@ -471,6 +483,7 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
     notes_dir = tempfile.mkdtemp(prefix="lineage-mlflow-")
     notes = os.path.join(notes_dir, "tracking-uris")
     if missing:
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_client.spool import spool_dir
 
         print(
@@ -492,7 +505,6 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
             require_complete=strict,
         )
         daemon_dirs()  # the command could not start: the thread still ran
-        from lineage_client._terminal import escape
 
         for warning in [*begun.notes, *captured.warnings]:
             print(f"lineage: warning: {escape(warning)}", file=sys.stderr)
@@ -512,8 +524,10 @@ def main_run(args: argparse.Namespace, connect: Callable[[], Client]) -> int:
 def _annotate_mlflow(client: Client, run_id: str, notes: str) -> None:
     """The command started MLflow runs: write the recorded run into them (mlflow_bridge)."""
     try:
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_core.models import Direction, StartNode
 
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_client import mlflow_bridge
 
         run = client.get_run(run_id)
@@ -535,8 +549,10 @@ def _record(
     is journaled to the spool, to be delivered later: nothing of the capture is dropped.
     """
     client, status = begun.client, begun.status
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_core.models import Capture
 
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.stream import unsent
 
     # What went to the daemon while the command ran, and the daemon confirmed; the rest
@@ -610,12 +626,19 @@ def _own(accesses: list[Access], begun: _Begun, fields: dict[str, Any]) -> list[
     (``capture/noise.py``), without what nested runs did (``capture/nested.py``), and with
     the command's script as code even when the tracer saw it only opened (a run killed
     before its hook could report its sources)."""
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     import dataclasses
 
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_core.models import AccessMode, AccessRole
 
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture import nested
+
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.digest import hash_external
+
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.noise import noise_filter
 
     noise = noise_filter()
@@ -650,6 +673,7 @@ def _tell_parent_ended(run_id: str, started_at: int, begun: _Begun, captured: Ca
     """Tell a parent ``lineage run`` every path this run (and its own children) touched."""
     if not os.environ.get(CHILDREN_ENV):
         return
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture import nested
 
     paths = {access.path for access in captured.accesses}
@@ -665,8 +689,6 @@ def _tell_parent_ended(run_id: str, started_at: int, begun: _Begun, captured: Ca
 def _unreachable(error: LineageError) -> bool:
     """Whether the daemon could not be reached (spool and deliver later), rather than it
     refused what it was sent (which a later delivery would not change)."""
-    from lineage_core.errors import DeadlineExceeded
-
     return isinstance(error, (DaemonUnavailable, DeadlineExceeded))
 
 
@@ -680,9 +702,13 @@ def _spool(
     reason: str,
 ) -> int:
     """Journal the part of the run the daemon did not confirm; the command's exit status."""
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_core.models import Capture, RunStart
 
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client import spool
+
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.digest import hash_external
 
     start = begun.start or RunStart(**{**fields, "started_at": captured.started_at})

@@ -144,10 +144,13 @@ def write_run(
     ``start`` carries the run id the wrapper chose; the entry holds everything a daemon
     needs to record the run from nothing, even when part of it reached one already.
     """
-    # Deferred: `lineage run` imports this module for spool_dir() before its command starts.
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     from google.protobuf import json_format
+
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     from lineage_core import wire
 
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     from lineage_client.client import client_redactor
 
     # Secrets never reach the disk, not even the user's own private spool (docs/security.md).
@@ -202,9 +205,16 @@ def write_run(
 
 
 def _read(path: Path, data: bytes) -> SpooledRun:
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     from google.protobuf import json_format
+
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     from lineage_core import gate
+
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
+
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     from lineage_core.models import Capture, RunStatus
 
     try:
@@ -250,7 +260,7 @@ def _v1_accesses(columns: Mapping[str, Any]) -> list[pb.Access]:
     """The accesses of a ``lineage-spool/1`` entry: protobuf's JSON form of the former
     ``AccessColumns`` (element i of each column is access i; an optional column left out
     means its default for every access), as ``Access`` messages."""
-    # Imported when an entry is read, as in _read: lineage run loads this module early.
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     from lineage_core._proto.lineage.v1 import lineage_pb2 as pb
 
     paths = columns.get("path", [])
@@ -371,8 +381,10 @@ def _deliver_one(client: Client, entry: SpooledRun) -> str:
 
     Daemon errors other than the expected ones propagate: the entry stays for next time.
     """
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     import dataclasses
 
+    # (a) `lineage run` start-up: without a daemon, runcmd imports this module before the exec
     from lineage_core.models import RunStatus, run_id_time_ns
 
     note = f"delivered late from the spool ({entry.reason})" if entry.reason else ""

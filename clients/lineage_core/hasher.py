@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import errno
 import itertools
 import logging
 import mmap
 import os
 import queue
+import signal
 import socket
 import stat
 import subprocess
@@ -46,17 +48,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from multiprocessing import get_context
 
 from blake3 import blake3
 
 from lineage_core import dirfd
 from lineage_core.errors import HashCancelled, HashError, TooLarge, UnstableFile
 from lineage_core.models import StatKey
-
-if TYPE_CHECKING:
-    from concurrent.futures import Future
 
 __all__ = [
     "CHUNK_PATHS",
@@ -370,11 +371,6 @@ def _hash_in_pool(
     retries: int,
     keep_into: str | None = None,
 ) -> Iterator[tuple[str, Outcome]]:
-    # Imported here: they cost ~40 ms, which a CLI that only hashes one file should not pay.
-    from concurrent.futures import ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-    from multiprocessing import get_context
-
     # spawn, not fork: the daemon has threads (gRPC, watchdog), and a forked child inherits
     # their locks in whatever state they were in. Each worker dies with this process.
     pool = ProcessPoolExecutor(
@@ -425,9 +421,6 @@ def die_with_parent(parent_pid: int) -> None:
     its helpers from long-lived threads (the scan thread, the large-file lane). A parent
     that died before the call is caught by comparing ``getppid``.
     """
-    import ctypes
-    import signal
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -449,9 +442,6 @@ def _chunk_outcomes(
     future: Future[list[_Packed | OSError | HashError | None]], chunk: list[str], local: _Local
 ) -> Iterator[tuple[str, Outcome]]:
     """The outcomes of one finished worker task, in the order of its paths."""
-    from concurrent.futures import CancelledError
-    from concurrent.futures.process import BrokenProcessPool
-
     try:
         packed = future.result()
     except (BrokenProcessPool, CancelledError):
@@ -511,7 +501,7 @@ def _keep_hashed(keep_into: str | None, digest: str, size: int) -> str:
     was hashed is what is written: one read, no second hash); "" when not kept."""
     if keep_into is None or size >= MT_THRESHOLD or size >= _CHUNK:
         return ""
-    from lineage_core.objects import keep_bytes  # objects imports this module
+    from lineage_core.objects import keep_bytes  # (d) cycle: objects imports this module
 
     try:
         return keep_bytes(keep_into, digest, _buffers.views[0][:size])

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pathlib is imported where a Path is made: `lineage run` starts sooner
-    from pathlib import Path
+from pathlib import Path
 
 __all__ = [
     "SYSTEM_SOCKET",
@@ -38,8 +35,6 @@ def is_normal_path(value: str) -> bool:
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     """``$STATE_DIRECTORY`` (systemd), else ``$XDG_STATE_HOME/lineaged``, else ``~/.local/state/lineaged``."""
-    from pathlib import Path
-
     env = os.environ if environ is None else environ
     if env.get("STATE_DIRECTORY"):
         # systemd may pass several colon-separated directories; the first is ours.
@@ -58,8 +53,6 @@ def candidate_sockets(
     environ: Mapping[str, str] | None = None, *, uid: int | None = None
 ) -> list[Path]:
     """Socket paths in the order clients try them; the daemon binds the first."""
-    from pathlib import Path
-
     return list(dict.fromkeys(Path(path) for path in candidate_socket_paths(environ, uid=uid)))
 
 

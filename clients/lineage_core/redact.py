@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import blake3
+
 from lineage_core.errors import ConfigError
 from lineage_core.models import RunStart
 
@@ -254,8 +256,6 @@ class Redactor:
             return value
         if self.key is None:
             return REDACTED
-        import blake3
-
         data = value.encode("utf-8", "surrogateescape")
         return f"<redacted:{blake3.blake3(data, key=self.key).hexdigest(length=8)}>"
 

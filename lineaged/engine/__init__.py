@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from lineage_core.models import ScanState, Status
 from lineage_core.objects import ObjectStore
@@ -40,14 +39,12 @@ from lineaged.engine.supervision import (
     ROOT_MISSING,
     Supervisor,
 )
+from lineaged.ol_delivery import OpenLineageDelivery, settings_from
 from lineaged.retention import Keeper
 from lineaged.store import Store, Writer
 from lineaged.watching.indexer import RootSet
 from lineaged.watching.scanner import ScanStats
 from lineaged.watching.watcher import POLL_SECONDS
-
-if TYPE_CHECKING:
-    from lineaged.ol_delivery import OpenLineageDelivery
 
 __all__ = [
     "ABANDON_AFTER_NS",
@@ -208,9 +205,6 @@ def _openlineage_delivery(
     config: Config, store: Store, writer: Writer
 ) -> OpenLineageDelivery | None:
     """The OpenLineage sender when something configures one (ol_delivery.py)."""
-    # Loaded only when used: most daemons neither send nor export OpenLineage events.
-    from lineaged.ol_delivery import OpenLineageDelivery, settings_from
-
     settings = settings_from(config.openlineage, os.environ)
     if settings is None:
         return None

@@ -33,6 +33,7 @@ from lineage_core.objects import CHUNK, ObjectStore
 from lineaged import __version__
 from lineaged.engine.runs import HASH_WAIT_SECONDS
 from lineaged.engine.supervision import Supervisor
+from lineaged.ol_delivery import export_events
 from lineaged.retention import Keeper
 from lineaged.store import Store
 
@@ -218,9 +219,6 @@ class Queries:
     def export_openlineage(self, run_ids: Sequence[str], since: int | None) -> Iterator[str]:
         """The OpenLineage events (JSON) of the named runs, or of every run started at or
         after ``since`` (all runs when neither is given), oldest first: START, then the end."""
-        # Loaded only when used: most daemons neither send nor export OpenLineage events.
-        from lineaged.ol_delivery import export_events
-
         if run_ids:
             wanted = [self.store.get_run(run_id).run_id for run_id in run_ids]
         else:

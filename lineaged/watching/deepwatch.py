@@ -23,6 +23,7 @@ When the tree is shallow again and fully watched, the engine goes back to watchd
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -84,15 +85,11 @@ def _c() -> Any:
     """libc through ctypes, loaded on first use (``lineaged --once`` never needs it)."""
     global _libc
     if _libc is None:
-        import ctypes
-
         _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 
 def _errno() -> int:
-    import ctypes
-
     return ctypes.get_errno()
 
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     )
     from lineage_client.capture.strace import STRACE_MISSING_WARNING
 
-# Each public name and the module that defines it, imported on first use: `lineage run`
+# (a) `lineage run` start-up: each public name and the module that defines it, imported on
+# first use: `lineage run`
 # needs only the runner before it starts the command (hashing, git and the environment
 # fingerprint import blake3 and importlib.metadata while the command runs).
 _HOMES = {

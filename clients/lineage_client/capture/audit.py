@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -58,6 +59,7 @@ def compile_boot() -> bool:
             return True
     except OSError:
         return False
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     import py_compile
 
     try:
@@ -83,7 +85,6 @@ def hook_environment(
 def _unescape(field: str) -> str:
     if "\\" not in field:
         return field
-    import re  # a path with a backslash is rare; re is not loaded before the command starts
 
     return re.sub(r"\\(.)", lambda match: _UNESCAPED.get(match.group(1), match.group(1)), field)
 
@@ -190,6 +191,7 @@ class TraceTail:
     def events(self) -> RawEvents:
         """What the trace files said so far."""
         if self._events is None:
+            # (a) `lineage run` start-up: not loaded before the command is exec'd
             from lineage_client.capture.raw import RawEvents
 
             self._events = RawEvents()

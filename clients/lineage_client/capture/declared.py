@@ -11,16 +11,17 @@ from collections.abc import Sequence
 
 from lineage_core.models import Access, AccessHow, AccessMode, AccessRole, CodeState, EnvState
 
+from lineage_client.capture.digest import hash_external
+from lineage_client.capture.environment import DEFAULT_ALLOWLIST, env_state
+from lineage_client.capture.git import git_state
 from lineage_client.capture.noise import noise_filter
+from lineage_client.runcmd import DIFF_CAP_ENV, ENV_ALLOW_ENV, _diff_cap
 
 __all__ = ["describe_code", "describe_env", "loaded_sources", "source_accesses"]
 
 
 def describe_code(cwd: str, warnings: list[str]) -> CodeState | None:
     """The git state of ``cwd`` (None outside a work tree), with ``lineage run``'s diff cap."""
-    from lineage_client.capture.git import git_state
-    from lineage_client.runcmd import DIFF_CAP_ENV, _diff_cap
-
     try:
         code = git_state(cwd, diff_cap=_diff_cap())
     except OSError as exc:
@@ -36,9 +37,6 @@ def describe_code(cwd: str, warnings: list[str]) -> CodeState | None:
 
 def describe_env() -> EnvState:
     """This interpreter's environment, with ``lineage run``'s variable allowlist."""
-    from lineage_client.capture.environment import DEFAULT_ALLOWLIST, env_state
-    from lineage_client.runcmd import ENV_ALLOW_ENV
-
     extra = [p.strip() for p in os.environ.get(ENV_ALLOW_ENV, "").split(",") if p.strip()]
     return env_state((*DEFAULT_ALLOWLIST, *extra))
 
@@ -67,8 +65,6 @@ def loaded_sources(extra_excluded: Sequence[str] = ()) -> list[str]:
 
 def source_accesses(paths: Sequence[str], first_at: int, last_at: int) -> list[Access]:
     """Code reads of ``paths``, hashed here (as ``lineage run`` sends its source files)."""
-    from lineage_client.capture.digest import hash_external
-
     hashed = [
         hash_external(
             Access(

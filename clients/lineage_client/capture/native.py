@@ -249,6 +249,7 @@ def offer_strace(trace_dir: str, search_path: str, cache: str) -> threading.Thre
         pass
 
     def probe() -> None:
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_client.capture.strace import strace_command, strace_problem
 
         try:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -48,8 +50,6 @@ class ChildNote:
 
 def children_dir() -> str:
     """A new private folder for the notes of this run's children."""
-    import tempfile
-
     return tempfile.mkdtemp(prefix="lineage-children-")
 
 
@@ -79,8 +79,6 @@ def work_tree_files(cwd: str) -> list[str]:
     absolute: what describing the code state (``git status``, ``git diff``) may read — git
     re-reads a file whose stat it cannot trust. A nested wrapper's git runs under its
     parent's tracer: these reads are the wrapper's, not the parent's."""
-    import subprocess
-
     try:
         top = subprocess.run(
             ["git", "-C", cwd, "rev-parse", "--show-toplevel"],

@@ -23,6 +23,11 @@ from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from importlib.util import find_spec
 
+import lineage_core
+
+import lineage_client
+from lineage_client.capture.native import cache_dir
+
 __all__ = ["CONFIG_DIRS", "VCS_DIRS", "environment_dirs", "is_noise", "noise_filter"]
 
 VCS_DIRS = (".git", ".hg", ".svn")
@@ -33,10 +38,6 @@ _VCS_PARTS = tuple(f"/{name}/" for name in VCS_DIRS)
 @functools.cache
 def environment_dirs() -> tuple[str, ...]:
     """Folders of this interpreter and of lineage itself, resolved, shortest first."""
-    import lineage_core
-
-    import lineage_client
-
     # The daemon's package too when it is installed, found without importing it: the client
     # never loads the daemon (tests/test_client_surface.py).
     daemon = find_spec("lineaged")
@@ -68,8 +69,6 @@ def is_noise(path: str, *, home: str | None = None, extra: Sequence[str] = ()) -
 
 def noise_filter(*, home: str | None = None, extra: Sequence[str] = ()) -> _Filter:
     """A predicate for many paths: :func:`is_noise` with its prefixes worked out once."""
-    from lineage_client.capture.native import cache_dir
-
     # lineage's own cache (the interposer it built, strace's hand-over notes) is the tool's.
     return _Filter(_home() if home is None else home, [*environment_dirs(), cache_dir(), *extra])
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from lineage_client.capture.native import build_interposer, escape_reason
+
 __all__ = [
     "METHOD_AUDIT_HOOK",
     "METHOD_INTERPOSER",
@@ -95,8 +97,6 @@ def plan_capture(
     reasons: list[str] = []
     warnings: list[str] = []
     if mode in ("auto", METHOD_INTERPOSER):
-        from lineage_client.capture.native import build_interposer, escape_reason
-
         interposer = build_interposer(env)
         escape = escape_reason(program)
         if interposer.path and not escape:
@@ -115,6 +115,7 @@ def plan_capture(
             )
         if mode == METHOD_INTERPOSER:
             return _fallback(python_launch, name, reasons, warnings)
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.strace import find_strace, strace_problem
 
     strace = find_strace(env.get("PATH", os.defpath))

@@ -18,10 +18,12 @@ from __future__ import annotations
 import gc
 import os
 import select
+import shutil
 import signal
 import site
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 from lineage_core.errors import CaptureIncomplete, InvalidArgument
 
 from lineage_client.capture.audit import BOOT_DIR, TraceTail, compile_boot, hook_environment
+from lineage_client.capture.native import cache_dir, offer_strace, preload_environment
 from lineage_client.capture.plan import (
     METHOD_AUDIT_HOOK,
     METHOD_INTERPOSER,
@@ -112,6 +115,7 @@ def capture_command(
         message = f"command not found: {argv[0]}" if missing else f"cannot execute: {argv[0]}"
         if on_started is not None:
             on_started(started_at)
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_client.capture.result import CapturedRun
 
         return CapturedRun(
@@ -138,11 +142,10 @@ def capture_command(
             compile_boot()
             env = hook_environment(env, trace_dir, excluded)
         if method == METHOD_INTERPOSER:
-            from lineage_client.capture.native import preload_environment
-
             env = preload_environment(env, plan.interposer)
         strace_output = os.path.join(trace_dir, "strace.out")
         if method == METHOD_STRACE and strace is not None:
+            # (a) `lineage run` start-up: not loaded before the command is exec'd
             from lineage_client.capture.strace import strace_command
 
             command = strace_command(strace, argv, strace_output)
@@ -154,8 +157,6 @@ def capture_command(
         def on_start() -> None:
             notify()
             if method == METHOD_INTERPOSER:
-                from lineage_client.capture.native import cache_dir, offer_strace
-
                 offer = offer_strace(trace_dir, env.get("PATH", os.defpath), cache_dir(env))
                 if offer is not None:
                     offers.append(offer)
@@ -185,6 +186,7 @@ def capture_command(
 
         events = tail.finish()
         if method == METHOD_STRACE and os.path.exists(strace_output):
+            # (a) `lineage run` start-up: not loaded before the command is exec'd
             from lineage_client.capture.strace import parse_strace_file
 
             parse_strace_file(strace_output, initial_cwd=workdir, events=events)
@@ -193,15 +195,15 @@ def capture_command(
         if method == METHOD_INTERPOSER:
             reasons.extend(escaped_reasons(events.escaped))
             reasons.extend(_parse_handed_over(events))
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         from lineage_client.capture.settle import settle_unchanged_writes
 
         settle_unchanged_writes(events, started_at)
         accesses, sources = _collect(events, excluded)
     finally:
-        import shutil
-
         shutil.rmtree(trace_dir, ignore_errors=True)
 
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.result import CapturedRun
 
     killed_by = -returncode if returncode < 0 else 0
@@ -339,6 +341,7 @@ def python_interpreter(
 
 def _parse_handed_over(events: RawEvents) -> list[str]:
     """Read the strace output of each program the interposer handed over to strace."""
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.strace import parse_strace_file
 
     reasons = []
@@ -414,8 +417,7 @@ def _trace_dir() -> str:
     found = private_folder("lineage-trace-")
     if found:
         return found
-    import tempfile  # $TMPDIR is not writable: tempfile knows where else to look
-
+    # $TMPDIR is not writable: tempfile knows where else to look.
     return tempfile.mkdtemp(prefix="lineage-trace-")
 
 
@@ -435,6 +437,7 @@ def _excluded_dirs(
     with suppress(Exception):
         dirs.append(site.getusersitepackages())
     if thorough:
+        # (a) `lineage run` start-up: not loaded before the command is exec'd
         import sysconfig
 
         paths = sysconfig.get_paths()
@@ -466,10 +469,13 @@ def _collect_now(
         if os.path.realpath(path) in interpreters and not path.endswith(".py"):
             del events.sources[path]  # the interpreter binary is not the run's code
     # Imported here: hashing loads blake3, which `lineage run` need not load before its
-    # command starts.
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_core.models import SourceFile
 
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.digest import _digest_file
+
+    # (a) `lineage run` start-up: not loaded before the command is exec'd
     from lineage_client.capture.events import build_accesses, resolve_spans
 
     spans, source_times = resolve_spans(events, excluded=excluded)
@@ -617,7 +623,7 @@ def _follow_stops(pid: int, tty: int) -> None:
 
 
 def __getattr__(name: str) -> object:
-    # CapturedRun lives in .result: dataclasses (and inspect, which it imports) load once the
+    # (a) `lineage run` start-up: CapturedRun lives in .result: dataclasses (and inspect, which it imports) load once the
     # command has run, not on the way to starting it.
     if name == "CapturedRun":
         from lineage_client.capture.result import CapturedRun

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import webbrowser
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
@@ -388,8 +389,6 @@ def serve(
         out("lineage ui: read-only; Ctrl-C stops it")
         sys.stdout.flush()
         if open_browser:
-            import webbrowser
-
             webbrowser.open(server.url)
         # SIGTERM stops it as Ctrl-C does: KeyboardInterrupt in the main thread, no lock taken.
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

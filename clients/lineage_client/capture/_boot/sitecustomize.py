@@ -41,7 +41,8 @@ def _escape(path: str) -> str:
 
 
 def _install(trace_dir: str) -> None:
-    # One closure, so the hot path reads fast locals and cells rather than globals.
+    # (b) runs in every traced Python process: one closure, so the hot path reads fast
+    # locals and cells rather than globals.
     import atexit
     import mmap
     import time
@@ -371,6 +372,7 @@ def _install(trace_dir: str) -> None:
 def _chain_next_sitecustomize() -> None:
     """Run the ``sitecustomize`` this one shadows, as ``site`` would have."""
     try:
+        # (b) runs in every traced Python process, which loads as little as it can.
         import importlib.machinery
 
         entries = [os.path.abspath(entry or ".") for entry in sys.path]
@@ -381,7 +383,7 @@ def _chain_next_sitecustomize() -> None:
             return
         if os.path.realpath(spec.origin) == os.path.realpath(__file__):
             return  # another copy of our folder on the path: running it again would loop
-        import importlib.util  # only now: it costs imports, and most runs chain nothing
+        import importlib.util  # (b) only now: it costs imports, and most runs chain nothing
 
         module = importlib.util.module_from_spec(spec)
         sys.modules["sitecustomize"] = module
