@@ -29,7 +29,6 @@ from lineaged.config import Config, load_config
 from lineaged.engine import Engine
 from lineaged.privacy import PRIVATE_UMASK, secure_state_dir
 from lineaged.sdnotify import Notifier
-from lineaged.server import RpcServer, ServerOptions
 from lineaged.store import DB_NAME, Store
 
 __all__ = ["StateLock", "build_parser", "main"]
@@ -225,6 +224,10 @@ def _opened_store(config: Config) -> Iterator[Store]:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
+    # Deferred (e): grpc and protobuf cost a `lineaged --once` (index and exit, the rescan
+    # figure of bench/bench_scan.py) 0.15 s it has no use for; tests/test_daemon.py holds this.
+    from lineaged.server import RpcServer, ServerOptions
+
     notifier = Notifier()
     signals = _Signals()
     signals.install()

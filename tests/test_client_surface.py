@@ -124,3 +124,25 @@ def test_the_error_maps_are_built_from_the_classes() -> None:
         assert general.grpc_status == cls.grpc_status
         assert all(parent.grpc_status != cls.grpc_status for parent in general.__mro__[1:-3])
     assert type(errors.error_for_status("NO_SUCH_CODE", "m")) is errors.LineageError
+
+
+def _modules_after(statement: str) -> set[str]:
+    import subprocess
+    import sys
+
+    program = f"import sys\n{statement}\nprint(' '.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_imports_that_only_one_path_needs_stay_off_the_others() -> None:
+    """The deferred imports marked (e) (docs/architecture.md): a query client does not load
+    the run wrapper; `lineaged --once` loads neither grpc nor sqlite-utils (which loads pandas
+    when it is installed)."""
+    client = _modules_after("import lineage_client.client, lineage_client.cli")
+    assert "lineage_client.client" in client
+    assert not {"lineage_client.runcmd", "lineage_client.capture.declared"} & client
+    daemon = _modules_after("import lineaged.daemon")
+    assert "lineaged.engine" in daemon and "lineaged.store" in daemon
+    assert not {"grpc", "sqlite_utils", "pandas", "lineaged.server"} & daemon

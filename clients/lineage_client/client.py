@@ -63,12 +63,6 @@ from lineage_core.redact import Redactor
 
 from lineage_client import mlflow_bridge
 from lineage_client._reach import PARENT_ENV, find_socket, not_running, permission_denied
-from lineage_client.capture.declared import (
-    describe_code,
-    describe_env,
-    loaded_sources,
-    source_accesses,
-)
 
 __all__ = [
     "Client",
@@ -831,6 +825,10 @@ class RunRecorder:
     def __enter__(self) -> RunRecorder:
         start = dataclasses.replace(self._start, started_at=time.time_ns())
         if self._capture:
+            # Deferred (e): the run wrapper's modules (30 ms) serve client.run() only, not
+            # every query or CLI command; tests/test_client_surface.py holds this.
+            from lineage_client.capture.declared import describe_code, describe_env
+
             if start.code is None:
                 start = dataclasses.replace(start, code=describe_code(start.cwd, self._warnings))
             if start.env is None:
@@ -841,6 +839,8 @@ class RunRecorder:
     def _collect_sources(self) -> None:
         """The script and project modules this process loaded, as code inputs."""
         assert self.run is not None
+        from lineage_client.capture.declared import loaded_sources, source_accesses  # (e), above
+
         self._pending += source_accesses(loaded_sources(), self.run.started_at, time.time_ns())
 
     def _files(self, path: str | os.PathLike[str]) -> list[str]:

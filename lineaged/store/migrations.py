@@ -12,11 +12,14 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import sqlite_utils
 from lineage_core.redact import Redactor
 
 from lineaged.store.rows import blake3_blob, version_checksum
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +307,10 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
     """Run the migrations a store at schema ``version`` has not had, one transaction each."""
     if version == SCHEMA_VERSION:
         return
+    # Deferred (e): sqlite-utils imports pandas when it is installed (0.9 s at every daemon
+    # start here), and only a migration needs it; tests/test_daemon.py holds this.
+    import sqlite_utils
+
     db = sqlite_utils.Database(conn)
     for number, migration in enumerate(MIGRATIONS, start=1):
         if number <= version:
