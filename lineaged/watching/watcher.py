@@ -24,8 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as installed
 
 from lineage_core.models import ChangeKind
 from watchdog.events import (
@@ -406,6 +404,11 @@ _TESTED_WATCHDOG = ((7, 1, 1), (8, 0, 0))
 def lost_event_problem(version: str | None = None) -> str:
     """Why this watchdog may lose events without telling us ("" when it is a tested one)."""
     if version is None:
+        # Deferred (e): importlib.metadata and the email package it loads (18 ms) serve this
+        # check only, made when watching starts: `lineaged --once` never needs them.
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
         try:
             version = installed("watchdog")
         except PackageNotFoundError:
