@@ -139,10 +139,12 @@ def _modules_after(statement: str) -> set[str]:
 def test_imports_that_only_one_path_needs_stay_off_the_others() -> None:
     """The deferred imports marked (e) (docs/architecture.md): a query client does not load
     the run wrapper; `lineaged --once` loads neither grpc nor sqlite-utils (which loads pandas
-    when it is installed) nor importlib.metadata (only watching asks watchdog's version)."""
+    when it is installed), importlib.metadata (only watching asks watchdog's version) nor
+    multiprocessing (only a first index of many files hashes in a process pool)."""
     client = _modules_after("import lineage_client.client, lineage_client.cli")
     assert "lineage_client.client" in client
     assert not {"lineage_client.runcmd", "lineage_client.capture.declared"} & client
     daemon = _modules_after("import lineaged.daemon")
     assert "lineaged.engine" in daemon and "lineaged.store" in daemon
-    assert not {"grpc", "sqlite_utils", "pandas", "lineaged.server", "importlib.metadata"} & daemon
+    heavy = {"grpc", "sqlite_utils", "pandas", "lineaged.server", "importlib.metadata"}
+    assert not (heavy | {"multiprocessing"}) & daemon

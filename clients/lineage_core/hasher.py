@@ -48,10 +48,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import CancelledError, Future, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 
 from blake3 import blake3
 
@@ -371,6 +369,12 @@ def _hash_in_pool(
     retries: int,
     keep_into: str | None = None,
 ) -> Iterator[tuple[str, Outcome]]:
+    # Deferred (e): the process pool's machinery (multiprocessing: 5 ms) serves a first index
+    # of many files only, not a rescan or a client; tests/test_client_surface.py holds this.
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
     # spawn, not fork: the daemon has threads (gRPC, watchdog), and a forked child inherits
     # their locks in whatever state they were in. Each worker dies with this process.
     pool = ProcessPoolExecutor(
@@ -442,6 +446,8 @@ def _chunk_outcomes(
     future: Future[list[_Packed | OSError | HashError | None]], chunk: list[str], local: _Local
 ) -> Iterator[tuple[str, Outcome]]:
     """The outcomes of one finished worker task, in the order of its paths."""
+    from concurrent.futures.process import BrokenProcessPool  # loaded with the pool (e)
+
     try:
         packed = future.result()
     except (BrokenProcessPool, CancelledError):
