@@ -105,3 +105,16 @@ def test_installed_versions_satisfy_the_bounds() -> None:
         assert specifier.contains(version(name), prereleases=True), (
             f"installed {name} {version(name)} is outside {specifier}"
         )
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """pyproject.toml lists packages by hand (they live in three folders): each package of the
+    source tree must be listed, or the wheel ships without it."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = setuptools["package-dir"]
+    found = set()
+    for top, folder in folders.items():
+        for module in sorted((REPO / folder).rglob("*.py")):  # _boot has no __init__.py
+            relative = module.parent.relative_to(REPO / folder)
+            found.add(".".join([top, *relative.parts]))
+    assert found == set(setuptools["packages"])
