@@ -100,7 +100,7 @@ test-latest: $(STAMP)
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(TOOLS_LOCK)
 	$(LATEST)/bin/uv pip install --quiet --python $(LATEST)/bin/python --upgrade --refresh \
-		-e '.[dev,mlflow,openlineage]'
+		-e '.[daemon,dev,mlflow,openlineage]'
 	$(LATEST)/bin/uv pip list --python $(LATEST)/bin/python > $(LATEST)/versions.txt
 	@grep -iE '^(grpcio|protobuf|watchdog|blake3|sqlite-utils|pandas|pyarrow|polars|h5py|mlflow|openlineage-python) ' \
 		$(LATEST)/versions.txt
